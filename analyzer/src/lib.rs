@@ -1,0 +1,2 @@
+//! uffdscope's portable analyzer: the trace format, the record model, fault
+//! lifecycles, statistics and reports. No Linux-only dependencies.

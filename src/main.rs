@@ -1,0 +1,2 @@
+//! The `uffdscope` command line.
+fn main() {}
