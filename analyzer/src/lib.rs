@@ -1,2 +1,6 @@
 //! uffdscope's portable analyzer: the trace format, the record model, fault
 //! lifecycles, statistics and reports. No Linux-only dependencies.
+
+pub mod codec;
+pub mod record;
+pub mod trace;

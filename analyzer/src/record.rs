@@ -1,0 +1,411 @@
+//! The trace record model: every fact the tracer writes and the analyzer reads.
+//!
+//! All timestamps are `CLOCK_MONOTONIC` nanoseconds on the recording host; the
+//! trace metadata carries the offset to `CLOCK_REALTIME`. Records are plain data:
+//! interpretation lives in [`crate::lifecycle`] and friends.
+
+use serde::Serialize;
+
+/// Thread roles, by name (QEMU with `debug-threads=on`) or by behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A guest vCPU (or an emulator's vCPU thread): it faults and blocks.
+    Vcpu,
+    /// The thread that reads uffd messages and sends page requests.
+    Fault,
+    /// The thread that receives the main stream and places pages.
+    Listen,
+    /// The postcopy-preempt channel's placing thread.
+    Preempt,
+    /// Anything else.
+    Other,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Vcpu,
+        Role::Fault,
+        Role::Listen,
+        Role::Preempt,
+        Role::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Vcpu => "vcpu",
+            Role::Fault => "fault",
+            Role::Listen => "listen",
+            Role::Preempt => "preempt",
+            Role::Other => "other",
+        }
+    }
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Role::Vcpu => 0,
+            Role::Fault => 1,
+            Role::Listen => 2,
+            Role::Preempt => 3,
+            Role::Other => 4,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Role> {
+        Role::ALL.get(usize::from(code)).copied()
+    }
+
+    /// Role from a thread name, covering QEMU 7.2 and 8+ names, the emulator's
+    /// names and the source side. `None` when the name says nothing.
+    pub fn from_thread_name(name: &str) -> Option<Role> {
+        let name = name.trim();
+        if name.starts_with("CPU ") && name.contains('/') {
+            return Some(Role::Vcpu);
+        }
+        match name {
+            "fault-default" | "mig/dst/fault" | "fault-fast" => Some(Role::Fault),
+            "postcopy/listen" | "mig/dst/listen" => Some(Role::Listen),
+            "mig/dst/preempt" | "postcopy/preempt" => Some(Role::Preempt),
+            _ => None,
+        }
+    }
+}
+
+/// Where a fault entry was observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultSource {
+    /// `exceptions:page_fault_user`: a host-virtual address (TCG, emulator, any process).
+    User,
+    /// `kvm:kvm_page_fault`: a guest-physical address of a KVM vCPU.
+    Kvm,
+}
+
+/// The access that started a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FaultEntry {
+    pub ts: u64,
+    pub addr: u64,
+    pub ip: u64,
+    pub error_code: u64,
+    pub source: FaultSource,
+}
+
+/// The uffd ioctl kinds uffdscope decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoctlOp {
+    Copy,
+    ZeroPage,
+    Wake,
+    Continue,
+    Register,
+    Unregister,
+    Api,
+    WriteProtect,
+    /// Any other command number on a uffd fd.
+    Other(u32),
+}
+
+impl IoctlOp {
+    pub const CMD_API: u32 = 0xc018_aa3f;
+    pub const CMD_REGISTER: u32 = 0xc020_aa00;
+    pub const CMD_UNREGISTER: u32 = 0x8010_aa01;
+    pub const CMD_WAKE: u32 = 0x8010_aa02;
+    pub const CMD_COPY: u32 = 0xc028_aa03;
+    pub const CMD_ZEROPAGE: u32 = 0xc020_aa04;
+    pub const CMD_WRITEPROTECT: u32 = 0xc018_aa06;
+    pub const CMD_CONTINUE: u32 = 0xc020_aa07;
+
+    pub fn from_cmd(cmd: u32) -> IoctlOp {
+        match cmd {
+            Self::CMD_COPY => IoctlOp::Copy,
+            Self::CMD_ZEROPAGE => IoctlOp::ZeroPage,
+            Self::CMD_WAKE => IoctlOp::Wake,
+            Self::CMD_CONTINUE => IoctlOp::Continue,
+            Self::CMD_REGISTER => IoctlOp::Register,
+            Self::CMD_UNREGISTER => IoctlOp::Unregister,
+            Self::CMD_API => IoctlOp::Api,
+            Self::CMD_WRITEPROTECT => IoctlOp::WriteProtect,
+            other => IoctlOp::Other(other),
+        }
+    }
+
+    pub fn cmd(self) -> u32 {
+        match self {
+            IoctlOp::Copy => Self::CMD_COPY,
+            IoctlOp::ZeroPage => Self::CMD_ZEROPAGE,
+            IoctlOp::Wake => Self::CMD_WAKE,
+            IoctlOp::Continue => Self::CMD_CONTINUE,
+            IoctlOp::Register => Self::CMD_REGISTER,
+            IoctlOp::Unregister => Self::CMD_UNREGISTER,
+            IoctlOp::Api => Self::CMD_API,
+            IoctlOp::WriteProtect => Self::CMD_WRITEPROTECT,
+            IoctlOp::Other(cmd) => cmd,
+        }
+    }
+
+    /// True for the ioctls that install pages (and so may wake faulting threads).
+    pub fn places_pages(self) -> bool {
+        matches!(self, IoctlOp::Copy | IoctlOp::ZeroPage | IoctlOp::Continue)
+    }
+}
+
+/// A blocking sleep of a tracked thread that ended with a wake-up from inside a
+/// uffd ioctl: the kernel-side join of fault entry, switch-out, waking and switch-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sleep {
+    pub tid: u32,
+    /// The thread's last fault entry before it blocked, when one was seen.
+    pub fault: Option<FaultEntry>,
+    pub blocked_ts: u64,
+    pub woken_ts: u64,
+    /// Switch-in after the wake; `None` when the thread never ran again in the trace.
+    pub run_ts: Option<u64>,
+    pub waker_tid: u32,
+    /// The uffd ioctl the waker was inside.
+    pub wake_op: IoctlOp,
+    /// `dst`/`start` of that ioctl.
+    pub wake_start: u64,
+    pub wake_len: u64,
+}
+
+/// One `uffd_msg` as read by the handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UffdMsg {
+    /// `UFFD_EVENT_*` (PAGEFAULT = 0x12).
+    pub event: u8,
+    /// `UFFD_PAGEFAULT_FLAG_*` (WRITE = 1, WP = 2, MINOR = 4).
+    pub flags: u64,
+    pub address: u64,
+    /// Faulting thread id (UFFD_FEATURE_THREAD_ID), 0 when not provided.
+    pub ptid: u32,
+}
+
+impl UffdMsg {
+    pub const EVENT_PAGEFAULT: u8 = 0x12;
+}
+
+/// A `read()` on a uffd fd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UffdRead {
+    pub tid: u32,
+    pub enter_ts: u64,
+    pub exit_ts: u64,
+    pub fd: i32,
+    /// Syscall return value (bytes, or `-errno`).
+    pub ret: i64,
+    pub msgs: Vec<UffdMsg>,
+}
+
+/// An ioctl on a uffd fd, entry to exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UffdIoctl {
+    pub tid: u32,
+    pub enter_ts: u64,
+    pub exit_ts: u64,
+    pub fd: i32,
+    pub op: IoctlOp,
+    /// `dst` (COPY) or `start` (ZEROPAGE, WAKE, CONTINUE, REGISTER).
+    pub start: u64,
+    pub len: u64,
+    pub mode: u64,
+    /// Syscall return value.
+    pub ret: i64,
+    /// The struct's result field (`copy`, `zeropage`, `mapped`), when it has one.
+    pub result: i64,
+    /// Threads woken while inside this ioctl.
+    pub woken: u32,
+}
+
+/// Direction of a socket transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Send,
+    Recv,
+}
+
+/// A send/recv syscall on one of the target's sockets, with the payload's first bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SockIo {
+    pub tid: u32,
+    pub enter_ts: u64,
+    pub exit_ts: u64,
+    pub fd: i32,
+    pub dir: Direction,
+    pub ret: i64,
+    /// The first bytes of the payload (at most [`SockIo::MAX_HEAD`]).
+    pub head: Vec<u8>,
+}
+
+impl SockIo {
+    pub const MAX_HEAD: usize = 64;
+}
+
+/// Byte counts from `sock:sock_send_length`/`sock_recv_length`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockLen {
+    pub ts: u64,
+    pub tid: u32,
+    /// Kernel socket pointer, the join key with [`TcpProbe::sk`].
+    pub sk: u64,
+    pub dir: Direction,
+    pub len: i64,
+}
+
+/// A `tcp:tcp_probe` sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpProbe {
+    pub ts: u64,
+    pub sk: u64,
+    pub sport: u16,
+    pub dport: u16,
+    /// Smoothed RTT in microseconds (the kernel's `srtt_us >> 3`).
+    pub srtt_us: u32,
+    pub cwnd: u32,
+}
+
+/// A `tcp:tcp_retransmit_skb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpRetransmit {
+    pub ts: u64,
+    pub sk: u64,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// A socket of the target found by discovery (`/proc/PID/fd`, `/proc/net/tcp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketInfo {
+    pub ts: u64,
+    pub fd: i32,
+    pub inode: u64,
+    pub local: String,
+    pub remote: String,
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
+/// A thread of the target and its role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadInfo {
+    pub ts: u64,
+    pub tid: u32,
+    pub name: String,
+    pub role: Role,
+}
+
+/// The traced process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub ts: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub cmdline: Vec<String>,
+}
+
+/// A userfaultfd range (from `UFFDIO_REGISTER` seen live or `/proc/PID/smaps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UffdRange {
+    pub ts: u64,
+    pub start: u64,
+    pub len: u64,
+    /// `UFFDIO_REGISTER_MODE_*` bits (MISSING = 1, WP = 2, MINOR = 4).
+    pub mode: u64,
+}
+
+/// A new uffd fd in the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewUffd {
+    pub ts: u64,
+    pub tid: u32,
+    pub fd: i32,
+}
+
+/// Cumulative ring-buffer drops reported by the kernel side at `ts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drops {
+    pub ts: u64,
+    pub total: u64,
+}
+
+/// A software perf counter sample for one thread (cumulative value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerfSample {
+    pub ts: u64,
+    pub tid: u32,
+    pub counter: String,
+    pub value: u64,
+}
+
+/// A QMP reply or event, kept as its JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qmp {
+    pub ts: u64,
+    /// `query-migrate`, `event:POSTCOPY_ACTIVE`, `blocktime`, ...
+    pub kind: String,
+    pub json: String,
+}
+
+/// A guest console line with its host arrival time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestLine {
+    pub ts: u64,
+    pub text: String,
+}
+
+/// A free-form note from the recorder (start, stop reason, warnings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub ts: u64,
+    pub kind: String,
+    pub text: String,
+}
+
+/// Every record a trace can hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Process(ProcessInfo),
+    Thread(ThreadInfo),
+    Sleep(Sleep),
+    UffdRead(UffdRead),
+    UffdIoctl(UffdIoctl),
+    UffdRange(UffdRange),
+    NewUffd(NewUffd),
+    SockIo(SockIo),
+    SockLen(SockLen),
+    Socket(SocketInfo),
+    TcpProbe(TcpProbe),
+    TcpRetransmit(TcpRetransmit),
+    Drops(Drops),
+    Perf(PerfSample),
+    Qmp(Qmp),
+    GuestLine(GuestLine),
+    Note(Note),
+}
+
+impl Record {
+    /// The time the record is about (its latest timestamp for intervals).
+    pub fn ts(&self) -> u64 {
+        match self {
+            Record::Process(r) => r.ts,
+            Record::Thread(r) => r.ts,
+            Record::Sleep(r) => r.run_ts.unwrap_or(r.woken_ts),
+            Record::UffdRead(r) => r.exit_ts,
+            Record::UffdIoctl(r) => r.exit_ts,
+            Record::UffdRange(r) => r.ts,
+            Record::NewUffd(r) => r.ts,
+            Record::SockIo(r) => r.exit_ts,
+            Record::SockLen(r) => r.ts,
+            Record::Socket(r) => r.ts,
+            Record::TcpProbe(r) => r.ts,
+            Record::TcpRetransmit(r) => r.ts,
+            Record::Drops(r) => r.ts,
+            Record::Perf(r) => r.ts,
+            Record::Qmp(r) => r.ts,
+            Record::GuestLine(r) => r.ts,
+            Record::Note(r) => r.ts,
+        }
+    }
+}
