@@ -1,1 +1,2 @@
 //! The live, Linux-only side of uffdscope.
+pub mod console;
