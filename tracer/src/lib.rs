@@ -1,2 +1,3 @@
 //! The live, Linux-only side of uffdscope.
 pub mod console;
+pub mod qmp;
