@@ -4,3 +4,5 @@
 pub mod codec;
 pub mod record;
 pub mod trace;
+pub mod lifecycle;
+pub mod rp;

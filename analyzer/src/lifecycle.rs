@@ -1,0 +1,581 @@
+//! The fault-lifecycle engine: joins records into faults with their stages
+//! (DESIGN.md §4) in one streaming pass.
+//!
+//! A fault is a [`Sleep`] record (a thread blocked and was woken from inside a
+//! uffd ioctl). Reads of uffd messages, page requests and placements are kept
+//! in address indexes for a bounded window of trace time; a sleep is resolved
+//! once the stream has moved [`SETTLE_NS`] past it, so the records it needs
+//! (emitted later by other threads) have arrived. Memory is proportional to the
+//! faults still open plus the window, not to the trace.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::Serialize;
+
+use crate::record::{IoctlOp, Record, Role, Sleep, UffdIoctl, UffdMsg};
+use crate::rp::{self, RpMessage};
+
+/// How long past a sleep's last timestamp the engine waits for related records.
+pub const SETTLE_NS: u64 = 500_000_000;
+/// How long reads, requests and placements stay searchable.
+pub const RETAIN_NS: u64 = 5_000_000_000;
+const PAGE: u64 = 4096;
+
+/// How a fault's page arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// Placed with UFFDIO_COPY after a request for the page was sent.
+    Requested,
+    /// Placed with UFFDIO_COPY with no request: the background stream got there.
+    Background,
+    /// Placed with UFFDIO_ZEROPAGE.
+    ZeroPage,
+    /// Woken by UFFDIO_WAKE without a copy.
+    WakeOnly,
+    /// Resolved with UFFDIO_CONTINUE (minor faults).
+    Continue,
+    /// Woken from some other uffd ioctl.
+    Unknown,
+}
+
+impl Resolution {
+    pub const ALL: [Resolution; 6] = [
+        Resolution::Requested,
+        Resolution::Background,
+        Resolution::ZeroPage,
+        Resolution::WakeOnly,
+        Resolution::Continue,
+        Resolution::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Requested => "requested",
+            Resolution::Background => "background",
+            Resolution::ZeroPage => "zero_page",
+            Resolution::WakeOnly => "wake_only",
+            Resolution::Continue => "continue",
+            Resolution::Unknown => "unknown",
+        }
+    }
+}
+
+/// The five stages of DESIGN.md §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Queue,
+    Request,
+    Network,
+    Place,
+    Wake,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 5] = [
+        Stage::Queue,
+        Stage::Request,
+        Stage::Network,
+        Stage::Place,
+        Stage::Wake,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Queue => "queue",
+            Stage::Request => "request",
+            Stage::Network => "network",
+            Stage::Place => "place",
+            Stage::Wake => "wake",
+        }
+    }
+}
+
+/// One resolved fault. Every `Option` is `None` when the trace does not show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fault {
+    pub tid: u32,
+    /// Page-aligned address of the faulting page (host virtual).
+    pub page: u64,
+    pub resolution: Resolution,
+    pub entry_ts: Option<u64>,
+    pub blocked_ts: u64,
+    /// When the handler read this fault's uffd message.
+    pub read_ts: Option<u64>,
+    /// When this fault's own request for the page was sent.
+    pub request_ts: Option<u64>,
+    /// A request for the page existed before this fault (another thread asked).
+    pub already_requested: bool,
+    /// Entry of the placing ioctl.
+    pub place_ts: Option<u64>,
+    /// Exit of the placing ioctl.
+    pub place_end_ts: Option<u64>,
+    pub woken_ts: u64,
+    pub run_ts: Option<u64>,
+    pub waker_tid: u32,
+    /// Length of the placement (4096, or a huge page).
+    pub place_len: u64,
+}
+
+impl Fault {
+    fn span(from: Option<u64>, to: Option<u64>) -> Option<u64> {
+        match (from, to) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        }
+    }
+
+    /// ns in the given stage, or `None` when unknown or not applicable.
+    pub fn stage_ns(&self, stage: Stage) -> Option<u64> {
+        match stage {
+            Stage::Queue => Self::span(self.entry_ts, self.read_ts.or(self.place_ts)),
+            Stage::Request => Self::span(self.read_ts, self.request_ts),
+            Stage::Network => Self::span(self.request_ts.or(self.read_ts), self.place_ts),
+            Stage::Place => Self::span(self.place_ts, Some(self.woken_ts)),
+            Stage::Wake => Self::span(Some(self.woken_ts), self.run_ts),
+        }
+    }
+
+    /// Fault entry → woken.
+    pub fn service_ns(&self) -> Option<u64> {
+        Self::span(self.entry_ts, Some(self.woken_ts))
+    }
+
+    /// Switch-out → switch-in.
+    pub fn blocked_ns(&self) -> Option<u64> {
+        Self::span(Some(self.blocked_ts), self.run_ts)
+    }
+
+    /// The fault thread read this fault's message: QEMU's blocktime sees it.
+    pub fn qemu_counted(&self) -> bool {
+        self.read_ts.is_some()
+    }
+}
+
+/// An entry in an [`AddrIndex`].
+#[derive(Debug, Clone, Copy)]
+struct Entry<T> {
+    ts: u64,
+    len: u64,
+    value: T,
+}
+
+/// Address-keyed, time-pruned index of ranges.
+#[derive(Debug)]
+struct AddrIndex<T> {
+    map: BTreeMap<u64, Vec<Entry<T>>>,
+    max_len: u64,
+    entries: usize,
+}
+
+impl<T: Copy> AddrIndex<T> {
+    fn new() -> Self {
+        Self {
+            map: BTreeMap::new(),
+            max_len: PAGE,
+            entries: 0,
+        }
+    }
+
+    fn insert(&mut self, start: u64, len: u64, ts: u64, value: T) {
+        let len = len.max(1);
+        self.max_len = self.max_len.max(len);
+        self.map
+            .entry(start)
+            .or_default()
+            .push(Entry { ts, len, value });
+        self.entries += 1;
+    }
+
+    /// Entries whose range contains `addr`, with their start.
+    fn covering(&self, addr: u64) -> impl Iterator<Item = (u64, &Entry<T>)> {
+        let lo = addr.saturating_sub(self.max_len - 1);
+        self.map.range(lo..=addr).flat_map(move |(&start, v)| {
+            v.iter()
+                .filter(move |e| start.saturating_add(e.len) > addr)
+                .map(move |e| (start, e))
+        })
+    }
+
+    /// Entries starting in `[lo, hi)`, with their start.
+    fn starting_in(&self, lo: u64, hi: u64) -> impl Iterator<Item = (u64, &Entry<T>)> {
+        self.map
+            .range(lo..hi.max(lo))
+            .flat_map(|(&s, v)| v.iter().map(move |e| (s, e)))
+    }
+
+    fn prune(&mut self, cutoff: u64) {
+        let mut removed = 0;
+        self.map.retain(|_, v| {
+            let before = v.len();
+            v.retain(|e| e.ts >= cutoff);
+            removed += before - v.len();
+            !v.is_empty()
+        });
+        self.entries -= removed;
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ReadMsg {
+    ptid: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    tid: u32,
+    enter_ts: u64,
+    exit_ts: u64,
+    op: IoctlOp,
+}
+
+/// Per-thread facts the engine learns while streaming.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadFacts {
+    pub name: Option<String>,
+    pub named_role: Option<Role>,
+    pub uffd_reads: u64,
+    pub placements: u64,
+    pub requests_sent: u64,
+    pub sleeps: u64,
+}
+
+impl ThreadFacts {
+    /// The role by name, else by behaviour (DESIGN.md §3).
+    pub fn role(&self) -> Role {
+        if let Some(r) = self.named_role {
+            return r;
+        }
+        if self.uffd_reads > 0 || self.requests_sent > 0 {
+            Role::Fault
+        } else if self.placements > 0 {
+            Role::Listen
+        } else if self.sleeps > 0 {
+            Role::Vcpu
+        } else {
+            Role::Other
+        }
+    }
+}
+
+/// A page request parsed from a return-path send, waiting for its block base.
+#[derive(Debug, Clone)]
+struct PendingRequest {
+    ts: u64,
+    block: String,
+    start: u64,
+    len: u64,
+}
+
+/// Streaming join of records into [`Fault`]s.
+#[derive(Debug)]
+pub struct Engine {
+    reads: AddrIndex<ReadMsg>,
+    requests: AddrIndex<()>,
+    placements: AddrIndex<Placement>,
+    pending: VecDeque<Sleep>,
+    /// The block name last named on each (tid, fd) channel.
+    channel_block: HashMap<(u32, i32), String>,
+    /// Learned host base address of each RAMBlock.
+    block_base: HashMap<String, u64>,
+    /// Votes for block bases: (block, candidate base) → count.
+    base_votes: HashMap<(String, u64), u32>,
+    /// Requests of blocks whose base is not known yet.
+    unplaced_requests: Vec<PendingRequest>,
+    /// The last uffd message each reader thread read (for base learning).
+    last_read: HashMap<u32, (u64, u64)>,
+    pub threads: BTreeMap<u32, ThreadFacts>,
+    watermark: u64,
+    last_prune: u64,
+    pub uffd_reads: u64,
+    pub eagain_reads: u64,
+    pub messages_read: u64,
+    pub requests_sent: u64,
+    pub placements_by_op: BTreeMap<String, u64>,
+    pub late_reads: u64,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Engine {
+    pub fn new() -> Self {
+        Self {
+            reads: AddrIndex::new(),
+            requests: AddrIndex::new(),
+            placements: AddrIndex::new(),
+            pending: VecDeque::new(),
+            channel_block: HashMap::new(),
+            block_base: HashMap::new(),
+            base_votes: HashMap::new(),
+            unplaced_requests: Vec::new(),
+            last_read: HashMap::new(),
+            threads: BTreeMap::new(),
+            watermark: 0,
+            last_prune: 0,
+            uffd_reads: 0,
+            eagain_reads: 0,
+            messages_read: 0,
+            requests_sent: 0,
+            placements_by_op: BTreeMap::new(),
+            late_reads: 0,
+        }
+    }
+
+    /// Faults still waiting for their related records.
+    pub fn open_faults(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Learned RAMBlock bases (block name → host address).
+    pub fn block_bases(&self) -> &HashMap<String, u64> {
+        &self.block_base
+    }
+
+    /// Feeds one record; resolved faults go to `sink`.
+    pub fn push(&mut self, rec: &Record, sink: &mut impl FnMut(Fault)) {
+        match rec {
+            Record::Thread(t) => {
+                let facts = self.threads.entry(t.tid).or_default();
+                facts.name = Some(t.name.clone());
+                facts.named_role = Role::from_thread_name(&t.name).or(match t.role {
+                    Role::Other => None,
+                    r => Some(r),
+                });
+            }
+            Record::Sleep(s) => {
+                self.threads.entry(s.tid).or_default().sleeps += 1;
+                self.pending.push_back(s.clone());
+            }
+            Record::UffdRead(r) => {
+                self.uffd_reads += 1;
+                if r.ret < 0 {
+                    self.eagain_reads += 1;
+                }
+                let facts = self.threads.entry(r.tid).or_default();
+                facts.uffd_reads += 1;
+                for m in &r.msgs {
+                    if m.event == UffdMsg::EVENT_PAGEFAULT {
+                        self.messages_read += 1;
+                        let page = m.address & !(PAGE - 1);
+                        self.reads
+                            .insert(page, PAGE, r.exit_ts, ReadMsg { ptid: m.ptid });
+                        self.last_read.insert(r.tid, (r.exit_ts, page));
+                    }
+                }
+            }
+            Record::UffdIoctl(io) => self.push_ioctl(io),
+            Record::SockIo(s) if s.dir == crate::record::Direction::Send && s.ret > 0 => {
+                for msg in rp::parse(&s.head) {
+                    if let RpMessage::ReqPages { block, start, len } = msg {
+                        let key = (s.tid, s.fd);
+                        let block = match block {
+                            Some(b) => {
+                                self.channel_block.insert(key, b.clone());
+                                b
+                            }
+                            None => match self.channel_block.get(&key) {
+                                Some(b) => b.clone(),
+                                None => String::new(),
+                            },
+                        };
+                        self.requests_sent += 1;
+                        self.threads.entry(s.tid).or_default().requests_sent += 1;
+                        self.add_request(
+                            s.tid,
+                            PendingRequest {
+                                ts: s.exit_ts,
+                                block,
+                                start,
+                                len: u64::from(len),
+                            },
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+        let ts = rec.ts();
+        if ts > self.watermark {
+            self.watermark = ts;
+        }
+        self.settle(sink, false);
+        if self.watermark > self.last_prune + RETAIN_NS / 4 {
+            let cutoff = self.watermark.saturating_sub(RETAIN_NS);
+            self.reads.prune(cutoff);
+            self.requests.prune(cutoff);
+            self.placements.prune(cutoff);
+            self.unplaced_requests.retain(|r| r.ts >= cutoff);
+            self.last_prune = self.watermark;
+        }
+    }
+
+    fn push_ioctl(&mut self, io: &UffdIoctl) {
+        if !matches!(
+            io.op,
+            IoctlOp::Copy | IoctlOp::ZeroPage | IoctlOp::Continue | IoctlOp::Wake
+        ) {
+            return;
+        }
+        *self
+            .placements_by_op
+            .entry(op_name(io.op).to_owned())
+            .or_default() += 1;
+        if io.op != IoctlOp::Wake {
+            self.threads.entry(io.tid).or_default().placements += 1;
+        }
+        self.placements.insert(
+            io.start,
+            io.len,
+            io.exit_ts,
+            Placement {
+                tid: io.tid,
+                enter_ts: io.enter_ts,
+                exit_ts: io.exit_ts,
+                op: io.op,
+            },
+        );
+    }
+
+    /// Maps a request to host addresses, learning block bases from the read
+    /// that preceded it on the same thread (QEMU requests the page it just read).
+    fn add_request(&mut self, tid: u32, req: PendingRequest) {
+        if !self.block_base.contains_key(&req.block) {
+            if let Some(&(read_ts, page)) = self.last_read.get(&tid) {
+                if req.ts >= read_ts && req.ts - read_ts < 50_000_000 && page >= req.start {
+                    let base = page - (req.start & !(PAGE - 1));
+                    let votes = self.base_votes.entry((req.block.clone(), base)).or_default();
+                    *votes += 1;
+                    if *votes >= 2 {
+                        self.block_base.insert(req.block.clone(), base);
+                        let block = req.block.clone();
+                        let waiting: Vec<_> = self
+                            .unplaced_requests
+                            .iter()
+                            .filter(|r| r.block == block)
+                            .cloned()
+                            .collect();
+                        self.unplaced_requests.retain(|r| r.block != block);
+                        for r in waiting {
+                            self.requests.insert(base + r.start, r.len, r.ts, ());
+                        }
+                    }
+                }
+            }
+        }
+        match self.block_base.get(&req.block) {
+            Some(&base) => self.requests.insert(base + req.start, req.len, req.ts, ()),
+            None => self.unplaced_requests.push(req),
+        }
+    }
+
+    fn settle(&mut self, sink: &mut impl FnMut(Fault), all: bool) {
+        while let Some(front) = self.pending.front() {
+            let last = front.run_ts.unwrap_or(front.woken_ts);
+            if !all && last.saturating_add(SETTLE_NS) > self.watermark {
+                break;
+            }
+            let sleep = self.pending.pop_front().expect("front exists");
+            sink(self.resolve(&sleep));
+        }
+    }
+
+    /// Resolves every open fault (end of trace).
+    pub fn finish(&mut self, sink: &mut impl FnMut(Fault)) {
+        self.settle(sink, true);
+    }
+
+    fn resolve(&mut self, s: &Sleep) -> Fault {
+        let wake_range = (s.wake_start, s.wake_start.saturating_add(s.wake_len.max(1)));
+        // The fault entry belongs to this sleep only if it is for the page the
+        // waker placed (a KVM entry has a guest-physical address: trust its time).
+        let entry = s.fault.filter(|f| {
+            f.ts <= s.blocked_ts
+                && (f.source == crate::record::FaultSource::Kvm
+                    || (f.addr >= wake_range.0 && f.addr < wake_range.1)
+                    || s.wake_len == 0)
+        });
+        let page = match entry {
+            Some(f) if f.source == crate::record::FaultSource::User => f.addr & !(PAGE - 1),
+            _ => s.wake_start & !(PAGE - 1),
+        };
+        let placement = self
+            .placements
+            .covering(page)
+            .filter(|(_, e)| {
+                e.value.tid == s.waker_tid
+                    && e.value.enter_ts <= s.woken_ts
+                    && e.value.exit_ts >= s.woken_ts
+            })
+            .min_by_key(|(_, e)| e.value.enter_ts)
+            .map(|(start, e)| (start, e.value, e.len));
+        let window_start = entry.map_or(s.blocked_ts, |f| f.ts);
+        let place_range = placement.map_or((page, page + PAGE), |(start, _, len)| {
+            (start, start.saturating_add(len.max(PAGE)))
+        });
+        let place_ts = placement.map(|(_, p, _)| p.enter_ts);
+        let read_ts = self
+            .reads
+            .starting_in(place_range.0, place_range.1)
+            .filter(|(_, e)| e.ts >= window_start && e.ts <= s.woken_ts)
+            .filter(|(_, e)| e.value.ptid == 0 || e.value.ptid == s.tid)
+            .map(|(_, e)| e.ts)
+            .min();
+        // A message read after its page was already being placed did not drive
+        // the placement: the fault is resolved as if never read.
+        let read_ts = match (read_ts, place_ts) {
+            (Some(r), Some(p)) if r > p => {
+                self.late_reads += 1;
+                None
+            }
+            (r, _) => r,
+        };
+        let limit = place_ts.unwrap_or(s.woken_ts);
+        let requests: Vec<u64> = self
+            .requests
+            .covering(page)
+            .map(|(_, e)| e.ts)
+            .filter(|&ts| ts <= limit)
+            .collect();
+        let already_requested = requests.iter().any(|&ts| ts < window_start);
+        let request_ts = read_ts.and_then(|r| requests.iter().copied().filter(|&ts| ts >= r).min());
+        let resolution = match placement.map_or(s.wake_op, |(_, p, _)| p.op) {
+            IoctlOp::ZeroPage => Resolution::ZeroPage,
+            IoctlOp::Wake => Resolution::WakeOnly,
+            IoctlOp::Continue => Resolution::Continue,
+            IoctlOp::Copy if !requests.is_empty() => Resolution::Requested,
+            IoctlOp::Copy => Resolution::Background,
+            _ => Resolution::Unknown,
+        };
+        Fault {
+            tid: s.tid,
+            page,
+            resolution,
+            entry_ts: entry.map(|f| f.ts),
+            blocked_ts: s.blocked_ts,
+            read_ts,
+            request_ts,
+            already_requested,
+            place_ts,
+            place_end_ts: placement.map(|(_, p, _)| p.exit_ts),
+            woken_ts: s.woken_ts,
+            run_ts: s.run_ts,
+            waker_tid: s.waker_tid,
+            place_len: placement.map_or(s.wake_len, |(_, _, len)| len),
+        }
+    }
+}
+
+fn op_name(op: IoctlOp) -> &'static str {
+    match op {
+        IoctlOp::Copy => "copy",
+        IoctlOp::ZeroPage => "zeropage",
+        IoctlOp::Wake => "wake",
+        IoctlOp::Continue => "continue",
+        _ => "other",
+    }
+}
