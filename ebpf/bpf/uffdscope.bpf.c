@@ -1,0 +1,1155 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+/*
+ * uffdscope.bpf.c: every BPF program of uffdscope, compiled to one object.
+ *
+ * Classic tracepoints only (no kprobes, fentry or tp_btf on the hosts this
+ * targets). Every program filters by the target tgids in ufs_targets, a
+ * read-only global the loader patches before load, so the verifier prunes the
+ * unused slots and the filter costs a few compares.
+ *
+ * The fault lifecycle is joined here, per thread, so that one record leaves
+ * the kernel per uffd-resolved block instead of one per switch or fault:
+ *   page_fault_user / kvm_page_fault    -> ufs_fault[tid]   (last entry only)
+ *   sched_switch out (prev blocks)       -> ufs_sleep[tid]   (takes ufs_fault)
+ *   sched_waking inside a uffd ioctl     -> stamps ufs_sleep[woken]
+ *   sched_switch in (next)               -> emit ufs_fault_wake if stamped
+ * Record layouts are in events.h.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "events.h"
+#include "tracepoints.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* ---- read-only configuration, patched by the loader (tracer/src/bpf.rs) ---- */
+
+/* Target processes; slots past ufs_n_targets are ignored. */
+const volatile __u32 ufs_targets[UFS_MAX_TARGETS] = {};
+const volatile __u32 ufs_n_targets = 0;
+/* Submit with BPF_RB_NO_WAKEUP while less than this many bytes are waiting in
+ * the ring, so the consumer is not woken per event (its wake-ups would
+ * preempt the traced threads and create the very switches being measured). */
+const volatile __u64 ufs_wakeup_bytes = 1 << 20;
+/* Minimum gap between two tcp_probe records of one socket (0 = every probe). */
+const volatile __u64 ufs_tcp_probe_interval_ns = 0;
+
+/* ---- maps ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20);
+} ufs_events SEC(".maps");
+
+/* Reservation failures, index = enum ufs_event_kind. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, UFS_EV_KIND_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} ufs_drops SEC(".maps");
+
+/* Counters, index = enum ufs_stat. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, UFS_STAT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} ufs_stats SEC(".maps");
+
+/* uffd fds of the targets, key UFS_FD_KEY(tgid, fd); seeded by userspace from
+ * /proc/PID/fd and kept up to date here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u32);
+} ufs_uffd_fds SEC(".maps");
+
+/* Socket fds of the targets, key UFS_FD_KEY(tgid, fd); seeded by userspace and
+ * extended here from socket()/accept()/accept4() returns. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u32);
+} ufs_sock_fds SEC(".maps");
+
+/* TCP sockets (struct sock address) a target has sent or received on. tcp_probe
+ * and tcp_retransmit_skb often run in softirq on some other task, so they are
+ * filtered by socket, not by current tgid. LRU because a freed sock is not
+ * always seen closing. */
+struct sk_info {
+	__u32 tgid;
+	__u32 pad;
+	__u64 last_probe_ts;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct sk_info);
+} ufs_sks SEC(".maps");
+
+/* Last fault entry per thread, not emitted on its own. */
+struct fault_entry {
+	__u64 ts;
+	__u64 addr;
+	__u64 ip;
+	__u64 error_code;
+	__u32 vcpu_id;
+	__u16 source;
+	__u16 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct fault_entry);
+} ufs_fault SEC(".maps");
+
+/* A target thread that blocked and has not run since. Its presence is also how
+ * sched_switch knows that next_pid is a tracked thread. */
+struct sleep_entry {
+	struct fault_entry f;
+	__u64 blocked_ts;
+	__u64 woken_ts;
+	__u64 ioctl_start;
+	__u64 ioctl_len;
+	__u32 ioctl_cmd;
+	__u32 waker_tid;
+	__u32 ioctl_fd;
+	__u32 block_state;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct sleep_entry);
+} ufs_sleep SEC(".maps");
+
+/* A thread inside an ioctl on a uffd fd (or USERFAULTFD_IOC_NEW). */
+struct ioctl_pending {
+	__u64 enter_ts;
+	__u64 arg;
+	__u64 start;
+	__u64 src;
+	__u64 len;
+	__u64 mode;
+	__u32 cmd;
+	__u32 fd;
+	__u32 n_woken;
+	__u32 n_wakeups;
+	__u32 result_off; /* offset of the out field in the arg struct, 0 = none */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct ioctl_pending);
+} ufs_ioctl SEC(".maps");
+
+struct read_pending {
+	__u64 enter_ts;
+	__u64 buf;
+	__u32 fd;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct read_pending);
+} ufs_read SEC(".maps");
+
+/* bytes is twice the capture so the verifier can prove offset + length fits
+ * while gathering from several iovecs; only the first UFS_SEND_CAPTURE are
+ * emitted. */
+struct send_pending {
+	__u64 enter_ts;
+	__u64 req_len;
+	__u32 fd;
+	__u32 iovcnt;
+	__u16 syscall;
+	__u16 captured;
+	__u32 pad;
+	__u8 bytes[2 * UFS_SEND_CAPTURE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct send_pending);
+} ufs_send SEC(".maps");
+
+/* Scratch space to build a send_pending off the 512-byte stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct send_pending);
+} ufs_send_scratch SEC(".maps");
+
+/* ---- helpers ---- */
+
+static __always_inline int is_target(__u32 tgid)
+{
+#pragma unroll
+	for (int i = 0; i < UFS_MAX_TARGETS; i++) {
+		if (i >= ufs_n_targets)
+			return 0;
+		if (ufs_targets[i] == tgid)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&ufs_stats, &idx);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline void *ufs_reserve(__u64 size, __u32 kind)
+{
+	void *e = bpf_ringbuf_reserve(&ufs_events, size, 0);
+
+	if (!e) {
+		__u64 *c = bpf_map_lookup_elem(&ufs_drops, &kind);
+
+		if (c)
+			*c += 1;
+	}
+	return e;
+}
+
+static __always_inline void ufs_submit(void *e)
+{
+	__u64 avail = bpf_ringbuf_query(&ufs_events, BPF_RB_AVAIL_DATA);
+
+	bpf_ringbuf_submit(e, avail < ufs_wakeup_bytes ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP);
+}
+
+static __always_inline void fill_hdr(struct ufs_hdr *h, __u16 kind, __u32 tid, __u64 ts)
+{
+	h->kind = kind;
+	h->cpu = (__u16)bpf_get_smp_processor_id();
+	h->tid = tid;
+	h->ts = ts;
+}
+
+static __always_inline void map_put(void *map, const void *key, const void *val)
+{
+	if (bpf_map_update_elem(map, key, val, BPF_ANY))
+		stat_inc(UFS_STAT_MAP_FULL);
+}
+
+static __always_inline void emit_fault_wake(__u32 tid, const struct fault_entry *f, __u64 blocked_ts,
+					    __u32 block_state, __u64 woken_ts, __u64 run_ts,
+					    __u32 waker_tid, __u32 cmd, __u32 fd, __u64 start,
+					    __u64 len, __u16 flags)
+{
+	struct ufs_fault_wake *e = ufs_reserve(sizeof(*e), UFS_EV_FAULT_WAKE);
+
+	if (!e)
+		return;
+	fill_hdr(&e->hdr, UFS_EV_FAULT_WAKE, tid, run_ts ? run_ts : woken_ts);
+	e->fault_ts = f->ts;
+	e->fault_addr = f->addr;
+	e->fault_ip = f->ip;
+	e->fault_error_code = f->error_code;
+	e->blocked_ts = blocked_ts;
+	e->woken_ts = woken_ts;
+	e->run_ts = run_ts;
+	e->ioctl_start = start;
+	e->ioctl_len = len;
+	e->ioctl_cmd = cmd;
+	e->waker_tid = waker_tid;
+	e->ioctl_fd = fd;
+	e->vcpu_id = f->vcpu_id;
+	e->block_state = block_state;
+	e->fault_source = f->source;
+	e->flags = f->flags | flags;
+	ufs_submit(e);
+}
+
+/* ---- fault entry ---- */
+
+SEC("tracepoint/exceptions/page_fault_user")
+int ufs_page_fault_user(struct tp_page_fault_user *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	struct fault_entry f = {
+		.ts = bpf_ktime_get_ns(),
+		.addr = ctx->address,
+		.ip = ctx->ip,
+		.error_code = ctx->error_code,
+		.source = UFS_FAULT_USER,
+	};
+	map_put(&ufs_fault, &tid, &f);
+	return 0;
+}
+
+SEC("tracepoint/kvm/kvm_page_fault")
+int ufs_kvm_page_fault(struct tp_kvm_page_fault *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	struct fault_entry f = {
+		.ts = bpf_ktime_get_ns(),
+		.addr = ctx->fault_address,
+		.ip = ctx->guest_rip,
+		.error_code = ctx->error_code,
+		.vcpu_id = ctx->vcpu_id,
+		.source = UFS_FAULT_KVM,
+	};
+	map_put(&ufs_fault, &tid, &f);
+	return 0;
+}
+
+static __always_inline void emit_kvm_async(__u32 op, __u64 token, __u64 gva, __u64 gfn)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return;
+	__u32 tid = (__u32)id;
+	if (op == UFS_KVM_TRY_ASYNC_GET_PAGE) {
+		struct fault_entry *f = bpf_map_lookup_elem(&ufs_fault, &tid);
+
+		if (f)
+			f->flags |= UFS_FW_KVM_ASYNC;
+	}
+	struct ufs_kvm_async_pf *e = ufs_reserve(sizeof(*e), UFS_EV_KVM_ASYNC_PF);
+
+	if (!e)
+		return;
+	fill_hdr(&e->hdr, UFS_EV_KVM_ASYNC_PF, tid, bpf_ktime_get_ns());
+	e->op = op;
+	e->pad = 0;
+	e->token = token;
+	e->gva = gva;
+	e->gfn = gfn;
+	ufs_submit(e);
+}
+
+SEC("tracepoint/kvm/kvm_try_async_get_page")
+int ufs_kvm_try_async_get_page(struct tp_kvm_gva_gfn *ctx)
+{
+	emit_kvm_async(UFS_KVM_TRY_ASYNC_GET_PAGE, 0, ctx->gva, ctx->gfn);
+	return 0;
+}
+
+SEC("tracepoint/kvm/kvm_async_pf_not_present")
+int ufs_kvm_async_pf_not_present(struct tp_kvm_async_pf *ctx)
+{
+	emit_kvm_async(UFS_KVM_ASYNC_PF_NOT_PRESENT, ctx->token, ctx->gva, 0);
+	return 0;
+}
+
+SEC("tracepoint/kvm/kvm_async_pf_ready")
+int ufs_kvm_async_pf_ready(struct tp_kvm_async_pf *ctx)
+{
+	emit_kvm_async(UFS_KVM_ASYNC_PF_READY, ctx->token, ctx->gva, 0);
+	return 0;
+}
+
+SEC("tracepoint/kvm/kvm_async_pf_repeated_fault")
+int ufs_kvm_async_pf_repeated_fault(struct tp_kvm_gva_gfn *ctx)
+{
+	emit_kvm_async(UFS_KVM_ASYNC_PF_REPEATED, 0, ctx->gva, ctx->gfn);
+	return 0;
+}
+
+/* ---- block / wake / run join ---- */
+
+/* Bits of sched_switch.prev_state below TASK_REPORT_MAX (0x100): non-zero
+ * means the task left the CPU in a sleeping state; 0 or exactly 0x100 ("R+")
+ * means it was preempted while runnable. */
+#define PREV_STATE_SLEEP_MASK 0xff
+
+SEC("tracepoint/sched/sched_switch")
+int ufs_sched_switch(struct tp_sched_switch *ctx)
+{
+	__u64 now = 0;
+	__u64 state = (__u64)ctx->prev_state & PREV_STATE_SLEEP_MASK;
+
+	if (state && is_target(bpf_get_current_pid_tgid() >> 32)) {
+		__u32 prev = (__u32)ctx->prev_pid;
+		struct sleep_entry s = {};
+		struct fault_entry *f;
+
+		now = bpf_ktime_get_ns();
+		s.blocked_ts = now;
+		s.block_state = (__u32)state;
+		f = bpf_map_lookup_elem(&ufs_fault, &prev);
+		if (f) {
+			s.f = *f;
+			bpf_map_delete_elem(&ufs_fault, &prev);
+		}
+		map_put(&ufs_sleep, &prev, &s);
+	}
+
+	__u32 next = (__u32)ctx->next_pid;
+
+	if (!next)
+		return 0;
+	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &next);
+
+	if (!e)
+		return 0;
+	if (e->woken_ts) {
+		if (!now)
+			now = bpf_ktime_get_ns();
+		emit_fault_wake(next, &e->f, e->blocked_ts, e->block_state, e->woken_ts, now,
+				e->waker_tid, e->ioctl_cmd, e->ioctl_fd, e->ioctl_start,
+				e->ioctl_len, 0);
+	} else {
+		stat_inc(UFS_STAT_SLEEP_OTHER);
+	}
+	bpf_map_delete_elem(&ufs_sleep, &next);
+	return 0;
+}
+
+SEC("tracepoint/sched/sched_waking")
+int ufs_sched_waking(struct tp_sched_waking *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	struct ioctl_pending *io = bpf_map_lookup_elem(&ufs_ioctl, &tid);
+
+	if (!io || io->cmd == UFS_USERFAULTFD_IOC_NEW)
+		return 0;
+	io->n_wakeups += 1;
+
+	__u32 pid = (__u32)ctx->pid;
+	__u64 now = bpf_ktime_get_ns();
+	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &pid);
+
+	if (e) {
+		if (!e->woken_ts) {
+			e->woken_ts = now;
+			e->waker_tid = tid;
+			e->ioctl_cmd = io->cmd;
+			e->ioctl_fd = io->fd;
+			e->ioctl_start = io->start;
+			e->ioctl_len = io->len;
+			io->n_woken += 1;
+		}
+		return 0;
+	}
+
+	/* Woken between its fault entry and its switch-out (the handler won
+	 * the race): the thread never leaves the CPU for this fault, so emit
+	 * now, without blocked/run times. */
+	struct fault_entry *f = bpf_map_lookup_elem(&ufs_fault, &pid);
+
+	if (!f)
+		return 0;
+	emit_fault_wake(pid, f, 0, 0, now, 0, tid, io->cmd, io->fd, io->start, io->len,
+			UFS_FW_WOKEN_BEFORE_BLOCK);
+	bpf_map_delete_elem(&ufs_fault, &pid);
+	io->n_woken += 1;
+	return 0;
+}
+
+/* ---- uffd fds ---- */
+
+static __always_inline void emit_uffd_fd(__u32 tid, __u32 tgid, __u32 fd, __u32 op)
+{
+	struct ufs_uffd_fd *e = ufs_reserve(sizeof(*e), UFS_EV_UFFD_FD);
+
+	if (!e)
+		return;
+	fill_hdr(&e->hdr, UFS_EV_UFFD_FD, tid, bpf_ktime_get_ns());
+	e->fd = fd;
+	e->tgid = tgid;
+	e->op = op;
+	e->pad = 0;
+	ufs_submit(e);
+}
+
+static __always_inline void add_uffd_fd(__u32 tid, __u32 tgid, __s64 fd, __u32 op)
+{
+	if (fd < 0)
+		return;
+	__u64 key = UFS_FD_KEY(tgid, fd);
+	__u32 one = 1;
+
+	map_put(&ufs_uffd_fds, &key, &one);
+	emit_uffd_fd(tid, tgid, (__u32)fd, op);
+}
+
+SEC("tracepoint/syscalls/sys_exit_userfaultfd")
+int ufs_sys_exit_userfaultfd(struct tp_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	add_uffd_fd((__u32)id, id >> 32, ctx->ret, UFS_UFFD_FD_SYSCALL);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int ufs_sys_enter_close(struct tp_sys_enter *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	__u32 fd = (__u32)ctx->args[0];
+	__u64 key = UFS_FD_KEY(id >> 32, fd);
+
+	if (bpf_map_delete_elem(&ufs_uffd_fds, &key) == 0)
+		emit_uffd_fd((__u32)id, id >> 32, fd, UFS_UFFD_FD_CLOSE);
+	bpf_map_delete_elem(&ufs_sock_fds, &key);
+	return 0;
+}
+
+/* ---- ioctl on uffd fds ---- */
+
+SEC("tracepoint/syscalls/sys_enter_ioctl")
+int ufs_sys_enter_ioctl(struct tp_sys_enter *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	__u32 fd = (__u32)ctx->args[0];
+	__u32 cmd = (__u32)ctx->args[1];
+	__u64 arg = ctx->args[2];
+	struct ioctl_pending p = {
+		.enter_ts = bpf_ktime_get_ns(),
+		.arg = arg,
+		.cmd = cmd,
+		.fd = fd,
+	};
+
+	/* USERFAULTFD_IOC_NEW is issued on /dev/userfaultfd, not on a uffd;
+	 * the 0xAA ioctl type is reserved for userfaultfd, so the number alone
+	 * identifies it. */
+	if (cmd == UFS_USERFAULTFD_IOC_NEW) {
+		map_put(&ufs_ioctl, &tid, &p);
+		return 0;
+	}
+	if (((cmd >> 8) & 0xff) != UFS_UFFD_IOCTL_TYPE)
+		return 0;
+	__u64 key = UFS_FD_KEY(id >> 32, fd);
+
+	if (!bpf_map_lookup_elem(&ufs_uffd_fds, &key))
+		return 0;
+
+	__u64 w[4] = {};
+	const void *uarg = (const void *)arg;
+
+	switch (cmd) {
+	case UFS_UFFDIO_COPY:
+	case UFS_UFFDIO_MOVE:
+		bpf_probe_read_user(w, 32, uarg);
+		p.start = w[0];
+		p.src = w[1];
+		p.len = w[2];
+		p.mode = w[3];
+		p.result_off = 32;
+		break;
+	case UFS_UFFDIO_ZEROPAGE:
+	case UFS_UFFDIO_CONTINUE:
+	case UFS_UFFDIO_POISON:
+	case UFS_UFFDIO_REGISTER:
+		bpf_probe_read_user(w, 24, uarg);
+		p.start = w[0];
+		p.len = w[1];
+		p.mode = w[2];
+		p.result_off = 24;
+		break;
+	case UFS_UFFDIO_WRITEPROTECT:
+		bpf_probe_read_user(w, 24, uarg);
+		p.start = w[0];
+		p.len = w[1];
+		p.mode = w[2];
+		break;
+	case UFS_UFFDIO_WAKE:
+	case UFS_UFFDIO_UNREGISTER:
+		bpf_probe_read_user(w, 16, uarg);
+		p.start = w[0];
+		p.len = w[1];
+		break;
+	case UFS_UFFDIO_API:
+		bpf_probe_read_user(w, 16, uarg);
+		p.start = w[0];
+		p.src = w[1];
+		p.result_off = 8;
+		break;
+	default:
+		break;
+	}
+	map_put(&ufs_ioctl, &tid, &p);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_ioctl")
+int ufs_sys_exit_ioctl(struct tp_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	struct ioctl_pending *p = bpf_map_lookup_elem(&ufs_ioctl, &tid);
+
+	if (!p)
+		return 0;
+	__s64 ret = ctx->ret;
+
+	if (p->cmd == UFS_USERFAULTFD_IOC_NEW) {
+		bpf_map_delete_elem(&ufs_ioctl, &tid);
+		add_uffd_fd(tid, id >> 32, ret, UFS_UFFD_FD_IOC_NEW);
+		return 0;
+	}
+
+	__s64 result = 0;
+
+	if (p->result_off == 32)
+		bpf_probe_read_user(&result, 8, (const void *)(p->arg + 32));
+	else if (p->result_off == 24)
+		bpf_probe_read_user(&result, 8, (const void *)(p->arg + 24));
+	else if (p->result_off == 8)
+		bpf_probe_read_user(&result, 8, (const void *)(p->arg + 8));
+
+	struct ufs_uffd_ioctl *e = ufs_reserve(sizeof(*e), UFS_EV_UFFD_IOCTL);
+
+	if (e) {
+		fill_hdr(&e->hdr, UFS_EV_UFFD_IOCTL, tid, bpf_ktime_get_ns());
+		e->enter_ts = p->enter_ts;
+		e->ret = ret;
+		e->start = p->start;
+		e->src = p->src;
+		e->len = p->len;
+		e->mode = p->mode;
+		e->result = result;
+		e->cmd = p->cmd;
+		e->fd = p->fd;
+		e->n_woken = p->n_woken;
+		e->n_wakeups = p->n_wakeups;
+		ufs_submit(e);
+	}
+	bpf_map_delete_elem(&ufs_ioctl, &tid);
+	return 0;
+}
+
+/* ---- read on uffd fds ---- */
+
+#define EAGAIN 11
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int ufs_sys_enter_read(struct tp_sys_enter *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	__u32 fd = (__u32)ctx->args[0];
+	__u64 key = UFS_FD_KEY(id >> 32, fd);
+
+	if (!bpf_map_lookup_elem(&ufs_uffd_fds, &key))
+		return 0;
+	struct read_pending p = {
+		.enter_ts = bpf_ktime_get_ns(),
+		.buf = ctx->args[1],
+		.fd = fd,
+	};
+
+	map_put(&ufs_read, &tid, &p);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_read")
+int ufs_sys_exit_read(struct tp_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	struct read_pending *p = bpf_map_lookup_elem(&ufs_read, &tid);
+
+	if (!p)
+		return 0;
+	__s64 ret = ctx->ret;
+
+	if (ret == -EAGAIN) {
+		stat_inc(UFS_STAT_READ_EAGAIN);
+		bpf_map_delete_elem(&ufs_read, &tid);
+		return 0;
+	}
+	struct ufs_uffd_read *e = ufs_reserve(sizeof(*e), UFS_EV_UFFD_READ);
+
+	if (e) {
+		fill_hdr(&e->hdr, UFS_EV_UFFD_READ, tid, bpf_ktime_get_ns());
+		e->enter_ts = p->enter_ts;
+		e->ret = ret;
+		e->fd = p->fd;
+		e->n_msgs = ret > 0 ? (__u32)(ret / UFS_UFFD_MSG_SIZE) : 0;
+		__builtin_memset(e->msgs, 0, sizeof(e->msgs));
+		if (ret > 0) {
+			/* One copy for every message: the kernel just wrote them
+			 * with copy_to_user, so the pages are present. */
+			__u64 n = ret;
+
+			if (n > sizeof(e->msgs))
+				n = sizeof(e->msgs);
+			bpf_probe_read_user(e->msgs, n, (const void *)p->buf);
+		}
+		ufs_submit(e);
+	}
+	bpf_map_delete_elem(&ufs_read, &tid);
+	return 0;
+}
+
+/* ---- sends on socket fds ---- */
+
+struct user_iovec {
+	__u64 base;
+	__u64 len;
+};
+
+static __always_inline struct send_pending *send_begin(__u32 tgid, __u32 fd, __u16 syscall)
+{
+	__u64 key = UFS_FD_KEY(tgid, fd);
+
+	if (!bpf_map_lookup_elem(&ufs_sock_fds, &key))
+		return 0;
+	__u32 zero = 0;
+	struct send_pending *p = bpf_map_lookup_elem(&ufs_send_scratch, &zero);
+
+	if (!p)
+		return 0;
+	p->enter_ts = bpf_ktime_get_ns();
+	p->req_len = 0;
+	p->fd = fd;
+	p->iovcnt = 0;
+	p->syscall = syscall;
+	p->captured = 0;
+	p->pad = 0;
+	return p;
+}
+
+static __always_inline void capture_flat(struct send_pending *p, __u64 ubuf, __u64 len)
+{
+	__u64 n = len < UFS_SEND_CAPTURE ? len : UFS_SEND_CAPTURE;
+
+	p->req_len = len;
+	if (n && bpf_probe_read_user(p->bytes, n, (const void *)ubuf) == 0)
+		p->captured = (__u16)n;
+}
+
+static __always_inline void capture_iov(struct send_pending *p, __u64 uiov, __u64 cnt)
+{
+	__u32 off = 0;
+
+	p->iovcnt = (__u32)cnt;
+#pragma unroll
+	for (int i = 0; i < UFS_SEND_MAX_IOV; i++) {
+		struct user_iovec iov;
+
+		if (i >= cnt)
+			break;
+		if (bpf_probe_read_user(&iov, sizeof(iov), (const void *)(uiov + i * sizeof(iov))))
+			break;
+		p->req_len += iov.len;
+		if (off >= UFS_SEND_CAPTURE || !iov.len)
+			continue;
+		__u64 n = UFS_SEND_CAPTURE - off;
+
+		if (iov.len < n)
+			n = iov.len;
+		/* off < 64 and n <= 64, so the copy stays inside the
+		 * 128-byte buffer; the masks make that visible to the
+		 * verifier. */
+		if (bpf_probe_read_user(&p->bytes[off & (UFS_SEND_CAPTURE - 1)],
+					n & (2 * UFS_SEND_CAPTURE - 1), (const void *)iov.base))
+			break;
+		off += n;
+	}
+	p->captured = (__u16)off;
+}
+
+static __always_inline void send_commit(__u32 tid, struct send_pending *p)
+{
+	map_put(&ufs_send, &tid, p);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int ufs_sys_enter_sendmsg(struct tp_sys_enter *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	struct send_pending *p = send_begin(id >> 32, (__u32)ctx->args[0], UFS_SEND_SENDMSG);
+
+	if (!p)
+		return 0;
+	/* struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (UAPI, stable). */
+	__u64 hdr[2] = {};
+
+	if (bpf_probe_read_user(hdr, sizeof(hdr), (const void *)(ctx->args[1] + 16)) == 0)
+		capture_iov(p, hdr[0], hdr[1]);
+	send_commit((__u32)id, p);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int ufs_sys_enter_writev(struct tp_sys_enter *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	struct send_pending *p = send_begin(id >> 32, (__u32)ctx->args[0], UFS_SEND_WRITEV);
+
+	if (!p)
+		return 0;
+	capture_iov(p, ctx->args[1], ctx->args[2]);
+	send_commit((__u32)id, p);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int ufs_sys_enter_sendto(struct tp_sys_enter *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	struct send_pending *p = send_begin(id >> 32, (__u32)ctx->args[0], UFS_SEND_SENDTO);
+
+	if (!p)
+		return 0;
+	capture_flat(p, ctx->args[1], ctx->args[2]);
+	send_commit((__u32)id, p);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int ufs_sys_enter_write(struct tp_sys_enter *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	struct send_pending *p = send_begin(id >> 32, (__u32)ctx->args[0], UFS_SEND_WRITE);
+
+	if (!p)
+		return 0;
+	capture_flat(p, ctx->args[1], ctx->args[2]);
+	send_commit((__u32)id, p);
+	return 0;
+}
+
+static __always_inline void send_exit(struct tp_sys_exit *ctx, __u16 syscall)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return;
+	__u32 tid = (__u32)id;
+	struct send_pending *p = bpf_map_lookup_elem(&ufs_send, &tid);
+
+	if (!p)
+		return;
+	/* An entry left by an enter whose exit was missed belongs to another
+	 * syscall: drop it. */
+	if (p->syscall == syscall) {
+		struct ufs_send *e = ufs_reserve(sizeof(*e), UFS_EV_SEND);
+
+		if (e) {
+			fill_hdr(&e->hdr, UFS_EV_SEND, tid, bpf_ktime_get_ns());
+			e->enter_ts = p->enter_ts;
+			e->ret = ctx->ret;
+			e->req_len = p->req_len;
+			e->fd = p->fd;
+			e->iovcnt = p->iovcnt;
+			e->syscall = p->syscall;
+			e->captured = p->captured;
+			e->pad = 0;
+			__builtin_memcpy(e->bytes, p->bytes, UFS_SEND_CAPTURE);
+			ufs_submit(e);
+		}
+	}
+	bpf_map_delete_elem(&ufs_send, &tid);
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int ufs_sys_exit_sendmsg(struct tp_sys_exit *ctx)
+{
+	send_exit(ctx, UFS_SEND_SENDMSG);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_writev")
+int ufs_sys_exit_writev(struct tp_sys_exit *ctx)
+{
+	send_exit(ctx, UFS_SEND_WRITEV);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int ufs_sys_exit_sendto(struct tp_sys_exit *ctx)
+{
+	send_exit(ctx, UFS_SEND_SENDTO);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_write")
+int ufs_sys_exit_write(struct tp_sys_exit *ctx)
+{
+	send_exit(ctx, UFS_SEND_WRITE);
+	return 0;
+}
+
+/* New socket fds of a target, so sends on sockets opened after the last
+ * userspace rescan are seen. */
+static __always_inline void learn_sock_fd(struct tp_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32) || ctx->ret < 0)
+		return;
+	__u64 key = UFS_FD_KEY(id >> 32, ctx->ret);
+	__u32 one = 1;
+
+	map_put(&ufs_sock_fds, &key, &one);
+}
+
+SEC("tracepoint/syscalls/sys_exit_socket")
+int ufs_sys_exit_socket(struct tp_sys_exit *ctx)
+{
+	learn_sock_fd(ctx);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int ufs_sys_exit_accept(struct tp_sys_exit *ctx)
+{
+	learn_sock_fd(ctx);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int ufs_sys_exit_accept4(struct tp_sys_exit *ctx)
+{
+	learn_sock_fd(ctx);
+	return 0;
+}
+
+/* ---- socket byte counts and TCP state ---- */
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define TCP_CLOSE 7
+
+static __always_inline void sock_len(struct tp_sock_length *ctx, __u16 dir)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return;
+	if (ctx->ret == -EAGAIN) {
+		stat_inc(UFS_STAT_SOCK_EAGAIN);
+		return;
+	}
+	__u64 sk = ctx->sk;
+
+	if ((ctx->family == AF_INET || ctx->family == AF_INET6) && ctx->protocol == IPPROTO_TCP &&
+	    !bpf_map_lookup_elem(&ufs_sks, &sk)) {
+		struct sk_info info = { .tgid = id >> 32 };
+
+		map_put(&ufs_sks, &sk, &info);
+	}
+	struct ufs_sock_len *e = ufs_reserve(sizeof(*e), UFS_EV_SOCK_LEN);
+
+	if (!e)
+		return;
+	fill_hdr(&e->hdr, UFS_EV_SOCK_LEN, (__u32)id, bpf_ktime_get_ns());
+	e->sk = sk;
+	e->ret = ctx->ret;
+	e->flags = ctx->flags;
+	e->family = ctx->family;
+	e->protocol = ctx->protocol;
+	e->dir = dir;
+	e->pad = 0;
+	ufs_submit(e);
+}
+
+SEC("tracepoint/sock/sock_recv_length")
+int ufs_sock_recv_length(struct tp_sock_length *ctx)
+{
+	sock_len(ctx, 0);
+	return 0;
+}
+
+SEC("tracepoint/sock/sock_send_length")
+int ufs_sock_send_length(struct tp_sock_length *ctx)
+{
+	sock_len(ctx, 1);
+	return 0;
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int ufs_inet_sock_set_state(struct tp_inet_sock_set_state *ctx)
+{
+	if (ctx->newstate == TCP_CLOSE) {
+		__u64 sk = ctx->skaddr;
+
+		bpf_map_delete_elem(&ufs_sks, &sk);
+	}
+	return 0;
+}
+
+SEC("tracepoint/tcp/tcp_probe")
+int ufs_tcp_probe(struct tp_tcp_probe *ctx)
+{
+	__u64 sk = ctx->skaddr;
+	struct sk_info *info = bpf_map_lookup_elem(&ufs_sks, &sk);
+
+	if (!info)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+
+	if (ufs_tcp_probe_interval_ns) {
+		if (now - info->last_probe_ts < ufs_tcp_probe_interval_ns)
+			return 0;
+		info->last_probe_ts = now;
+	}
+	struct ufs_tcp_probe *e = ufs_reserve(sizeof(*e), UFS_EV_TCP_PROBE);
+
+	if (!e)
+		return 0;
+	fill_hdr(&e->hdr, UFS_EV_TCP_PROBE, (__u32)bpf_get_current_pid_tgid(), now);
+	e->sk = sk;
+	e->sock_cookie = ctx->sock_cookie;
+	e->sport = ctx->sport;
+	e->dport = ctx->dport;
+	e->family = ctx->family;
+	e->data_len = ctx->data_len;
+	e->snd_nxt = ctx->snd_nxt;
+	e->snd_una = ctx->snd_una;
+	e->snd_cwnd = ctx->snd_cwnd;
+	e->ssthresh = ctx->ssthresh;
+	e->snd_wnd = ctx->snd_wnd;
+	e->srtt_us = ctx->srtt;
+	e->rcv_wnd = ctx->rcv_wnd;
+	e->pad = 0;
+	ufs_submit(e);
+	return 0;
+}
+
+SEC("tracepoint/tcp/tcp_retransmit_skb")
+int ufs_tcp_retransmit_skb(struct tp_tcp_retransmit_skb *ctx)
+{
+	__u64 sk = ctx->skaddr;
+
+	if (!bpf_map_lookup_elem(&ufs_sks, &sk))
+		return 0;
+	struct ufs_tcp_retrans *e = ufs_reserve(sizeof(*e), UFS_EV_TCP_RETRANS);
+
+	if (!e)
+		return 0;
+	fill_hdr(&e->hdr, UFS_EV_TCP_RETRANS, (__u32)bpf_get_current_pid_tgid(), bpf_ktime_get_ns());
+	e->sk = sk;
+	e->sport = ctx->sport;
+	e->dport = ctx->dport;
+	e->family = ctx->family;
+	e->pad = 0;
+	e->state = ctx->state;
+	e->err = ctx->err;
+	ufs_submit(e);
+	return 0;
+}
+
+/* ---- thread lifecycle ---- */
+
+#define CLONE_THREAD 0x00010000
+
+static __always_inline void emit_thread(__u32 tid, __u32 tgid, __u32 op, __u32 actor, __u32 flags,
+					const char *comm)
+{
+	struct ufs_thread *e = ufs_reserve(sizeof(*e), UFS_EV_THREAD);
+
+	if (!e)
+		return;
+	fill_hdr(&e->hdr, UFS_EV_THREAD, tid, bpf_ktime_get_ns());
+	e->tgid = tgid;
+	e->op = op;
+	e->actor_tid = actor;
+	e->flags = flags;
+	__builtin_memcpy(e->comm, comm, UFS_COMM_LEN);
+	ufs_submit(e);
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int ufs_sched_process_exit(struct tp_sched_process_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+
+	bpf_map_delete_elem(&ufs_fault, &tid);
+	bpf_map_delete_elem(&ufs_sleep, &tid);
+	bpf_map_delete_elem(&ufs_ioctl, &tid);
+	bpf_map_delete_elem(&ufs_read, &tid);
+	bpf_map_delete_elem(&ufs_send, &tid);
+	emit_thread(tid, id >> 32, UFS_THREAD_EXIT, tid, ctx->group_dead, ctx->comm);
+	return 0;
+}
+
+SEC("tracepoint/task/task_newtask")
+int ufs_task_newtask(struct tp_task_newtask *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!(ctx->clone_flags & CLONE_THREAD) || !is_target(id >> 32))
+		return 0;
+	emit_thread((__u32)ctx->pid, id >> 32, UFS_THREAD_NEW, (__u32)id, (__u32)ctx->clone_flags,
+		    ctx->comm);
+	return 0;
+}
+
+SEC("tracepoint/task/task_rename")
+int ufs_task_rename(struct tp_task_rename *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	emit_thread((__u32)ctx->pid, id >> 32, UFS_THREAD_RENAME, (__u32)id, 0, ctx->newcomm);
+	return 0;
+}
