@@ -1,0 +1,387 @@
+//! One streaming pass over a trace that produces the [`Report`]: feeds the
+//! lifecycle engine, statistics, network and QMP accumulators, then assembles
+//! the report model.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use crate::guest::{self, LineCounts, Sample};
+use crate::lifecycle::{Engine, Fault, Resolution, Stage};
+use crate::network::Network;
+use crate::record::{Record, Role};
+use crate::report::{
+    Blocktime, FaultSection, NetworkSection, QemuSection, QemuView, Report, SlowFault,
+    StatusChange, Target, ThreadRow, TraceSection, SCHEMA,
+};
+use crate::stats::FaultStats;
+use crate::trace::{TraceError, TraceReader};
+
+/// What the user asked of the analysis.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// A guest log captured outside the trace (lines without host stamps).
+    pub guest_log: Option<String>,
+    /// Guest clock minus host realtime, ms.
+    pub guest_offset_ms: Option<f64>,
+}
+
+/// Why an analysis could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+}
+
+#[derive(Default)]
+struct Qmp {
+    blocktime_ms: Option<f64>,
+    vcpu_blocktime_ms: Option<Vec<f64>>,
+    statuses: Vec<(u64, String)>,
+    postcopy_active_ns: Option<u64>,
+    seen: bool,
+}
+
+impl Qmp {
+    fn push(&mut self, ts: u64, json: &str) {
+        self.seen = true;
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+            return;
+        };
+        let v = v.get("return").unwrap_or(&v);
+        if let Some(b) = v.get("postcopy-blocktime").and_then(serde_json::Value::as_f64) {
+            self.blocktime_ms = Some(b);
+        }
+        if let Some(arr) = v
+            .get("postcopy-vcpu-blocktime")
+            .and_then(serde_json::Value::as_array)
+        {
+            self.vcpu_blocktime_ms = Some(arr.iter().filter_map(serde_json::Value::as_f64).collect());
+        }
+        let status = v
+            .get("status")
+            .and_then(|s| s.as_str())
+            .or_else(|| v.get("data").and_then(|d| d.get("status")).and_then(|s| s.as_str()));
+        if let Some(status) = status {
+            if self.statuses.last().is_none_or(|(_, s)| s != status) {
+                self.statuses.push((ts, status.to_owned()));
+            }
+            if status == "postcopy-active" && self.postcopy_active_ns.is_none() {
+                self.postcopy_active_ns = Some(ts);
+            }
+        }
+    }
+}
+
+struct Pass {
+    engine: Engine,
+    stats: FaultStats,
+    network: Network,
+    qmp: Qmp,
+    events: u64,
+    first_ts: Option<u64>,
+    last_ts: Option<u64>,
+    drops: u64,
+    end: Option<String>,
+    guest_samples: Vec<Sample>,
+    guest_counts: LineCounts,
+    vcpu_names: BTreeMap<u32, String>,
+    vcpu_count: usize,
+}
+
+impl Pass {
+    fn vcpus(&self) -> usize {
+        self.engine
+            .threads
+            .values()
+            .filter(|t| t.role() == Role::Vcpu)
+            .count()
+    }
+
+    fn push(&mut self, rec: &Record) {
+        self.events += 1;
+        let ts = rec.ts();
+        if ts > 0 {
+            self.first_ts = Some(self.first_ts.map_or(ts, |t| t.min(ts)));
+            self.last_ts = Some(self.last_ts.map_or(ts, |t| t.max(ts)));
+        }
+        match rec {
+            Record::Drops(d) => self.drops = self.drops.max(d.total),
+            Record::Note(n) if n.kind == "end" => self.end = Some(n.text.clone()),
+            Record::Qmp(q) => self.qmp.push(q.ts, &q.json),
+            Record::GuestLine(g) => {
+                if let Some(mut s) = guest::parse_line(&g.text, &mut self.guest_counts) {
+                    s.host_arrival_ns = Some(g.ts);
+                    self.guest_samples.push(s);
+                }
+            }
+            Record::Thread(t) if Role::from_thread_name(&t.name) == Some(Role::Vcpu) => {
+                self.vcpu_names.insert(t.tid, t.name.clone());
+            }
+            _ => {}
+        }
+        self.network.push(rec);
+        if matches!(rec, Record::Thread(_) | Record::Sleep(_)) {
+            self.vcpu_count = self.vcpus();
+        }
+        let vcpus = self.vcpu_count;
+        let stats = &mut self.stats;
+        self.engine.push(rec, &mut |f: Fault| stats.add(&f, vcpus));
+    }
+}
+
+/// vCPU tids in guest CPU order: by the `CPU n/` in their names, else by tid.
+fn vcpu_order(pass: &Pass) -> Vec<u32> {
+    let mut named: Vec<(u32, u32)> = pass
+        .vcpu_names
+        .iter()
+        .filter_map(|(&tid, name)| {
+            let n = name.strip_prefix("CPU ")?.split('/').next()?.trim().parse().ok()?;
+            Some((n, tid))
+        })
+        .collect();
+    named.sort_unstable();
+    if named.is_empty() {
+        pass.engine
+            .threads
+            .iter()
+            .filter(|(_, t)| t.role() == Role::Vcpu)
+            .map(|(&tid, _)| tid)
+            .collect()
+    } else {
+        named.into_iter().map(|(_, tid)| tid).collect()
+    }
+}
+
+/// Analyzes the trace at `path`.
+pub fn analyze_file(path: &Path, opts: &Options) -> Result<Report, AnalysisError> {
+    let reader = TraceReader::open(path)?;
+    Ok(analyze(reader, &path.display().to_string(), opts))
+}
+
+/// Analyzes a trace from any reader.
+pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) -> Report {
+    let mut pass = Pass {
+        engine: Engine::new(),
+        stats: FaultStats::default(),
+        network: Network::default(),
+        qmp: Qmp::default(),
+        events: 0,
+        first_ts: None,
+        last_ts: None,
+        drops: 0,
+        end: None,
+        guest_samples: Vec::new(),
+        guest_counts: LineCounts::default(),
+        vcpu_names: BTreeMap::new(),
+        vcpu_count: 0,
+    };
+    let damage = reader.for_each(|rec| pass.push(&rec));
+    let vcpus = pass.vcpus();
+    {
+        let stats = &mut pass.stats;
+        pass.engine.finish(&mut |f: Fault| stats.add(&f, vcpus));
+    }
+    pass.stats.finish(vcpus);
+    if let Some(log) = &opts.guest_log {
+        pass.guest_samples.clear();
+        pass.guest_counts = LineCounts::default();
+        for line in log.lines() {
+            if let Some(s) = guest::parse_line(line, &mut pass.guest_counts) {
+                pass.guest_samples.push(s);
+            }
+        }
+    }
+    build_report(&pass, reader.meta(), reader.version(), path, damage, opts)
+}
+
+fn ms(ns: u64) -> f64 {
+    (ns as f64 / 1e3).round() / 1e3
+}
+
+fn build_report(
+    pass: &Pass,
+    meta: &crate::trace::TraceMeta,
+    version: u16,
+    path: &str,
+    damage: Option<TraceError>,
+    opts: &Options,
+) -> Report {
+    let s = &pass.stats;
+    let t0 = pass.first_ts.unwrap_or(meta.start_ns);
+    let mut warnings = Vec::new();
+    if pass.drops > 0 {
+        warnings.push(format!(
+            "the kernel dropped {} events (ring buffer full): fault counts and stages are incomplete",
+            pass.drops
+        ));
+    }
+    if let Some(d) = &damage {
+        warnings.push(format!(
+            "trace is damaged; analyzed the {} good records before: {d}",
+            pass.events
+        ));
+    }
+    if s.count > 0 && s.with_service < s.count {
+        warnings.push(format!(
+            "{} of {} faults have no fault-entry record: their service latency is unknown",
+            s.count - s.with_service,
+            s.count
+        ));
+    }
+    let stages_us = Stage::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, st)| (st.as_str().to_owned(), s.stages[i].percentiles().into()))
+        .collect();
+    let totals: Vec<f64> = (0..4)
+        .map(|i| {
+            let p = s.stages[i].percentiles();
+            p.mean.unwrap_or(0.0) * p.count as f64
+        })
+        .collect();
+    let sum: f64 = totals.iter().sum();
+    let stage_share = Stage::ALL[..4]
+        .iter()
+        .zip(&totals)
+        .map(|(st, t)| {
+            (
+                st.as_str().to_owned(),
+                (sum > 0.0).then(|| (t / sum * 1000.0).round() / 1000.0),
+            )
+        })
+        .collect();
+    let by_resolution = Resolution::ALL
+        .iter()
+        .map(|r| {
+            (
+                r.as_str().to_owned(),
+                s.by_resolution.get(r).copied().unwrap_or(0),
+            )
+        })
+        .collect();
+    let threads = pass
+        .engine
+        .threads
+        .iter()
+        .map(|(&tid, facts)| {
+            let ts = s.per_thread.get(&tid);
+            let p = ts.map(|t| t.service.percentiles()).unwrap_or_default();
+            ThreadRow {
+                tid,
+                name: facts.name.clone(),
+                role: facts.role().as_str(),
+                faults: ts.map_or(0, |t| t.faults),
+                blocked_ms: ms(ts.map_or(0, |t| t.blocked_ns)),
+                service_p50_us: p.p50,
+                service_p99_us: p.p99,
+                uffd_reads: facts.uffd_reads,
+                placements: facts.placements,
+            }
+        })
+        .collect();
+    let vcpu_tids = vcpu_order(pass);
+    let blocktime = Blocktime {
+        vcpu_sum: ms(s.ours.per_vcpu_ns.values().sum()),
+        all_vcpus_overlap: (!vcpu_tids.is_empty()).then(|| ms(s.ours.all_down_ns)),
+        per_vcpu: s
+            .ours
+            .per_vcpu_ns
+            .iter()
+            .map(|(tid, ns)| (tid.to_string(), ms(*ns)))
+            .collect(),
+        vcpus: vcpu_tids.len(),
+        qemu_view: QemuView {
+            vcpu_sum: ms(s.qemu_view.per_vcpu_ns.values().sum()),
+            all_vcpus_overlap: (!vcpu_tids.is_empty()).then(|| ms(s.qemu_view.all_down_ns)),
+            faults: s.qemu_counted,
+            unseen_faults: s.count - s.qemu_counted,
+        },
+    };
+    let qemu = pass.qmp.seen.then(|| QemuSection {
+        version: meta.qemu_version.clone(),
+        blocktime_ms: pass.qmp.blocktime_ms,
+        vcpu_blocktime_ms: pass.qmp.vcpu_blocktime_ms.clone(),
+        status_timeline: pass
+            .qmp
+            .statuses
+            .iter()
+            .map(|(ts, st)| StatusChange {
+                at_s: ts.saturating_sub(t0) as f64 / 1e9,
+                status: st.clone(),
+            })
+            .collect(),
+        agreement: pass.qmp.blocktime_ms.filter(|b| *b > 0.0).map(|b| {
+            let ours = blocktime.qemu_view.all_vcpus_overlap.unwrap_or(0.0);
+            (ours / b * 1000.0).round() / 1000.0
+        }),
+    });
+    let guest = (!pass.guest_samples.is_empty() || pass.guest_counts != LineCounts::default())
+        .then(|| {
+            let ctx = guest::Context {
+                bins: &s.bins,
+                vcpu_tids: &vcpu_tids,
+                realtime_offset_ns: meta.realtime_offset_ns,
+                switchover_ns: pass.qmp.postcopy_active_ns.or(s.first_fault_ts),
+                trace_start_ns: t0,
+            };
+            guest::correlate(
+                &pass.guest_samples,
+                pass.guest_counts.clone(),
+                &ctx,
+                opts.guest_offset_ms,
+            )
+        });
+    if guest.as_ref().is_some_and(|g| g.lines.stale_markers > 0) {
+        warnings.push("the guest reported stale pages (UFFDSCOPE-STALE lines)".to_owned());
+    }
+    Report {
+        schema: SCHEMA,
+        trace: TraceSection {
+            path: path.to_owned(),
+            duration_s: match (pass.first_ts, pass.last_ts) {
+                (Some(a), Some(b)) => Some((b - a) as f64 / 1e9),
+                _ => None,
+            },
+            events: pass.events,
+            drops: pass.drops,
+            target: Target {
+                pid: meta.target_pid,
+                comm: meta.target_comm.clone(),
+            },
+            kernel: meta.kernel.clone(),
+            host: meta.host.clone(),
+            tool: meta.tool.clone(),
+            format_version: version,
+            damage: damage.map(|d| d.to_string()),
+            end: pass.end.clone(),
+        },
+        faults: FaultSection {
+            count: s.count,
+            by_resolution,
+            service_us: s.service.percentiles(),
+            blocked_us: s.blocked.percentiles(),
+            stages_us,
+            stage_share,
+            with_service: s.with_service,
+            stage_sum_consistent: s.stage_sum_consistent,
+            qemu_counted: s.qemu_counted,
+            messages_read: pass.engine.messages_read,
+            uffd_reads: pass.engine.uffd_reads,
+            failed_reads: pass.engine.eagain_reads,
+            page_requests: pass.engine.requests_sent,
+            placements: pass.engine.placements_by_op.clone(),
+            slowest: s.slowest.iter().map(|f| SlowFault::new(f, t0)).collect(),
+        },
+        threads,
+        blocktime_ms: blocktime,
+        network: NetworkSection {
+            channels: pass.network.report(|tid| {
+                pass.engine.threads.get(&tid).map(|t| t.role().as_str())
+            }),
+        },
+        guest,
+        qemu,
+        warnings,
+    }
+}

@@ -1,0 +1,421 @@
+//! Guest correlation (DESIGN.md §5): parse the guest's write-latency lines,
+//! align the guest clock to the host, find the baseline and the spikes, and say
+//! how much of each spike vCPU blocking explains.
+
+use serde::Serialize;
+
+use crate::stats::Bins;
+
+/// One guest measurement: an interval of `dur_ms` that ended at `end`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Guest wall-clock ms at the end of the interval, when the line carries it.
+    pub guest_end_ms: Option<f64>,
+    /// Host monotonic ns at which the line arrived, when recorded live.
+    pub host_arrival_ns: Option<u64>,
+    pub dur_ms: f64,
+    /// Who printed it (`NAME (PID)` of guestperf), for per-thread grouping.
+    pub source: String,
+    /// Guest CPU the writer ran on, when the line names it (`.../cpuN`, `cpu=N`).
+    pub cpu: Option<u32>,
+}
+
+/// Counts of what a guest log contained.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LineCounts {
+    pub guestperf: u64,
+    pub plain: u64,
+    pub json: u64,
+    pub unknown: u64,
+    /// Lines that flag stale pages in the guest (`UFFDSCOPE-STALE`).
+    pub stale_markers: u64,
+}
+
+fn parse_cpu(name: &str) -> Option<u32> {
+    let lower = name.to_ascii_lowercase();
+    let idx = lower.rfind("cpu")?;
+    let digits: String = lower[idx + 3..]
+        .trim_start_matches(['=', ' ', ':'])
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Parses `NAME (PID): INFO: <epoch>ms copied <x> GB in <dur>ms`.
+fn parse_guestperf(line: &str) -> Option<Sample> {
+    let (head, rest) = line.split_once(": INFO: ")?;
+    let (epoch, rest) = rest.trim().split_once("ms copied ")?;
+    let (_, dur) = rest.split_once(" in ")?;
+    let dur = dur.trim().strip_suffix("ms")?;
+    let epoch: f64 = epoch.trim().parse().ok()?;
+    let dur: f64 = dur.trim().parse().ok()?;
+    let name = head.split(" (").next().unwrap_or(head);
+    Some(Sample {
+        guest_end_ms: Some(epoch),
+        host_arrival_ns: None,
+        dur_ms: dur,
+        source: head.trim().to_owned(),
+        cpu: parse_cpu(name),
+    })
+}
+
+fn parse_plain(line: &str) -> Option<Sample> {
+    let mut it = line.split_whitespace();
+    let epoch: f64 = it.next()?.parse().ok()?;
+    let dur: f64 = it.next()?.parse().ok()?;
+    if it.next().is_some() {
+        return None;
+    }
+    Some(Sample {
+        guest_end_ms: Some(epoch),
+        host_arrival_ns: None,
+        dur_ms: dur,
+        source: "plain".to_owned(),
+        cpu: None,
+    })
+}
+
+fn parse_json(line: &str) -> Option<Sample> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let num = |keys: &[&str]| keys.iter().find_map(|k| v.get(*k).and_then(serde_json::Value::as_f64));
+    let dur = num(&["dur_ms", "value_ms", "latency_ms"])?;
+    let end = num(&["epoch_ms", "ts_ms", "end_ms"]);
+    let source = v
+        .get("name")
+        .or_else(|| v.get("thread"))
+        .and_then(|s| s.as_str())
+        .unwrap_or("json")
+        .to_owned();
+    let cpu = num(&["cpu"]).map(|c| c as u32);
+    Some(Sample {
+        guest_end_ms: end,
+        host_arrival_ns: None,
+        dur_ms: dur,
+        source,
+        cpu,
+    })
+}
+
+/// Parses one line in any supported format, updating `counts`.
+pub fn parse_line(line: &str, counts: &mut LineCounts) -> Option<Sample> {
+    let line = line.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    if line.is_empty() {
+        return None;
+    }
+    if line.contains("UFFDSCOPE-STALE") {
+        counts.stale_markers += 1;
+    }
+    if let Some(s) = parse_guestperf(line) {
+        counts.guestperf += 1;
+        return Some(s);
+    }
+    if line.starts_with('{') {
+        if let Some(s) = parse_json(line) {
+            counts.json += 1;
+            return Some(s);
+        }
+    }
+    if let Some(s) = parse_plain(line) {
+        counts.plain += 1;
+        return Some(s);
+    }
+    counts.unknown += 1;
+    None
+}
+
+/// How guest time was put on the host's clock.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Alignment {
+    /// Each line stamped with host time on arrival by `record`.
+    HostArrival,
+    /// `--guest-offset`: guest clock minus host realtime, ms.
+    Explicit(f64),
+    /// Searched for the offset that best aligns spikes with blocked time.
+    Estimated { offset_ms: f64, correlation: f64 },
+    /// Nothing to align with (no faults, or no timestamps).
+    None,
+}
+
+/// Inputs the correlation needs from the trace.
+pub struct Context<'a> {
+    pub bins: &'a Bins,
+    /// vCPU tids in CPU index order (from names `CPU n/...` or first appearance).
+    pub vcpu_tids: &'a [u32],
+    /// `CLOCK_REALTIME - CLOCK_MONOTONIC` on the recording host, ns.
+    pub realtime_offset_ns: i64,
+    /// When post-copy started (first fault or QMP `postcopy-active`), host mono ns.
+    pub switchover_ns: Option<u64>,
+    pub trace_start_ns: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Spike {
+    /// Seconds since trace start.
+    pub start: f64,
+    pub dur_ms: f64,
+    pub excess_ms: f64,
+    pub source: String,
+    pub vcpu_tid: Option<u32>,
+    pub blocked_ms: f64,
+    pub faults: u64,
+    /// Share of the excess over baseline explained by vCPU blocking (0..=1).
+    pub explained: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestSection {
+    pub lines: LineCounts,
+    pub samples: usize,
+    pub baseline_ms: Option<f64>,
+    pub baseline_from: &'static str,
+    pub spikes: Vec<Spike>,
+    pub correlation: Option<f64>,
+    pub alignment: String,
+    pub offset_ms: Option<f64>,
+}
+
+/// A sample placed on the host monotonic clock.
+#[derive(Debug, Clone)]
+struct Placed {
+    start_ns: u64,
+    end_ns: u64,
+    dur_ms: f64,
+    source: String,
+    tid: Option<u32>,
+}
+
+fn place(samples: &[Sample], ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<Placed> {
+    samples
+        .iter()
+        .filter_map(|s| {
+            let end_ns = match (s.host_arrival_ns, offset_ms, s.guest_end_ms) {
+                (Some(arrival), None, _) => arrival as f64,
+                (_, Some(off), Some(guest_end)) => {
+                    (guest_end - off) * 1e6 - ctx.realtime_offset_ns as f64
+                }
+                _ => return None,
+            };
+            let start_ns = end_ns - s.dur_ms * 1e6;
+            if start_ns < 0.0 {
+                return None;
+            }
+            Some(Placed {
+                start_ns: start_ns as u64,
+                end_ns: end_ns as u64,
+                dur_ms: s.dur_ms,
+                source: s.source.clone(),
+                tid: s
+                    .cpu
+                    .and_then(|c| ctx.vcpu_tids.get(c as usize).copied())
+                    .or_else(|| (ctx.vcpu_tids.len() == 1).then(|| ctx.vcpu_tids[0])),
+            })
+        })
+        .collect()
+}
+
+/// Blocked ms and faults of the sample's vCPU during its interval; without a
+/// known vCPU, the most-blocked vCPU's.
+fn blocked_in(p: &Placed, ctx: &Context<'_>) -> (f64, u64, Option<u32>) {
+    let pick = |tid: u32| {
+        let (ns, n) = ctx.bins.window(Some(tid), p.start_ns, p.end_ns);
+        (ns as f64 / 1e6, n, Some(tid))
+    };
+    match p.tid {
+        Some(tid) => pick(tid),
+        None => ctx
+            .vcpu_tids
+            .iter()
+            .map(|&t| pick(t))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap_or((0.0, 0, None)),
+    }
+}
+
+fn pearson(xs: &[f64], ys: &[f64]) -> Option<f64> {
+    let n = xs.len() as f64;
+    if xs.len() < 3 {
+        return None;
+    }
+    let mx = xs.iter().sum::<f64>() / n;
+    let my = ys.iter().sum::<f64>() / n;
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (x, y) in xs.iter().zip(ys) {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx) * (x - mx);
+        syy += (y - my) * (y - my);
+    }
+    if sxx <= 0.0 || syy <= 0.0 {
+        return None;
+    }
+    Some(sxy / (sxx * syy).sqrt())
+}
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 0 {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    })
+}
+
+fn correlation_of(placed: &[Placed], ctx: &Context<'_>) -> Option<f64> {
+    let xs: Vec<f64> = placed.iter().map(|p| p.dur_ms).collect();
+    let ys: Vec<f64> = placed.iter().map(|p| blocked_in(p, ctx).0).collect();
+    pearson(&xs, &ys)
+}
+
+/// Searches guest-clock offsets for the best alignment of durations with blocked time.
+fn estimate_offset(samples: &[Sample], ctx: &Context<'_>) -> Option<(f64, f64)> {
+    let guess = 0.0;
+    let mut best: Option<(f64, f64)> = None;
+    let consider = |off: f64, best: &mut Option<(f64, f64)>| {
+        let placed = place(samples, ctx, Some(off));
+        if let Some(c) = correlation_of(&placed, ctx) {
+            if best.is_none_or(|(_, bc)| c > bc) {
+                *best = Some((off, c));
+            }
+        }
+    };
+    // Coarse ±60 s in 100 ms steps, then ±200 ms around the best in 5 ms steps.
+    for i in -600..=600 {
+        consider(guess + f64::from(i) * 100.0, &mut best);
+    }
+    let (center, _) = best?;
+    for i in -40..=40 {
+        consider(center + f64::from(i) * 5.0, &mut best);
+    }
+    best
+}
+
+/// Correlates guest samples with vCPU blocking.
+pub fn correlate(
+    samples: &[Sample],
+    counts: LineCounts,
+    ctx: &Context<'_>,
+    explicit_offset_ms: Option<f64>,
+) -> GuestSection {
+    let arrival = explicit_offset_ms.is_none() && samples.iter().all(|s| s.host_arrival_ns.is_some());
+    let alignment = if samples.is_empty() {
+        Alignment::None
+    } else if arrival {
+        Alignment::HostArrival
+    } else if let Some(off) = explicit_offset_ms {
+        Alignment::Explicit(off)
+    } else {
+        match estimate_offset(samples, ctx) {
+            Some((offset_ms, correlation)) => Alignment::Estimated {
+                offset_ms,
+                correlation,
+            },
+            None => Alignment::None,
+        }
+    };
+    let offset = match alignment {
+        Alignment::Explicit(o) | Alignment::Estimated { offset_ms: o, .. } => Some(o),
+        _ => None,
+    };
+    let placed = if matches!(alignment, Alignment::None) {
+        Vec::new()
+    } else {
+        place(samples, ctx, offset)
+    };
+    let (mut before, baseline_from): (Vec<f64>, &'static str) = match ctx.switchover_ns {
+        Some(sw) if placed.iter().any(|p| p.end_ns <= sw) => (
+            placed
+                .iter()
+                .filter(|p| p.end_ns <= sw)
+                .map(|p| p.dur_ms)
+                .collect(),
+            "pre_switchover_median",
+        ),
+        _ => (
+            placed.iter().map(|p| p.dur_ms).collect(),
+            "all_intervals_median",
+        ),
+    };
+    let baseline = median(&mut before);
+    let mut spikes = Vec::new();
+    if let Some(base) = baseline {
+        let threshold = (base * 1.5).max(base + 1.0);
+        for p in placed.iter().filter(|p| p.dur_ms > threshold) {
+            let (blocked_ms, faults, tid) = blocked_in(p, ctx);
+            let excess = p.dur_ms - base;
+            spikes.push(Spike {
+                start: p.start_ns.saturating_sub(ctx.trace_start_ns) as f64 / 1e9,
+                dur_ms: p.dur_ms,
+                excess_ms: excess,
+                source: p.source.clone(),
+                vcpu_tid: tid,
+                blocked_ms,
+                faults,
+                explained: (blocked_ms / excess).clamp(0.0, 1.0),
+            });
+        }
+    }
+    let (alignment_name, offset_ms) = match alignment {
+        Alignment::HostArrival => ("host_arrival".to_owned(), None),
+        Alignment::Explicit(o) => ("explicit_offset".to_owned(), Some(o)),
+        Alignment::Estimated { offset_ms, .. } => ("estimated".to_owned(), Some(offset_ms)),
+        Alignment::None => ("none".to_owned(), None),
+    };
+    GuestSection {
+        lines: counts,
+        samples: samples.len(),
+        baseline_ms: baseline,
+        baseline_from,
+        spikes,
+        correlation: correlation_of(&placed, ctx),
+        alignment: alignment_name,
+        offset_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stress_c_lines() {
+        let mut c = LineCounts::default();
+        let s = parse_line(
+            "stress (1): INFO: 1700000000123ms copied 1 GB in 00412ms",
+            &mut c,
+        )
+        .unwrap();
+        assert_eq!(s.guest_end_ms, Some(1_700_000_000_123.0));
+        assert!((s.dur_ms - 412.0).abs() < 1e-9);
+        assert_eq!(s.source, "stress (1)");
+        assert_eq!(c.guestperf, 1);
+        let s = parse_line(
+            "uffdscope-guest/cpu1 (00042): INFO: 000123ms copied 1 GB in 00007ms",
+            &mut c,
+        )
+        .unwrap();
+        assert_eq!(s.cpu, Some(1));
+    }
+
+    #[test]
+    fn parses_plain_and_json_and_counts_unknown() {
+        let mut c = LineCounts::default();
+        assert!(parse_line("1000 25.5", &mut c).is_some());
+        assert!(parse_line(r#"{"epoch_ms": 5, "dur_ms": 3, "cpu": 2}"#, &mut c).is_some());
+        assert!(parse_line("[    0.000000] Linux version 6.1", &mut c).is_none());
+        assert!(parse_line("UFFDSCOPE-STALE addr=0x1", &mut c).is_none());
+        assert_eq!(
+            c,
+            LineCounts {
+                guestperf: 0,
+                plain: 1,
+                json: 1,
+                unknown: 2,
+                stale_markers: 1
+            }
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! Per-channel network figures: which of the target's sockets carry what, their
+//! smoothed RTT (`tcp:tcp_probe`), retransmits and bytes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::record::{Direction, Record};
+use crate::rp::{self, RpMessage};
+use crate::stats::Hist;
+
+#[derive(Debug, Default)]
+struct Channel {
+    fd: Option<i32>,
+    local: String,
+    remote: String,
+    srtt: Hist,
+    retransmits: u64,
+    bytes_rx: u64,
+    bytes_tx: u64,
+    requests: u64,
+    recv_tids: BTreeMap<u32, u64>,
+}
+
+/// Accumulates network records; channels are keyed by (local port, remote port).
+#[derive(Debug, Default)]
+pub struct Network {
+    channels: BTreeMap<(u16, u16), Channel>,
+    by_fd: HashMap<i32, (u16, u16)>,
+    by_sk: HashMap<u64, (u16, u16)>,
+    /// Byte counts of sockets not yet tied to ports.
+    unbound_sk: HashMap<u64, (u64, u64, BTreeMap<u32, u64>)>,
+}
+
+/// One channel in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelReport {
+    pub role: String,
+    pub local: String,
+    pub remote: String,
+    pub fd: Option<i32>,
+    pub srtt_us: SrttReport,
+    pub retransmits: u64,
+    pub bytes_rx: u64,
+    pub bytes_tx: u64,
+    pub page_requests: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SrttReport {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub samples: u64,
+}
+
+impl Network {
+    pub fn push(&mut self, rec: &Record) {
+        match rec {
+            Record::Socket(s) => {
+                let key = (s.local_port, s.remote_port);
+                let ch = self.channels.entry(key).or_default();
+                ch.fd = Some(s.fd);
+                ch.local.clone_from(&s.local);
+                ch.remote.clone_from(&s.remote);
+                self.by_fd.insert(s.fd, key);
+            }
+            Record::TcpProbe(p) => {
+                let key = (p.sport, p.dport);
+                if let Some(ch) = self.channels.get_mut(&key) {
+                    ch.srtt.record(u64::from(p.srtt_us) * 1000);
+                    self.by_sk.insert(p.sk, key);
+                    if let Some((rx, tx, tids)) = self.unbound_sk.remove(&p.sk) {
+                        ch.bytes_rx += rx;
+                        ch.bytes_tx += tx;
+                        for (tid, n) in tids {
+                            *ch.recv_tids.entry(tid).or_default() += n;
+                        }
+                    }
+                }
+            }
+            Record::TcpRetransmit(r) => {
+                if let Some(ch) = self.channels.get_mut(&(r.sport, r.dport)) {
+                    ch.retransmits += 1;
+                    self.by_sk.insert(r.sk, (r.sport, r.dport));
+                }
+            }
+            Record::SockLen(l) if l.len > 0 => {
+                let n = l.len as u64;
+                match self.by_sk.get(&l.sk).and_then(|k| self.channels.get_mut(k)) {
+                    Some(ch) => match l.dir {
+                        Direction::Recv => {
+                            ch.bytes_rx += n;
+                            *ch.recv_tids.entry(l.tid).or_default() += n;
+                        }
+                        Direction::Send => ch.bytes_tx += n,
+                    },
+                    None => {
+                        let e = self.unbound_sk.entry(l.sk).or_default();
+                        match l.dir {
+                            Direction::Recv => {
+                                e.0 += n;
+                                *e.2.entry(l.tid).or_default() += n;
+                            }
+                            Direction::Send => e.1 += n,
+                        }
+                    }
+                }
+            }
+            Record::SockIo(s) if s.dir == Direction::Send && s.ret > 0 => {
+                let reqs = rp::parse(&s.head)
+                    .iter()
+                    .filter(|m| matches!(m, RpMessage::ReqPages { .. }))
+                    .count() as u64;
+                if reqs > 0 {
+                    let key = *self.by_fd.entry(s.fd).or_insert((0, 0));
+                    let ch = self.channels.entry(key).or_default();
+                    ch.fd.get_or_insert(s.fd);
+                    ch.requests += reqs;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Channels with a role each: the one carrying page requests is the return
+    /// path; among the rest, the one receiving most is the main stream, and a
+    /// second receiving channel is the preempt channel.
+    pub fn report(&self, thread_role: impl Fn(u32) -> Option<&'static str>) -> Vec<ChannelReport> {
+        let mut out: Vec<ChannelReport> = Vec::new();
+        let mut receivers: Vec<(u64, usize)> = Vec::new();
+        for ch in self.channels.values() {
+            let p = ch.srtt.percentiles();
+            let idx = out.len();
+            let top_reader = ch.recv_tids.iter().max_by_key(|(_, n)| **n).map(|(t, _)| *t);
+            let role = if ch.requests > 0 {
+                "return_path".to_owned()
+            } else if let Some(role) = top_reader.and_then(&thread_role) {
+                match role {
+                    "listen" => "main".to_owned(),
+                    "preempt" => "preempt".to_owned(),
+                    other => other.to_owned(),
+                }
+            } else {
+                receivers.push((ch.bytes_rx, idx));
+                "other".to_owned()
+            };
+            out.push(ChannelReport {
+                role,
+                local: ch.local.clone(),
+                remote: ch.remote.clone(),
+                fd: ch.fd,
+                srtt_us: SrttReport {
+                    p50: p.p50,
+                    p99: p.p99,
+                    samples: p.count,
+                },
+                retransmits: ch.retransmits,
+                bytes_rx: ch.bytes_rx,
+                bytes_tx: ch.bytes_tx,
+                page_requests: ch.requests,
+            });
+        }
+        if !out.iter().any(|c| c.role == "main") {
+            receivers.sort_unstable_by(|a, b| b.cmp(a));
+            if let Some(&(rx, i)) = receivers.first() {
+                if rx > 0 {
+                    out[i].role = "main".to_owned();
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,177 @@
+//! The report model: the stable JSON contract of DESIGN.md §7 (`uffdscope.report/1`).
+//! Renderers (text, markdown, HTML) read this model; nothing else decides numbers.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::lifecycle::Fault;
+use crate::network::ChannelReport;
+use crate::stats::Percentiles;
+
+pub const SCHEMA: &str = "uffdscope.report/1";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub trace: TraceSection,
+    pub faults: FaultSection,
+    pub threads: Vec<ThreadRow>,
+    pub blocktime_ms: Blocktime,
+    pub network: NetworkSection,
+    pub guest: Option<crate::guest::GuestSection>,
+    pub qemu: Option<QemuSection>,
+    /// Warnings every renderer must show (drops, damage, unknowns).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub pid: u32,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceSection {
+    pub path: String,
+    pub duration_s: Option<f64>,
+    pub events: u64,
+    pub drops: u64,
+    pub target: Target,
+    pub kernel: String,
+    pub host: String,
+    pub tool: String,
+    pub format_version: u16,
+    /// Why reading stopped early, when the file is damaged.
+    pub damage: Option<String>,
+    /// How the recording ended, as the recorder noted it.
+    pub end: Option<String>,
+}
+
+/// Stage percentiles in µs.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StagePercentiles {
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+    pub count: u64,
+}
+
+impl From<Percentiles> for StagePercentiles {
+    fn from(p: Percentiles) -> Self {
+        Self {
+            p50: p.p50,
+            p90: p.p90,
+            p99: p.p99,
+            max: p.max,
+            count: p.count,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultSection {
+    pub count: u64,
+    pub by_resolution: BTreeMap<String, u64>,
+    pub service_us: Percentiles,
+    pub blocked_us: Percentiles,
+    pub stages_us: BTreeMap<String, StagePercentiles>,
+    /// Share of total stage time per stage (queue..place), of faults with all known.
+    pub stage_share: BTreeMap<String, Option<f64>>,
+    pub with_service: u64,
+    pub stage_sum_consistent: u64,
+    pub qemu_counted: u64,
+    pub messages_read: u64,
+    pub uffd_reads: u64,
+    pub failed_reads: u64,
+    pub page_requests: u64,
+    pub placements: BTreeMap<String, u64>,
+    pub slowest: Vec<SlowFault>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowFault {
+    pub tid: u32,
+    pub page: String,
+    pub resolution: String,
+    /// Seconds since trace start of the fault entry (or block).
+    pub at_s: f64,
+    pub service_us: Option<f64>,
+    pub blocked_us: Option<f64>,
+    pub stages_us: BTreeMap<String, Option<f64>>,
+}
+
+impl SlowFault {
+    pub fn new(f: &Fault, t0: u64) -> Self {
+        let us = |ns: Option<u64>| ns.map(|n| n as f64 / 1000.0);
+        Self {
+            tid: f.tid,
+            page: format!("{:#x}", f.page),
+            resolution: f.resolution.as_str().to_owned(),
+            at_s: f.entry_ts.unwrap_or(f.blocked_ts).saturating_sub(t0) as f64 / 1e9,
+            service_us: us(f.service_ns()),
+            blocked_us: us(f.blocked_ns()),
+            stages_us: crate::lifecycle::Stage::ALL
+                .iter()
+                .map(|s| (s.as_str().to_owned(), us(f.stage_ns(*s))))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadRow {
+    pub tid: u32,
+    pub name: Option<String>,
+    pub role: &'static str,
+    pub faults: u64,
+    pub blocked_ms: f64,
+    pub service_p50_us: Option<f64>,
+    pub service_p99_us: Option<f64>,
+    pub uffd_reads: u64,
+    pub placements: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Blocktime {
+    pub vcpu_sum: f64,
+    pub all_vcpus_overlap: Option<f64>,
+    pub per_vcpu: BTreeMap<String, f64>,
+    pub vcpus: usize,
+    /// The same figures restricted to what QEMU can see: from the message read
+    /// to the placement, for faults whose message was read.
+    pub qemu_view: QemuView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QemuView {
+    pub vcpu_sum: f64,
+    pub all_vcpus_overlap: Option<f64>,
+    pub faults: u64,
+    /// Faults QEMU cannot see (placed before their message was read).
+    pub unseen_faults: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkSection {
+    pub channels: Vec<ChannelReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusChange {
+    pub at_s: f64,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QemuSection {
+    pub version: Option<String>,
+    /// QEMU's own `postcopy-blocktime` (all vCPUs blocked), ms.
+    pub blocktime_ms: Option<f64>,
+    /// QEMU's own `postcopy-vcpu-blocktime`, ms per vCPU.
+    pub vcpu_blocktime_ms: Option<Vec<f64>>,
+    pub status_timeline: Vec<StatusChange>,
+    /// uffdscope's QEMU-view overlap divided by QEMU's blocktime.
+    pub agreement: Option<f64>,
+}
