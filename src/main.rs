@@ -79,9 +79,10 @@ struct InputError(String);
 
 fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let guest_log = match &args.guest_log {
-        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
-            InputError(format!("cannot read guest log {}: {e}", p.display()))
-        })?),
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| InputError(format!("cannot read guest log {}: {e}", p.display())))?,
+        ),
         None => None,
     };
     let opts = Options {
@@ -126,7 +127,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { 1 } else { 0 };
+            let code = u8::from(e.use_stderr());
             let _ = e.print();
             return ExitCode::from(code);
         }

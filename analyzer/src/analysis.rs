@@ -49,19 +49,24 @@ impl Qmp {
             return;
         };
         let v = v.get("return").unwrap_or(&v);
-        if let Some(b) = v.get("postcopy-blocktime").and_then(serde_json::Value::as_f64) {
+        if let Some(b) = v
+            .get("postcopy-blocktime")
+            .and_then(serde_json::Value::as_f64)
+        {
             self.blocktime_ms = Some(b);
         }
         if let Some(arr) = v
             .get("postcopy-vcpu-blocktime")
             .and_then(serde_json::Value::as_array)
         {
-            self.vcpu_blocktime_ms = Some(arr.iter().filter_map(serde_json::Value::as_f64).collect());
+            self.vcpu_blocktime_ms =
+                Some(arr.iter().filter_map(serde_json::Value::as_f64).collect());
         }
-        let status = v
-            .get("status")
-            .and_then(|s| s.as_str())
-            .or_else(|| v.get("data").and_then(|d| d.get("status")).and_then(|s| s.as_str()));
+        let status = v.get("status").and_then(|s| s.as_str()).or_else(|| {
+            v.get("data")
+                .and_then(|d| d.get("status"))
+                .and_then(|s| s.as_str())
+        });
         if let Some(status) = status {
             if self.statuses.last().is_none_or(|(_, s)| s != status) {
                 self.statuses.push((ts, status.to_owned()));
@@ -136,7 +141,13 @@ fn vcpu_order(pass: &Pass) -> Vec<u32> {
         .vcpu_names
         .iter()
         .filter_map(|(&tid, name)| {
-            let n = name.strip_prefix("CPU ")?.split('/').next()?.trim().parse().ok()?;
+            let n = name
+                .strip_prefix("CPU ")?
+                .split('/')
+                .next()?
+                .trim()
+                .parse()
+                .ok()?;
             Some((n, tid))
         })
         .collect();
@@ -376,9 +387,9 @@ fn build_report(
         threads,
         blocktime_ms: blocktime,
         network: NetworkSection {
-            channels: pass.network.report(|tid| {
-                pass.engine.threads.get(&tid).map(|t| t.role().as_str())
-            }),
+            channels: pass
+                .network
+                .report(|tid| pass.engine.threads.get(&tid).map(|t| t.role().as_str())),
         },
         guest,
         qemu,

@@ -78,7 +78,10 @@ fn parse_plain(line: &str) -> Option<Sample> {
 
 fn parse_json(line: &str) -> Option<Sample> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let num = |keys: &[&str]| keys.iter().find_map(|k| v.get(*k).and_then(serde_json::Value::as_f64));
+    let num = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| v.get(*k).and_then(serde_json::Value::as_f64))
+    };
     let dur = num(&["dur_ms", "value_ms", "latency_ms"])?;
     let end = num(&["epoch_ms", "ts_ms", "end_ms"]);
     let source = v
@@ -257,8 +260,8 @@ fn median(v: &mut [f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    Some(if v.len() % 2 == 0 {
-        (v[m - 1] + v[m]) / 2.0
+    Some(if v.len().is_multiple_of(2) {
+        f64::midpoint(v[m - 1], v[m])
     } else {
         v[m]
     })
@@ -300,7 +303,8 @@ pub fn correlate(
     ctx: &Context<'_>,
     explicit_offset_ms: Option<f64>,
 ) -> GuestSection {
-    let arrival = explicit_offset_ms.is_none() && samples.iter().all(|s| s.host_arrival_ns.is_some());
+    let arrival =
+        explicit_offset_ms.is_none() && samples.iter().all(|s| s.host_arrival_ns.is_some());
     let alignment = if samples.is_empty() {
         Alignment::None
     } else if arrival {

@@ -283,6 +283,8 @@ pub struct Engine {
     base_votes: HashMap<(String, u64), u32>,
     /// Requests of blocks whose base is not known yet.
     unplaced_requests: Vec<PendingRequest>,
+    /// Registered uffd ranges (start, len): RAMBlocks start at one.
+    ranges: Vec<(u64, u64)>,
     /// The last uffd message each reader thread read (for base learning).
     last_read: HashMap<u32, (u64, u64)>,
     pub threads: BTreeMap<u32, ThreadFacts>,
@@ -314,6 +316,7 @@ impl Engine {
             base_votes: HashMap::new(),
             unplaced_requests: Vec::new(),
             last_read: HashMap::new(),
+            ranges: Vec::new(),
             threads: BTreeMap::new(),
             watermark: 0,
             last_prune: 0,
@@ -368,6 +371,10 @@ impl Engine {
                     }
                 }
             }
+            Record::UffdIoctl(io) if io.op == IoctlOp::Register && io.ret >= 0 => {
+                self.ranges.push((io.start, io.len));
+            }
+            Record::UffdRange(r) => self.ranges.push((r.start, r.len)),
             Record::UffdIoctl(io) => self.push_ioctl(io),
             Record::SockIo(s) if s.dir == crate::record::Direction::Send && s.ret > 0 => {
                 for msg in rp::parse(&s.head) {
@@ -446,11 +453,21 @@ impl Engine {
     fn add_request(&mut self, tid: u32, req: PendingRequest) {
         if !self.block_base.contains_key(&req.block) {
             if let Some(&(read_ts, page)) = self.last_read.get(&tid) {
+                // A huge-page request covers the whole (aligned) huge page the
+                // read address falls in.
+                let align = req.len.max(PAGE).next_power_of_two();
+                let page = page & !(align - 1);
                 if req.ts >= read_ts && req.ts - read_ts < 50_000_000 && page >= req.start {
                     let base = page - (req.start & !(PAGE - 1));
-                    let votes = self.base_votes.entry((req.block.clone(), base)).or_default();
+                    let votes = self
+                        .base_votes
+                        .entry((req.block.clone(), base))
+                        .or_default();
                     *votes += 1;
-                    if *votes >= 2 {
+                    // A base at the start of a registered range is trusted at
+                    // once; otherwise two agreeing read→request pairs are needed.
+                    let at_range_start = self.ranges.iter().any(|&(start, _)| start == base);
+                    if *votes >= 2 || at_range_start {
                         self.block_base.insert(req.block.clone(), base);
                         let block = req.block.clone();
                         let waiting: Vec<_> = self

@@ -131,7 +131,11 @@ impl Network {
         for ch in self.channels.values() {
             let p = ch.srtt.percentiles();
             let idx = out.len();
-            let top_reader = ch.recv_tids.iter().max_by_key(|(_, n)| **n).map(|(t, _)| *t);
+            let top_reader = ch
+                .recv_tids
+                .iter()
+                .max_by_key(|(_, n)| **n)
+                .map(|(t, _)| *t);
             let role = if ch.requests > 0 {
                 "return_path".to_owned()
             } else if let Some(role) = top_reader.and_then(&thread_role) {
@@ -164,7 +168,7 @@ impl Network {
             receivers.sort_unstable_by(|a, b| b.cmp(a));
             if let Some(&(rx, i)) = receivers.first() {
                 if rx > 0 {
-                    out[i].role = "main".to_owned();
+                    "main".clone_into(&mut out[i].role);
                 }
             }
         }

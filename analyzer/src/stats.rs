@@ -157,7 +157,11 @@ impl Bins {
     pub fn window(&self, tid: Option<u32>, start: u64, end: u64) -> (u64, u64) {
         let mut blocked = 0u64;
         let mut faults = 0u64;
-        for (_, bins) in self.per_tid.iter().filter(|(t, _)| tid.is_none_or(|x| x == **t)) {
+        for (_, bins) in self
+            .per_tid
+            .iter()
+            .filter(|(t, _)| tid.is_none_or(|x| x == **t))
+        {
             for (&bin, &(ns, n)) in bins.range(start / Self::BIN_NS..=end / Self::BIN_NS) {
                 let b0 = bin * Self::BIN_NS;
                 let b1 = b0 + Self::BIN_NS;

@@ -33,7 +33,11 @@ pub fn headline(r: &Report) -> String {
     );
     let net = f.stage_share.get("network").copied().flatten();
     if let Some(n) = net {
-        let _ = write!(s, "; {} of the known stage time was network plus source", pct(Some(n)));
+        let _ = write!(
+            s,
+            "; {} of the known stage time was network plus source",
+            pct(Some(n))
+        );
     }
     s.push('.');
     if let Some(g) = &r.guest {
@@ -81,7 +85,9 @@ pub fn render_text(r: &Report) -> String {
         t.events,
         opt(t.duration_s, " s"),
         t.drops,
-        t.end.as_ref().map_or(String::new(), |e| format!(", ended: {e}"))
+        t.end
+            .as_ref()
+            .map_or(String::new(), |e| format!(", ended: {e}"))
     );
     let _ = writeln!(o);
     let _ = writeln!(o, "{}", headline(r));
@@ -154,7 +160,11 @@ pub fn render_text(r: &Report) -> String {
         "{:>8} {:<18} {:<8} {:>8} {:>11} {:>9} {:>9} {:>8} {:>8}",
         "tid", "name", "role", "faults", "blocked ms", "p50 µs", "p99 µs", "reads", "placed"
     );
-    for th in r.threads.iter().filter(|t| t.faults > 0 || t.role != "other") {
+    for th in r
+        .threads
+        .iter()
+        .filter(|t| t.faults > 0 || t.role != "other")
+    {
         let _ = writeln!(
             o,
             "{:>8} {:<18} {:<8} {:>8} {:>11.1} {:>9} {:>9} {:>8} {:>8}",
@@ -194,10 +204,9 @@ pub fn render_text(r: &Report) -> String {
             o,
             "QEMU reports: postcopy-blocktime {}, per vCPU {}{}",
             opt(q.blocktime_ms, " ms"),
-            q.vcpu_blocktime_ms.as_ref().map_or_else(
-                || "n/a".to_owned(),
-                |v| format!("{v:?} ms")
-            ),
+            q.vcpu_blocktime_ms
+                .as_ref()
+                .map_or_else(|| "n/a".to_owned(), |v| format!("{v:?} ms")),
             q.agreement
                 .map_or_else(String::new, |a| format!(" (uffdscope/QEMU = {a:.2})"))
         );
@@ -253,7 +262,8 @@ pub fn render_text(r: &Report) -> String {
             "baseline {} ({}), correlation with vCPU blocking {}",
             opt(g.baseline_ms, " ms"),
             g.baseline_from,
-            g.correlation.map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}"))
+            g.correlation
+                .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}"))
         );
         if !g.spikes.is_empty() {
             let _ = writeln!(
@@ -268,7 +278,8 @@ pub fn render_text(r: &Report) -> String {
                     sp.start,
                     sp.dur_ms,
                     sp.excess_ms,
-                    sp.vcpu_tid.map_or_else(|| "?".to_owned(), |t| t.to_string()),
+                    sp.vcpu_tid
+                        .map_or_else(|| "?".to_owned(), |t| t.to_string()),
                     sp.blocked_ms,
                     sp.faults,
                     pct(Some(sp.explained))
