@@ -161,59 +161,63 @@ struct Entry<T> {
     value: T,
 }
 
-/// Address-keyed, time-pruned index of ranges.
+/// Address-keyed index of ranges, pruned by age in O(removed): entries live in
+/// one ordered map keyed by (start, sequence) and a FIFO in insertion order,
+/// which is close to time order.
 #[derive(Debug)]
 struct AddrIndex<T> {
-    map: BTreeMap<u64, Vec<Entry<T>>>,
+    map: BTreeMap<(u64, u64), Entry<T>>,
+    fifo: VecDeque<(u64, u64, u64)>,
+    seq: u64,
     max_len: u64,
-    entries: usize,
 }
 
 impl<T: Copy> AddrIndex<T> {
     fn new() -> Self {
         Self {
             map: BTreeMap::new(),
+            fifo: VecDeque::new(),
+            seq: 0,
             max_len: PAGE,
-            entries: 0,
         }
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
     }
 
     fn insert(&mut self, start: u64, len: u64, ts: u64, value: T) {
         let len = len.max(1);
         self.max_len = self.max_len.max(len);
-        self.map
-            .entry(start)
-            .or_default()
-            .push(Entry { ts, len, value });
-        self.entries += 1;
+        self.seq += 1;
+        self.map.insert((start, self.seq), Entry { ts, len, value });
+        self.fifo.push_back((ts, start, self.seq));
     }
 
     /// Entries whose range contains `addr`, with their start.
     fn covering(&self, addr: u64) -> impl Iterator<Item = (u64, &Entry<T>)> {
         let lo = addr.saturating_sub(self.max_len - 1);
-        self.map.range(lo..=addr).flat_map(move |(&start, v)| {
-            v.iter()
-                .filter(move |e| start.saturating_add(e.len) > addr)
-                .map(move |e| (start, e))
-        })
+        self.map
+            .range((lo, 0)..=(addr, u64::MAX))
+            .filter(move |((start, _), e)| start.saturating_add(e.len) > addr)
+            .map(|((start, _), e)| (*start, e))
     }
 
     /// Entries starting in `[lo, hi)`, with their start.
     fn starting_in(&self, lo: u64, hi: u64) -> impl Iterator<Item = (u64, &Entry<T>)> {
         self.map
-            .range(lo..hi.max(lo))
-            .flat_map(|(&s, v)| v.iter().map(move |e| (s, e)))
+            .range((lo, 0)..(hi.max(lo), 0))
+            .map(|((start, _), e)| (*start, e))
     }
 
     fn prune(&mut self, cutoff: u64) {
-        let mut removed = 0;
-        self.map.retain(|_, v| {
-            let before = v.len();
-            v.retain(|e| e.ts >= cutoff);
-            removed += before - v.len();
-            !v.is_empty()
-        });
-        self.entries -= removed;
+        while let Some(&(ts, start, seq)) = self.fifo.front() {
+            if ts >= cutoff {
+                break;
+            }
+            self.fifo.pop_front();
+            self.map.remove(&(start, seq));
+        }
     }
 }
 
@@ -411,7 +415,7 @@ impl Engine {
             self.watermark = ts;
         }
         self.settle(sink, false);
-        if self.watermark > self.last_prune + RETAIN_NS / 4 {
+        if self.watermark > self.last_prune + RETAIN_NS / 64 {
             let cutoff = self.watermark.saturating_sub(RETAIN_NS);
             self.reads.prune(cutoff);
             self.requests.prune(cutoff);
@@ -503,6 +507,19 @@ impl Engine {
 
     /// Resolves every open fault (end of trace).
     pub fn finish(&mut self, sink: &mut impl FnMut(Fault)) {
+        if std::env::var_os("UFFDSCOPE_DEBUG_SIZES").is_some() {
+            eprintln!(
+                "engine: pending {} reads {} requests {} placements {} unplaced {} keys {}/{}/{}",
+                self.pending.len(),
+                self.reads.len(),
+                self.requests.len(),
+                self.placements.len(),
+                self.unplaced_requests.len(),
+                self.reads.fifo.len(),
+                self.requests.fifo.len(),
+                self.placements.fifo.len()
+            );
+        }
         self.settle(sink, true);
     }
 

@@ -77,8 +77,9 @@ pub struct ThreadStats {
 /// Streaming sweep of per-vCPU blocked intervals: the sum per vCPU and the
 /// time during which every vCPU was blocked at once (QEMU's `postcopy-blocktime`).
 ///
-/// Intervals arrive roughly in time order; boundaries are buffered in a heap and
-/// swept once the stream is [`Sweep::HORIZON_NS`] past them.
+/// Intervals arrive in the order of their ends, roughly; their starts can lag by
+/// up to the longest interval. Boundaries are buffered in a heap and swept once
+/// the stream is that far (plus a margin) past them.
 #[derive(Debug, Default)]
 pub struct Sweep {
     heap: BinaryHeap<Reverse<(u64, i8, u32)>>,
@@ -87,10 +88,12 @@ pub struct Sweep {
     pub all_down_ns: u64,
     all_down_since: Option<u64>,
     latest: u64,
+    longest: u64,
 }
 
 impl Sweep {
-    pub const HORIZON_NS: u64 = 30_000_000_000;
+    /// Margin for intervals arriving out of order beyond the longest one.
+    pub const MARGIN_NS: u64 = 2_000_000_000;
 
     /// Adds one blocked interval of vCPU `tid`. `vcpus` is the vCPU count in force.
     pub fn add(&mut self, tid: u32, start: u64, end: u64, vcpus: usize) {
@@ -101,7 +104,12 @@ impl Sweep {
         self.heap.push(Reverse((end, -1, tid)));
         self.heap.push(Reverse((start, 1, tid)));
         self.latest = self.latest.max(end);
-        self.drain(self.latest.saturating_sub(Self::HORIZON_NS), vcpus);
+        self.longest = self.longest.max(end - start);
+        self.drain(
+            self.latest
+                .saturating_sub(self.longest.saturating_add(Self::MARGIN_NS)),
+            vcpus,
+        );
     }
 
     fn drain(&mut self, upto: u64, vcpus: usize) {
@@ -132,23 +140,36 @@ impl Sweep {
     }
 }
 
-/// Blocked time and fault counts in 1 ms bins, per vCPU thread.
+/// Blocked time and fault counts in 1 ms bins, per vCPU thread, stored densely
+/// from each thread's first fault (faults cluster in the post-copy phase).
 #[derive(Debug, Default)]
 pub struct Bins {
-    pub per_tid: HashMap<u32, BTreeMap<u64, (u64, u32)>>,
+    per_tid: HashMap<u32, (u64, Vec<(u32, u32)>)>,
 }
 
 impl Bins {
     pub const BIN_NS: u64 = 1_000_000;
 
     pub fn add(&mut self, tid: u32, start: u64, end: u64) {
-        let bins = self.per_tid.entry(tid).or_default();
-        bins.entry(start / Self::BIN_NS).or_default().1 += 1;
+        let first = start / Self::BIN_NS;
+        let (base, bins) = self.per_tid.entry(tid).or_insert((first, Vec::new()));
+        if first < *base {
+            // Rare: an earlier fault than the first seen; shift the array.
+            let shift = (*base - first) as usize;
+            bins.splice(0..0, std::iter::repeat_n((0, 0), shift));
+            *base = first;
+        }
+        let last = (end.max(start + 1) - 1) / Self::BIN_NS;
+        let need = (last - *base + 1) as usize;
+        if bins.len() < need {
+            bins.resize(need, (0, 0));
+        }
+        bins[(first - *base) as usize].1 += 1;
         let mut t = start;
         while t < end {
             let bin = t / Self::BIN_NS;
             let bin_end = ((bin + 1) * Self::BIN_NS).min(end);
-            bins.entry(bin).or_default().0 += bin_end - t;
+            bins[(bin - *base) as usize].0 += (bin_end - t) as u32;
             t = bin_end;
         }
     }
@@ -157,12 +178,17 @@ impl Bins {
     pub fn window(&self, tid: Option<u32>, start: u64, end: u64) -> (u64, u64) {
         let mut blocked = 0u64;
         let mut faults = 0u64;
-        for (_, bins) in self
+        for (_, (base, bins)) in self
             .per_tid
             .iter()
             .filter(|(t, _)| tid.is_none_or(|x| x == **t))
         {
-            for (&bin, &(ns, n)) in bins.range(start / Self::BIN_NS..=end / Self::BIN_NS) {
+            let lo = (start / Self::BIN_NS).max(*base);
+            let hi = (end / Self::BIN_NS).min(base + bins.len() as u64);
+            for bin in lo..=hi {
+                let Some(&(ns, n)) = bins.get((bin - base) as usize) else {
+                    continue;
+                };
                 let b0 = bin * Self::BIN_NS;
                 let b1 = b0 + Self::BIN_NS;
                 let overlap = b1.min(end).saturating_sub(b0.max(start));
