@@ -156,7 +156,11 @@ pub struct Context<'a> {
 pub struct Spike {
     /// Seconds since trace start.
     pub start: f64,
+    /// The value the guest printed (ms per GB written).
     pub dur_ms: f64,
+    /// The interval's wall time on the host clock.
+    pub wall_ms: f64,
+    /// Wall time lost to the slowdown: `wall_ms * (1 - baseline / dur_ms)`.
     pub excess_ms: f64,
     pub source: String,
     pub vcpu_tid: Option<u32>,
@@ -188,10 +192,15 @@ struct Placed {
     tid: Option<u32>,
 }
 
+/// Puts samples on the host monotonic clock. An interval runs from the
+/// previous line of the same source to this one (so both stress.c's "one line
+/// per GiB written" and per-pass lines scaled to ms/GiB give the true wall
+/// interval); a source's first line is assumed to span `dur_ms`.
 fn place(samples: &[Sample], ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<Placed> {
-    samples
+    let mut ends: Vec<(usize, f64)> = samples
         .iter()
-        .filter_map(|s| {
+        .enumerate()
+        .filter_map(|(i, s)| {
             let end_ns = match (s.host_arrival_ns, offset_ms, s.guest_end_ms) {
                 (Some(arrival), None, _) => arrival as f64,
                 (_, Some(off), Some(guest_end)) => {
@@ -199,22 +208,43 @@ fn place(samples: &[Sample], ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<P
                 }
                 _ => return None,
             };
-            let start_ns = end_ns - s.dur_ms * 1e6;
-            if start_ns < 0.0 {
-                return None;
-            }
-            Some(Placed {
-                start_ns: start_ns as u64,
-                end_ns: end_ns as u64,
-                dur_ms: s.dur_ms,
-                source: s.source.clone(),
-                tid: s
-                    .cpu
-                    .and_then(|c| ctx.vcpu_tids.get(c as usize).copied())
-                    .or_else(|| (ctx.vcpu_tids.len() == 1).then(|| ctx.vcpu_tids[0])),
-            })
+            Some((i, end_ns))
         })
-        .collect()
+        .collect();
+    ends.sort_by(|a, b| {
+        samples[a.0]
+            .source
+            .cmp(&samples[b.0].source)
+            .then(a.1.total_cmp(&b.1))
+    });
+    let mut out = Vec::with_capacity(ends.len());
+    let mut prev: Option<(&str, f64)> = None;
+    for (i, end_ns) in ends {
+        let s = &samples[i];
+        let own = end_ns - s.dur_ms * 1e6;
+        let start_ns = match prev {
+            // Consecutive lines of one writer: the gap is the interval, unless
+            // it is implausibly long (the writer was not printing meanwhile).
+            Some((src, p)) if src == s.source && end_ns - p < 4.0 * s.dur_ms * 1e6 + 1e9 => p,
+            _ => own,
+        };
+        prev = Some((&s.source, end_ns));
+        if start_ns < 0.0 || end_ns <= start_ns {
+            continue;
+        }
+        out.push(Placed {
+            start_ns: start_ns as u64,
+            end_ns: end_ns as u64,
+            dur_ms: s.dur_ms,
+            source: s.source.clone(),
+            tid: s
+                .cpu
+                .and_then(|c| ctx.vcpu_tids.get(c as usize).copied())
+                .or_else(|| (ctx.vcpu_tids.len() == 1).then(|| ctx.vcpu_tids[0])),
+        });
+    }
+    out.sort_by_key(|p| p.end_ns);
+    out
 }
 
 /// Blocked ms and faults of the sample's vCPU during its interval; without a
@@ -349,10 +379,14 @@ pub fn correlate(
         let threshold = (base * 1.5).max(base + 1.0);
         for p in placed.iter().filter(|p| p.dur_ms > threshold) {
             let (blocked_ms, faults, tid) = blocked_in(p, ctx);
-            let excess = p.dur_ms - base;
+            // The excess in wall time: at `dur` ms/GB instead of `base`, this
+            // share of the interval was lost.
+            let wall_ms = (p.end_ns - p.start_ns) as f64 / 1e6;
+            let excess = wall_ms * (1.0 - base / p.dur_ms);
             spikes.push(Spike {
                 start: p.start_ns.saturating_sub(ctx.trace_start_ns) as f64 / 1e9,
                 dur_ms: p.dur_ms,
+                wall_ms,
                 excess_ms: excess,
                 source: p.source.clone(),
                 vcpu_tid: tid,
