@@ -381,7 +381,7 @@ fn build_report(
             uffd_reads: pass.engine.uffd_reads,
             failed_reads: pass.engine.eagain_reads,
             page_requests: pass.engine.requests_sent,
-            placements: pass.engine.placements_by_op.clone(),
+            placements: pass.engine.placements_by_op(),
             slowest: s.slowest.iter().map(|f| SlowFault::new(f, t0)).collect(),
         },
         threads,

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::record::{IoctlOp, Record, Role, Sleep, UffdIoctl, UffdMsg};
 use crate::rp::{self, RpMessage};
@@ -158,15 +159,45 @@ impl Fault {
 struct Entry<T> {
     ts: u64,
     len: u64,
+    seq: u64,
     value: T,
 }
 
-/// Address-keyed index of ranges, pruned by age in O(removed): entries live in
-/// one ordered map keyed by (start, sequence) and a FIFO in insertion order,
-/// which is close to time order.
+/// A fast hasher for page addresses (multiplicative; keys are not adversarial
+/// in a way that matters: the worst case is a slower analysis).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PageHasher(u64);
+
+impl std::hash::Hasher for PageHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+    }
+}
+
+type PageMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PageHasher>>;
+
+/// Address-keyed index of ranges with age-based pruning in O(removed).
+///
+/// Single-page entries (the common case: one 4 KiB page read, requested or
+/// placed) live in a hash map by page; longer ranges (huge pages, multi-page
+/// requests) in an ordered map. A FIFO in insertion order, which is close to
+/// time order, drives pruning.
 #[derive(Debug)]
 struct AddrIndex<T> {
-    map: BTreeMap<(u64, u64), Entry<T>>,
+    pages: PageMap<SmallVec<[Entry<T>; 1]>>,
+    big: BTreeMap<(u64, u64), Entry<T>>,
     fifo: VecDeque<(u64, u64, u64)>,
     seq: u64,
     max_len: u64,
@@ -175,7 +206,8 @@ struct AddrIndex<T> {
 impl<T: Copy> AddrIndex<T> {
     fn new() -> Self {
         Self {
-            map: BTreeMap::new(),
+            pages: PageMap::default(),
+            big: BTreeMap::new(),
             fifo: VecDeque::new(),
             seq: 0,
             max_len: PAGE,
@@ -183,31 +215,62 @@ impl<T: Copy> AddrIndex<T> {
     }
 
     fn len(&self) -> usize {
-        self.map.len()
+        self.fifo.len()
+    }
+
+    fn is_page(start: u64, len: u64) -> bool {
+        len <= PAGE && start % PAGE == 0
     }
 
     fn insert(&mut self, start: u64, len: u64, ts: u64, value: T) {
         let len = len.max(1);
-        self.max_len = self.max_len.max(len);
         self.seq += 1;
-        self.map.insert((start, self.seq), Entry { ts, len, value });
+        let e = Entry {
+            ts,
+            len,
+            seq: self.seq,
+            value,
+        };
+        if Self::is_page(start, len) {
+            self.pages.entry(start).or_default().push(e);
+        } else {
+            self.max_len = self.max_len.max(len);
+            self.big.insert((start, self.seq), e);
+        }
         self.fifo.push_back((ts, start, self.seq));
     }
 
     /// Entries whose range contains `addr`, with their start.
     fn covering(&self, addr: u64) -> impl Iterator<Item = (u64, &Entry<T>)> {
+        let page = addr & !(PAGE - 1);
+        let small = self
+            .pages
+            .get(&page)
+            .into_iter()
+            .flat_map(move |v| v.iter().map(move |e| (page, e)));
         let lo = addr.saturating_sub(self.max_len - 1);
-        self.map
-            .range((lo, 0)..=(addr, u64::MAX))
-            .filter(move |((start, _), e)| start.saturating_add(e.len) > addr)
-            .map(|((start, _), e)| (*start, e))
+        let big = (!self.big.is_empty())
+            .then(|| {
+                self.big
+                    .range((lo, 0)..=(addr, u64::MAX))
+                    .filter(move |((start, _), e)| start.saturating_add(e.len) > addr)
+                    .map(|((start, _), e)| (*start, e))
+            })
+            .into_iter()
+            .flatten();
+        small.chain(big)
     }
 
-    /// Entries starting in `[lo, hi)`, with their start.
+    /// Single-page entries starting in `[lo, hi)` (page-aligned), with their start.
     fn starting_in(&self, lo: u64, hi: u64) -> impl Iterator<Item = (u64, &Entry<T>)> {
-        self.map
-            .range((lo, 0)..(hi.max(lo), 0))
-            .map(|((start, _), e)| (*start, e))
+        let first = lo & !(PAGE - 1);
+        (0..hi.saturating_sub(first).div_ceil(PAGE)).flat_map(move |i| {
+            let page = first + i * PAGE;
+            self.pages
+                .get(&page)
+                .into_iter()
+                .flat_map(move |v| v.iter().map(move |e| (page, e)))
+        })
     }
 
     fn prune(&mut self, cutoff: u64) {
@@ -216,7 +279,14 @@ impl<T: Copy> AddrIndex<T> {
                 break;
             }
             self.fifo.pop_front();
-            self.map.remove(&(start, seq));
+            if let Some(v) = self.pages.get_mut(&start) {
+                v.retain(|e| e.seq != seq);
+                if v.is_empty() {
+                    self.pages.remove(&start);
+                }
+            } else {
+                self.big.remove(&(start, seq));
+            }
         }
     }
 }
@@ -298,7 +368,8 @@ pub struct Engine {
     pub eagain_reads: u64,
     pub messages_read: u64,
     pub requests_sent: u64,
-    pub placements_by_op: BTreeMap<String, u64>,
+    /// Placing ioctls by kind: copy, zeropage, wake, continue.
+    placements_by_op: [u64; 4],
     pub late_reads: u64,
 }
 
@@ -328,7 +399,7 @@ impl Engine {
             eagain_reads: 0,
             messages_read: 0,
             requests_sent: 0,
-            placements_by_op: BTreeMap::new(),
+            placements_by_op: [0; 4],
             late_reads: 0,
         }
     }
@@ -336,6 +407,16 @@ impl Engine {
     /// Faults still waiting for their related records.
     pub fn open_faults(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Placing ioctls seen, by kind (kinds never seen are left out).
+    pub fn placements_by_op(&self) -> BTreeMap<String, u64> {
+        OP_NAMES
+            .iter()
+            .zip(self.placements_by_op)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| ((*k).to_owned(), n))
+            .collect()
     }
 
     /// Learned RAMBlock bases (block name → host address).
@@ -432,10 +513,7 @@ impl Engine {
         ) {
             return;
         }
-        *self
-            .placements_by_op
-            .entry(op_name(io.op).to_owned())
-            .or_default() += 1;
+        self.placements_by_op[op_index(io.op)] += 1;
         if io.op != IoctlOp::Wake {
             self.threads.entry(io.tid).or_default().placements += 1;
         }
@@ -515,9 +593,9 @@ impl Engine {
                 self.requests.len(),
                 self.placements.len(),
                 self.unplaced_requests.len(),
-                self.reads.fifo.len(),
-                self.requests.fifo.len(),
-                self.placements.fifo.len()
+                self.reads.pages.len(),
+                self.requests.pages.len(),
+                self.placements.pages.len()
             );
         }
         self.settle(sink, true);
@@ -604,12 +682,13 @@ impl Engine {
     }
 }
 
-fn op_name(op: IoctlOp) -> &'static str {
+const OP_NAMES: [&str; 4] = ["copy", "zeropage", "wake", "continue"];
+
+fn op_index(op: IoctlOp) -> usize {
     match op {
-        IoctlOp::Copy => "copy",
-        IoctlOp::ZeroPage => "zeropage",
-        IoctlOp::Wake => "wake",
-        IoctlOp::Continue => "continue",
-        _ => "other",
+        IoctlOp::Copy => 0,
+        IoctlOp::ZeroPage => 1,
+        IoctlOp::Wake => 2,
+        _ => 3,
     }
 }

@@ -424,16 +424,25 @@ impl<R: Read> TraceReader<R> {
     }
 
     fn next_frame_inner(&mut self) -> Result<Option<Vec<Record>>, TraceError> {
+        let mut out = Vec::new();
+        Ok(self.decode_frame(&mut |r| out.push(r))?.then_some(out))
+    }
+
+    /// Loads the next frame and hands its records to `f` one by one.
+    /// `Ok(false)` at a clean end.
+    fn decode_frame(&mut self, f: &mut impl FnMut(Record)) -> Result<bool, TraceError> {
         if !self.load_frame()? {
-            return Ok(None);
+            return Ok(false);
         }
         let expected = self.frame_records;
         let mut dec = Decoder::new(&self.frame);
-        // Each record is at least two bytes, so the frame size bounds this.
-        let mut out = Vec::with_capacity((expected as usize).min(self.frame.len() / 2 + 1));
+        let mut n = 0u64;
         loop {
             match dec.next_record() {
-                Ok(Some(r)) => out.push(r),
+                Ok(Some(r)) => {
+                    n += 1;
+                    f(r);
+                }
                 Ok(None) => break,
                 Err(source) => {
                     return Err(TraceError::Record {
@@ -443,24 +452,31 @@ impl<R: Read> TraceReader<R> {
                 }
             }
         }
-        if out.len() as u64 != expected {
+        self.records_read += n;
+        if n != expected {
             return Err(TraceError::CorruptFrame {
                 offset: self.frame_offset,
-                detail: format!("frame holds {} records, header says {expected}", out.len()),
+                detail: format!("frame holds {n} records, header says {expected}"),
             });
         }
-        self.records_read += out.len() as u64;
-        Ok(Some(out))
+        Ok(true)
     }
 
     /// Calls `f` on every record; stops at the end or at the first damage.
-    /// Returns the error that ended reading, if any.
+    /// Returns the error that ended reading, if any. Records of a frame that
+    /// turns out damaged part-way are still delivered up to the damage.
     pub fn for_each(&mut self, mut f: impl FnMut(Record)) -> Option<TraceError> {
+        if self.stopped {
+            return None;
+        }
         loop {
-            match self.next_frame() {
-                Ok(Some(frame)) => frame.into_iter().for_each(&mut f),
-                Ok(None) => return None,
-                Err(e) => return Some(e),
+            match self.decode_frame(&mut f) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    self.stopped = true;
+                    return Some(e);
+                }
             }
         }
     }
