@@ -104,8 +104,12 @@ pub struct Fault {
     pub blocked_ts: u64,
     /// When the handler read this fault's uffd message.
     pub read_ts: Option<u64>,
+    /// The thread that read it.
+    pub reader_tid: Option<u32>,
     /// When this fault's own request for the page was sent.
     pub request_ts: Option<u64>,
+    /// The thread that sent that request.
+    pub requester_tid: Option<u32>,
     /// A request for the page existed before this fault (another thread asked).
     pub already_requested: bool,
     /// Entry of the placing ioctl.
@@ -294,6 +298,8 @@ impl<T: Copy> AddrIndex<T> {
 #[derive(Debug, Clone, Copy)]
 struct ReadMsg {
     ptid: u32,
+    /// The reading thread.
+    tid: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -337,6 +343,8 @@ impl ThreadFacts {
 #[derive(Debug, Clone)]
 struct PendingRequest {
     ts: u64,
+    /// The sending thread.
+    tid: u32,
     block: String,
     start: u64,
     len: u64,
@@ -346,7 +354,8 @@ struct PendingRequest {
 #[derive(Debug)]
 pub struct Engine {
     reads: AddrIndex<ReadMsg>,
-    requests: AddrIndex<()>,
+    /// Page requests by host address; the value is the sending thread.
+    requests: AddrIndex<u32>,
     placements: AddrIndex<Placement>,
     pending: VecDeque<Sleep>,
     /// The block name last named on each (tid, fd) channel.
@@ -450,8 +459,15 @@ impl Engine {
                     if m.event == UffdMsg::EVENT_PAGEFAULT {
                         self.messages_read += 1;
                         let page = m.address & !(PAGE - 1);
-                        self.reads
-                            .insert(page, PAGE, r.exit_ts, ReadMsg { ptid: m.ptid });
+                        self.reads.insert(
+                            page,
+                            PAGE,
+                            r.exit_ts,
+                            ReadMsg {
+                                ptid: m.ptid,
+                                tid: r.tid,
+                            },
+                        );
                         self.last_read.insert(r.tid, (r.exit_ts, page));
                     }
                 }
@@ -481,6 +497,7 @@ impl Engine {
                             s.tid,
                             PendingRequest {
                                 ts: s.exit_ts,
+                                tid: s.tid,
                                 block,
                                 start,
                                 len: u64::from(len),
@@ -560,14 +577,16 @@ impl Engine {
                             .collect();
                         self.unplaced_requests.retain(|r| r.block != block);
                         for r in waiting {
-                            self.requests.insert(base + r.start, r.len, r.ts, ());
+                            self.requests.insert(base + r.start, r.len, r.ts, r.tid);
                         }
                     }
                 }
             }
         }
         match self.block_base.get(&req.block) {
-            Some(&base) => self.requests.insert(base + req.start, req.len, req.ts, ()),
+            Some(&base) => self
+                .requests
+                .insert(base + req.start, req.len, req.ts, req.tid),
             None => self.unplaced_requests.push(req),
         }
     }
@@ -630,31 +649,33 @@ impl Engine {
             (start, start.saturating_add(len.max(PAGE)))
         });
         let place_ts = placement.map(|(_, p, _)| p.enter_ts);
-        let read_ts = self
+        let read = self
             .reads
             .starting_in(place_range.0, place_range.1)
             .filter(|(_, e)| e.ts >= window_start && e.ts <= s.woken_ts)
             .filter(|(_, e)| e.value.ptid == 0 || e.value.ptid == s.tid)
-            .map(|(_, e)| e.ts)
+            .map(|(_, e)| (e.ts, e.value.tid))
             .min();
         // A message read after its page was already being placed did not drive
         // the placement: the fault is resolved as if never read.
-        let read_ts = match (read_ts, place_ts) {
-            (Some(r), Some(p)) if r > p => {
+        let read = match (read, place_ts) {
+            (Some((r, _)), Some(p)) if r > p => {
                 self.late_reads += 1;
                 None
             }
             (r, _) => r,
         };
+        let read_ts = read.map(|(ts, _)| ts);
         let limit = place_ts.unwrap_or(s.woken_ts);
-        let requests: Vec<u64> = self
+        let requests: Vec<(u64, u32)> = self
             .requests
             .covering(page)
-            .map(|(_, e)| e.ts)
-            .filter(|&ts| ts <= limit)
+            .map(|(_, e)| (e.ts, e.value))
+            .filter(|&(ts, _)| ts <= limit)
             .collect();
-        let already_requested = requests.iter().any(|&ts| ts < window_start);
-        let request_ts = read_ts.and_then(|r| requests.iter().copied().filter(|&ts| ts >= r).min());
+        let already_requested = requests.iter().any(|&(ts, _)| ts < window_start);
+        let request =
+            read_ts.and_then(|r| requests.iter().copied().filter(|&(ts, _)| ts >= r).min());
         let resolution = match placement.map_or(s.wake_op, |(_, p, _)| p.op) {
             IoctlOp::ZeroPage => Resolution::ZeroPage,
             IoctlOp::Wake => Resolution::WakeOnly,
@@ -670,7 +691,9 @@ impl Engine {
             entry_ts: entry.map(|f| f.ts),
             blocked_ts: s.blocked_ts,
             read_ts,
-            request_ts,
+            reader_tid: read.map(|(_, tid)| tid),
+            request_ts: request.map(|(ts, _)| ts),
+            requester_tid: request.map(|(_, tid)| tid),
             already_requested,
             place_ts,
             place_end_ts: placement.map(|(_, p, _)| p.exit_ts),

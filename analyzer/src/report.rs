@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::lifecycle::Fault;
 use crate::network::ChannelReport;
-use crate::stats::Percentiles;
+use crate::stats::{Percentiles, QuantilePoint};
 
 pub const SCHEMA: &str = "uffdscope.report/1";
 
@@ -23,6 +23,20 @@ pub struct Report {
     pub qemu: Option<QemuSection>,
     /// Warnings every renderer must show (drops, damage, unknowns).
     pub warnings: Vec<String>,
+    /// Faults and blocked time over the trace, for plots; `None` without faults.
+    pub timeline: Option<Timeline>,
+}
+
+/// Faults and blocked time in fixed-width bins from the trace start.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timeline {
+    /// Bin width, ms.
+    pub bin_ms: f64,
+    /// ms the faulting threads spent blocked in each bin, summed over threads
+    /// (divided by `bin_ms`: the mean number of threads blocked).
+    pub blocked_ms: Vec<f64>,
+    /// Faults that began blocking in each bin.
+    pub faults: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +90,10 @@ pub struct FaultSection {
     pub by_resolution: BTreeMap<String, u64>,
     pub service_us: Percentiles,
     pub blocked_us: Percentiles,
+    /// Service latency at [`crate::stats::CURVE_QUANTILES`] (percentile plots).
+    pub service_curve_us: Vec<QuantilePoint>,
+    /// Blocked time at the same quantiles.
+    pub blocked_curve_us: Vec<QuantilePoint>,
     pub stages_us: BTreeMap<String, StagePercentiles>,
     /// Share of total stage time per stage (queue..place), of faults with all known.
     pub stage_share: BTreeMap<String, Option<f64>>,
