@@ -12,9 +12,9 @@ use crate::network::Network;
 use crate::record::{Record, Role};
 use crate::report::{
     Blocktime, FaultSection, NetworkSection, QemuSection, QemuView, Report, SlowFault,
-    StatusChange, Target, ThreadRow, TraceSection, SCHEMA,
+    StatusChange, Target, ThreadRow, Timeline, TraceSection, SCHEMA,
 };
-use crate::stats::FaultStats;
+use crate::stats::{FaultStats, CURVE_QUANTILES};
 use crate::trace::{TraceError, TraceReader};
 
 /// What the user asked of the analysis.
@@ -372,6 +372,8 @@ fn build_report(
             by_resolution,
             service_us: s.service.percentiles(),
             blocked_us: s.blocked.percentiles(),
+            service_curve_us: s.service.curve(&CURVE_QUANTILES),
+            blocked_curve_us: s.blocked.curve(&CURVE_QUANTILES),
             stages_us,
             stage_share,
             with_service: s.with_service,
@@ -394,5 +396,31 @@ fn build_report(
         guest,
         qemu,
         warnings,
+        timeline: timeline(pass, t0),
     }
+}
+
+/// Most bins a [`Timeline`] gets; the width is the smallest 1-2-5 step that fits.
+const TIMELINE_MAX_BINS: u64 = 300;
+
+fn timeline(pass: &Pass, t0: u64) -> Option<Timeline> {
+    let s = &pass.stats;
+    let end = pass.last_ts?.max(s.last_fault_ts?);
+    let span_ms = end.saturating_sub(t0) / 1_000_000 + 1;
+    let mut bin_ms = 10u64;
+    'search: for decade in [1u64, 10, 100, 1_000, 10_000, 100_000] {
+        for step in [10, 20, 50] {
+            bin_ms = step * decade;
+            if span_ms.div_ceil(bin_ms) <= TIMELINE_MAX_BINS {
+                break 'search;
+            }
+        }
+    }
+    let n = span_ms.div_ceil(bin_ms) as usize;
+    let series = s.bins.series(t0, bin_ms * 1_000_000, n);
+    Some(Timeline {
+        bin_ms: bin_ms as f64,
+        blocked_ms: series.iter().map(|&(ns, _)| ms(ns)).collect(),
+        faults: series.iter().map(|&(_, n)| n).collect(),
+    })
 }

@@ -170,6 +170,21 @@ pub struct Spike {
     pub explained: f64,
 }
 
+/// One guest interval on the host clock, for timeline plots.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestInterval {
+    /// Seconds since trace start when the interval began.
+    pub start_s: f64,
+    pub dur_ms: f64,
+    pub vcpu_tid: Option<u32>,
+    /// Above the spike threshold.
+    pub spike: bool,
+}
+
+/// Most intervals a [`GuestSection`] keeps; beyond, each time bucket keeps its
+/// shortest and longest interval (so spikes and the baseline survive).
+pub const MAX_INTERVALS: usize = 2_000;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct GuestSection {
     pub lines: LineCounts,
@@ -180,6 +195,48 @@ pub struct GuestSection {
     pub correlation: Option<f64>,
     pub alignment: String,
     pub offset_ms: Option<f64>,
+    /// The aligned intervals in time order, downsampled to [`MAX_INTERVALS`].
+    pub intervals: Vec<GuestInterval>,
+}
+
+fn intervals(placed: &[Placed], ctx: &Context<'_>, threshold: Option<f64>) -> Vec<GuestInterval> {
+    let mut all: Vec<GuestInterval> = placed
+        .iter()
+        .map(|p| GuestInterval {
+            start_s: p.start_ns.saturating_sub(ctx.trace_start_ns) as f64 / 1e9,
+            dur_ms: p.dur_ms,
+            vcpu_tid: p.tid,
+            spike: threshold.is_some_and(|t| p.dur_ms > t),
+        })
+        .collect();
+    all.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
+    if all.len() <= MAX_INTERVALS {
+        return all;
+    }
+    let buckets = MAX_INTERVALS / 2;
+    let first = all[0].start_s;
+    let span = (all[all.len() - 1].start_s - first).max(f64::MIN_POSITIVE);
+    let mut keep = vec![false; all.len()];
+    let mut extremes: Vec<Option<(usize, usize)>> = vec![None; buckets];
+    for (i, iv) in all.iter().enumerate() {
+        let b = (((iv.start_s - first) / span) * (buckets - 1) as f64) as usize;
+        let slot = &mut extremes[b.min(buckets - 1)];
+        *slot = Some(match *slot {
+            None => (i, i),
+            Some((lo, hi)) => (
+                if iv.dur_ms < all[lo].dur_ms { i } else { lo },
+                if iv.dur_ms > all[hi].dur_ms { i } else { hi },
+            ),
+        });
+    }
+    for (lo, hi) in extremes.into_iter().flatten() {
+        keep[lo] = true;
+        keep[hi] = true;
+    }
+    all.into_iter()
+        .zip(keep)
+        .filter_map(|(iv, k)| k.then_some(iv))
+        .collect()
 }
 
 /// A sample placed on the host monotonic clock.
@@ -374,9 +431,9 @@ pub fn correlate(
         ),
     };
     let baseline = median(&mut before);
+    let threshold = baseline.map(|base| (base * 1.5).max(base + 1.0));
     let mut spikes = Vec::new();
-    if let Some(base) = baseline {
-        let threshold = (base * 1.5).max(base + 1.0);
+    if let (Some(base), Some(threshold)) = (baseline, threshold) {
         for p in placed.iter().filter(|p| p.dur_ms > threshold) {
             let (blocked_ms, faults, tid) = blocked_in(p, ctx);
             // The excess in wall time: at `dur` ms/GB instead of `base`, this
@@ -411,6 +468,7 @@ pub fn correlate(
         correlation: correlation_of(&placed, ctx),
         alignment: alignment_name,
         offset_ms,
+        intervals: intervals(&placed, ctx, threshold),
     }
 }
 

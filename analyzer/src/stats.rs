@@ -1,1 +1,412 @@
+//! Statistics over resolved faults: latency histograms (hdrhistogram), per-thread
+//! totals, vCPU blocktime with the all-vCPUs-blocked overlap, and per-millisecond
+//! blocked-time bins for guest correlation.
 
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::lifecycle::{Fault, Resolution, Stage};
+
+/// A latency histogram in nanoseconds.
+#[derive(Debug, Clone)]
+pub struct Hist {
+    h: Histogram<u64>,
+}
+
+impl Default for Hist {
+    fn default() -> Self {
+        Self {
+            h: Histogram::new(3).expect("3 significant figures is valid"),
+        }
+    }
+}
+
+/// Percentiles in microseconds; `None` when there are no samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+    pub p999: Option<f64>,
+    pub max: Option<f64>,
+    pub mean: Option<f64>,
+    pub count: u64,
+}
+
+/// One point of a latency distribution: the value at quantile `q`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct QuantilePoint {
+    pub q: f64,
+    pub us: f64,
+}
+
+/// Quantiles a percentile plot needs: dense towards the tail.
+pub const CURVE_QUANTILES: [f64; 16] = [
+    0.0, 0.1, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999, 1.0,
+];
+
+fn us(ns: u64) -> f64 {
+    (ns as f64 / 1000.0 * 1000.0).round() / 1000.0
+}
+
+impl Hist {
+    pub fn record(&mut self, ns: u64) {
+        // Auto-resizing histogram: recording only fails on overflow of u64 counts.
+        let _ = self.h.record(ns.max(1));
+    }
+
+    pub fn count(&self) -> u64 {
+        self.h.len()
+    }
+
+    /// The latency at each of `quantiles` (0..=1), in µs; empty when no values.
+    pub fn curve(&self, quantiles: &[f64]) -> Vec<QuantilePoint> {
+        if self.h.is_empty() {
+            return Vec::new();
+        }
+        quantiles
+            .iter()
+            .map(|&q| QuantilePoint {
+                q,
+                us: us(self.h.value_at_quantile(q)),
+            })
+            .collect()
+    }
+
+    pub fn percentiles(&self) -> Percentiles {
+        if self.h.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            p50: Some(us(self.h.value_at_quantile(0.50))),
+            p90: Some(us(self.h.value_at_quantile(0.90))),
+            p99: Some(us(self.h.value_at_quantile(0.99))),
+            p999: Some(us(self.h.value_at_quantile(0.999))),
+            max: Some(us(self.h.max())),
+            mean: Some((self.h.mean() / 1000.0 * 1000.0).round() / 1000.0),
+            count: self.h.len(),
+        }
+    }
+}
+
+/// Per-thread fault totals.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadStats {
+    pub faults: u64,
+    pub blocked_ns: u64,
+    pub service: Hist,
+}
+
+/// Streaming sweep of per-vCPU blocked intervals: the sum per vCPU and the
+/// time during which every vCPU was blocked at once (QEMU's `postcopy-blocktime`).
+///
+/// Intervals arrive in the order of their ends, roughly; their starts can lag by
+/// up to the longest interval. Boundaries are buffered in a heap and swept once
+/// the stream is that far (plus a margin) past them.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    heap: BinaryHeap<Reverse<(u64, i8, u32)>>,
+    down: HashSet<u32>,
+    pub per_vcpu_ns: BTreeMap<u32, u64>,
+    pub all_down_ns: u64,
+    all_down_since: Option<u64>,
+    latest: u64,
+    longest: u64,
+}
+
+impl Sweep {
+    /// Margin for intervals arriving out of order beyond the longest one.
+    pub const MARGIN_NS: u64 = 2_000_000_000;
+
+    /// Adds one blocked interval of vCPU `tid`. `vcpus` is the vCPU count in force.
+    pub fn add(&mut self, tid: u32, start: u64, end: u64, vcpus: usize) {
+        if end <= start {
+            return;
+        }
+        *self.per_vcpu_ns.entry(tid).or_default() += end - start;
+        self.heap.push(Reverse((end, -1, tid)));
+        self.heap.push(Reverse((start, 1, tid)));
+        self.latest = self.latest.max(end);
+        self.longest = self.longest.max(end - start);
+        self.drain(
+            self.latest
+                .saturating_sub(self.longest.saturating_add(Self::MARGIN_NS)),
+            vcpus,
+        );
+    }
+
+    fn drain(&mut self, upto: u64, vcpus: usize) {
+        while let Some(&Reverse((t, delta, tid))) = self.heap.peek() {
+            if t > upto {
+                break;
+            }
+            self.heap.pop();
+            if delta > 0 {
+                self.down.insert(tid);
+                if vcpus > 0 && self.down.len() >= vcpus && self.all_down_since.is_none() {
+                    self.all_down_since = Some(t);
+                }
+            } else {
+                self.down.remove(&tid);
+                if self.down.len() < vcpus {
+                    if let Some(since) = self.all_down_since.take() {
+                        self.all_down_ns += t - since;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sweeps everything left.
+    pub fn finish(&mut self, vcpus: usize) {
+        self.drain(u64::MAX, vcpus);
+    }
+}
+
+/// Blocked time and fault counts in 1 ms bins, per vCPU thread, stored densely
+/// from each thread's first fault (faults cluster in the post-copy phase).
+#[derive(Debug, Default)]
+pub struct Bins {
+    per_tid: HashMap<u32, (u64, Vec<(u32, u32)>)>,
+}
+
+impl Bins {
+    pub const BIN_NS: u64 = 1_000_000;
+
+    pub fn add(&mut self, tid: u32, start: u64, end: u64) {
+        let first = start / Self::BIN_NS;
+        let (base, bins) = self.per_tid.entry(tid).or_insert((first, Vec::new()));
+        if first < *base {
+            // Rare: an earlier fault than the first seen; shift the array.
+            let shift = (*base - first) as usize;
+            bins.splice(0..0, std::iter::repeat_n((0, 0), shift));
+            *base = first;
+        }
+        let last = (end.max(start + 1) - 1) / Self::BIN_NS;
+        let need = (last - *base + 1) as usize;
+        if bins.len() < need {
+            bins.resize(need, (0, 0));
+        }
+        bins[(first - *base) as usize].1 += 1;
+        let mut t = start;
+        while t < end {
+            let bin = t / Self::BIN_NS;
+            let bin_end = ((bin + 1) * Self::BIN_NS).min(end);
+            bins[(bin - *base) as usize].0 += (bin_end - t) as u32;
+            t = bin_end;
+        }
+    }
+
+    /// Blocked ns and faults started in `[start, end)`, for one thread or all.
+    /// Blocked ns and faults per `bin_ns`-wide bin from `start`, summed over
+    /// threads, for `n` bins. Each 1 ms bin counts in the bin holding its start.
+    pub fn series(&self, start: u64, bin_ns: u64, n: usize) -> Vec<(u64, u64)> {
+        let mut out = vec![(0u64, 0u64); n];
+        let bin_ns = bin_ns.max(1);
+        for (base, bins) in self.per_tid.values() {
+            for (i, &(ns, faults)) in bins.iter().enumerate() {
+                if ns == 0 && faults == 0 {
+                    continue;
+                }
+                let t = (base + i as u64) * Self::BIN_NS;
+                let idx = (t.saturating_sub(start) / bin_ns) as usize;
+                if let Some(slot) = out.get_mut(idx) {
+                    slot.0 += u64::from(ns);
+                    slot.1 += u64::from(faults);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn window(&self, tid: Option<u32>, start: u64, end: u64) -> (u64, u64) {
+        let mut blocked = 0u64;
+        let mut faults = 0u64;
+        for (_, (base, bins)) in self
+            .per_tid
+            .iter()
+            .filter(|(t, _)| tid.is_none_or(|x| x == **t))
+        {
+            let lo = (start / Self::BIN_NS).max(*base);
+            let hi = (end / Self::BIN_NS).min(base + bins.len() as u64);
+            for bin in lo..=hi {
+                let Some(&(ns, n)) = bins.get((bin - base) as usize) else {
+                    continue;
+                };
+                let b0 = bin * Self::BIN_NS;
+                let b1 = b0 + Self::BIN_NS;
+                let overlap = b1.min(end).saturating_sub(b0.max(start));
+                // Prorate partial bins: blocked time is spread evenly within a bin.
+                blocked += (u128::from(ns) * u128::from(overlap) / u128::from(Self::BIN_NS)) as u64;
+                if b0 >= start && b0 < end {
+                    faults += u64::from(n);
+                }
+            }
+        }
+        (blocked, faults)
+    }
+}
+
+/// Everything accumulated from the faults of one trace.
+#[derive(Debug, Default)]
+pub struct FaultStats {
+    pub count: u64,
+    pub by_resolution: BTreeMap<Resolution, u64>,
+    pub service: Hist,
+    pub blocked: Hist,
+    pub stages: [Hist; 5],
+    pub per_thread: BTreeMap<u32, ThreadStats>,
+    /// Faults whose stages add up exactly to their service latency.
+    pub stage_sum_consistent: u64,
+    /// Faults with a service latency (fault entry seen).
+    pub with_service: u64,
+    pub qemu_counted: u64,
+    pub ours: Sweep,
+    /// The same sweep over QEMU's view: message read → placement done, read faults only.
+    pub qemu_view: Sweep,
+    pub bins: Bins,
+    pub slowest: Vec<Fault>,
+    pub first_fault_ts: Option<u64>,
+    pub last_fault_ts: Option<u64>,
+}
+
+impl FaultStats {
+    /// How many of the slowest faults are kept for the report.
+    pub const KEEP_SLOWEST: usize = 10;
+
+    pub fn add(&mut self, f: &Fault, vcpus: usize) {
+        self.count += 1;
+        *self.by_resolution.entry(f.resolution).or_default() += 1;
+        let service = f.service_ns();
+        if let Some(ns) = service {
+            self.service.record(ns);
+            self.with_service += 1;
+        }
+        if let Some(ns) = f.blocked_ns() {
+            self.blocked.record(ns);
+        }
+        let mut sum = 0u64;
+        let mut complete = true;
+        for (i, stage) in Stage::ALL.iter().enumerate() {
+            match f.stage_ns(*stage) {
+                Some(ns) => {
+                    self.stages[i].record(ns);
+                    if *stage != Stage::Wake {
+                        sum += ns;
+                    }
+                }
+                None if matches!(stage, Stage::Queue | Stage::Place) => complete = false,
+                None => {}
+            }
+        }
+        if complete && service == Some(sum) {
+            self.stage_sum_consistent += 1;
+        }
+        let t = self.per_thread.entry(f.tid).or_default();
+        t.faults += 1;
+        if let Some(ns) = f.blocked_ns() {
+            t.blocked_ns += ns;
+        }
+        if let Some(ns) = service {
+            t.service.record(ns);
+        }
+        let end = f.run_ts.unwrap_or(f.woken_ts);
+        self.ours.add(f.tid, f.blocked_ts, end, vcpus);
+        self.bins.add(f.tid, f.blocked_ts, end);
+        if let (Some(read), Some(done)) = (f.read_ts, f.place_end_ts) {
+            self.qemu_counted += 1;
+            self.qemu_view.add(f.tid, read, done, vcpus);
+        }
+        let start = f.entry_ts.unwrap_or(f.blocked_ts);
+        self.first_fault_ts = Some(self.first_fault_ts.map_or(start, |t| t.min(start)));
+        self.last_fault_ts = Some(self.last_fault_ts.map_or(end, |t| t.max(end)));
+        self.keep_slowest(f);
+    }
+
+    fn keep_slowest(&mut self, f: &Fault) {
+        let key = |f: &Fault| f.service_ns().or(f.blocked_ns()).unwrap_or(0);
+        if self.slowest.len() < Self::KEEP_SLOWEST {
+            self.slowest.push(f.clone());
+        } else if let Some((i, min)) = self
+            .slowest
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, s)| key(s))
+            .map(|(i, s)| (i, key(s)))
+        {
+            if key(f) > min {
+                self.slowest[i] = f.clone();
+            }
+        }
+    }
+
+    pub fn finish(&mut self, vcpus: usize) {
+        self.ours.finish(vcpus);
+        self.qemu_view.finish(vcpus);
+        self.slowest
+            .sort_by_key(|f| Reverse(f.service_ns().or(f.blocked_ns()).unwrap_or(0)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_measures_all_down_overlap() {
+        let mut s = Sweep::default();
+        s.add(1, 100, 300, 2);
+        s.add(2, 200, 400, 2);
+        s.add(1, 350, 500, 2);
+        s.finish(2);
+        assert_eq!(s.per_vcpu_ns[&1], 350);
+        assert_eq!(s.per_vcpu_ns[&2], 200);
+        assert_eq!(s.all_down_ns, 100 + 50);
+    }
+
+    #[test]
+    fn bins_prorate_partial_windows() {
+        let mut b = Bins::default();
+        b.add(1, 500_000, 2_500_000);
+        assert_eq!(b.window(Some(1), 0, 3_000_000), (2_000_000, 1));
+        assert_eq!(b.window(None, 1_000_000, 2_000_000), (1_000_000, 0));
+        assert_eq!(b.window(Some(2), 0, 3_000_000), (0, 0));
+    }
+
+    #[test]
+    fn series_sums_threads_per_bin() {
+        let mut b = Bins::default();
+        b.add(1, 500_000, 2_500_000);
+        b.add(2, 10_000_000, 10_500_000);
+        let s = b.series(0, 5_000_000, 3);
+        assert_eq!(s, vec![(2_000_000, 1), (0, 0), (500_000, 1)]);
+        assert_eq!(
+            b.series(0, 5_000_000, 2).len(),
+            2,
+            "bins past n are dropped"
+        );
+    }
+
+    #[test]
+    fn curve_is_empty_without_values_and_monotonic_with() {
+        assert!(Hist::default().curve(&CURVE_QUANTILES).is_empty());
+        let mut h = Hist::default();
+        for ns in 1..=1000u64 {
+            h.record(ns * 1000);
+        }
+        let c = h.curve(&CURVE_QUANTILES);
+        assert_eq!(c.len(), CURVE_QUANTILES.len());
+        assert!(c.windows(2).all(|w| w[0].us <= w[1].us), "{c:?}");
+        assert!((c.last().expect("points").us - 1000.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn empty_histogram_is_unknown_not_zero() {
+        let p = Hist::default().percentiles();
+        assert_eq!(p.p50, None);
+        assert_eq!(p.count, 0);
+    }
+}
