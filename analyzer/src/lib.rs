@@ -5,6 +5,7 @@ pub mod analysis;
 pub mod codec;
 pub mod guest;
 pub mod lifecycle;
+pub mod markdown;
 pub mod network;
 pub mod record;
 pub mod report;
