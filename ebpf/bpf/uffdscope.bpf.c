@@ -784,14 +784,21 @@ static __always_inline void capture_iov(struct send_pending *p, __u64 uiov, __u6
 		if (off >= UFS_SEND_CAPTURE || !iov.len)
 			continue;
 		__u64 n = UFS_SEND_CAPTURE - off;
+		__u32 o = off;
 
 		if (iov.len < n)
 			n = iov.len;
-		/* off < 64 and n <= 64, so the copy stays inside the
-		 * 128-byte buffer; the masks make that visible to the
-		 * verifier. */
-		if (bpf_probe_read_user(&p->bytes[off & (UFS_SEND_CAPTURE - 1)],
-					n & (2 * UFS_SEND_CAPTURE - 1), (const void *)iov.base))
+		/* off < 64 and n <= 64, so the copy stays inside the 128-byte
+		 * buffer. The verifier loses that relation across iterations,
+		 * so restate both bounds on the registers it checks; the
+		 * barriers keep the compiler from folding the restatements
+		 * away as redundant. */
+		barrier_var(o);
+		o &= UFS_SEND_CAPTURE - 1;
+		barrier_var(n);
+		if (n > UFS_SEND_CAPTURE)
+			n = UFS_SEND_CAPTURE;
+		if (bpf_probe_read_user(&p->bytes[o], n, (const void *)iov.base))
 			break;
 		off += n;
 	}

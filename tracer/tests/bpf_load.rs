@@ -1,0 +1,738 @@
+//! Root tier: loads and attaches every BPF program against a child process
+//! that uses userfaultfd and sockets, then checks the records that come out.
+//!
+//! The child is this test binary re-executed with `CHILD_ENV` set, running
+//! `child_workload`. It creates uffd A before the tracer attaches (so A is
+//! found by the /proc scan), waits for "go", then creates uffd B with
+//! userfaultfd(2) and uffd C with USERFAULTFD_IOC_NEW (both learned in the
+//! kernel), registers region R1 on B and R2 on A, and has a faulting thread
+//! touch every page while a handler thread reads the messages and places
+//! each page with UFFDIO_COPY. It then sends on a pre-existing and a new TCP
+//! connection with sendmsg, writev, write and send.
+#![cfg(target_os = "linux")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use uffdscope_ebpf::abi::{
+    self, fault_flags, fault_source, ioctl, send_syscall, thread_op, uffd_event, uffd_fd_op,
+};
+use uffdscope_ebpf::RawEvent;
+use uffdscope_fixtures::tier;
+use uffdscope_tracer::bpf::{AttachOutcome, BpfConfig, BpfTracer, Need, TRACEPOINTS};
+
+const CHILD_ENV: &str = "UFFDSCOPE_BPF_LOAD_CHILD";
+const PAGE: usize = 4096;
+const R1_PAGES: usize = 64;
+const R2_PAGES: usize = 4;
+/// Offset of the byte the faulting thread writes in each page, so the
+/// recorded fault address can be checked exactly.
+const TOUCH_OFFSET: usize = 7;
+const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioRegister {
+    start: u64,
+    len: u64,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdMsg {
+    event: u8,
+    _reserved: [u8; 7],
+    flags: u64,
+    address: u64,
+    ptid: u64,
+}
+
+fn check(ret: libc::c_long, what: &str) -> libc::c_long {
+    assert!(
+        ret >= 0,
+        "{what} failed: {}",
+        std::io::Error::last_os_error()
+    );
+    ret
+}
+
+fn uffd_syscall(flags: libc::c_int) -> RawFd {
+    // SAFETY: userfaultfd(2) takes only flags and returns a new fd or -1.
+    check(
+        unsafe { libc::syscall(libc::SYS_userfaultfd, flags) },
+        "userfaultfd",
+    ) as RawFd
+}
+
+fn uffd_api(fd: RawFd) {
+    let mut api = UffdioApi {
+        api: 0xaa,
+        features: UFFD_FEATURE_THREAD_ID,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_API reads and writes a struct uffdio_api we own.
+    let r = unsafe { libc::ioctl(fd, libc::c_ulong::from(ioctl::API), &raw mut api) };
+    check(r.into(), "UFFDIO_API");
+}
+
+fn map_region(pages: usize) -> u64 {
+    // SAFETY: anonymous private mapping with no address hint.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            pages * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    p as u64
+}
+
+fn uffd_register(fd: RawFd, start: u64, pages: usize) {
+    let mut reg = UffdioRegister {
+        start,
+        len: (pages * PAGE) as u64,
+        mode: UFFDIO_REGISTER_MODE_MISSING,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_REGISTER reads and writes a struct uffdio_register we own.
+    let r = unsafe { libc::ioctl(fd, libc::c_ulong::from(ioctl::REGISTER), &raw mut reg) };
+    check(r.into(), "UFFDIO_REGISTER");
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// Handler thread: serves `total` faults from `fds` (polling all of them),
+/// placing each page with UFFDIO_COPY.
+fn serve(fds: &[RawFd], total: usize, src: u64) {
+    let mut served = 0;
+    while served < total {
+        let mut pfds: Vec<libc::pollfd> = fds
+            .iter()
+            .map(|&fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: pfds is a valid array of pollfd of the given length.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 10_000) };
+        assert!(r > 0, "handler: poll timed out or failed ({r})");
+        for p in pfds.iter().filter(|p| p.revents & libc::POLLIN != 0) {
+            let mut msg = UffdMsg::default();
+            // SAFETY: reads at most size_of::<UffdMsg>() bytes into msg.
+            let n = unsafe {
+                libc::read(
+                    p.fd,
+                    std::ptr::from_mut(&mut msg).cast(),
+                    std::mem::size_of::<UffdMsg>(),
+                )
+            };
+            if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
+                continue;
+            }
+            assert_eq!(n, 32, "handler: short uffd read");
+            assert_eq!(
+                msg.event,
+                uffd_event::PAGEFAULT,
+                "handler: unexpected event"
+            );
+            let mut copy = UffdioCopy {
+                dst: msg.address & !(PAGE as u64 - 1),
+                src,
+                len: PAGE as u64,
+                mode: 0,
+                copy: 0,
+            };
+            // SAFETY: UFFDIO_COPY reads/writes a struct uffdio_copy we own; src
+            // is a mapped page of ours.
+            let r = unsafe { libc::ioctl(p.fd, libc::c_ulong::from(ioctl::COPY), &raw mut copy) };
+            check(r.into(), "UFFDIO_COPY");
+            served += 1;
+        }
+    }
+}
+
+/// Sends `parts` as one sendmsg with one iovec per part.
+fn sendmsg_parts(fd: RawFd, parts: &[&[u8]]) {
+    let iov: Vec<libc::iovec> = parts
+        .iter()
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr().cast_mut().cast(),
+            iov_len: p.len(),
+        })
+        .collect();
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr().cast_mut();
+    msg.msg_iovlen = iov.len();
+    // SAFETY: msg points at iovecs over live buffers.
+    let r = unsafe { libc::sendmsg(fd, &raw const msg, 0) };
+    check(r as libc::c_long, "sendmsg");
+}
+
+fn writev_parts(fd: RawFd, parts: &[&[u8]]) {
+    let iov: Vec<libc::iovec> = parts
+        .iter()
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr().cast_mut().cast(),
+            iov_len: p.len(),
+        })
+        .collect();
+    // SAFETY: iov describes live buffers.
+    let r = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+    check(r as libc::c_long, "writev");
+}
+
+fn write_all_fd(fd: RawFd, data: &[u8]) {
+    // SAFETY: writes from a live buffer.
+    let r = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    check(r as libc::c_long, "write");
+}
+
+/// The child half of `bpf_load_and_join`; does nothing unless re-executed
+/// by it.
+#[test]
+fn child_workload() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    let mut out = std::io::stdout();
+    // Before attach: uffd A (non-blocking, to produce an EAGAIN read) and a
+    // connected TCP pair; both must be found by the tracer's /proc scan.
+    let uffd_a = uffd_syscall(libc::O_CLOEXEC | libc::O_NONBLOCK);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("child: bind");
+    let mut old_client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (mut old_server, _) = listener.accept().expect("accept");
+    writeln!(out, "\nUFS ready").expect("stdout");
+    out.flush().expect("stdout");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("child: stdin");
+    assert_eq!(line.trim(), "go", "child: expected go");
+
+    // Non-blocking: poll(2) on a blocking uffd always reports POLLERR.
+    let uffd_b = uffd_syscall(libc::O_CLOEXEC | libc::O_NONBLOCK);
+    let uffd_c = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/userfaultfd")
+        .ok()
+        .map(|dev| {
+            // SAFETY: USERFAULTFD_IOC_NEW takes the uffd flags as its argument.
+            let fd = unsafe {
+                libc::ioctl(
+                    dev.as_raw_fd(),
+                    libc::c_ulong::from(ioctl::USERFAULTFD_IOC_NEW),
+                    libc::O_CLOEXEC,
+                )
+            };
+            check(fd.into(), "USERFAULTFD_IOC_NEW");
+            fd
+        });
+    uffd_api(uffd_a);
+    uffd_api(uffd_b);
+    let mut eagain = [0u8; 32];
+    // SAFETY: reads into a 32-byte buffer; A has no message, so -EAGAIN.
+    let n = unsafe { libc::read(uffd_a, eagain.as_mut_ptr().cast(), 32) };
+    assert_eq!(n, -1, "child: read on idle uffd A should fail with EAGAIN");
+    if let Some(c) = uffd_c {
+        // SAFETY: closing an fd we own.
+        drop(unsafe { OwnedFd::from_raw_fd(c) });
+    }
+
+    let r1 = map_region(R1_PAGES);
+    let r2 = map_region(R2_PAGES);
+    uffd_register(uffd_b, r1, R1_PAGES);
+    uffd_register(uffd_a, r2, R2_PAGES);
+    let src = map_region(1);
+    // SAFETY: src is a mapped, writable page.
+    unsafe { std::ptr::write_bytes(src as *mut u8, 0x5a, PAGE) };
+
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let handler = std::thread::Builder::new()
+        .name("ufs-handler".into())
+        .spawn(move || {
+            tid_tx.send(gettid()).expect("send tid");
+            serve(&[uffd_b, uffd_a], R1_PAGES + R2_PAGES, src);
+        })
+        .expect("spawn handler");
+    let handler_tid = tid_rx.recv().expect("handler tid");
+    let faulter = std::thread::Builder::new()
+        .name("ufs-faulter".into())
+        .spawn(move || {
+            for (base, pages) in [(r1, R1_PAGES), (r2, R2_PAGES)] {
+                for i in 0..pages {
+                    let p = (base as usize + i * PAGE + TOUCH_OFFSET) as *mut u8;
+                    // SAFETY: p is inside a mapped region of ours; the write
+                    // faults into userfaultfd and resumes once placed.
+                    unsafe { p.write_volatile(1) };
+                }
+            }
+            gettid()
+        })
+        .expect("spawn faulter");
+    let fault_tid = faulter.join().expect("faulter");
+    handler.join().expect("handler");
+
+    // Sends: sendmsg on the pre-existing connection, then a new connection
+    // (learned from socket()/accept4() in the kernel) with write, writev and
+    // send (std's TcpStream::write is send(2), i.e. sendto).
+    sendmsg_parts(old_client.as_raw_fd(), &[b"UFS1", b"-sendmsg-payload"]);
+    let mut new_client =
+        TcpStream::connect(listener.local_addr().expect("addr")).expect("connect 2");
+    let (mut new_server, _) = listener.accept().expect("accept 2");
+    write_all_fd(new_client.as_raw_fd(), b"UFS2-write");
+    writev_parts(new_client.as_raw_fd(), &[b"UFS3", b"-", b"writev"]);
+    new_client.write_all(b"UFS4-send").expect("send");
+    let mut sink = [0u8; 256];
+    let mut got = 0;
+    while got < 20 {
+        got += old_server.read(&mut sink).expect("read old");
+    }
+    let mut got = 0;
+    while got < 10 + 11 + 9 {
+        got += new_server.read(&mut sink).expect("read new");
+    }
+    old_client.flush().expect("flush");
+
+    writeln!(
+        out,
+        "\nUFS result fault_tid={fault_tid} handler_tid={handler_tid} r1={r1} r2={r2} uffd_a={uffd_a} \
+         uffd_b={uffd_b} uffd_c={} old_client={} new_client={}",
+        uffd_c.map_or(-1, i64::from),
+        old_client.as_raw_fd(),
+        new_client.as_raw_fd()
+    )
+    .expect("stdout");
+    out.flush().expect("stdout");
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // The child normally exits by itself; this only runs on failure.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn read_tagged(lines: &mut impl Iterator<Item = std::io::Result<String>>, tag: &str) -> String {
+    for line in lines.by_ref() {
+        let line = line.expect("child stdout");
+        // libtest prints "test child_workload ... " without a newline, so
+        // the tag may be preceded by it.
+        if let Some(pos) = line.find(tag) {
+            return line[pos + tag.len()..].trim().to_string();
+        }
+    }
+    panic!("child exited before printing {tag:?}");
+}
+
+fn parse_kv(s: &str) -> BTreeMap<String, i64> {
+    s.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| {
+            let n = v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value {v:?} for {k}"));
+            (k.to_string(), n)
+        })
+        .collect()
+}
+
+#[test]
+fn bpf_load_and_join() {
+    if std::env::var_os(CHILD_ENV).is_some() || !tier::root_bpf("bpf_load_and_join") {
+        return;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let child = Command::new(exe)
+        .args([
+            "--exact",
+            "child_workload",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn child workload");
+    let mut child = ChildGuard(child);
+    let pid = child.0.id();
+    // Safety net against a hung child (not a timing assertion): kill it after
+    // two minutes, which makes the reads below fail with a clear message.
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(120)) == Err(mpsc::RecvTimeoutError::Timeout) {
+            eprintln!("child workload {pid} hung; killing it");
+            // SAFETY: kill(2) on the pid of our own unreaped child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    });
+    let stdout: ChildStdout = child.0.stdout.take().expect("child stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    read_tagged(&mut lines, "UFS ready");
+
+    let cfg = BpfConfig::new(vec![pid]);
+    let mut tracer = BpfTracer::load(&cfg).unwrap_or_else(|e| panic!("BpfTracer::load: {e}"));
+    for st in tracer.attach_status() {
+        println!(
+            "{:<40} {:?} {:?}",
+            st.tracepoint.to_string(),
+            st.tracepoint.need,
+            st.outcome
+        );
+        if st.tracepoint.need == Need::Required {
+            assert_eq!(st.outcome, AttachOutcome::Attached, "{}", st.tracepoint);
+        }
+    }
+    // Every tracepoint the object uses exists on the hosts this runs on
+    // (6.x with kvm loaded); an optional one missing here is worth a look.
+    let not_attached: Vec<_> = tracer
+        .attach_status()
+        .iter()
+        .filter(|s| s.outcome != AttachOutcome::Attached)
+        .map(|s| format!("{}: {:?}", s.tracepoint, s.outcome))
+        .collect();
+    assert!(
+        not_attached.is_empty() || std::env::var_os("UFFDSCOPE_ALLOW_MISSING_OPTIONAL").is_some(),
+        "optional tracepoints not attached: {not_attached:?}"
+    );
+    assert_eq!(tracer.attach_status().len(), TRACEPOINTS.len());
+    let seeded = tracer.uffd_fds().expect("read uffd fd map");
+    assert_eq!(
+        seeded.len(),
+        1,
+        "uffd A should be seeded from /proc: {seeded:?}"
+    );
+    let mut ring = tracer.take_ring().expect("take ring");
+
+    child
+        .0
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("write go");
+    let result = parse_kv(&read_tagged(&mut lines, "UFS result"));
+    // Drain the rest of the child's output so it never blocks on a full pipe.
+    let rest = std::thread::spawn(move || lines.count());
+    let status = child.0.wait().expect("wait child");
+    drop(done_tx);
+    assert!(status.success(), "child workload failed: {status}");
+    rest.join().expect("stdout reader");
+
+    let mut events = Vec::new();
+    let count = ring.drain_into(&mut events);
+    assert_eq!(count.bad, 0, "undecodable records: {:?}", count.first_error);
+    // Records are committed before the syscall or switch that made them
+    // returns, so one more drain after a short wait only catches softirq
+    // TCP probes.
+    ring.wait(Duration::from_millis(20)).expect("poll ring");
+    let count = ring.drain_into(&mut events);
+    assert_eq!(count.bad, 0, "undecodable records: {:?}", count.first_error);
+
+    let counters = tracer.counters().expect("counters");
+    println!("counters: {counters:?}");
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in &events {
+        *by_kind.entry(e.kind().name()).or_default() += 1;
+    }
+    println!("records by kind: {by_kind:?}");
+    assert_eq!(counters.drops, 0, "ring drops: {counters:?}");
+    assert_eq!(tracer.drops().expect("drops"), 0);
+    assert_eq!(counters.map_full, 0, "map full: {counters:?}");
+    assert!(
+        counters.read_eagain >= 1,
+        "EAGAIN read on uffd A not counted: {counters:?}"
+    );
+
+    let fault_tid = result["fault_tid"] as u32;
+    let handler_tid = result["handler_tid"] as u32;
+    let (r1, r2) = (result["r1"] as u64, result["r2"] as u64);
+    let pages: BTreeSet<u64> = (0..R1_PAGES)
+        .map(|i| r1 + (i * PAGE) as u64)
+        .chain((0..R2_PAGES).map(|i| r2 + (i * PAGE) as u64))
+        .collect();
+    let total = R1_PAGES + R2_PAGES;
+
+    // Joined fault/wake records: one per page, for the faulting thread, woken
+    // by the handler's UFFDIO_COPY of that page.
+    let wakes: Vec<&abi::FaultWake> = events
+        .iter()
+        .filter_map(|e| match e {
+            RawEvent::FaultWake(w) if w.hdr.tid == fault_tid => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        wakes.len(),
+        total,
+        "fault_wake records for the faulting thread"
+    );
+    let mut seen = BTreeSet::new();
+    for w in &wakes {
+        let page = w.fault_addr & !(PAGE as u64 - 1);
+        assert!(
+            pages.contains(&page),
+            "fault at {:#x} outside the regions: {w:?}",
+            w.fault_addr
+        );
+        assert_eq!(
+            w.fault_addr,
+            page + TOUCH_OFFSET as u64,
+            "exact fault address: {w:?}"
+        );
+        assert!(seen.insert(page), "two records for page {page:#x}");
+        assert_eq!(w.fault_source, fault_source::USER, "{w:?}");
+        assert_eq!(w.waker_tid, handler_tid, "{w:?}");
+        assert_eq!(w.ioctl_cmd, ioctl::COPY, "{w:?}");
+        assert_eq!(w.ioctl_start, page, "{w:?}");
+        assert_eq!(w.ioctl_len, PAGE as u64, "{w:?}");
+        assert_eq!(w.fault_error_code & 0x2, 0x2, "write fault expected: {w:?}");
+        assert!(w.fault_ts > 0 && w.fault_ts <= w.woken_ts, "{w:?}");
+        if w.flags & fault_flags::WOKEN_BEFORE_BLOCK == 0 {
+            assert!(w.fault_ts <= w.blocked_ts, "{w:?}");
+            assert!(
+                w.blocked_ts <= w.woken_ts && w.woken_ts <= w.run_ts,
+                "{w:?}"
+            );
+            assert_eq!(w.hdr.ts, w.run_ts, "{w:?}");
+            assert_ne!(w.block_state, 0, "{w:?}");
+        } else {
+            assert_eq!((w.blocked_ts, w.run_ts), (0, 0), "{w:?}");
+        }
+    }
+    assert!(
+        events
+            .iter()
+            .all(|e| !matches!(e, RawEvent::FaultWake(w) if w.hdr.tid != fault_tid)),
+        "fault_wake for another thread"
+    );
+
+    // uffd reads by the handler: one 32-byte PAGEFAULT message per page, with
+    // the faulting thread's id.
+    let reads: Vec<&abi::UffdRead> = events
+        .iter()
+        .filter_map(|e| match e {
+            RawEvent::UffdRead(r) if r.ret > 0 => Some(&**r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reads.len(), total, "successful uffd reads");
+    let mut read_pages = BTreeSet::new();
+    for r in &reads {
+        assert_eq!(r.hdr.tid, handler_tid, "{r:?}");
+        assert_eq!((r.ret, r.n_msgs), (32, 1), "{r:?}");
+        let m = r.messages()[0];
+        assert!(m.is_pagefault(), "{m:?}");
+        assert_eq!(m.ptid(), fault_tid, "ptid (UFFD_FEATURE_THREAD_ID): {m:?}");
+        assert_ne!(m.flags() & uffd_event::FLAG_WRITE, 0, "{m:?}");
+        assert!(r.enter_ts <= r.hdr.ts, "{r:?}");
+        read_pages.insert(m.address());
+    }
+    assert_eq!(read_pages, pages, "uffd messages cover every page");
+
+    // ioctl records.
+    let ioctls: Vec<&abi::UffdIoctl> = events
+        .iter()
+        .filter_map(|e| match e {
+            RawEvent::UffdIoctl(i) => Some(i),
+            _ => None,
+        })
+        .collect();
+    let copies: Vec<_> = ioctls.iter().filter(|i| i.cmd == ioctl::COPY).collect();
+    assert_eq!(copies.len(), total, "UFFDIO_COPY records");
+    let mut copy_pages = BTreeSet::new();
+    for c in &copies {
+        assert_eq!(c.hdr.tid, handler_tid, "{c:?}");
+        assert_eq!(
+            (c.ret, c.result, c.len),
+            (0, PAGE as i64, PAGE as u64),
+            "{c:?}"
+        );
+        assert_eq!(c.n_woken, 1, "each copy wakes the faulting thread: {c:?}");
+        assert!(c.n_wakeups >= 1, "{c:?}");
+        assert!(c.enter_ts <= c.hdr.ts, "{c:?}");
+        copy_pages.insert(c.start);
+    }
+    assert_eq!(copy_pages, pages, "UFFDIO_COPY covers every page");
+    let registers: BTreeSet<(u64, u64)> = ioctls
+        .iter()
+        .filter(|i| i.cmd == ioctl::REGISTER)
+        .map(|i| {
+            assert_eq!((i.ret, i.mode), (0, UFFDIO_REGISTER_MODE_MISSING), "{i:?}");
+            assert_ne!(i.result, 0, "REGISTER returns the allowed ioctls: {i:?}");
+            (i.start, i.len)
+        })
+        .collect();
+    assert_eq!(
+        registers,
+        BTreeSet::from([
+            (r1, (R1_PAGES * PAGE) as u64),
+            (r2, (R2_PAGES * PAGE) as u64)
+        ])
+    );
+    let apis: Vec<_> = ioctls.iter().filter(|i| i.cmd == ioctl::API).collect();
+    assert_eq!(apis.len(), 2, "UFFDIO_API on A and B: {apis:?}");
+    for a in apis {
+        assert_eq!(
+            (a.ret, a.start, a.src),
+            (0, 0xaa, UFFD_FEATURE_THREAD_ID),
+            "{a:?}"
+        );
+        assert_ne!(a.result as u64 & UFFD_FEATURE_THREAD_ID, 0, "{a:?}");
+    }
+
+    // uffd fd lifecycle: B from the syscall, C from /dev/userfaultfd (when
+    // the device exists) and then closed.
+    let fd_events: Vec<(u32, u32)> = events
+        .iter()
+        .filter_map(|e| match e {
+            RawEvent::UffdFd(f) => {
+                assert_eq!(f.tgid, pid, "{f:?}");
+                Some((f.op, f.fd))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut want = vec![(uffd_fd_op::SYSCALL, result["uffd_b"] as u32)];
+    if result["uffd_c"] >= 0 {
+        want.push((uffd_fd_op::IOC_NEW, result["uffd_c"] as u32));
+        want.push((uffd_fd_op::CLOSE, result["uffd_c"] as u32));
+    } else {
+        println!("/dev/userfaultfd missing: USERFAULTFD_IOC_NEW not exercised");
+    }
+    assert_eq!(fd_events, want, "uffd fd events");
+
+    // Sends, with their payloads.
+    let sends: Vec<(u16, u32, Vec<u8>, i64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            RawEvent::Send(s) => Some((s.syscall, s.fd, s.payload().to_vec(), s.ret)),
+            _ => None,
+        })
+        .collect();
+    let old_client = result["old_client"] as u32;
+    let new_client = result["new_client"] as u32;
+    let expect_sends = [
+        (
+            send_syscall::SENDMSG,
+            old_client,
+            b"UFS1-sendmsg-payload".to_vec(),
+            20,
+        ),
+        (send_syscall::WRITE, new_client, b"UFS2-write".to_vec(), 10),
+        (
+            send_syscall::WRITEV,
+            new_client,
+            b"UFS3-writev".to_vec(),
+            11,
+        ),
+        (send_syscall::SENDTO, new_client, b"UFS4-send".to_vec(), 9),
+    ];
+    for want in &expect_sends {
+        assert!(sends.contains(want), "missing send {want:?} in {sends:?}");
+    }
+
+    // Socket byte counts for the TCP sends and receives.
+    let sock_lens: Vec<&abi::SockLen> = events
+        .iter()
+        .filter_map(|e| match e {
+            RawEvent::SockLen(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let sent: i64 = sock_lens
+        .iter()
+        .filter(|s| s.dir == 1 && s.ret > 0)
+        .map(|s| i64::from(s.ret))
+        .sum();
+    let received: i64 = sock_lens
+        .iter()
+        .filter(|s| s.dir == 0 && s.ret > 0)
+        .map(|s| i64::from(s.ret))
+        .sum();
+    assert_eq!(sent, 50, "bytes sent per sock_send_length: {sock_lens:?}");
+    assert_eq!(
+        received, 50,
+        "bytes received per sock_recv_length: {sock_lens:?}"
+    );
+
+    // Threads: both workers appear with their names.
+    let named: BTreeMap<u32, String> = events
+        .iter()
+        .filter_map(|e| match e {
+            RawEvent::Thread(t) if t.op == thread_op::RENAME => Some((t.hdr.tid, t.comm_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        named.get(&fault_tid).map(String::as_str),
+        Some("ufs-faulter"),
+        "{named:?}"
+    );
+    assert_eq!(
+        named.get(&handler_tid).map(String::as_str),
+        Some("ufs-handler"),
+        "{named:?}"
+    );
+    let new_threads: BTreeSet<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            RawEvent::Thread(t) if t.op == thread_op::NEW => Some(t.hdr.tid),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        new_threads.contains(&fault_tid) && new_threads.contains(&handler_tid),
+        "{new_threads:?}"
+    );
+    let exits: BTreeSet<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            RawEvent::Thread(t) if t.op == thread_op::EXIT => Some(t.hdr.tid),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        exits.contains(&pid),
+        "process exit of the main thread: {exits:?}"
+    );
+}
