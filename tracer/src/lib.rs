@@ -3,3 +3,4 @@
 pub mod bpf;
 pub mod console;
 pub mod qmp;
+pub mod convert;

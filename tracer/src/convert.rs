@@ -1,0 +1,255 @@
+//! Raw kernel events → trace records: the one place where the `events.h` ABI
+//! meets the analyzer's record model.
+
+use uffdscope_analyzer::record::{
+    Direction, FaultEntry, FaultSource, IoctlOp, NewUffd, Note, Record, Role, Sleep, SockIo,
+    SockLen, TcpProbe, TcpRetransmit, ThreadInfo, UffdIoctl, UffdMsg, UffdRead,
+};
+use uffdscope_ebpf::abi::{self, fault_flags, fault_source, thread_op, uffd_fd_op};
+use uffdscope_ebpf::RawEvent;
+
+/// A raw event that cannot be turned into a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    #[error("fault_wake record with unknown fault source {0}")]
+    FaultSource(u16),
+    #[error("uffd_fd record with unknown op {0}")]
+    UffdFdOp(u32),
+    #[error("thread record with unknown op {0}")]
+    ThreadOp(u32),
+    #[error("sock_len record with unknown direction {0}")]
+    Direction(u16),
+}
+
+/// The records one raw event becomes (zero or one today; a `Vec` keeps the
+/// door open for events that expand).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Records(pub Vec<Record>);
+
+fn sleep(e: &abi::FaultWake) -> Result<Record, ConvertError> {
+    let source = match e.fault_source {
+        fault_source::NONE => None,
+        fault_source::USER => Some(FaultSource::User),
+        fault_source::KVM => Some(FaultSource::Kvm),
+        other => return Err(ConvertError::FaultSource(other)),
+    };
+    let never_slept = e.flags & fault_flags::WOKEN_BEFORE_BLOCK != 0 || e.blocked_ts == 0;
+    Ok(Record::Sleep(Sleep {
+        tid: e.hdr.tid,
+        fault: source.map(|source| FaultEntry {
+            ts: e.fault_ts,
+            addr: e.fault_addr,
+            ip: e.fault_ip,
+            error_code: e.fault_error_code,
+            source,
+        }),
+        // Woken between entry and switch-out: it never blocked, so the
+        // blocked interval is empty rather than invented.
+        blocked_ts: if never_slept {
+            e.woken_ts
+        } else {
+            e.blocked_ts
+        },
+        woken_ts: e.woken_ts,
+        run_ts: (!never_slept && e.run_ts != 0).then_some(e.run_ts),
+        waker_tid: e.waker_tid,
+        wake_op: IoctlOp::from_cmd(e.ioctl_cmd),
+        wake_start: e.ioctl_start,
+        wake_len: e.ioctl_len,
+    }))
+}
+
+fn fd(raw: u32) -> i32 {
+    i32::try_from(raw).unwrap_or(-1)
+}
+
+impl TryFrom<&RawEvent> for Records {
+    type Error = ConvertError;
+
+    fn try_from(raw: &RawEvent) -> Result<Self, ConvertError> {
+        let rec = match raw {
+            RawEvent::FaultWake(e) => sleep(e)?,
+            RawEvent::UffdRead(e) => Record::UffdRead(UffdRead {
+                tid: e.hdr.tid,
+                enter_ts: e.enter_ts,
+                exit_ts: e.hdr.ts,
+                fd: fd(e.fd),
+                ret: e.ret,
+                msgs: e
+                    .messages()
+                    .iter()
+                    .map(|m| UffdMsg {
+                        event: m.event,
+                        flags: m.flags(),
+                        address: m.address(),
+                        ptid: m.ptid(),
+                    })
+                    .collect(),
+            }),
+            RawEvent::UffdIoctl(e) => Record::UffdIoctl(UffdIoctl {
+                tid: e.hdr.tid,
+                enter_ts: e.enter_ts,
+                exit_ts: e.hdr.ts,
+                fd: fd(e.fd),
+                op: IoctlOp::from_cmd(e.cmd),
+                start: e.start,
+                len: e.len,
+                mode: e.mode,
+                ret: e.ret,
+                result: e.result,
+                woken: e.n_woken,
+            }),
+            RawEvent::UffdFd(e) => match e.op {
+                uffd_fd_op::SYSCALL | uffd_fd_op::IOC_NEW => Record::NewUffd(NewUffd {
+                    ts: e.hdr.ts,
+                    tid: e.hdr.tid,
+                    fd: fd(e.fd),
+                }),
+                uffd_fd_op::CLOSE => Record::Note(Note {
+                    ts: e.hdr.ts,
+                    kind: "uffd_close".into(),
+                    text: format!("tid {} closed uffd fd {}", e.hdr.tid, e.fd),
+                }),
+                other => return Err(ConvertError::UffdFdOp(other)),
+            },
+            RawEvent::Send(e) => Record::SockIo(SockIo {
+                tid: e.hdr.tid,
+                enter_ts: e.enter_ts,
+                exit_ts: e.hdr.ts,
+                fd: fd(e.fd),
+                dir: Direction::Send,
+                ret: e.ret,
+                head: e.payload().to_vec(),
+            }),
+            RawEvent::SockLen(e) => Record::SockLen(SockLen {
+                ts: e.hdr.ts,
+                tid: e.hdr.tid,
+                sk: e.sk,
+                dir: match e.dir {
+                    0 => Direction::Recv,
+                    1 => Direction::Send,
+                    other => return Err(ConvertError::Direction(other)),
+                },
+                len: i64::from(e.ret),
+            }),
+            RawEvent::TcpProbe(e) => Record::TcpProbe(TcpProbe {
+                ts: e.hdr.ts,
+                sk: e.sk,
+                sport: e.sport,
+                dport: e.dport,
+                srtt_us: e.srtt_us,
+                cwnd: e.snd_cwnd,
+            }),
+            RawEvent::TcpRetrans(e) => Record::TcpRetransmit(TcpRetransmit {
+                ts: e.hdr.ts,
+                sk: e.sk,
+                sport: e.sport,
+                dport: e.dport,
+            }),
+            RawEvent::Thread(e) => match e.op {
+                thread_op::NEW | thread_op::RENAME => {
+                    let name = e.comm_str();
+                    Record::Thread(ThreadInfo {
+                        ts: e.hdr.ts,
+                        tid: e.hdr.tid,
+                        role: Role::from_thread_name(&name).unwrap_or(Role::Other),
+                        name,
+                    })
+                }
+                thread_op::EXIT => Record::Note(Note {
+                    ts: e.hdr.ts,
+                    kind: "thread_exit".into(),
+                    text: format!("tid {} ({}) exited", e.hdr.tid, e.comm_str()),
+                }),
+                other => return Err(ConvertError::ThreadOp(other)),
+            },
+            RawEvent::KvmAsyncPf(e) => Record::Note(Note {
+                ts: e.hdr.ts,
+                kind: "kvm_async_pf".into(),
+                text: format!(
+                    "tid {} op {} token {:#x} gva {:#x} gfn {:#x}",
+                    e.hdr.tid, e.op, e.token, e.gva, e.gfn
+                ),
+            }),
+        };
+        Ok(Records(vec![rec]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wake(flags: u16, source: u16) -> abi::FaultWake {
+        abi::FaultWake {
+            hdr: abi::Hdr {
+                kind: abi::Kind::FaultWake as u16,
+                cpu: 0,
+                tid: 42,
+                ts: 1_000,
+            },
+            fault_ts: 100,
+            fault_addr: 0x7f00_0000_1010,
+            fault_ip: 0x5555,
+            fault_error_code: 6,
+            blocked_ts: 200,
+            woken_ts: 900,
+            run_ts: 1_000,
+            ioctl_start: 0x7f00_0000_1000,
+            ioctl_len: 4096,
+            ioctl_cmd: abi::ioctl::COPY,
+            waker_tid: 43,
+            ioctl_fd: 5,
+            vcpu_id: 0,
+            block_state: 1,
+            fault_source: source,
+            flags,
+        }
+    }
+
+    #[test]
+    fn fault_wake_becomes_a_sleep_with_its_entry() {
+        let Records(v) =
+            Records::try_from(&RawEvent::FaultWake(wake(0, fault_source::USER))).unwrap();
+        let Record::Sleep(s) = &v[0] else {
+            panic!("not a sleep: {v:?}")
+        };
+        assert_eq!(s.tid, 42);
+        assert_eq!(s.fault.unwrap().ts, 100);
+        assert_eq!(
+            (s.blocked_ts, s.woken_ts, s.run_ts),
+            (200, 900, Some(1_000))
+        );
+        assert_eq!(s.wake_op, IoctlOp::Copy);
+    }
+
+    #[test]
+    fn woken_before_blocking_has_no_blocked_interval() {
+        let mut e = wake(fault_flags::WOKEN_BEFORE_BLOCK, fault_source::NONE);
+        e.blocked_ts = 0;
+        e.run_ts = 0;
+        let Records(v) = Records::try_from(&RawEvent::FaultWake(e)).unwrap();
+        let Record::Sleep(s) = &v[0] else {
+            panic!("not a sleep")
+        };
+        assert_eq!(s.fault, None);
+        assert_eq!(s.blocked_ts, 900);
+        assert_eq!(s.run_ts, None);
+    }
+
+    #[test]
+    fn unknown_enum_values_are_errors_not_panics() {
+        assert_eq!(
+            Records::try_from(&RawEvent::FaultWake(wake(0, 9))),
+            Err(ConvertError::FaultSource(9))
+        );
+        let fdrec = abi::UffdFd {
+            op: 77,
+            ..abi::UffdFd::default()
+        };
+        assert_eq!(
+            Records::try_from(&RawEvent::UffdFd(fdrec)),
+            Err(ConvertError::UffdFdOp(77))
+        );
+    }
+}
