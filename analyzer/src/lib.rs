@@ -4,6 +4,7 @@
 pub mod analysis;
 pub mod codec;
 pub mod guest;
+pub mod html;
 pub mod lifecycle;
 pub mod markdown;
 pub mod network;

@@ -43,7 +43,11 @@ fn num(v: Option<f64>) -> String {
 }
 
 fn pct(v: Option<f64>) -> String {
-    v.map_or_else(|| "n/a".to_owned(), |x| format!("{:.0}%", x * 100.0))
+    match v {
+        Some(x) if x > 0.0 && x < 0.01 => "&lt;1%".to_owned(),
+        Some(x) => format!("{:.0}%", x * 100.0),
+        None => "n/a".to_owned(),
+    }
 }
 
 /// Renders the markdown report.
@@ -193,8 +197,11 @@ pub fn render_markdown(r: &Report) -> String {
             num(q.blocktime_ms)
         );
         let _ = writeln!(o);
+        let mut notes = Vec::new();
         if let Some(a) = q.agreement {
-            let _ = writeln!(o, "uffdscope's QEMU view / QEMU's blocktime = {a:.2}.");
+            notes.push(format!(
+                "uffdscope's QEMU view / QEMU's blocktime = {a:.2}."
+            ));
         }
         if !q.status_timeline.is_empty() {
             let tl: Vec<String> = q
@@ -202,7 +209,10 @@ pub fn render_markdown(r: &Report) -> String {
                 .iter()
                 .map(|c| format!("{:.2} s {}", c.at_s, escape(&c.status)))
                 .collect();
-            let _ = writeln!(o, "Migration: {}.", tl.join(" → "));
+            notes.push(format!("Migration: {}.", tl.join(" → ")));
+        }
+        if !notes.is_empty() {
+            let _ = writeln!(o, "{}", notes.join(" "));
         }
     }
     let _ = writeln!(o);
