@@ -19,7 +19,8 @@ use std::time::Duration;
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::{ProgramError, TracePoint};
 use aya::{Ebpf, EbpfError, EbpfLoader};
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::poll::PollTimeout;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use uffdscope_ebpf::abi::{self, Kind, MAX_TARGETS};
 use uffdscope_ebpf::{decode, names, DecodeError, RawEvent, OBJECT};
 
@@ -473,6 +474,9 @@ pub enum BpfError {
     /// A map the object should define is absent.
     #[error("BPF map {0} is missing from the object; rebuild with make -C ebpf")]
     MapNotInObject(&'static str),
+    /// Setting up the ring buffer's epoll instance failed.
+    #[error("setting up epoll on the BPF ring buffer: {0}")]
+    Epoll(#[source] io::Error),
     /// Reading `/proc` failed.
     #[error("reading {path}: {source} (has the target exited?)")]
     Proc {
@@ -811,7 +815,16 @@ impl BpfTracer {
             .take_map(name)
             .ok_or(BpfError::MapNotInObject(name))?;
         let ring = RingBuf::try_from(map).map_err(map_err(name))?;
-        Ok(RingDrain { ring })
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+            .and_then(|ep| {
+                ep.add(
+                    ring.as_fd(),
+                    EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0),
+                )?;
+                Ok(ep)
+            })
+            .map_err(|e| BpfError::Epoll(io::Error::from(e)))?;
+        Ok(RingDrain { ring, epoll })
     }
 }
 
@@ -883,16 +896,20 @@ fn attach_one(
 ///
 /// Programs submit without waking the consumer until `wakeup_bytes` are
 /// waiting, so the intended loop is `wait(~20 ms)` then `drain`: the wait
-/// returns early only when the ring is filling up.
+/// returns early only when the kernel forces a wake-up because the ring is
+/// filling up. The wait is edge-triggered (epoll `EPOLLET`): a level-triggered
+/// poll would report the ring readable as soon as any record is waiting and
+/// turn the timer drain into a drain per event.
 pub struct RingDrain {
     ring: RingBuf<MapData>,
+    epoll: Epoll,
 }
 
 impl fmt::Debug for RingDrain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RingDrain")
             .field("fd", &self.ring.as_raw_fd())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -931,12 +948,13 @@ impl RingDrain {
         count
     }
 
-    /// Waits up to `timeout` for the kernel to signal the ring (it only does
-    /// once `wakeup_bytes` are waiting). Returns true when signalled.
+    /// Waits up to `timeout` (at most 65 s) for the kernel to signal the ring,
+    /// which it does only once `wakeup_bytes` are waiting. Returns true when
+    /// signalled; false on timeout or when a signal interrupted the wait.
     pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
         let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(self.ring.as_fd(), PollFlags::POLLIN)];
-        match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+        let mut events = [EpollEvent::empty()];
+        match self.epoll.wait(&mut events, PollTimeout::from(ms)) {
             Ok(n) => Ok(n > 0),
             Err(nix::errno::Errno::EINTR) => Ok(false),
             Err(e) => Err(io::Error::from(e)),

@@ -24,7 +24,10 @@ use uffdscope_ebpf::abi::{
 };
 use uffdscope_ebpf::RawEvent;
 use uffdscope_fixtures::tier;
-use uffdscope_tracer::bpf::{AttachOutcome, BpfConfig, BpfTracer, Need, TRACEPOINTS};
+use uffdscope_tracer::bpf::{
+    probe_tracepoints, AttachOutcome, BpfConfig, BpfError, BpfTracer, FormatCheck, Need,
+    TRACEPOINTS,
+};
 
 const CHILD_ENV: &str = "UFFDSCOPE_BPF_LOAD_CHILD";
 const PAGE: usize = 4096;
@@ -458,15 +461,20 @@ fn bpf_load_and_join() {
     assert!(status.success(), "child workload failed: {status}");
     rest.join().expect("stdout reader");
 
+    // ~230 records stay far below the wake-up threshold, so the kernel must
+    // not have woken the consumer even once (no per-event wake-ups).
+    assert!(
+        !ring.wait(Duration::from_millis(50)).expect("epoll on ring"),
+        "ring signalled although the waiting data is below the wake-up threshold"
+    );
     let mut events = Vec::new();
     let count = ring.drain_into(&mut events);
     assert_eq!(count.bad, 0, "undecodable records: {:?}", count.first_error);
-    // Records are committed before the syscall or switch that made them
-    // returns, so one more drain after a short wait only catches softirq
-    // TCP probes.
-    ring.wait(Duration::from_millis(20)).expect("poll ring");
-    let count = ring.drain_into(&mut events);
-    assert_eq!(count.bad, 0, "undecodable records: {:?}", count.first_error);
+    let early = events
+        .iter()
+        .filter(|e| matches!(e, RawEvent::FaultWake(w) if w.flags & fault_flags::WOKEN_BEFORE_BLOCK != 0))
+        .count();
+    println!("fault_wake records woken before they blocked: {early}");
 
     let counters = tracer.counters().expect("counters");
     println!("counters: {counters:?}");
@@ -735,4 +743,82 @@ fn bpf_load_and_join() {
         exits.contains(&pid),
         "process exit of the main thread: {exits:?}"
     );
+}
+
+/// With a zero wake-up threshold every submit forces a wake-up, so the edge
+/// triggered wait returns as soon as the target emits anything (here its exit).
+#[test]
+fn forced_wakeup_above_threshold() {
+    if std::env::var_os(CHILD_ENV).is_some() || !tier::root_bpf("forced_wakeup_above_threshold") {
+        return;
+    }
+    let child = Command::new("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn cat");
+    let mut child = ChildGuard(child);
+    let pid = child.0.id();
+    let cfg = BpfConfig {
+        wakeup_bytes: 0,
+        ..BpfConfig::new(vec![pid])
+    };
+    let mut tracer = BpfTracer::load(&cfg).unwrap_or_else(|e| panic!("BpfTracer::load: {e}"));
+    let mut ring = tracer.take_ring().expect("take ring");
+    drop(child.0.stdin.take());
+    child.0.wait().expect("wait cat");
+    // Generous bound: a safety net against a missing wake-up, not a timing
+    // measurement.
+    assert!(
+        ring.wait(Duration::from_secs(10)).expect("epoll on ring"),
+        "no forced wake-up with wakeup_bytes = 0"
+    );
+    let mut events = Vec::new();
+    let count = ring.drain_into(&mut events);
+    assert_eq!(count.bad, 0, "{:?}", count.first_error);
+    assert!(
+        events.iter().any(
+            |e| matches!(e, RawEvent::Thread(t) if t.op == thread_op::EXIT && t.hdr.tid == pid)
+        ),
+        "exit record of {pid} missing: {events:?}"
+    );
+    assert_eq!(tracer.drops().expect("drops"), 0);
+}
+
+/// A target that is gone is reported as such, naming /proc.
+#[test]
+fn load_reports_a_gone_target() {
+    if std::env::var_os(CHILD_ENV).is_some() || !tier::root_bpf("load_reports_a_gone_target") {
+        return;
+    }
+    let mut child = Command::new("true").spawn().expect("spawn true");
+    let pid = child.id();
+    child.wait().expect("wait true");
+    let err = BpfTracer::load(&BpfConfig::new(vec![pid])).expect_err("load against a reaped pid");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, BpfError::Proc { .. }) && msg.contains(&format!("/proc/{pid}/fd")),
+        "unexpected error: {msg}"
+    );
+}
+
+/// Every required tracepoint exists here with the layout the programs read.
+#[test]
+fn probe_tracepoints_on_this_host() {
+    if std::env::var_os(CHILD_ENV).is_some() || !tier::root_bpf("probe_tracepoints_on_this_host") {
+        return;
+    }
+    let probes = probe_tracepoints().unwrap_or_else(|e| panic!("probe_tracepoints: {e}"));
+    assert_eq!(probes.len(), TRACEPOINTS.len());
+    for p in &probes {
+        println!(
+            "{:<40} {:?} {:?}",
+            p.tracepoint.to_string(),
+            p.tracepoint.need,
+            p.format
+        );
+        if p.tracepoint.need == Need::Required {
+            assert_eq!(p.format, FormatCheck::Matches, "{}", p.tracepoint);
+        }
+    }
 }
