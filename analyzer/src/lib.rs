@@ -3,11 +3,14 @@
 
 pub mod analysis;
 pub mod codec;
+pub mod csv;
+pub mod export;
 pub mod guest;
 pub mod html;
 pub mod lifecycle;
 pub mod markdown;
 pub mod network;
+pub mod perfetto;
 pub mod record;
 pub mod report;
 pub mod rp;
