@@ -1,7 +1,7 @@
 //! The `uffdscope` command line: parses arguments and calls the crates.
 //!
 //! Exit codes: 0 success, 1 usage error, 2 unreadable or damaged input,
-//! 3 recording could not start or failed (see `record`/`check`).
+//! 3 recording could not start or failed, or `check` found a blocker.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -23,6 +23,12 @@ Examples:
 
   # Correlate with a guest log captured elsewhere (guest clock 1.5 s ahead)
   uffdscope report run.trace --guest-log stress.log --guest-offset 1500
+
+  # Record the destination QEMU of a migration (as root), with QMP and console
+  sudo uffdscope record --qemu dst --qmp /run/dst.qmp --guest-console /run/dst.serial -o run.trace
+
+  # Can this host record at all?
+  uffdscope check
 ";
 
 #[derive(Parser, Debug)]
@@ -42,6 +48,43 @@ enum Command {
     /// Analyze a trace and print a report (never needs root).
     #[command(after_help = EXAMPLES)]
     Report(ReportArgs),
+    /// Record a running QEMU (or any userfaultfd user) with eBPF; needs root.
+    #[cfg(target_os = "linux")]
+    #[command(after_help = EXAMPLES)]
+    Record(RecordArgs),
+    /// Check whether this host can record, and what would be measured.
+    #[cfg(target_os = "linux")]
+    Check,
+}
+
+#[cfg(target_os = "linux")]
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "qemu"])))]
+struct RecordArgs {
+    /// The process to trace (the destination QEMU).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Find the QEMU started with `-name NAME` instead of giving a pid.
+    #[arg(long, value_name = "NAME")]
+    qemu: Option<String>,
+    /// Output trace file; must not exist (default: ./uffdscope-PID-DATE.trace).
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// Stop after this many seconds (default: until Ctrl-C or the target exits).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// QMP socket of the target QEMU: sample migration status and blocktime.
+    #[arg(long, value_name = "SOCKET")]
+    qmp: Option<PathBuf>,
+    /// Guest serial console (log file or unix socket) to stamp with host time.
+    #[arg(long, value_name = "PATH")]
+    guest_console: Option<PathBuf>,
+    /// Ring buffer size in MiB (a power of two).
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    ring_mb: u32,
+    /// No live status line.
+    #[arg(long, short = 'q')]
+    quiet: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Default)]
@@ -123,6 +166,109 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Errors that map to exit code 3 (recording failed).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct RecordFailed(String);
+
+#[cfg(target_os = "linux")]
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(target_os = "linux")]
+extern "C" fn on_signal(_: i32) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg(target_os = "linux")]
+fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    use uffdscope_tracer::{discover, session};
+
+    let pid = match (args.pid, &args.qemu) {
+        (Some(pid), _) => pid,
+        (None, Some(name)) => {
+            discover::find_qemu(name).map_err(|e| RecordFailed(e.to_string()))?
+        }
+        (None, None) => unreachable!("clap requires --pid or --qemu"),
+    };
+    if !args.ring_mb.is_power_of_two() || args.ring_mb > 1024 {
+        anyhow::bail!("--ring-mb must be a power of two up to 1024, not {}", args.ring_mb);
+    }
+    let duration = match args.duration {
+        Some(d) if d.is_finite() && d > 0.0 => Some(std::time::Duration::from_secs_f64(d)),
+        Some(d) => anyhow::bail!("--duration must be a positive number of seconds, not {d}"),
+        None => None,
+    };
+    let cfg = session::RecordConfig {
+        pid,
+        output: args
+            .output
+            .clone()
+            .unwrap_or_else(|| session::default_output(pid)),
+        duration,
+        qmp: args.qmp.clone(),
+        guest_console: args.guest_console.clone(),
+        ring_bytes: args.ring_mb << 20,
+        ..session::RecordConfig::default()
+    };
+    let handler = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_signal),
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    for sig in [nix::sys::signal::SIGINT, nix::sys::signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { nix::sys::signal::sigaction(sig, &handler) }.context("installing signal handlers")?;
+    }
+    let live = !args.quiet && std::io::stderr().is_terminal();
+    eprintln!(
+        "uffdscope: recording pid {pid} into {} (Ctrl-C to stop)",
+        cfg.output.display()
+    );
+    let summary = session::record(&cfg, &STOP, |p| {
+        if live {
+            eprint!("\r\x1b[2K{}", session::status_line(p));
+        }
+    })
+    .map_err(|e| RecordFailed(e.to_string()))?;
+    if live {
+        eprintln!();
+    }
+    eprintln!(
+        "uffdscope: {}: {} events, {} faults, {} drops, {} bytes ({})",
+        summary.path.display(),
+        summary.events,
+        summary.faults,
+        summary.drops,
+        summary.bytes,
+        summary.stop.as_str()
+    );
+    if !summary.not_attached.is_empty() {
+        eprintln!(
+            "uffdscope: not measured (tracepoints unavailable): {}",
+            summary.not_attached.join(", ")
+        );
+    }
+    eprintln!("uffdscope: next: uffdscope report {}", summary.path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(target_os = "linux")]
+fn check() -> ExitCode {
+    use uffdscope_tracer::check;
+    let lines = check::run();
+    for l in &lines {
+        println!("{:<5} {:<44} {}", l.status.label(), l.what, l.detail);
+    }
+    if check::can_record(&lines) {
+        println!("recording can work on this host");
+        ExitCode::SUCCESS
+    } else {
+        println!("recording cannot work on this host: fix the FAIL lines above");
+        ExitCode::from(3)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -134,6 +280,10 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Command::Report(args) => report(args),
+        #[cfg(target_os = "linux")]
+        Command::Record(args) => record(args),
+        #[cfg(target_os = "linux")]
+        Command::Check => Ok(check()),
     };
     match result {
         Ok(code) => code,
@@ -141,6 +291,8 @@ fn main() -> ExitCode {
             eprintln!("uffdscope: {e:#}");
             if e.downcast_ref::<InputError>().is_some() {
                 ExitCode::from(2)
+            } else if e.downcast_ref::<RecordFailed>().is_some() {
+                ExitCode::from(3)
             } else {
                 ExitCode::from(1)
             }

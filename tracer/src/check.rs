@@ -1,0 +1,167 @@
+//! `uffdscope check`: a doctor that says, line by line, whether recording can
+//! work on this host and what will or will not be measured.
+
+use std::path::Path;
+
+use crate::bpf::{self, FormatCheck, Need};
+
+/// Outcome of one requirement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Recording works, but something will not be measured.
+    Warn,
+    /// Recording cannot work.
+    Fail,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+/// One line of the check.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub status: Status,
+    pub what: String,
+    pub detail: String,
+}
+
+fn line(status: Status, what: impl Into<String>, detail: impl Into<String>) -> Line {
+    Line {
+        status,
+        what: what.into(),
+        detail: detail.into(),
+    }
+}
+
+/// Kernel release as (major, minor).
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Runs every check.
+pub fn run() -> Vec<Line> {
+    let mut out = Vec::new();
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match kernel_version(&release) {
+        Some(v) if v >= (5, 8) => out.push(line(
+            Status::Ok,
+            "kernel",
+            format!("{release} (BPF ring buffer needs 5.8+)"),
+        )),
+        _ => out.push(line(
+            Status::Fail,
+            "kernel",
+            format!("{release}: BPF ring buffer needs Linux 5.8 or newer"),
+        )),
+    }
+    let root = nix::unistd::geteuid().is_root();
+    out.push(line(
+        if root { Status::Ok } else { Status::Fail },
+        "privileges",
+        if root {
+            "running as root".to_owned()
+        } else {
+            "not root: `uffdscope record` needs root (CAP_BPF + CAP_PERFMON); `report` does not".to_owned()
+        },
+    ));
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    out.push(line(
+        if btf { Status::Ok } else { Status::Warn },
+        "kernel BTF",
+        if btf {
+            "/sys/kernel/btf/vmlinux present"
+        } else {
+            "/sys/kernel/btf/vmlinux missing: the programs use plain tracepoints and do not need it"
+        },
+    ));
+    let kprobes = Path::new("/sys/kernel/tracing/kprobe_events").exists();
+    out.push(line(
+        Status::Ok,
+        "kprobes",
+        if kprobes {
+            "available (not used: uffdscope needs tracepoints only)"
+        } else {
+            "not available (not needed: uffdscope uses tracepoints only)"
+        },
+    ));
+    match bpf::find_tracefs() {
+        Some(p) => out.push(line(Status::Ok, "tracefs", p.display().to_string())),
+        None => {
+            out.push(line(
+                Status::Fail,
+                "tracefs",
+                "not mounted: mount -t tracefs nodev /sys/kernel/tracing",
+            ));
+            return out;
+        }
+    }
+    match bpf::probe_tracepoints() {
+        Ok(probes) => {
+            for p in probes {
+                let tp = p.tracepoint;
+                let (status, detail) = match (&p.format, tp.need) {
+                    (FormatCheck::Matches, _) => (Status::Ok, format!("present; {}", tp.purpose)),
+                    (FormatCheck::Absent, Need::Required) => (
+                        Status::Fail,
+                        format!("missing, required for: {}", tp.purpose),
+                    ),
+                    (FormatCheck::Absent, Need::Optional) => (
+                        Status::Warn,
+                        format!("missing: will not measure {}", tp.purpose),
+                    ),
+                    (FormatCheck::Differs(d), Need::Required) => (
+                        Status::Fail,
+                        format!("unknown layout ({}), required for: {}", d.join("; "), tp.purpose),
+                    ),
+                    (FormatCheck::Differs(d), Need::Optional) => (
+                        Status::Warn,
+                        format!("unknown layout ({}): will not measure {}", d.join("; "), tp.purpose),
+                    ),
+                };
+                out.push(line(status, format!("tracepoint {tp}"), detail));
+            }
+        }
+        Err(e) => out.push(line(Status::Fail, "tracepoints", e.to_string())),
+    }
+    out
+}
+
+/// True when recording can work.
+pub fn can_record(lines: &[Line]) -> bool {
+    lines.iter().all(|l| l.status != Status::Fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kernel_versions() {
+        assert_eq!(kernel_version("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(kernel_version("5.4.0"), Some((5, 4)));
+        assert_eq!(kernel_version("x"), None);
+    }
+
+    #[test]
+    fn has_a_line_per_tracepoint_and_per_requirement() {
+        let lines = run();
+        for what in ["kernel", "privileges", "kernel BTF", "tracefs"] {
+            assert!(lines.iter().any(|l| l.what == what), "no {what} line");
+        }
+        if bpf::find_tracefs().is_some() {
+            let tps = lines.iter().filter(|l| l.what.starts_with("tracepoint ")).count();
+            assert_eq!(tps, bpf::TRACEPOINTS.len());
+        }
+    }
+}
