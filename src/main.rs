@@ -94,6 +94,14 @@ enum Format {
     Text,
     /// The stable `uffdscope.report/1` JSON object.
     Json,
+    /// A compact GitHub-flavoured markdown summary to paste into a bug.
+    Markdown,
+    /// One self-contained HTML file with plots (no external resources).
+    Html,
+    /// Chrome Trace Event JSON timeline for ui.perfetto.dev (streamed).
+    Perfetto,
+    /// One CSV row per fault with its timestamps and stages (streamed).
+    Csv,
 }
 
 #[derive(clap::Args, Debug)]
@@ -121,6 +129,9 @@ struct ReportArgs {
 struct InputError(String);
 
 fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    if matches!(args.format, Format::Perfetto | Format::Csv) {
+        return stream_export(args);
+    }
     let guest_log = match &args.guest_log {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -142,6 +153,9 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
             s.push('\n');
             s
         }
+        Format::Markdown => uffdscope_analyzer::markdown::render_markdown(&report),
+        Format::Html => uffdscope_analyzer::html::render_html(&report),
+        Format::Perfetto | Format::Csv => unreachable!("streamed by stream_export"),
     };
     match &args.output {
         Some(path) => {
@@ -159,6 +173,48 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     if let Some(damage) = &report.trace.damage {
         eprintln!(
             "uffdscope: {}: damaged trace, reported the good part: {damage}",
+            args.trace.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The streamed exports (perfetto, csv): one pass over the trace, written as
+/// faults resolve, so memory does not grow with the trace.
+fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    if args.guest_log.is_some() || args.guest_offset.is_some() {
+        eprintln!(
+            "uffdscope: note: --guest-log and --guest-offset apply to the text, json, markdown and html reports; this export uses the guest lines recorded in the trace"
+        );
+    }
+    let mut reader = uffdscope_analyzer::trace::TraceReader::open(&args.trace)
+        .map_err(|t| InputError(format!("{}: {t}", args.trace.display())))?;
+    let (out, dest): (Box<dyn Write>, String) = match &args.output {
+        Some(path) => (
+            Box::new(create_exclusive(path).with_context(|| {
+                format!("cannot create {} (it must not exist)", path.display())
+            })?),
+            path.display().to_string(),
+        ),
+        None => (Box::new(std::io::stdout().lock()), "stdout".to_owned()),
+    };
+    let out = std::io::BufWriter::with_capacity(1 << 16, out);
+    let result = match args.format {
+        Format::Perfetto => uffdscope_analyzer::perfetto::export(&mut reader, out),
+        _ => uffdscope_analyzer::csv::export(&mut reader, out),
+    };
+    let summary = match result {
+        Ok(s) => s,
+        // A closed pipe (`| head`) is not an error worth a message.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe && args.output.is_none() => {
+            return Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("writing {dest}"))),
+    };
+    if let Some(damage) = &summary.damage {
+        eprintln!(
+            "uffdscope: {}: damaged trace, exported the good part: {damage}",
             args.trace.display()
         );
         return Ok(ExitCode::from(2));

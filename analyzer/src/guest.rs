@@ -175,7 +175,10 @@ pub struct Spike {
 pub struct GuestInterval {
     /// Seconds since trace start when the interval began.
     pub start_s: f64,
+    /// The value the guest printed.
     pub dur_ms: f64,
+    /// The interval's wall time on the host clock.
+    pub wall_ms: f64,
     pub vcpu_tid: Option<u32>,
     /// Above the spike threshold.
     pub spike: bool,
@@ -205,6 +208,7 @@ fn intervals(placed: &[Placed], ctx: &Context<'_>, threshold: Option<f64>) -> Ve
         .map(|p| GuestInterval {
             start_s: p.start_ns.saturating_sub(ctx.trace_start_ns) as f64 / 1e9,
             dur_ms: p.dur_ms,
+            wall_ms: (p.end_ns - p.start_ns) as f64 / 1e6,
             vcpu_tid: p.tid,
             spike: threshold.is_some_and(|t| p.dur_ms > t),
         })

@@ -606,7 +606,7 @@ fn time_span(r: &Report) -> f64 {
     }
     if let Some(g) = &r.guest {
         for iv in &g.intervals {
-            end = end.max(iv.start_s + iv.dur_ms / 1e3);
+            end = end.max(iv.start_s + iv.wall_ms / 1e3);
         }
     }
     end.max(1e-3)
@@ -718,7 +718,7 @@ fn guest_plot(o: &mut String, r: &Report) {
     o.push_str(r#"<section id="guest-timeline"><h2>Guest timeline</h2>"#);
     let _ = write!(
         o,
-        r#"<p class="note">Each guest interval as a bar at its duration, from its start to its end on the host clock (alignment: {}). Spikes are red; the shaded area is the number of vCPUs blocked in userfaultfd faults.{}</p>"#,
+        r#"<p class="note">Each guest interval as a bar at the duration the guest printed, from its start to its end on the host clock (alignment: {}). Spikes are red; the shaded area is the number of vCPUs blocked in userfaultfd faults.{}</p>"#,
         escape(&g.alignment),
         if g.intervals.len() < g.samples {
             format!(
@@ -761,7 +761,7 @@ fn guest_plot(o: &mut String, r: &Report) {
         );
     }
     for iv in &g.intervals {
-        let (x0, x1) = (p.x(iv.start_s), p.x(iv.start_s + iv.dur_ms / 1e3));
+        let (x0, x1) = (p.x(iv.start_s), p.x(iv.start_s + iv.wall_ms / 1e3));
         let y = p.y(iv.dur_ms);
         let color = if iv.spike { RED } else { BLUE };
         let _ = write!(
@@ -1016,14 +1016,15 @@ fn guest(o: &mut String, r: &Report) {
         o.push_str("<p>No interval exceeded the spike threshold.</p></section>");
         return;
     }
-    o.push_str(r#"<table><tr><th>at</th><th class="l">source</th><th>duration</th><th>excess</th><th>vCPU tid</th><th>vCPU blocked</th><th>faults</th><th>explained</th><th class="l" style="width:18%"></th></tr>"#);
+    o.push_str(r#"<table><tr><th>at</th><th class="l">source</th><th>printed</th><th>wall time</th><th>excess</th><th>vCPU tid</th><th>vCPU blocked</th><th>faults</th><th>explained</th><th class="l" style="width:18%"></th></tr>"#);
     for s in &g.spikes {
         let _ = write!(
             o,
-            r#"<tr><td>{:.2} s</td><td class="l mono">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><b>{}</b></td><td class="l"><div class="bar"><span style="width:{:.1}%;background:{}"></span></div></td></tr>"#,
+            r#"<tr><td>{:.2} s</td><td class="l mono">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><b>{}</b></td><td class="l"><div class="bar"><span style="width:{:.1}%;background:{}"></span></div></td></tr>"#,
             s.start,
             escape(&s.source),
             dur_ms(Some(s.dur_ms)),
+            dur_ms(Some(s.wall_ms)),
             dur_ms(Some(s.excess_ms)),
             s.vcpu_tid.map_or_else(|| "?".to_owned(), |t| t.to_string()),
             dur_ms(Some(s.blocked_ms)),

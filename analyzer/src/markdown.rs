@@ -237,15 +237,16 @@ pub fn render_markdown(r: &Report) -> String {
             worst.sort_by(|a, b| a.start.total_cmp(&b.start));
             let _ = writeln!(
                 o,
-                "| at s | dur ms | excess ms | vCPU | blocked ms | faults | explained |"
+                "| at s | printed ms | wall ms | excess ms | vCPU | blocked ms | faults | explained |"
             );
-            let _ = writeln!(o, "|--:|--:|--:|--:|--:|--:|--:|");
+            let _ = writeln!(o, "|--:|--:|--:|--:|--:|--:|--:|--:|");
             for sp in worst {
                 let _ = writeln!(
                     o,
-                    "| {:.2} | {:.0} | {:.0} | {} | {:.1} | {} | {} |",
+                    "| {:.2} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {} | {} |",
                     sp.start,
                     sp.dur_ms,
+                    sp.wall_ms,
                     sp.excess_ms,
                     sp.vcpu_tid
                         .map_or_else(|| "?".to_owned(), |t| t.to_string()),

@@ -129,7 +129,7 @@ struct Perfetto<W: Write> {
     channel_block: HashMap<(u32, i32), String>,
     guest_counts: LineCounts,
     guest_sources: HashMap<String, u32>,
-    /// End of the last interval slice per guest track (slices must not overlap).
+    /// Host time of the last line of each guest writer (by track).
     guest_last_end: HashMap<u32, u64>,
     guest_seen: bool,
     qmp_seen: bool,
@@ -281,13 +281,19 @@ impl<W: Write> Perfetto<W> {
             }
             None => GUEST_SOURCE_TID0 + MAX_GUEST_SOURCES - 1,
         };
+        // As in the guest correlation: an interval runs from the writer's
+        // previous line to this one unless that gap is implausibly long; a
+        // first line spans the duration it printed. Never overlap the last.
         let dur_ns = (sample.dur_ms.max(0.0) * 1e6) as u64;
-        let last = self.guest_last_end.get(&tid).copied().unwrap_or(0);
-        let start = ts.saturating_sub(dur_ns).max(last);
+        let last = self.guest_last_end.insert(tid, ts);
+        let start = match last {
+            Some(p) if p <= ts && ts - p < 4 * dur_ns + 1_000_000_000 => p,
+            Some(p) => ts.saturating_sub(dur_ns).max(p),
+            None => ts.saturating_sub(dur_ns),
+        };
         if start >= ts {
             return Ok(());
         }
-        self.guest_last_end.insert(tid, ts);
         let mut args = format!(r#""dur_ms":{}"#, sample.dur_ms);
         if let Some(cpu) = sample.cpu {
             let _ = write!(args, r#","cpu":{cpu}"#);
@@ -354,15 +360,22 @@ impl<W: Write> Perfetto<W> {
         } else {
             format!("return path {}", other.join(" "))
         };
-        self.slice(
-            &name,
-            "request",
-            self.pid,
-            s.tid,
-            s.enter_ts,
-            s.exit_ts.max(s.enter_ts),
-            &args,
-        )
+        self.syscall(&name, "request", s.tid, s.enter_ts, s.exit_ts, &args)
+    }
+
+    /// A syscall slice on a target thread, at its true times: one thread is in
+    /// one syscall at a time, so its slices nest by themselves.
+    fn syscall(
+        &mut self,
+        name: &str,
+        cat: &str,
+        tid: u32,
+        enter: u64,
+        exit: u64,
+        args: &str,
+    ) -> io::Result<()> {
+        self.touch(tid);
+        self.slice(name, cat, self.pid, tid, enter, exit.max(enter), args)
     }
 
     fn write_fault(&mut self, f: &Fault) -> io::Result<()> {
@@ -551,15 +564,7 @@ impl<W: Write> Exporter for Perfetto<W> {
                 } else {
                     "uffd read"
                 };
-                self.slice(
-                    name,
-                    "uffd",
-                    pid,
-                    r.tid,
-                    r.enter_ts,
-                    r.exit_ts.max(r.enter_ts),
-                    &args,
-                )
+                self.syscall(name, "uffd", r.tid, r.enter_ts, r.exit_ts, &args)
             }
             Record::UffdIoctl(io) => {
                 self.touch(io.tid);
@@ -567,13 +572,12 @@ impl<W: Write> Exporter for Perfetto<W> {
                     r#""start":"{:#x}","len":{},"ret":{},"result":{},"woken":{}"#,
                     io.start, io.len, io.ret, io.result, io.woken
                 );
-                self.slice(
+                self.syscall(
                     &ioctl_name(io.op),
                     "uffd",
-                    pid,
                     io.tid,
                     io.enter_ts,
-                    io.exit_ts.max(io.enter_ts),
+                    io.exit_ts,
                     &args,
                 )
             }
