@@ -1,0 +1,253 @@
+//! Root tier: `uffdscope record` (the real binary, real BPF) against the
+//! post-copy emulator, checked against the emulator's ground truth, plus the
+//! ways a recording can end (target exits, SIGINT, target killed, recorder killed).
+#![cfg(target_os = "linux")]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use uffdscope_analyzer::analysis::{analyze_file, Options};
+use uffdscope_analyzer::lifecycle::{Engine, Fault};
+use uffdscope_analyzer::trace::TraceReader;
+use uffdscope_fixtures::emu::truth::read_truth;
+use uffdscope_fixtures::emu::{Bandwidth, Config, Emu};
+use uffdscope_fixtures::tier;
+
+fn start_recorder(pid: u32, out: &Path) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_uffdscope"))
+        .args(["record", "-q", "--pid", &pid.to_string(), "-o"])
+        .arg(out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn uffdscope record");
+    // The recorder writes the header and the discovery records right after
+    // attaching: once the file has a frame, the probes are live.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(out).map_or(0, |m| m.len()) < 64 {
+        assert!(
+            Instant::now() < deadline,
+            "recorder did not start within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn finish(child: Child) -> String {
+    let out = child.wait_with_output().expect("wait for recorder");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "recorder failed: {stderr}");
+    stderr
+}
+
+fn faults_of(trace: &Path) -> Vec<Fault> {
+    let mut reader = TraceReader::open(trace).expect("trace opens");
+    let mut engine = Engine::new();
+    let mut faults = Vec::new();
+    let damage = reader.for_each(|r| engine.push(&r, &mut |f| faults.push(f)));
+    assert!(damage.is_none(), "damaged trace: {damage:?}");
+    engine.finish(&mut |f| faults.push(f));
+    faults
+}
+
+fn emu_config(dir: &Path, mem: u64, bandwidth: Bandwidth) -> (Config, PathBuf) {
+    let truth = dir.join("truth.csv");
+    (
+        Config {
+            mem_bytes: mem,
+            vcpus: 2,
+            bandwidth,
+            wait_for_signal: true,
+            truth: Some(truth.clone()),
+            ..Config::default()
+        },
+        truth,
+    )
+}
+
+#[test]
+fn recorded_faults_match_the_ground_truth() {
+    if !tier::root_bpf("recorded_faults_match_the_ground_truth") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, truth_path) = emu_config(dir.path(), 64 << 20, Bandwidth::BytesPerSec(64 << 20));
+    let emu = Emu::spawn(&cfg).expect("spawn emulator");
+    let trace = dir.path().join("run.trace");
+    let rec = start_recorder(emu.pid(), &trace);
+    emu.go().expect("start vCPUs");
+    emu.wait()
+        .expect("emulator run")
+        .success()
+        .expect("emulator verified every page");
+    let stderr = finish(rec);
+    assert!(stderr.contains("target exited"), "{stderr}");
+
+    let truth = read_truth(&truth_path).expect("truth");
+    let faults = faults_of(&trace);
+    // The truth counts stores during which the vCPU slept; a fault woken before
+    // it could block has no run time and no context switch.
+    let slept: Vec<&Fault> = faults.iter().filter(|f| f.run_ts.is_some()).collect();
+    let mut by_key: HashMap<(u32, u64), &Fault> = HashMap::new();
+    for f in &slept {
+        assert!(
+            by_key.insert((f.tid, f.page), f).is_none(),
+            "two sleeps for tid {} page {:#x}",
+            f.tid,
+            f.page
+        );
+    }
+    let mut missing = Vec::new();
+    let mut diffs = Vec::new();
+    for t in &truth {
+        match by_key.get(&(t.tid, t.page_addr)) {
+            Some(f) => {
+                let ours = f.run_ts.unwrap() as i64 - f.entry_ts.expect("fault entry seen") as i64;
+                diffs.push((t.latency_ns() as i64 - ours).abs());
+            }
+            None => missing.push(t),
+        }
+    }
+    let explain: Vec<String> = missing
+        .iter()
+        .take(5)
+        .map(|t| {
+            let near: Vec<&Fault> = faults
+                .iter()
+                .filter(|f| f.tid == t.tid && f.page == t.page_addr)
+                .collect();
+            format!("{t:?} -> recorded as {near:?}")
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} ground-truth faults not recorded:\n{}",
+        missing.len(),
+        truth.len(),
+        explain.join("\n")
+    );
+    assert_eq!(slept.len(), truth.len(), "recorded sleeps vs ground truth");
+    diffs.sort_unstable();
+    let p99 = diffs[(diffs.len() - 1) * 99 / 100];
+    assert!(
+        p99 <= 20_000,
+        "p99 |truth - recorded| latency difference {p99} ns exceeds 20 µs"
+    );
+
+    let report = analyze_file(&trace, &Options::default()).expect("analyze");
+    assert_eq!(report.trace.drops, 0);
+    assert_eq!(report.trace.end.as_deref(), Some("target exited"));
+    assert_eq!(
+        report.faults.stage_sum_consistent, report.faults.with_service,
+        "queue + request + network + place must equal service latency"
+    );
+    let roles: Vec<&str> = report.threads.iter().map(|t| t.role).collect();
+    for role in ["vcpu", "fault", "listen"] {
+        assert!(roles.contains(&role), "role {role} not detected: {roles:?}");
+    }
+}
+
+#[test]
+fn fifty_thousand_faults_without_drops() {
+    if !tier::root_bpf("fifty_thousand_faults_without_drops") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // No background stream: every one of the 65536 pages is a demand fault.
+    let (cfg, truth_path) = emu_config(dir.path(), 256 << 20, Bandwidth::Off);
+    let emu = Emu::spawn(&cfg).expect("spawn emulator");
+    let trace = dir.path().join("big.trace");
+    let rec = start_recorder(emu.pid(), &trace);
+    emu.go().expect("start vCPUs");
+    emu.wait()
+        .expect("emulator run")
+        .success()
+        .expect("emulator verified");
+    finish(rec);
+    let truth = read_truth(&truth_path).expect("truth");
+    assert!(
+        truth.len() >= 50_000,
+        "only {} faults in the truth",
+        truth.len()
+    );
+    let report = analyze_file(&trace, &Options::default()).expect("analyze");
+    assert_eq!(report.trace.drops, 0, "drops at default settings");
+    assert!(
+        report.faults.count >= 50_000,
+        "{} faults",
+        report.faults.count
+    );
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(
+        unsafe { libc::kill(pid as i32, sig) },
+        0,
+        "kill({pid}, {sig})"
+    );
+}
+
+#[test]
+fn sigint_and_killed_target_leave_readable_traces() {
+    if !tier::root_bpf("sigint_and_killed_target_leave_readable_traces") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A slow background stream keeps the emulator busy for many seconds.
+    let (mut cfg, _) = emu_config(dir.path(), 256 << 20, Bandwidth::BytesPerSec(8 << 20));
+    cfg.truth = None;
+
+    // 1. SIGINT to the recorder mid-run.
+    let emu = Emu::spawn(&cfg).expect("spawn emulator");
+    let trace = dir.path().join("sigint.trace");
+    let rec = start_recorder(emu.pid(), &trace);
+    emu.go().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(rec.id(), libc::SIGINT);
+    let stderr = finish(rec);
+    assert!(stderr.contains("stopped by signal"), "{stderr}");
+    let report = analyze_file(&trace, &Options::default()).expect("analyze");
+    assert_eq!(report.trace.end.as_deref(), Some("stopped by signal"));
+    assert!(report.trace.damage.is_none());
+    assert!(report.faults.count > 0);
+    signal(emu.pid(), libc::SIGKILL);
+    let _ = emu.wait();
+
+    // 2. The target killed mid-run.
+    let emu = Emu::spawn(&cfg).expect("spawn emulator");
+    let trace = dir.path().join("killed.trace");
+    let rec = start_recorder(emu.pid(), &trace);
+    emu.go().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(emu.pid(), libc::SIGKILL);
+    let _ = emu.wait();
+    let stderr = finish(rec);
+    assert!(stderr.contains("target exited"), "{stderr}");
+    let report = analyze_file(&trace, &Options::default()).expect("analyze");
+    assert_eq!(report.trace.end.as_deref(), Some("target exited"));
+    assert!(report.faults.count > 0);
+
+    // 3. The recorder itself killed: the file reads up to its last frame.
+    let emu = Emu::spawn(&cfg).expect("spawn emulator");
+    let trace = dir.path().join("recorder-killed.trace");
+    let mut rec = start_recorder(emu.pid(), &trace);
+    emu.go().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    rec.kill().unwrap();
+    let _ = rec.wait();
+    signal(emu.pid(), libc::SIGKILL);
+    let _ = emu.wait();
+    let report = analyze_file(&trace, &Options::default()).expect("analyze killed recording");
+    assert_eq!(
+        report.trace.end, None,
+        "no end note: the recorder never finished"
+    );
+    assert!(
+        report.faults.count > 0,
+        "frames flushed before the kill hold faults"
+    );
+}
