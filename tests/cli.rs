@@ -152,3 +152,249 @@ fn output_file_is_never_clobbered() {
         .unwrap()
         .contains("uffdscope.report/1"));
 }
+
+/// Runs `report -f FORMAT` on the committed trace; stdout on success.
+fn report_as(format: &str) -> String {
+    let out = bin()
+        .args(["report", "-f", format])
+        .arg(fixture())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{format}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fault_count() -> u64 {
+    let v: serde_json::Value = serde_json::from_str(&report_as("json")).unwrap();
+    v["faults"]["count"].as_u64().unwrap()
+}
+
+#[test]
+fn markdown_report_has_the_stage_table() {
+    let md = report_as("markdown");
+    assert!(
+        md.contains("| stage (µs) | p50 | p90 | p99 | max | count | share |"),
+        "{md}"
+    );
+    for stage in ["queue", "request", "network", "place", "wake"] {
+        assert!(
+            md.contains(&format!("\n| {stage} | ")),
+            "row {stage} missing:\n{md}"
+        );
+    }
+    assert!(md.contains("**vCPU blocktime**") && md.contains("**Slowest faults**"));
+    assert!(
+        md.len() < 8_000,
+        "too long for an issue comment: {} bytes",
+        md.len()
+    );
+}
+
+#[test]
+fn html_report_is_self_contained_and_structured() {
+    let html = report_as("html");
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.trim_end().ends_with("</html>"));
+    assert!(!html.contains("<script"), "no scripts at all");
+    for external in ["src=\"http", "href=\"http", "url(http", "@import", "<link"] {
+        assert!(!html.contains(external), "external resource: {external}");
+    }
+    for id in [
+        "stages",
+        "latency",
+        "guest-timeline",
+        "timeline",
+        "guest",
+        "blocktime",
+        "threads",
+        "network",
+        "slowest",
+    ] {
+        assert!(
+            html.contains(&format!("<section id=\"{id}\">")),
+            "section {id} missing"
+        );
+    }
+    for (open, close) in [
+        ("<section", "</section>"),
+        ("<svg", "</svg>"),
+        ("<table", "</table>"),
+    ] {
+        assert_eq!(
+            html.matches(open).count(),
+            html.matches(close).count(),
+            "unbalanced {open}"
+        );
+    }
+    assert!(html.matches("<svg").count() >= 6, "plots missing");
+    assert!(html.contains("CPU 0/TCG") && html.contains("postcopy-active"));
+}
+
+#[test]
+fn html_escapes_strings_from_the_trace_and_guest() {
+    use uffdscope_analyzer::record::{GuestLine, Record, Role, ThreadInfo};
+    use uffdscope_fixtures::synth::{Scenario, T0, VCPU_TID0};
+    let evil = "<script>alert(1)</script>";
+    let scenario = Scenario::default();
+    let mut records = Vec::new();
+    scenario.generate(|r| records.push(r.clone()), false);
+    // Rename a vCPU after the fact and add guest lines from an evil writer.
+    records.push(Record::Thread(ThreadInfo {
+        ts: T0 + 1,
+        tid: VCPU_TID0,
+        name: format!("CPU 0/{evil}"),
+        role: Role::Vcpu,
+    }));
+    for i in 1..=4u64 {
+        records.push(Record::GuestLine(GuestLine {
+            ts: T0 + i * 400_000_000,
+            text: format!(
+                "{evil} (1): INFO: {}ms copied 1 GB in {}ms",
+                1_700_000_000_000 + i * 400,
+                if i == 4 { 2000 } else { 400 }
+            ),
+        }));
+    }
+    let mut meta = scenario.meta();
+    meta.target_comm = evil.to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    // A file name cannot hold the `/` of `</script>`.
+    let path = dir.path().join("<script>x.trace");
+    std::fs::write(&path, uffdscope_analyzer::trace::write_all(&meta, &records)).unwrap();
+    let out = bin()
+        .args(["report", "-f", "html"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = String::from_utf8(out.stdout).unwrap();
+    assert!(!html.contains("<script"), "unescaped trace string");
+    let escaped = "&lt;script&gt;alert(1)&lt;/script&gt;";
+    assert!(
+        html.contains(&format!("CPU 0/{escaped}")),
+        "thread name shown escaped"
+    );
+    assert!(
+        html.contains(&format!("{escaped} (1)")),
+        "guest writer shown escaped"
+    );
+    assert!(
+        html.contains("&lt;script&gt;x.trace"),
+        "path shown escaped"
+    );
+    let md = {
+        let out = bin()
+            .args(["report", "-f", "markdown"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(
+        !md.contains("<script"),
+        "markdown must not carry raw HTML from the trace"
+    );
+}
+
+#[test]
+fn perfetto_export_is_json_with_thread_tracks_and_fault_slices() {
+    let text = report_as("perfetto");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let ev = v["traceEvents"].as_array().unwrap();
+    let names: Vec<&str> = ev
+        .iter()
+        .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
+        .filter_map(|e| e["args"]["name"].as_str())
+        .collect();
+    for want in [
+        "CPU 0/TCG [vcpu]",
+        "CPU 1/TCG [vcpu]",
+        "fault-default [fault]",
+        "postcopy/listen [listen]",
+        "guest console",
+        "QMP migration status",
+    ] {
+        assert!(names.contains(&want), "track {want} missing: {names:?}");
+    }
+    let faults = ev
+        .iter()
+        .filter(|e| {
+            e["ph"] == "X"
+                && e["cat"] == "fault"
+                && e["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("fault 0x"))
+        })
+        .count() as u64;
+    assert_eq!(faults, fault_count(), "one slice per fault");
+    assert!(ev.iter().any(|e| e["ph"] == "s") && ev.iter().any(|e| e["ph"] == "f"));
+}
+
+#[test]
+fn csv_export_has_one_row_per_fault() {
+    let text = report_as("csv");
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    assert!(header.starts_with("tid,page,resolution,"));
+    let columns = header.split(',').count();
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len() as u64, fault_count());
+    assert!(rows.iter().all(|r| r.split(',').count() == columns));
+}
+
+#[test]
+fn streamed_exports_never_clobber_and_report_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["perfetto", "csv", "html", "markdown"] {
+        let existing = dir.path().join(format!("existing.{format}"));
+        std::fs::write(&existing, b"precious").unwrap();
+        let out = bin()
+            .args(["report", "-f", format])
+            .arg(fixture())
+            .arg("-o")
+            .arg(&existing)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{format} overwrote a file");
+        assert_eq!(std::fs::read(&existing).unwrap(), b"precious");
+        #[cfg(unix)]
+        {
+            let target = dir.path().join(format!("target.{format}"));
+            std::fs::write(&target, b"precious").unwrap();
+            let link = dir.path().join(format!("link.{format}"));
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+            let out = bin()
+                .args(["report", "-f", format])
+                .arg(fixture())
+                .arg("-o")
+                .arg(&link)
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{format} followed a symlink");
+            assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+        }
+    }
+    let bytes = std::fs::read(fixture()).unwrap();
+    let cut = dir.path().join("cut.trace");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let out = bin()
+        .args(["report", "-f", "perfetto"])
+        .arg(&cut)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("closed JSON despite damage");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cut.trace") && err.contains("truncated"),
+        "{err}"
+    );
+}
