@@ -242,13 +242,14 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
 
     let pid = match (args.pid, &args.qemu) {
         (Some(pid), _) => pid,
-        (None, Some(name)) => {
-            discover::find_qemu(name).map_err(|e| RecordFailed(e.to_string()))?
-        }
+        (None, Some(name)) => discover::find_qemu(name).map_err(|e| RecordFailed(e.to_string()))?,
         (None, None) => unreachable!("clap requires --pid or --qemu"),
     };
     if !args.ring_mb.is_power_of_two() || args.ring_mb > 1024 {
-        anyhow::bail!("--ring-mb must be a power of two up to 1024, not {}", args.ring_mb);
+        anyhow::bail!(
+            "--ring-mb must be a power of two up to 1024, not {}",
+            args.ring_mb
+        );
     }
     let duration = match args.duration {
         Some(d) if d.is_finite() && d > 0.0 => Some(std::time::Duration::from_secs_f64(d)),
@@ -274,7 +275,8 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     );
     for sig in [nix::sys::signal::SIGINT, nix::sys::signal::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { nix::sys::signal::sigaction(sig, &handler) }.context("installing signal handlers")?;
+        unsafe { nix::sys::signal::sigaction(sig, &handler) }
+            .context("installing signal handlers")?;
     }
     let live = !args.quiet && std::io::stderr().is_terminal();
     eprintln!(
@@ -305,7 +307,10 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
             summary.not_attached.join(", ")
         );
     }
-    eprintln!("uffdscope: next: uffdscope report {}", summary.path.display());
+    eprintln!(
+        "uffdscope: next: uffdscope report {}",
+        summary.path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

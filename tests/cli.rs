@@ -286,10 +286,7 @@ fn html_escapes_strings_from_the_trace_and_guest() {
         html.contains(&format!("{escaped} (1)")),
         "guest writer shown escaped"
     );
-    assert!(
-        html.contains("&lt;script&gt;x.trace"),
-        "path shown escaped"
-    );
+    assert!(html.contains("&lt;script&gt;x.trace"), "path shown escaped");
     let md = {
         let out = bin()
             .args(["report", "-f", "markdown"])

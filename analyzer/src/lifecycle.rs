@@ -223,7 +223,7 @@ impl<T: Copy> AddrIndex<T> {
     }
 
     fn is_page(start: u64, len: u64) -> bool {
-        len <= PAGE && start % PAGE == 0
+        len <= PAGE && start.is_multiple_of(PAGE)
     }
 
     fn insert(&mut self, start: u64, len: u64, ts: u64, value: T) {

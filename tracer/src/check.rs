@@ -72,7 +72,8 @@ pub fn run() -> Vec<Line> {
         if root {
             "running as root".to_owned()
         } else {
-            "not root: `uffdscope record` needs root (CAP_BPF + CAP_PERFMON); `report` does not".to_owned()
+            "not root: `uffdscope record` needs root (CAP_BPF + CAP_PERFMON); `report` does not"
+                .to_owned()
         },
     ));
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
@@ -122,11 +123,19 @@ pub fn run() -> Vec<Line> {
                     ),
                     (FormatCheck::Differs(d), Need::Required) => (
                         Status::Fail,
-                        format!("unknown layout ({}), required for: {}", d.join("; "), tp.purpose),
+                        format!(
+                            "unknown layout ({}), required for: {}",
+                            d.join("; "),
+                            tp.purpose
+                        ),
                     ),
                     (FormatCheck::Differs(d), Need::Optional) => (
                         Status::Warn,
-                        format!("unknown layout ({}): will not measure {}", d.join("; "), tp.purpose),
+                        format!(
+                            "unknown layout ({}): will not measure {}",
+                            d.join("; "),
+                            tp.purpose
+                        ),
                     ),
                 };
                 out.push(line(status, format!("tracepoint {tp}"), detail));
@@ -160,7 +169,10 @@ mod tests {
             assert!(lines.iter().any(|l| l.what == what), "no {what} line");
         }
         if bpf::find_tracefs().is_some() {
-            let tps = lines.iter().filter(|l| l.what.starts_with("tracepoint ")).count();
+            let tps = lines
+                .iter()
+                .filter(|l| l.what.starts_with("tracepoint "))
+                .count();
             assert_eq!(tps, bpf::TRACEPOINTS.len());
         }
     }

@@ -65,8 +65,7 @@ pub fn process(pid: u32, ts: u64) -> Result<ProcessInfo, DiscoverError> {
 /// True when the process looks like QEMU.
 pub fn is_qemu(p: &ProcessInfo) -> bool {
     p.comm.starts_with("qemu")
-        || p
-            .cmdline
+        || p.cmdline
             .first()
             .is_some_and(|a| a.rsplit('/').next().is_some_and(|b| b.starts_with("qemu")))
 }
@@ -75,11 +74,13 @@ pub fn is_qemu(p: &ProcessInfo) -> bool {
 pub fn qemu_name(cmdline: &[String]) -> Option<String> {
     let i = cmdline.iter().position(|a| a == "-name")?;
     let value = cmdline.get(i + 1)?;
-    value.split(',').find_map(|part| match part.split_once('=') {
-        Some(("guest", v)) => Some(v.to_owned()),
-        Some(_) => None,
-        None => Some(part.to_owned()),
-    })
+    value
+        .split(',')
+        .find_map(|part| match part.split_once('=') {
+            Some(("guest", v)) => Some(v.to_owned()),
+            Some(_) => None,
+            None => Some(part.to_owned()),
+        })
 }
 
 /// Finds the QEMU process whose `-name` is `name`.
@@ -170,9 +171,11 @@ fn tcp_table(pid: u32) -> HashMap<u64, (String, u16, String, u16)> {
             if cols.len() < 10 {
                 continue;
             }
-            let (Some((local, lport)), Some((remote, rport)), Ok(inode)) =
-                (parse_addr(cols[1]), parse_addr(cols[2]), cols[9].parse::<u64>())
-            else {
+            let (Some((local, lport)), Some((remote, rport)), Ok(inode)) = (
+                parse_addr(cols[1]),
+                parse_addr(cols[2]),
+                cols[9].parse::<u64>(),
+            ) else {
                 continue;
             };
             if inode != 0 {
@@ -258,7 +261,9 @@ mod tests {
     fn finds_qemu_names() {
         let argv = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
         assert_eq!(
-            qemu_name(&argv("qemu-system-x86_64 -name dst,debug-threads=on -m 512")),
+            qemu_name(&argv(
+                "qemu-system-x86_64 -name dst,debug-threads=on -m 512"
+            )),
             Some("dst".into())
         );
         assert_eq!(
@@ -276,6 +281,9 @@ mod tests {
         let t = threads(pid, 1).unwrap();
         assert!(t.iter().any(|t| t.tid == pid));
         assert!(alive(pid));
-        assert!(matches!(process(u32::MAX - 1, 0), Err(DiscoverError::PidGone(_))));
+        assert!(matches!(
+            process(u32::MAX - 1, 0),
+            Err(DiscoverError::PidGone(_))
+        ));
     }
 }

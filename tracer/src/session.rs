@@ -56,13 +56,17 @@ impl Default for RecordConfig {
 /// Why recording could not start or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    #[error("uffdscope record must run as root (it loads BPF programs); try: sudo uffdscope record ...")]
+    #[error(
+        "uffdscope record must run as root (it loads BPF programs); try: sudo uffdscope record ..."
+    )]
     NotRoot,
     #[error(transparent)]
     Discover(#[from] DiscoverError),
     #[error(transparent)]
     Bpf(#[from] BpfError),
-    #[error("cannot create {path}: {source} (the output file must not exist; it is never overwritten)")]
+    #[error(
+        "cannot create {path}: {source} (the output file must not exist; it is never overwritten)"
+    )]
     Output {
         path: PathBuf,
         source: std::io::Error,
@@ -149,8 +153,7 @@ fn monotonic_ns() -> u64 {
 
 fn realtime_offset_ns() -> i64 {
     let real = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
-        .map(|t| t.tv_sec() as i64 * 1_000_000_000 + t.tv_nsec() as i64)
-        .unwrap_or(0);
+        .map_or(0, |t| t.tv_sec() * 1_000_000_000 + t.tv_nsec());
     real - monotonic_ns() as i64
 }
 
@@ -167,11 +170,11 @@ fn uname() -> (String, String) {
 /// Samples `query-migrate` and forwards QMP events until `stop`, then reads
 /// QEMU's final blocktime figures.
 fn qmp_thread(
-    path: PathBuf,
+    path: &Path,
     interval: Duration,
-    stop: Arc<AtomicBool>,
-    tx: mpsc::Sender<Record>,
-    version_tx: mpsc::Sender<Option<String>>,
+    stop: &AtomicBool,
+    tx: &mpsc::Sender<Record>,
+    version_tx: &mpsc::Sender<Option<String>>,
 ) {
     let note = |tx: &mpsc::Sender<Record>, text: String| {
         let _ = tx.send(Record::Note(Note {
@@ -180,11 +183,14 @@ fn qmp_thread(
             text,
         }));
     };
-    let mut client = match QmpClient::connect(&path, Duration::from_secs(5)) {
+    let mut client = match QmpClient::connect(path, Duration::from_secs(5)) {
         Ok(c) => c,
         Err(e) => {
             let _ = version_tx.send(None);
-            note(&tx, format!("cannot connect to QMP at {}: {e}", path.display()));
+            note(
+                tx,
+                format!("cannot connect to QMP at {}: {e}", path.display()),
+            );
             return;
         }
     };
@@ -199,14 +205,19 @@ fn qmp_thread(
                 if last.as_ref() != Some(&json) || stopping {
                     let _ = tx.send(Record::Qmp(Qmp {
                         ts: monotonic_ns(),
-                        kind: if stopping { "blocktime" } else { "query-migrate" }.into(),
+                        kind: if stopping {
+                            "blocktime"
+                        } else {
+                            "query-migrate"
+                        }
+                        .into(),
                         json: json.clone(),
                     }));
                     last = Some(json);
                 }
             }
             Err(e) => {
-                note(&tx, format!("query-migrate failed: {e}"));
+                note(tx, format!("query-migrate failed: {e}"));
                 return;
             }
         }
@@ -224,8 +235,8 @@ fn qmp_thread(
     }
 }
 
-fn console_thread(path: PathBuf, stop: Arc<AtomicBool>, tx: mpsc::Sender<Record>) {
-    let mut follower = match ConsoleFollower::open(&path, StartAt::End) {
+fn console_thread(path: &Path, stop: &AtomicBool, tx: &mpsc::Sender<Record>) {
+    let mut follower = match ConsoleFollower::open(path, StartAt::End) {
         Ok(f) => f,
         Err(e) => {
             let _ = tx.send(Record::Note(Note {
@@ -327,13 +338,18 @@ pub fn record(
     let mut qemu_version = None;
     if let Some(path) = &cfg.qmp {
         let (vtx, vrx) = mpsc::channel();
-        let (p, s, t, i) = (path.clone(), child_stop.clone(), tx.clone(), cfg.qmp_interval);
-        helpers.push(thread::spawn(move || qmp_thread(p, i, s, t, vtx)));
+        let (p, s, t, i) = (
+            path.clone(),
+            child_stop.clone(),
+            tx.clone(),
+            cfg.qmp_interval,
+        );
+        helpers.push(thread::spawn(move || qmp_thread(&p, i, &s, &t, &vtx)));
         qemu_version = vrx.recv_timeout(Duration::from_secs(6)).ok().flatten();
     }
     if let Some(path) = &cfg.guest_console {
         let (p, s, t) = (path.clone(), child_stop.clone(), tx.clone());
-        helpers.push(thread::spawn(move || console_thread(p, s, t)));
+        helpers.push(thread::spawn(move || console_thread(&p, &s, &t)));
     }
     drop(tx);
 
@@ -351,7 +367,10 @@ pub fn record(
         extra: {
             let mut m = serde_json::Map::new();
             m.insert("not_attached".into(), serde_json::json!(not_attached));
-            m.insert("is_qemu".into(), serde_json::json!(discover::is_qemu(&proc_info)));
+            m.insert(
+                "is_qemu".into(),
+                serde_json::json!(discover::is_qemu(&proc_info)),
+            );
             m
         },
     };
@@ -416,21 +435,24 @@ pub fn record(
         // Drain timer: never wake per event (DESIGN.md §3); the kernel only
         // forces a wake-up when the ring fills past the threshold.
         let _ = ring.wait(cfg.drain_interval);
-        ring.drain(|r| match r.map_err(|_| ()).and_then(|ev| {
-            Records::try_from(&ev).map_err(|_| ())
-        }) {
-            Ok(Records(recs)) => {
-                for rec in recs {
-                    if let Record::Sleep(s) = &rec {
-                        faults += 1;
-                        if let Some(f) = &s.fault {
-                            service.record(s.woken_ts.saturating_sub(f.ts));
+        ring.drain(|r| {
+            match r
+                .map_err(|_| ())
+                .and_then(|ev| Records::try_from(&ev).map_err(|_| ()))
+            {
+                Ok(Records(recs)) => {
+                    for rec in recs {
+                        if let Record::Sleep(s) = &rec {
+                            faults += 1;
+                            if let Some(f) = &s.fault {
+                                service.record(s.woken_ts.saturating_sub(f.ts));
+                            }
                         }
+                        pending.push(rec);
                     }
-                    pending.push(rec);
                 }
+                Err(()) => bad += 1,
             }
-            Err(()) => bad += 1,
         });
         for rec in pending.drain(..) {
             out.push(&rec)?;
