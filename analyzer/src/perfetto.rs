@@ -259,16 +259,13 @@ impl<W: Write> Perfetto<W> {
 
     fn guest_line(&mut self, ts: u64, text: &str) -> io::Result<()> {
         self.guest_seen = true;
-        let mut args = String::from(r#""text":"#);
-        json_str(&mut args, text);
-        self.instant(
-            truncate_chars(text, MAX_NAME_CHARS),
-            "guest",
-            GUEST_PID,
-            GUEST_PID,
-            ts,
-            &args,
-        )?;
+        let name = truncate_chars(text, MAX_NAME_CHARS);
+        let mut args = String::new();
+        if name.len() < text.len() {
+            args.push_str(r#""text":"#);
+            json_str(&mut args, text);
+        }
+        self.instant(name, "guest", GUEST_PID, GUEST_PID, ts, &args)?;
         let Some(sample) = guest::parse_line(text, &mut self.guest_counts) else {
             return Ok(());
         };
@@ -568,10 +565,18 @@ impl<W: Write> Exporter for Perfetto<W> {
             }
             Record::UffdIoctl(io) => {
                 self.touch(io.tid);
-                let args = format!(
-                    r#""start":"{:#x}","len":{},"ret":{},"result":{},"woken":{}"#,
-                    io.start, io.len, io.ret, io.result, io.woken
+                // Return value and result only when they say something (an
+                // error, a short copy): placements are most of the events.
+                let mut args = format!(
+                    r#""start":"{:#x}","len":{},"woken":{}"#,
+                    io.start, io.len, io.woken
                 );
+                if io.ret != 0 {
+                    let _ = write!(args, r#","ret":{}"#, io.ret);
+                }
+                if io.result != io.len as i64 && io.op.places_pages() {
+                    let _ = write!(args, r#","result":{}"#, io.result);
+                }
                 self.syscall(
                     &ioctl_name(io.op),
                     "uffd",
