@@ -92,6 +92,8 @@ struct Pass {
     guest_counts: LineCounts,
     vcpu_names: BTreeMap<u32, String>,
     vcpu_count: usize,
+    /// First and last value of each (thread, perf counter).
+    perf: BTreeMap<(u32, String), (u64, u64)>,
 }
 
 impl Pass {
@@ -122,6 +124,13 @@ impl Pass {
             }
             Record::Thread(t) if Role::from_thread_name(&t.name) == Some(Role::Vcpu) => {
                 self.vcpu_names.insert(t.tid, t.name.clone());
+            }
+            Record::Perf(p) => {
+                let e = self
+                    .perf
+                    .entry((p.tid, p.counter.clone()))
+                    .or_insert((p.value, p.value));
+                e.1 = p.value;
             }
             _ => {}
         }
@@ -186,6 +195,7 @@ pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) 
         guest_counts: LineCounts::default(),
         vcpu_names: BTreeMap::new(),
         vcpu_count: 0,
+        perf: BTreeMap::new(),
     };
     let damage = reader.for_each(|rec| pass.push(&rec));
     let vcpus = pass.vcpus();
@@ -204,6 +214,13 @@ pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) 
         }
     }
     build_report(&pass, reader.meta(), reader.version(), path, damage, opts)
+}
+
+/// How much a thread's perf counter grew over the recording.
+fn perf_delta(pass: &Pass, tid: u32, counter: &str) -> Option<u64> {
+    pass.perf
+        .get(&(tid, counter.to_owned()))
+        .map(|(first, last)| last.saturating_sub(*first))
 }
 
 fn ms(ns: u64) -> f64 {
@@ -288,6 +305,9 @@ fn build_report(
                 service_p99_us: p.p99,
                 uffd_reads: facts.uffd_reads,
                 placements: facts.placements,
+                cpu_ms: perf_delta(pass, tid, "task_clock_ns").map(ms),
+                context_switches: perf_delta(pass, tid, "context_switches"),
+                page_faults: perf_delta(pass, tid, "page_faults"),
             }
         })
         .collect();

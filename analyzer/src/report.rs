@@ -149,6 +149,12 @@ pub struct ThreadRow {
     pub service_p99_us: Option<f64>,
     pub uffd_reads: u64,
     pub placements: u64,
+    /// CPU time over the recording (software task-clock counter), when sampled.
+    pub cpu_ms: Option<f64>,
+    /// Context switches over the recording, when sampled.
+    pub context_switches: Option<u64>,
+    /// Page faults (all kinds) over the recording, when sampled.
+    pub page_faults: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -157,8 +157,17 @@ pub fn render_text(r: &Report) -> String {
     let _ = writeln!(o, "-------");
     let _ = writeln!(
         o,
-        "{:>8} {:<18} {:<8} {:>8} {:>11} {:>9} {:>9} {:>8} {:>8}",
-        "tid", "name", "role", "faults", "blocked ms", "p50 µs", "p99 µs", "reads", "placed"
+        "{:>8} {:<18} {:<8} {:>8} {:>11} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "tid",
+        "name",
+        "role",
+        "faults",
+        "blocked ms",
+        "p50 µs",
+        "p99 µs",
+        "reads",
+        "placed",
+        "cpu ms"
     );
     for th in r
         .threads
@@ -167,7 +176,7 @@ pub fn render_text(r: &Report) -> String {
     {
         let _ = writeln!(
             o,
-            "{:>8} {:<18} {:<8} {:>8} {:>11.1} {:>9} {:>9} {:>8} {:>8}",
+            "{:>8} {:<18} {:<8} {:>8} {:>11.1} {:>9} {:>9} {:>8} {:>8} {:>8}",
             th.tid,
             th.name.as_deref().unwrap_or("?"),
             th.role,
@@ -176,7 +185,8 @@ pub fn render_text(r: &Report) -> String {
             opt(th.service_p50_us, ""),
             opt(th.service_p99_us, ""),
             th.uffd_reads,
-            th.placements
+            th.placements,
+            opt(th.cpu_ms, "")
         );
     }
     let _ = writeln!(o);

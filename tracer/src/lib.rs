@@ -10,4 +10,6 @@ pub mod convert;
 pub mod discover;
 pub mod qmp;
 #[cfg(target_os = "linux")]
+pub mod perf;
+#[cfg(target_os = "linux")]
 pub mod session;

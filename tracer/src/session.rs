@@ -18,6 +18,7 @@ use crate::bpf::{AttachOutcome, BpfConfig, BpfError, BpfTracer};
 use crate::console::{ConsoleFollower, StartAt};
 use crate::convert::Records;
 use crate::discover::{self, DiscoverError};
+use crate::perf::ThreadCounters;
 use crate::qmp::QmpClient;
 
 /// What to record and how.
@@ -385,9 +386,14 @@ pub fn record(
     };
     out.push(&Record::Process(proc_info))?;
     let mut known_tids = std::collections::HashSet::new();
+    let mut counters = ThreadCounters::default();
     for t in discover::threads(cfg.pid, start_ns)? {
         known_tids.insert(t.tid);
+        counters.add(t.tid);
         out.push(&Record::Thread(t))?;
+    }
+    for s in counters.sample(monotonic_ns()) {
+        out.push(&Record::Perf(s))?;
     }
     for r in discover::uffd_ranges(cfg.pid, start_ns)? {
         out.push(&Record::UffdRange(r))?;
@@ -467,9 +473,13 @@ pub fn record(
             if let Ok(threads) = discover::threads(cfg.pid, now) {
                 for t in threads {
                     if known_tids.insert(t.tid) {
+                        counters.add(t.tid);
                         out.push(&Record::Thread(t))?;
                     }
                 }
+            }
+            for s in counters.sample(now) {
+                out.push(&Record::Perf(s))?;
             }
             if let Ok(fds) = crate::bpf::scan_proc_fds(cfg.pid) {
                 for &(fd, _) in &fds.sockets {
