@@ -82,15 +82,20 @@ enum ufs_fault_source {
 };
 
 /* ufs_fault_wake.flags */
-#define UFS_FW_WOKEN_BEFORE_BLOCK 0x1 /* woken between fault entry and switch-out:
-				       * blocked_ts and run_ts are 0 */
-#define UFS_FW_KVM_ASYNC 0x2          /* kvm_try_async_get_page followed the fault */
+#define UFS_FW_WOKEN_BEFORE_BLOCK 0x1  /* woken between fault entry and switch-out and
+					* never switched out: blocked_ts = run_ts = 0 */
+#define UFS_FW_KVM_ASYNC 0x2           /* kvm_try_async_get_page followed the fault */
+#define UFS_FW_WOKEN_BEFORE_SWITCH 0x4 /* woken while switching out to sleep:
+					* woken_ts <= blocked_ts <= run_ts */
 
 /*
  * One faulting thread's block/wake interval that ended with a wake done from
  * inside a uffd ioctl, joined in the kernel. hdr.tid = the woken thread,
  * hdr.ts = run_ts (or woken_ts when the thread never switched out).
- * 112 bytes.
+ * Normally fault_ts <= blocked_ts <= woken_ts <= run_ts; see the UFS_FW_*
+ * flags for the two orders a racing wake produces. A WOKEN_BEFORE_BLOCK
+ * record is emitted late (at the thread's next fault or switch-out), so
+ * records are not in woken_ts order. 112 bytes.
  */
 struct ufs_fault_wake {
 	struct ufs_hdr hdr;       /*   0 */

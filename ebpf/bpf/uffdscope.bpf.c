@@ -13,6 +13,8 @@
  *   sched_switch out (prev blocks)       -> ufs_sleep[tid]   (takes ufs_fault)
  *   sched_waking inside a uffd ioctl     -> stamps ufs_sleep[woken]
  *   sched_switch in (next)               -> emit ufs_fault_wake if stamped
+ * A wake can also reach a faulting thread before its switch-out is traced
+ * (the handler won the race); see sched_waking for how that is joined.
  * Record layouts are in events.h.
  */
 #include <linux/types.h>
@@ -112,8 +114,13 @@ struct {
 	__type(value, struct fault_entry);
 } ufs_fault SEC(".maps");
 
-/* A target thread that blocked and has not run since. Its presence is also how
- * sched_switch knows that next_pid is a tracked thread. */
+/* sleep_entry.sflags */
+#define SLEEP_PREWOKEN 0x1    /* stamped by a uffd ioctl before its switch-out was traced */
+#define SLEEP_WAKEUP_SEEN 0x2 /* ... and sched_wakeup of that wake has fired since */
+
+/* A target thread that blocked and has not run since, or (SLEEP_PREWOKEN) one
+ * that a uffd ioctl woke before its switch-out was seen. Its presence is also
+ * how sched_switch knows that next_pid is a tracked thread. */
 struct sleep_entry {
 	struct fault_entry f;
 	__u64 blocked_ts;
@@ -124,6 +131,8 @@ struct sleep_entry {
 	__u32 waker_tid;
 	__u32 ioctl_fd;
 	__u32 block_state;
+	__u32 sflags;
+	__u32 pad;
 };
 
 struct {
@@ -198,6 +207,9 @@ struct {
 	__type(key, __u32);
 	__type(value, struct send_pending);
 } ufs_send_scratch SEC(".maps");
+
+#define EAGAIN 11
+#define EEXIST 17
 
 /* ---- helpers ---- */
 
@@ -284,6 +296,26 @@ static __always_inline void emit_fault_wake(__u32 tid, const struct fault_entry 
 	ufs_submit(e);
 }
 
+/* A pre-woken entry that turned out not to be followed by a switch-out: the
+ * thread never left the CPU for this fault. */
+static __always_inline void flush_prewoken(__u32 tid, struct sleep_entry *e)
+{
+	emit_fault_wake(tid, &e->f, 0, 0, e->woken_ts, 0, e->waker_tid, e->ioctl_cmd, e->ioctl_fd,
+			e->ioctl_start, e->ioctl_len, UFS_FW_WOKEN_BEFORE_BLOCK);
+	bpf_map_delete_elem(&ufs_sleep, &tid);
+}
+
+/* A running thread has a sleep entry only when it is pre-woken and not yet
+ * switched out; a new fault means that entry is finished. */
+static __always_inline void put_fault(__u32 tid, struct fault_entry *f)
+{
+	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &tid);
+
+	if (e && (e->sflags & SLEEP_PREWOKEN) && !e->blocked_ts)
+		flush_prewoken(tid, e);
+	map_put(&ufs_fault, &tid, f);
+}
+
 /* ---- fault entry ---- */
 
 SEC("tracepoint/exceptions/page_fault_user")
@@ -301,7 +333,7 @@ int ufs_page_fault_user(struct tp_page_fault_user *ctx)
 		.error_code = ctx->error_code,
 		.source = UFS_FAULT_USER,
 	};
-	map_put(&ufs_fault, &tid, &f);
+	put_fault(tid, &f);
 	return 0;
 }
 
@@ -321,7 +353,7 @@ int ufs_kvm_page_fault(struct tp_kvm_page_fault *ctx)
 		.vcpu_id = ctx->vcpu_id,
 		.source = UFS_FAULT_KVM,
 	};
-	map_put(&ufs_fault, &tid, &f);
+	put_fault(tid, &f);
 	return 0;
 }
 
@@ -392,20 +424,54 @@ int ufs_sched_switch(struct tp_sched_switch *ctx)
 	__u64 now = 0;
 	__u64 state = (__u64)ctx->prev_state & PREV_STATE_SLEEP_MASK;
 
-	if (state && is_target(bpf_get_current_pid_tgid() >> 32)) {
+	if (is_target(bpf_get_current_pid_tgid() >> 32)) {
 		__u32 prev = (__u32)ctx->prev_pid;
-		struct sleep_entry s = {};
-		struct fault_entry *f;
+		struct sleep_entry *pw = bpf_map_lookup_elem(&ufs_sleep, &prev);
 
 		now = bpf_ktime_get_ns();
-		s.blocked_ts = now;
-		s.block_state = (__u32)state;
-		f = bpf_map_lookup_elem(&ufs_fault, &prev);
-		if (f) {
-			s.f = *f;
-			bpf_map_delete_elem(&ufs_fault, &prev);
+		if (pw && (pw->sflags & SLEEP_PREWOKEN) && !pw->blocked_ts) {
+			/* Woken while switching out: prev_state was read before
+			 * the wake, and the wake's sched_wakeup comes only after
+			 * this switch. This switch-out belongs to that fault. */
+			if (state && !(pw->sflags & SLEEP_WAKEUP_SEEN)) {
+				pw->blocked_ts = now;
+				pw->block_state = (__u32)state;
+				state = 0;
+			} else {
+				flush_prewoken(prev, pw);
+			}
 		}
-		map_put(&ufs_sleep, &prev, &s);
+		if (state) {
+			struct sleep_entry s = {};
+			struct fault_entry *f;
+			long err;
+
+			s.blocked_ts = now;
+			s.block_state = (__u32)state;
+			f = bpf_map_lookup_elem(&ufs_fault, &prev);
+			if (f)
+				s.f = *f;
+			/* NOEXIST: sched_waking on another CPU may be creating a
+			 * pre-woken entry for this thread at this very moment;
+			 * exactly one of the two inserts wins. */
+			err = bpf_map_update_elem(&ufs_sleep, &prev, &s, BPF_NOEXIST);
+			if (err == -EEXIST) {
+				pw = bpf_map_lookup_elem(&ufs_sleep, &prev);
+				if (pw && (pw->sflags & SLEEP_PREWOKEN) && !pw->blocked_ts &&
+				    !(pw->sflags & SLEEP_WAKEUP_SEEN)) {
+					/* It did: the same race as above, one step later. */
+					pw->blocked_ts = now;
+					pw->block_state = (__u32)state;
+					f = 0;
+				} else {
+					err = bpf_map_update_elem(&ufs_sleep, &prev, &s, BPF_ANY);
+				}
+			}
+			if (err && err != -EEXIST)
+				stat_inc(UFS_STAT_MAP_FULL);
+			else if (f)
+				bpf_map_delete_elem(&ufs_fault, &prev);
+		}
 	}
 
 	__u32 next = (__u32)ctx->next_pid;
@@ -421,7 +487,10 @@ int ufs_sched_switch(struct tp_sched_switch *ctx)
 			now = bpf_ktime_get_ns();
 		emit_fault_wake(next, &e->f, e->blocked_ts, e->block_state, e->woken_ts, now,
 				e->waker_tid, e->ioctl_cmd, e->ioctl_fd, e->ioctl_start,
-				e->ioctl_len, 0);
+				e->ioctl_len,
+				/* Whichever CPU's insert won the race, the times tell
+				 * the order. */
+				e->woken_ts < e->blocked_ts ? UFS_FW_WOKEN_BEFORE_SWITCH : 0);
 	} else {
 		stat_inc(UFS_STAT_SLEEP_OTHER);
 	}
@@ -460,17 +529,60 @@ int ufs_sched_waking(struct tp_sched_waking *ctx)
 		return 0;
 	}
 
-	/* Woken between its fault entry and its switch-out (the handler won
-	 * the race): the thread never leaves the CPU for this fault, so emit
-	 * now, without blocked/run times. */
+	/* Woken before its switch-out was traced (the handler won the race).
+	 * Either the thread never leaves the CPU for this fault (the wake came
+	 * before __schedule read its state), or it is switching out right now
+	 * with the sleeping state it read before the wake. sched_switch tells
+	 * them apart with sched_wakeup, which comes before the thread can run
+	 * on in the first case and only after the switch in the second. */
 	struct fault_entry *f = bpf_map_lookup_elem(&ufs_fault, &pid);
 
 	if (!f)
 		return 0;
-	emit_fault_wake(pid, f, 0, 0, now, 0, tid, io->cmd, io->fd, io->start, io->len,
-			UFS_FW_WOKEN_BEFORE_BLOCK);
-	bpf_map_delete_elem(&ufs_fault, &pid);
-	io->n_woken += 1;
+	struct sleep_entry s = {
+		.f = *f,
+		.woken_ts = now,
+		.ioctl_start = io->start,
+		.ioctl_len = io->len,
+		.ioctl_cmd = io->cmd,
+		.waker_tid = tid,
+		.ioctl_fd = io->fd,
+		.sflags = SLEEP_PREWOKEN,
+	};
+	/* NOEXIST: the thread's sched_switch may be inserting its sleep entry
+	 * on its own CPU right now; if it won, stamp that entry instead. */
+	long err = bpf_map_update_elem(&ufs_sleep, &pid, &s, BPF_NOEXIST);
+
+	if (err == 0) {
+		bpf_map_delete_elem(&ufs_fault, &pid);
+		io->n_woken += 1;
+		return 0;
+	}
+	if (err != -EEXIST) {
+		stat_inc(UFS_STAT_MAP_FULL);
+		return 0;
+	}
+	e = bpf_map_lookup_elem(&ufs_sleep, &pid);
+	if (e && !e->woken_ts) {
+		e->woken_ts = now;
+		e->waker_tid = tid;
+		e->ioctl_cmd = io->cmd;
+		e->ioctl_fd = io->fd;
+		e->ioctl_start = io->start;
+		e->ioctl_len = io->len;
+		io->n_woken += 1;
+	}
+	return 0;
+}
+
+SEC("tracepoint/sched/sched_wakeup")
+int ufs_sched_wakeup(struct tp_sched_waking *ctx)
+{
+	__u32 pid = (__u32)ctx->pid;
+	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &pid);
+
+	if (e && (e->sflags & SLEEP_PREWOKEN))
+		e->sflags |= SLEEP_WAKEUP_SEEN;
 	return 0;
 }
 
@@ -662,7 +774,6 @@ int ufs_sys_exit_ioctl(struct tp_sys_exit *ctx)
 
 /* ---- read on uffd fds ---- */
 
-#define EAGAIN 11
 
 SEC("tracepoint/syscalls/sys_enter_read")
 int ufs_sys_enter_read(struct tp_sys_enter *ctx)
@@ -1128,7 +1239,10 @@ int ufs_sched_process_exit(struct tp_sched_process_exit *ctx)
 	if (!is_target(id >> 32))
 		return 0;
 	__u32 tid = (__u32)id;
+	struct sleep_entry *pw = bpf_map_lookup_elem(&ufs_sleep, &tid);
 
+	if (pw && (pw->sflags & SLEEP_PREWOKEN) && !pw->blocked_ts)
+		flush_prewoken(tid, pw);
 	bpf_map_delete_elem(&ufs_fault, &tid);
 	bpf_map_delete_elem(&ufs_sleep, &tid);
 	bpf_map_delete_elem(&ufs_ioctl, &tid);

@@ -191,6 +191,9 @@ pub mod fault_flags {
     pub const WOKEN_BEFORE_BLOCK: u16 = 0x1;
     /// `kvm_try_async_get_page` followed the KVM fault entry.
     pub const KVM_ASYNC: u16 = 0x2;
+    /// Woken while switching out to sleep (the wake raced the switch):
+    /// `woken_ts <= blocked_ts <= run_ts`.
+    pub const WOKEN_BEFORE_SWITCH: u16 = 0x4;
 }
 
 /// `ufs_uffd_fd.op` values.
@@ -257,7 +260,11 @@ pub struct Hdr {
 }
 
 /// `struct ufs_fault_wake`: a uffd-resolved block of one thread, joined in
-/// the kernel. `hdr.tid` is the woken thread.
+/// the kernel. `hdr.tid` is the woken thread. Normally
+/// `fault_ts <= blocked_ts <= woken_ts <= run_ts`; [`fault_flags`] marks the
+/// two orders a racing wake produces. `WOKEN_BEFORE_BLOCK` records are emitted
+/// late (at the thread's next fault or switch-out), so records are not sorted
+/// by `woken_ts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
 pub struct FaultWake {

@@ -176,6 +176,14 @@ pub static TRACEPOINTS: &[Tracepoint] =
             &[field("pid", 24, 4)]
         ),
         tp!(
+            "ufs_sched_wakeup",
+            "sched",
+            "sched_wakeup",
+            Required,
+            "tells a wake that raced a fault's switch-out from one that came before it",
+            &[field("pid", 24, 4)]
+        ),
+        tp!(
             "ufs_sys_exit_userfaultfd",
             "syscalls",
             "sys_exit_userfaultfd",

@@ -535,16 +535,23 @@ fn bpf_load_and_join() {
         assert_eq!(w.ioctl_len, PAGE as u64, "{w:?}");
         assert_eq!(w.fault_error_code & 0x2, 0x2, "write fault expected: {w:?}");
         assert!(w.fault_ts > 0 && w.fault_ts <= w.woken_ts, "{w:?}");
-        if w.flags & fault_flags::WOKEN_BEFORE_BLOCK == 0 {
+        if w.flags & fault_flags::WOKEN_BEFORE_BLOCK != 0 {
+            assert_eq!((w.blocked_ts, w.run_ts), (0, 0), "{w:?}");
+        } else {
             assert!(w.fault_ts <= w.blocked_ts, "{w:?}");
-            assert!(
-                w.blocked_ts <= w.woken_ts && w.woken_ts <= w.run_ts,
-                "{w:?}"
-            );
+            if w.flags & fault_flags::WOKEN_BEFORE_SWITCH != 0 {
+                assert!(
+                    w.woken_ts <= w.blocked_ts && w.blocked_ts <= w.run_ts,
+                    "{w:?}"
+                );
+            } else {
+                assert!(
+                    w.blocked_ts <= w.woken_ts && w.woken_ts <= w.run_ts,
+                    "{w:?}"
+                );
+            }
             assert_eq!(w.hdr.ts, w.run_ts, "{w:?}");
             assert_ne!(w.block_state, 0, "{w:?}");
-        } else {
-            assert_eq!((w.blocked_ts, w.run_ts), (0, 0), "{w:?}");
         }
     }
     assert!(

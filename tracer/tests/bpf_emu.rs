@@ -1,0 +1,178 @@
+//! Root tier: the raw BPF records of a post-copy emulator run against the
+//! emulator's own ground truth. Every fault the vCPU threads slept on must
+//! come out of the kernel as exactly one joined `fault_wake` record for that
+//! (thread, page), and its timestamps must nest inside the interval the vCPU
+//! measured around the faulting store.
+#![cfg(target_os = "linux")]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use uffdscope_ebpf::abi::{fault_flags, fault_source, ioctl};
+use uffdscope_ebpf::RawEvent;
+use uffdscope_fixtures::emu::{self, Config, Emu, PAGE_SIZE};
+use uffdscope_fixtures::tier;
+use uffdscope_tracer::bpf::{BpfConfig, BpfTracer};
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+#[test]
+fn emulator_faults_match_truth() {
+    if !tier::root_bpf("emulator_faults_match_truth") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let truth_path = dir.path().join("truth.csv");
+    let cfg = Config {
+        mem_bytes: 64 << 20,
+        vcpus: 2,
+        wait_for_signal: true,
+        truth: Some(truth_path.clone()),
+        ..Config::default()
+    };
+    let run = Emu::spawn(&cfg).unwrap_or_else(|e| panic!("spawn emulator: {e}"));
+    let pid = run.pid();
+    let mut tracer = BpfTracer::load(&BpfConfig::new(vec![pid]))
+        .unwrap_or_else(|e| panic!("BpfTracer::load: {e}"));
+    let mut ring = tracer.take_ring().expect("take ring");
+
+    // Drain on a ~20 ms timer while the emulator runs, as `record` will.
+    let stop = Arc::new(AtomicBool::new(false));
+    let drainer = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut events = Vec::new();
+            let mut bad = 0;
+            let mut signalled = 0u32;
+            loop {
+                let last = stop.load(Ordering::Acquire);
+                if ring.wait(Duration::from_millis(20)).expect("epoll on ring") {
+                    signalled += 1;
+                }
+                bad += ring.drain_into(&mut events).bad;
+                if last {
+                    break;
+                }
+            }
+            (events, bad, signalled)
+        })
+    };
+    run.go().unwrap_or_else(|e| panic!("start emulator: {e}"));
+    let out = run
+        .wait()
+        .and_then(emu::EmuOutput::success)
+        .unwrap_or_else(|e| panic!("emulator run: {e}"));
+    stop.store(true, Ordering::Release);
+    let (events, bad, signalled) = drainer.join().expect("drain thread");
+    assert_eq!(bad, 0, "undecodable records");
+    let counters = tracer.counters().expect("counters");
+    println!("counters: {counters:?}; forced wake-ups seen: {signalled}");
+    assert_eq!(counters.drops, 0, "ring drops: {counters:?}");
+    assert_eq!(counters.map_full, 0, "map full: {counters:?}");
+
+    let truth = emu::read_truth(&truth_path).unwrap_or_else(|e| panic!("read truth: {e}"));
+    assert!(!truth.is_empty(), "the emulator reported no faults");
+    if let Some(summary) = out.summary() {
+        assert_eq!(summary.faults, truth.len() as u64, "summary vs truth file");
+    }
+    let truth_tids: std::collections::BTreeSet<u32> = truth.iter().map(|t| t.tid).collect();
+
+    let mut by_key: BTreeMap<(u32, u64), Vec<&uffdscope_ebpf::abi::FaultWake>> = BTreeMap::new();
+    let mut early = 0usize;
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in &events {
+        *kinds.entry(e.kind().name()).or_default() += 1;
+        let RawEvent::FaultWake(w) = e else { continue };
+        if w.flags & fault_flags::WOKEN_BEFORE_BLOCK != 0 {
+            // Not a fault in the truth's sense either: the vCPU never slept.
+            early += 1;
+            continue;
+        }
+        if !truth_tids.contains(&w.hdr.tid) {
+            continue;
+        }
+        assert_eq!(w.fault_source, fault_source::USER, "{w:?}");
+        let page = w.fault_addr & !(PAGE_SIZE as u64 - 1);
+        by_key.entry((w.hdr.tid, page)).or_default().push(w);
+    }
+    println!("records by kind: {kinds:?}; woken before blocking: {early}");
+
+    let mut diffs_entry = Vec::with_capacity(truth.len());
+    let mut diffs_end = Vec::with_capacity(truth.len());
+    let mut missing = Vec::new();
+    let mut raced = 0usize;
+    for t in &truth {
+        let Some(ws) = by_key.remove(&(t.tid, t.page_addr)) else {
+            missing.push(*t);
+            continue;
+        };
+        assert_eq!(ws.len(), 1, "several records for one fault {t:?}: {ws:?}");
+        let w = ws[0];
+        // The vCPU read the clock just before the store and just after it
+        // resumed: the kernel's fault entry and switch-in lie in between.
+        assert!(
+            t.start_ns <= w.fault_ts && w.fault_ts <= w.blocked_ts.min(w.woken_ts),
+            "fault entry outside the truth interval: {t:?} {w:?}"
+        );
+        assert!(
+            w.blocked_ts.max(w.woken_ts) <= w.run_ts && w.run_ts <= t.end_ns,
+            "switch-in outside the truth interval: {t:?} {w:?}"
+        );
+        if w.flags & fault_flags::WOKEN_BEFORE_SWITCH != 0 {
+            raced += 1;
+        } else {
+            assert!(w.blocked_ts <= w.woken_ts, "{w:?}");
+        }
+        assert!(
+            matches!(w.ioctl_cmd, ioctl::COPY | ioctl::ZEROPAGE),
+            "woken by {:#x}: {w:?}",
+            w.ioctl_cmd
+        );
+        assert!(
+            w.ioctl_start <= t.page_addr && t.page_addr < w.ioctl_start + w.ioctl_len,
+            "waking ioctl does not cover the page: {t:?} {w:?}"
+        );
+        diffs_entry.push((w.fault_ts - t.start_ns) as i64);
+        diffs_end.push((t.end_ns - w.run_ts) as i64);
+    }
+    assert!(
+        missing.is_empty(),
+        "{} truth faults without a record, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let extra: Vec<_> = by_key.into_iter().collect();
+    assert!(
+        extra.is_empty(),
+        "{} records for faults the truth does not have, e.g. {:?}",
+        extra.len(),
+        &extra[..extra.len().min(3)]
+    );
+
+    diffs_entry.sort_unstable();
+    diffs_end.sort_unstable();
+    let lat: Vec<i64> = {
+        let mut v: Vec<i64> = truth.iter().map(|t| t.latency_ns() as i64).collect();
+        v.sort_unstable();
+        v
+    };
+    println!("woken while switching out: {raced}");
+    println!(
+        "{} faults; truth latency p50 {} ns p99 {} ns; store->fault entry p50 {} p99 {} ns; switch-in->resume p50 {} p99 {} ns",
+        truth.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&diffs_entry, 0.5),
+        percentile(&diffs_entry, 0.99),
+        percentile(&diffs_end, 0.5),
+        percentile(&diffs_end, 0.99),
+    );
+}
