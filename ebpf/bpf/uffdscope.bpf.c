@@ -464,6 +464,9 @@ int ufs_sched_switch(struct tp_sched_switch *ctx)
 					pw->block_state = (__u32)state;
 					f = 0;
 				} else {
+					/* A stale entry; a pre-woken one is finished. */
+					if (pw && (pw->sflags & SLEEP_PREWOKEN) && !pw->blocked_ts)
+						flush_prewoken(prev, pw);
 					err = bpf_map_update_elem(&ufs_sleep, &prev, &s, BPF_ANY);
 				}
 			}
