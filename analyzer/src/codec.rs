@@ -60,6 +60,15 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
+/// Appends `v` as an unsigned LEB128 varint.
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 /// Encodes records into a frame buffer, keeping the delta state.
 #[derive(Debug, Default)]
 pub struct Encoder {
@@ -72,12 +81,8 @@ impl Encoder {
         Self::default()
     }
 
-    fn uv(out: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
+    fn uv(out: &mut Vec<u8>, v: u64) {
+        put_varint(out, v);
     }
 
     fn iv(out: &mut Vec<u8>, v: i64) {

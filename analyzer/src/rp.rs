@@ -7,12 +7,14 @@
 
 /// Message types of `enum mig_rp_message_type`.
 pub mod kind {
+    pub const INVALID: u16 = 0;
     pub const SHUT: u16 = 1;
     pub const PONG: u16 = 2;
     pub const REQ_PAGES_ID: u16 = 3;
     pub const REQ_PAGES: u16 = 4;
     pub const RECV_BITMAP: u16 = 5;
     pub const RESUME_ACK: u16 = 6;
+    pub const SWITCHOVER_ACK: u16 = 7;
 }
 
 /// One return-path message, as far as the captured bytes show it.

@@ -406,12 +406,7 @@ fn huge_frame_length_is_rejected_without_allocating() {
 fn length_field_claiming_2_pow_40_is_rejected() {
     // A record whose string claims 2^40 bytes inside an otherwise valid frame.
     let mut raw = vec![16u8, 0]; // GuestLine, ts delta 0
-    let mut v: u64 = 1 << 40;
-    while v >= 0x80 {
-        raw.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    raw.push(v as u8);
+    uffdscope_analyzer::codec::put_varint(&mut raw, 1 << 40);
     let payload = zstd::bulk::compress(&raw, 3).unwrap();
     let mut bytes = trace::write_all(&meta(), &[]);
     bytes.extend_from_slice(b"UFRM");
