@@ -278,6 +278,25 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         unsafe { nix::sys::signal::sigaction(sig, &handler) }
             .context("installing signal handlers")?;
     }
+    let target = discover::process(pid, 0).map_err(|e| RecordFailed(e.to_string()))?;
+    if !discover::is_qemu(&target) {
+        eprintln!(
+            "uffdscope: pid {pid} ({}) is not QEMU: recording its userfaultfd faults without QEMU-specific roles",
+            target.comm
+        );
+    }
+    if std::fs::symlink_metadata(&cfg.output).is_ok() {
+        return Err(RecordFailed(format!(
+            "{} already exists; uffdscope never overwrites a file: choose another -o",
+            cfg.output.display()
+        ))
+        .into());
+    }
+    if uffdscope_tracer::bpf::scan_proc_fds(pid).is_ok_and(|f| f.uffd.is_empty()) {
+        eprintln!(
+            "uffdscope: pid {pid} has no userfaultfd yet; waiting for one (QEMU creates it at the switch to post-copy)"
+        );
+    }
     let live = !args.quiet && std::io::stderr().is_terminal();
     eprintln!(
         "uffdscope: recording pid {pid} into {} (Ctrl-C to stop)",

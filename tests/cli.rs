@@ -395,3 +395,44 @@ fn streamed_exports_never_clobber_and_report_damage() {
         "{err}"
     );
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn record_errors_name_the_problem() {
+    // Not root: run unprivileged (drop to nobody when we are root).
+    let me = std::process::id().to_string();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let out = if root {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_uffdscope"))
+            .args(["record", "--pid", &me, "-o", "/nonexistent/x.trace"])
+            .output()
+            .expect("setpriv (util-linux) runs")
+    } else {
+        bin()
+            .args(["record", "--pid", &me, "-o", "/nonexistent/x.trace"])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must run as root"), "{err}");
+
+    // A pid that does not exist.
+    let out = bin()
+        .args(["record", "--pid", "4194300", "-o", "/tmp/never.trace"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Neither --pid nor --qemu is a usage error.
+    let out = bin().args(["record", "-o", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
