@@ -149,6 +149,8 @@ pub struct Context<'a> {
     pub realtime_offset_ns: i64,
     /// When post-copy started (first fault or QMP `postcopy-active`), host mono ns.
     pub switchover_ns: Option<u64>,
+    /// When the migration completed (QMP `completed`), host mono ns.
+    pub completed_ns: Option<u64>,
     pub trace_start_ns: u64,
 }
 
@@ -168,6 +170,19 @@ pub struct Spike {
     pub faults: u64,
     /// Share of the excess over baseline explained by vCPU blocking (0..=1).
     pub explained: f64,
+    /// Where the interval lies against the migration: `postcopy` (it
+    /// overlaps the post-copy phase), `before` or `after` it, or `unknown`.
+    pub phase: &'static str,
+}
+
+/// Where `[start, end)` lies against the post-copy phase.
+fn phase(start: u64, end: u64, ctx: &Context<'_>) -> &'static str {
+    match (ctx.switchover_ns, ctx.completed_ns) {
+        (None, _) => "unknown",
+        (Some(sw), _) if end <= sw => "before",
+        (Some(_), Some(done)) if start >= done => "after",
+        _ => "postcopy",
+    }
 }
 
 /// One guest interval on the host clock, for timeline plots.
@@ -253,10 +268,23 @@ struct Placed {
     tid: Option<u32>,
 }
 
+/// Whether the line after `prev_end_ns` of one writer, ending at `end_ns`,
+/// continues it (otherwise the writer was not printing meanwhile).
+fn continues(prev_end_ns: f64, end_ns: f64, dur_ms: f64) -> bool {
+    end_ns > prev_end_ns && end_ns - prev_end_ns < 4.0 * dur_ms * 1e6 + 1e9
+}
+
+fn median_of(mut v: Vec<f64>) -> Option<f64> {
+    median(&mut v)
+}
+
 /// Puts samples on the host monotonic clock. An interval runs from the
 /// previous line of the same source to this one (so both stress.c's "one line
 /// per GiB written" and per-pass lines scaled to ms/GiB give the true wall
-/// interval); a source's first line is assumed to span `dur_ms`.
+/// interval). A source's first line (or the first after a gap) has no
+/// previous line: it spans `dur_ms` times the source's wall/printed ratio,
+/// the median over its consecutive lines (1 for stress.c; the pass size in
+/// GiB for per-pass lines scaled to ms/GiB), or `dur_ms` when unknown.
 fn place(samples: &[Sample], ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<Placed> {
     let mut ends: Vec<(usize, f64)> = samples
         .iter()
@@ -278,15 +306,28 @@ fn place(samples: &[Sample], ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<P
             .cmp(&samples[b.0].source)
             .then(a.1.total_cmp(&b.1))
     });
+    let mut ratios: std::collections::HashMap<&str, Vec<f64>> = std::collections::HashMap::new();
+    for w in ends.windows(2) {
+        let (a, b) = (&samples[w[0].0], &samples[w[1].0]);
+        if a.source == b.source && b.dur_ms > 0.0 && continues(w[0].1, w[1].1, b.dur_ms) {
+            ratios
+                .entry(b.source.as_str())
+                .or_default()
+                .push((w[1].1 - w[0].1) / (b.dur_ms * 1e6));
+        }
+    }
+    let scale: std::collections::HashMap<&str, f64> = ratios
+        .into_iter()
+        .filter_map(|(src, r)| Some((src, median_of(r)?)))
+        .collect();
     let mut out = Vec::with_capacity(ends.len());
     let mut prev: Option<(&str, f64)> = None;
     for (i, end_ns) in ends {
         let s = &samples[i];
-        let own = end_ns - s.dur_ms * 1e6;
+        let own = end_ns - s.dur_ms * 1e6 * scale.get(s.source.as_str()).copied().unwrap_or(1.0);
         let start_ns = match prev {
-            // Consecutive lines of one writer: the gap is the interval, unless
-            // it is implausibly long (the writer was not printing meanwhile).
-            Some((src, p)) if src == s.source && end_ns - p < 4.0 * s.dur_ms * 1e6 + 1e9 => p,
+            // Consecutive lines of one writer: the gap is the interval.
+            Some((src, p)) if src == s.source && continues(p, end_ns, s.dur_ms) => p,
             _ => own,
         };
         prev = Some((&s.source, end_ns));
@@ -454,6 +495,7 @@ pub fn correlate(
                 blocked_ms,
                 faults,
                 explained: (blocked_ms / excess).clamp(0.0, 1.0),
+                phase: phase(p.start_ns, p.end_ns, ctx),
             });
         }
     }

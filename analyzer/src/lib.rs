@@ -2,6 +2,7 @@
 //! lifecycles, statistics and reports. No Linux-only dependencies.
 
 pub mod analysis;
+pub mod blocktime;
 pub mod codec;
 pub mod csv;
 pub mod export;

@@ -319,6 +319,10 @@ pub struct ThreadFacts {
     pub placements: u64,
     pub requests_sent: u64,
     pub sleeps: u64,
+    /// Blocking in uffd waits does not make this thread a vCPU: it is the
+    /// process's main thread (which faults while loading device state), or
+    /// the vCPUs are known by name and this is not one of them.
+    pub not_vcpu: bool,
 }
 
 impl ThreadFacts {
@@ -331,7 +335,7 @@ impl ThreadFacts {
             Role::Fault
         } else if self.placements > 0 {
             Role::Listen
-        } else if self.sleeps > 0 {
+        } else if self.sleeps > 0 && !self.not_vcpu {
             Role::Vcpu
         } else {
             Role::Other
@@ -371,6 +375,10 @@ pub struct Engine {
     /// The last uffd message each reader thread read (for base learning).
     last_read: HashMap<u32, (u64, u64)>,
     pub threads: BTreeMap<u32, ThreadFacts>,
+    /// The traced process (its main thread is never a vCPU).
+    pid: Option<u32>,
+    /// Some thread is named as a vCPU: behaviour no longer makes vCPUs.
+    named_vcpus: bool,
     watermark: u64,
     last_prune: u64,
     pub uffd_reads: u64,
@@ -402,6 +410,8 @@ impl Engine {
             last_read: HashMap::new(),
             ranges: Vec::new(),
             threads: BTreeMap::new(),
+            pid: None,
+            named_vcpus: false,
             watermark: 0,
             last_prune: 0,
             uffd_reads: 0,
@@ -433,19 +443,40 @@ impl Engine {
         &self.block_base
     }
 
+    /// The facts of `tid`, created with what is already known about it.
+    fn facts(&mut self, tid: u32) -> &mut ThreadFacts {
+        let not_vcpu = self.named_vcpus || self.pid == Some(tid);
+        self.threads.entry(tid).or_insert_with(|| ThreadFacts {
+            not_vcpu,
+            ..ThreadFacts::default()
+        })
+    }
+
     /// Feeds one record; resolved faults go to `sink`.
     pub fn push(&mut self, rec: &Record, sink: &mut impl FnMut(Fault)) {
         match rec {
+            Record::Process(p) => {
+                self.pid = Some(p.pid);
+                if let Some(f) = self.threads.get_mut(&p.pid) {
+                    f.not_vcpu = true;
+                }
+            }
             Record::Thread(t) => {
-                let facts = self.threads.entry(t.tid).or_default();
+                let facts = self.facts(t.tid);
                 facts.name = Some(t.name.clone());
                 facts.named_role = Role::from_thread_name(&t.name).or(match t.role {
                     Role::Other => None,
                     r => Some(r),
                 });
+                if facts.named_role == Some(Role::Vcpu) && !self.named_vcpus {
+                    self.named_vcpus = true;
+                    for f in self.threads.values_mut() {
+                        f.not_vcpu = f.named_role != Some(Role::Vcpu);
+                    }
+                }
             }
             Record::Sleep(s) => {
-                self.threads.entry(s.tid).or_default().sleeps += 1;
+                self.facts(s.tid).sleeps += 1;
                 self.pending.push_back(s.clone());
             }
             Record::UffdRead(r) => {
@@ -453,8 +484,7 @@ impl Engine {
                 if r.ret < 0 {
                     self.eagain_reads += 1;
                 }
-                let facts = self.threads.entry(r.tid).or_default();
-                facts.uffd_reads += 1;
+                self.facts(r.tid).uffd_reads += 1;
                 for m in &r.msgs {
                     if m.event == UffdMsg::EVENT_PAGEFAULT {
                         self.messages_read += 1;
@@ -492,7 +522,7 @@ impl Engine {
                             },
                         };
                         self.requests_sent += 1;
-                        self.threads.entry(s.tid).or_default().requests_sent += 1;
+                        self.facts(s.tid).requests_sent += 1;
                         self.add_request(
                             s.tid,
                             PendingRequest {
@@ -532,7 +562,7 @@ impl Engine {
         }
         self.placements_by_op[op_index(io.op)] += 1;
         if io.op != IoctlOp::Wake {
-            self.threads.entry(io.tid).or_default().placements += 1;
+            self.facts(io.tid).placements += 1;
         }
         self.placements.insert(
             io.start,

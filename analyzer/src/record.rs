@@ -63,9 +63,11 @@ impl Role {
             return Some(Role::Vcpu);
         }
         match name {
-            "fault-default" | "mig/dst/fault" | "fault-fast" => Some(Role::Fault),
+            "fault-default" | "mig/dst/fault" => Some(Role::Fault),
             "postcopy/listen" | "mig/dst/listen" => Some(Role::Listen),
-            "mig/dst/preempt" | "postcopy/preempt" => Some(Role::Preempt),
+            // QEMU 7.2-8.x name the preempt channel's placing thread "fault-fast"
+            // (it is the fast listen thread, not a fault thread).
+            "mig/dst/preempt" | "postcopy/preempt" | "fault-fast" => Some(Role::Preempt),
             _ => None,
         }
     }

@@ -163,8 +163,9 @@ pub struct Blocktime {
     pub all_vcpus_overlap: Option<f64>,
     pub per_vcpu: BTreeMap<String, f64>,
     pub vcpus: usize,
-    /// The same figures restricted to what QEMU can see: from the message read
-    /// to the placement, for faults whose message was read.
+    /// QEMU's own accounting replayed over the trace ([`crate::blocktime`]):
+    /// from the fault thread's read of a vCPU's message to the placement,
+    /// with QEMU's one-slot-per-vCPU rules.
     pub qemu_view: QemuView,
 }
 
@@ -172,9 +173,16 @@ pub struct Blocktime {
 pub struct QemuView {
     pub vcpu_sum: f64,
     pub all_vcpus_overlap: Option<f64>,
+    /// Per vCPU in CPU index order (the order of QEMU's `postcopy-vcpu-blocktime`).
+    pub per_vcpu: Vec<f64>,
+    /// vCPU faults whose time QEMU adds.
     pub faults: u64,
-    /// Faults QEMU cannot see (placed before their message was read).
+    /// vCPU faults QEMU cannot see: no message was read (the page arrived
+    /// first), or the message was read but QEMU dropped it (`overwritten`).
     pub unseen_faults: u64,
+    /// Messages QEMU read and then lost: the vCPU's next fault was read before
+    /// the placing thread accounted the previous one.
+    pub overwritten: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -196,6 +204,12 @@ pub struct QemuSection {
     /// QEMU's own `postcopy-vcpu-blocktime`, ms per vCPU.
     pub vcpu_blocktime_ms: Option<Vec<f64>>,
     pub status_timeline: Vec<StatusChange>,
-    /// uffdscope's QEMU-view overlap divided by QEMU's blocktime.
+    /// uffdscope's QEMU-view overlap divided by QEMU's `postcopy-blocktime`.
     pub agreement: Option<f64>,
+    /// uffdscope's QEMU-view vCPU sum divided by the sum of QEMU's
+    /// `postcopy-vcpu-blocktime` (the robust comparison: see `remark`).
+    pub vcpu_agreement: Option<f64>,
+    /// Why QEMU's figures disagree with themselves or with the replay, when
+    /// they do for a known reason.
+    pub remark: Option<String>,
 }

@@ -263,10 +263,11 @@ pub struct FaultStats {
     pub stage_sum_consistent: u64,
     /// Faults with a service latency (fault entry seen).
     pub with_service: u64,
-    pub qemu_counted: u64,
+    /// Faults of vCPU threads (the others, e.g. the main thread loading
+    /// device state, are faults too but not vCPU blocktime).
+    pub vcpu_faults: u64,
+    /// vCPU blocked time (switch-out → switch-in) and its all-vCPUs overlap.
     pub ours: Sweep,
-    /// The same sweep over QEMU's view: message read → placement done, read faults only.
-    pub qemu_view: Sweep,
     pub bins: Bins,
     pub slowest: Vec<Fault>,
     pub first_fault_ts: Option<u64>,
@@ -277,7 +278,9 @@ impl FaultStats {
     /// How many of the slowest faults are kept for the report.
     pub const KEEP_SLOWEST: usize = 10;
 
-    pub fn add(&mut self, f: &Fault, vcpus: usize) {
+    /// Adds one resolved fault; `vcpu` says whether its thread is a vCPU,
+    /// `vcpus` how many vCPUs there are.
+    pub fn add(&mut self, f: &Fault, vcpu: bool, vcpus: usize) {
         self.count += 1;
         *self.by_resolution.entry(f.resolution).or_default() += 1;
         let service = f.service_ns();
@@ -314,12 +317,11 @@ impl FaultStats {
             t.service.record(ns);
         }
         let end = f.run_ts.unwrap_or(f.woken_ts);
-        self.ours.add(f.tid, f.blocked_ts, end, vcpus);
-        self.bins.add(f.tid, f.blocked_ts, end);
-        if let (Some(read), Some(done)) = (f.read_ts, f.place_end_ts) {
-            self.qemu_counted += 1;
-            self.qemu_view.add(f.tid, read, done, vcpus);
+        if vcpu {
+            self.vcpu_faults += 1;
+            self.ours.add(f.tid, f.blocked_ts, end, vcpus);
         }
+        self.bins.add(f.tid, f.blocked_ts, end);
         let start = f.entry_ts.unwrap_or(f.blocked_ts);
         self.first_fault_ts = Some(self.first_fault_ts.map_or(start, |t| t.min(start)));
         self.last_fault_ts = Some(self.last_fault_ts.map_or(end, |t| t.max(end)));
@@ -345,7 +347,6 @@ impl FaultStats {
 
     pub fn finish(&mut self, vcpus: usize) {
         self.ours.finish(vcpus);
-        self.qemu_view.finish(vcpus);
         self.slowest
             .sort_by_key(|f| Reverse(f.service_ns().or(f.blocked_ns()).unwrap_or(0)));
     }

@@ -203,23 +203,30 @@ pub fn render_text(r: &Report) -> String {
     );
     let _ = writeln!(
         o,
-        "QEMU's view (message read → placed, {} faults; {} faults QEMU cannot see): sum {:.1} ms, all blocked {}",
+        "QEMU's accounting replayed (message read → placed; counts {} vCPU faults, cannot see {}, of them {} read then dropped): sum {:.1} ms, per vCPU {:?} ms, all blocked {}",
         bt.qemu_view.faults,
         bt.qemu_view.unseen_faults,
+        bt.qemu_view.overwritten,
         bt.qemu_view.vcpu_sum,
+        bt.qemu_view.per_vcpu,
         opt(bt.qemu_view.all_vcpus_overlap, " ms")
     );
     if let Some(q) = &r.qemu {
         let _ = writeln!(
             o,
-            "QEMU reports: postcopy-blocktime {}, per vCPU {}{}",
+            "QEMU reports: postcopy-blocktime {}{}, per vCPU {}{}",
             opt(q.blocktime_ms, " ms"),
+            q.agreement
+                .map_or_else(String::new, |a| format!(" (replay/QEMU = {a:.2})")),
             q.vcpu_blocktime_ms
                 .as_ref()
                 .map_or_else(|| "n/a".to_owned(), |v| format!("{v:?} ms")),
-            q.agreement
-                .map_or_else(String::new, |a| format!(" (uffdscope/QEMU = {a:.2})"))
+            q.vcpu_agreement
+                .map_or_else(String::new, |a| format!(" (replay/QEMU = {a:.2})"))
         );
+        if let Some(remark) = &q.remark {
+            let _ = writeln!(o, "note: {remark}");
+        }
         if !q.status_timeline.is_empty() {
             let tl: Vec<String> = q
                 .status_timeline
@@ -278,13 +285,13 @@ pub fn render_text(r: &Report) -> String {
         if !g.spikes.is_empty() {
             let _ = writeln!(
                 o,
-                "{:>9} {:>9} {:>10} {:>8} {:>11} {:>7} {:>10}",
+                "{:>9} {:>9} {:>10} {:>8} {:>11} {:>7} {:>10}  phase",
                 "at s", "dur ms", "excess ms", "vCPU", "blocked ms", "faults", "explained"
             );
             for sp in &g.spikes {
                 let _ = writeln!(
                     o,
-                    "{:>9.2} {:>9.0} {:>10.0} {:>8} {:>11.1} {:>7} {:>10}",
+                    "{:>9.2} {:>9.0} {:>10.0} {:>8} {:>11.1} {:>7} {:>10}  {}",
                     sp.start,
                     sp.dur_ms,
                     sp.excess_ms,
@@ -292,7 +299,8 @@ pub fn render_text(r: &Report) -> String {
                         .map_or_else(|| "?".to_owned(), |t| t.to_string()),
                     sp.blocked_ms,
                     sp.faults,
-                    pct(Some(sp.explained))
+                    pct(Some(sp.explained)),
+                    sp.phase
                 );
             }
         }

@@ -202,3 +202,22 @@ fn memory_follows_open_faults_not_trace_length() {
     // Faults 1 ms apart with a 0.5 s settle window: about 500 open at a time.
     assert!(max_open <= 600, "open faults grew to {max_open}");
 }
+
+#[test]
+fn faulting_main_thread_is_not_a_vcpu_when_vcpus_are_named() {
+    use uffdscope_analyzer::record::Role;
+    use uffdscope_fixtures::synth::PID;
+    // QEMU's main thread blocks in uffd waits while it loads device state:
+    // a real fault, but not a vCPU (QEMU's blocktime ignores it too).
+    let main = FaultSpec::new(PID, RAM_BASE + 0x7000, T);
+    let vcpu = FaultSpec::new(VCPU_TID0, RAM_BASE + 0x8000, T + 1_000_000);
+    let mut engine = Engine::new();
+    let mut faults = Vec::new();
+    for r in &build(&[main, vcpu]) {
+        engine.push(r, &mut |f| faults.push(f));
+    }
+    engine.finish(&mut |f| faults.push(f));
+    assert_eq!(faults.len(), 2, "both sleeps are faults");
+    assert_eq!(engine.threads[&PID].role(), Role::Other);
+    assert_eq!(engine.threads[&VCPU_TID0].role(), Role::Vcpu);
+}

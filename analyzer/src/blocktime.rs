@@ -1,0 +1,318 @@
+//! QEMU's own post-copy blocktime accounting, replayed over the trace, so
+//! that QEMU's `postcopy-blocktime` and `postcopy-vcpu-blocktime` can be
+//! checked against the same faults uffdscope measures.
+//!
+//! QEMU (7.2 and every release up to 10.0, `migration/postcopy-ram.c`)
+//! keeps, per vCPU, the address and time of its last fault whose uffd message
+//! the fault thread read (`mark_postcopy_blocktime_begin`, called right after
+//! the `read()`), and closes it when a placing thread installs a page at that
+//! exact address (`mark_postcopy_blocktime_end`, called after `UFFDIO_COPY` or
+//! `UFFDIO_ZEROPAGE` returned and the received bitmap was set). Times are
+//! milliseconds of `QEMU_CLOCK_REALTIME` (CLOCK_MONOTONIC). The rules this
+//! replay follows, and why each matters on a real trace:
+//!
+//! - Only messages from vCPU threads count (`get_mem_fault_cpu_index`); the
+//!   main thread's faults while loading device state do not.
+//! - Faults whose message QEMU never read (the page arrived first and the
+//!   kernel withdrew the message) are invisible to QEMU.
+//! - A vCPU has one slot. When its next fault is read before the previous
+//!   one's end was accounted, the new begin overwrites the slot and the
+//!   previous fault's time is lost. That happens often: the placing ioctl
+//!   wakes the vCPU, and on a busy host the placing thread is preempted on its
+//!   way out of the ioctl, so `mark_postcopy_blocktime_end` runs only when it
+//!   gets the CPU back, by which time the vCPU has faulted again. The trace
+//!   does not show that moment; the nearest observable one is the placing
+//!   thread's next uffd ioctl, so the end is put at its entry (the last
+//!   placement of a thread ends at its own exit).
+//! - A begin for a page already received is withdrawn at once.
+//! - The all-vCPUs figure adds `end - last_begin` at an end that finds every
+//!   vCPU down, `last_begin` being the latest begin of any vCPU.
+//!
+//! Not replayed: QEMU's millisecond truncation (unbiased over many faults), and
+//! the race between a begin's received-bitmap check and a concurrent end,
+//! which makes QEMU's `smp_cpus_down` counter drift below the vCPU count; from
+//! then on QEMU stops adding to `postcopy-blocktime` (fixed upstream in 2025 by
+//! moving the accounting under `page_request_mutex`). With one vCPU that shows
+//! as `postcopy-blocktime` < `postcopy-vcpu-blocktime`.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+
+/// How far behind the newest record events are replayed: records of different
+/// threads reach the trace slightly out of order, and an end's time is only
+/// known once the placing thread's next ioctl arrives.
+pub const LAG_NS: u64 = 200_000_000;
+/// How long a placed page is remembered for the already-received check (a
+/// message for a page placed earlier than that cannot exist).
+const RECEIVED_RETAIN_NS: u64 = 10_000_000_000;
+
+const PAGE: u64 = 4096;
+
+// Event kinds, in processing order at equal timestamps: an ioctl entry ends
+// the thread's previous placement, then a placement is noted, then a
+// thread's last placement ends, then messages are read (QEMU's received
+// bitmap is set before a later begin checks it).
+const ENTER: u8 = 0;
+const PLACED: u8 = 1;
+const FINAL: u8 = 2;
+const BEGIN: u8 = 3;
+
+/// A queued event: (ts, kind, seq, address, thread).
+type Event = Reverse<(u64, u8, u64, u64, u32)>;
+
+/// One vCPU's slot (`vcpu_addr`, `page_fault_vcpu_time`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    addr: u64,
+    since: u64,
+}
+
+/// The replay; feed reads and placing ioctls in trace order (roughly: records
+/// within [`LAG_NS`] of each other may come in any order), then
+/// [`finish`](Self::finish).
+#[derive(Debug, Default)]
+pub struct QemuBlocktime {
+    heap: BinaryHeap<Event>,
+    seq: u64,
+    /// Per placing thread: the page of its last placement, whose end waits
+    /// for the thread's next ioctl.
+    pending_end: HashMap<u32, u64>,
+    /// Per placing thread: exit of its latest placement fed so far.
+    last_placed: HashMap<u32, u64>,
+    slots: HashMap<u32, Slot>,
+    received: HashMap<u64, u64>,
+    received_fifo: VecDeque<(u64, u64)>,
+    down: usize,
+    last_begin: u64,
+    watermark: u64,
+    /// Blocked ns per vCPU thread, as QEMU counts it.
+    pub per_vcpu_ns: BTreeMap<u32, u64>,
+    /// QEMU's `postcopy-blocktime`: ns during which every vCPU was down.
+    pub total_ns: u64,
+    /// vCPU faults whose time QEMU added (begin closed by an end).
+    pub counted: u64,
+    /// vCPU faults QEMU read but dropped: the vCPU's next fault overwrote the slot.
+    pub overwritten: u64,
+    /// Messages read for pages already received (QEMU withdraws the begin).
+    pub already_received: u64,
+    /// Messages from threads that are not vCPUs (QEMU ignores them).
+    pub not_vcpu: u64,
+    /// Page-fault messages read.
+    pub messages: u64,
+}
+
+impl QemuBlocktime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn push(&mut self, ts: u64, kind: u8, addr: u64, tid: u32) {
+        self.seq += 1;
+        self.heap.push(Reverse((ts, kind, self.seq, addr, tid)));
+    }
+
+    /// A page-fault message for `addr` from thread `ptid`, read at `ts`.
+    pub fn read(&mut self, ts: u64, addr: u64, ptid: u32) {
+        self.messages += 1;
+        // QEMU compares the message's address with the placed page's start;
+        // the kernel reports the page address unless a handler asks for
+        // UFFD_FEATURE_EXACT_ADDRESS, which QEMU does not.
+        self.push(ts, BEGIN, addr & !(PAGE - 1), ptid);
+        self.watermark = self.watermark.max(ts);
+    }
+
+    /// A uffd ioctl of thread `tid`. `placed` is the address of a page it
+    /// installed (successful `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`).
+    pub fn ioctl(&mut self, tid: u32, enter_ts: u64, exit_ts: u64, placed: Option<u64>) {
+        self.push(enter_ts, ENTER, 0, tid);
+        if let Some(addr) = placed {
+            self.push(exit_ts, PLACED, addr, tid);
+            let last = self.last_placed.entry(tid).or_default();
+            *last = (*last).max(exit_ts);
+        }
+        self.watermark = self.watermark.max(exit_ts);
+    }
+
+    /// Replays what is older than the lag. `is_vcpu` says which threads are
+    /// vCPUs, `vcpus` how many there are (QEMU's `smp.cpus`).
+    pub fn advance(&mut self, is_vcpu: &impl Fn(u32) -> bool, vcpus: usize) {
+        let upto = self.watermark.saturating_sub(LAG_NS);
+        self.drain(upto, is_vcpu, vcpus);
+    }
+
+    /// Replays everything left; each thread's last placement ends at its exit.
+    pub fn finish(&mut self, is_vcpu: &impl Fn(u32) -> bool, vcpus: usize) {
+        let last: Vec<(u32, u64)> = self.last_placed.drain().collect();
+        for (tid, exit_ts) in last {
+            self.push(exit_ts, FINAL, 0, tid);
+        }
+        self.drain(u64::MAX, is_vcpu, vcpus);
+    }
+
+    fn drain(&mut self, upto: u64, is_vcpu: &impl Fn(u32) -> bool, vcpus: usize) {
+        while let Some(&Reverse((ts, kind, _, addr, tid))) = self.heap.peek() {
+            if ts > upto {
+                break;
+            }
+            self.heap.pop();
+            match kind {
+                BEGIN => self.begin(ts, addr, tid, is_vcpu),
+                PLACED => {
+                    // Threads place one page at a time; a second placement
+                    // before the next entry only happens in made-up traces.
+                    if let Some(prev) = self.pending_end.insert(tid, addr) {
+                        self.end(ts, prev, vcpus);
+                    }
+                }
+                _ => {
+                    if let Some(prev) = self.pending_end.remove(&tid) {
+                        self.end(ts, prev, vcpus);
+                    }
+                }
+            }
+        }
+        let cutoff = self.watermark.saturating_sub(RECEIVED_RETAIN_NS);
+        while let Some(&(ts, addr)) = self.received_fifo.front() {
+            if ts >= cutoff {
+                break;
+            }
+            self.received_fifo.pop_front();
+            if self.received.get(&addr) == Some(&ts) {
+                self.received.remove(&addr);
+            }
+        }
+    }
+
+    fn begin(&mut self, ts: u64, addr: u64, tid: u32, is_vcpu: &impl Fn(u32) -> bool) {
+        if tid == 0 || !is_vcpu(tid) {
+            self.not_vcpu += 1;
+            return;
+        }
+        if self.received.contains_key(&addr) {
+            self.already_received += 1;
+            return;
+        }
+        let slot = self.slots.entry(tid).or_default();
+        if slot.addr == 0 {
+            self.down += 1;
+        } else {
+            self.overwritten += 1;
+        }
+        *slot = Slot { addr, since: ts };
+        self.last_begin = ts;
+    }
+
+    fn end(&mut self, ts: u64, addr: u64, vcpus: usize) {
+        self.received.insert(addr, ts);
+        self.received_fifo.push_back((ts, addr));
+        let mut affected = 0;
+        let mut all_down = false;
+        for (&tid, slot) in &mut self.slots {
+            if slot.addr != addr {
+                continue;
+            }
+            if vcpus > 0 && self.down >= vcpus {
+                all_down = true;
+            }
+            *self.per_vcpu_ns.entry(tid).or_default() += ts.saturating_sub(slot.since);
+            slot.addr = 0;
+            affected += 1;
+        }
+        self.counted += affected;
+        self.down = self.down.saturating_sub(affected as usize);
+        if all_down {
+            self.total_ns += ts.saturating_sub(self.last_begin);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn vcpus_1_and_2(tid: u32) -> bool {
+        tid == 1 || tid == 2
+    }
+
+    #[test]
+    fn a_read_fault_counts_from_read_to_the_placing_threads_next_ioctl() {
+        let mut q = QemuBlocktime::new();
+        q.read(10 * MS, 0x1000, 1);
+        q.ioctl(9, 20 * MS, 21 * MS, Some(0x1000));
+        q.ioctl(9, 25 * MS, 26 * MS, Some(0x2000));
+        q.finish(&vcpus_1_and_2, 1);
+        assert_eq!(q.per_vcpu_ns[&1], 15 * MS, "end at the next ioctl's entry");
+        assert_eq!(q.total_ns, 15 * MS, "one vCPU: total equals its sum");
+        assert_eq!(q.counted, 1);
+    }
+
+    #[test]
+    fn the_last_placement_ends_at_its_exit() {
+        let mut q = QemuBlocktime::new();
+        q.read(10 * MS, 0x1000, 1);
+        q.ioctl(9, 20 * MS, 21 * MS, Some(0x1000));
+        q.finish(&vcpus_1_and_2, 1);
+        assert_eq!(q.per_vcpu_ns[&1], 11 * MS);
+    }
+
+    #[test]
+    fn next_fault_read_before_the_end_overwrites_the_slot() {
+        let mut q = QemuBlocktime::new();
+        q.read(10 * MS, 0x1000, 1);
+        q.ioctl(9, 20 * MS, 21 * MS, Some(0x1000));
+        // The vCPU ran again and faulted on 0x2000 before the placing thread's
+        // next ioctl: QEMU loses the first fault.
+        q.read(22 * MS, 0x2000, 1);
+        q.ioctl(9, 23 * MS, 24 * MS, Some(0x3000));
+        q.ioctl(9, 30 * MS, 31 * MS, Some(0x2000));
+        q.ioctl(9, 40 * MS, 41 * MS, Some(0x4000));
+        q.finish(&vcpus_1_and_2, 1);
+        assert_eq!(q.overwritten, 1);
+        assert_eq!(q.counted, 1);
+        assert_eq!(q.per_vcpu_ns[&1], 40 * MS - 22 * MS);
+    }
+
+    #[test]
+    fn all_vcpus_down_counts_from_the_last_begin_to_the_first_end() {
+        let mut q = QemuBlocktime::new();
+        q.read(10 * MS, 0x1000, 1);
+        q.read(15 * MS, 0x2000, 2);
+        q.ioctl(9, 20 * MS, 21 * MS, Some(0x1000));
+        q.ioctl(9, 30 * MS, 31 * MS, Some(0x2000));
+        q.finish(&vcpus_1_and_2, 2);
+        assert_eq!(q.per_vcpu_ns[&1], 20 * MS);
+        assert_eq!(q.per_vcpu_ns[&2], 31 * MS - 15 * MS);
+        assert_eq!(q.total_ns, 30 * MS - 15 * MS);
+    }
+
+    #[test]
+    fn non_vcpu_and_already_received_messages_are_not_counted() {
+        let mut q = QemuBlocktime::new();
+        q.ioctl(9, MS, 2 * MS, Some(0x1000));
+        q.ioctl(9, 3 * MS, 4 * MS, Some(0x5000));
+        q.read(5 * MS, 0x1000, 1);
+        q.read(6 * MS, 0x2000, 7);
+        q.ioctl(9, 8 * MS, 9 * MS, Some(0x2000));
+        q.finish(&vcpus_1_and_2, 2);
+        assert_eq!(q.already_received, 1);
+        assert_eq!(q.not_vcpu, 1);
+        assert_eq!(q.counted, 0);
+        assert!(q.per_vcpu_ns.is_empty());
+    }
+
+    #[test]
+    fn replay_waits_for_the_lag_before_deciding() {
+        let mut q = QemuBlocktime::new();
+        q.read(10 * MS, 0x1000, 1);
+        q.ioctl(9, 20 * MS, 21 * MS, Some(0x1000));
+        q.ioctl(9, 100 * MS, 101 * MS, None);
+        q.advance(&vcpus_1_and_2, 1);
+        assert_eq!(q.counted, 0, "nothing older than the lag yet");
+        q.ioctl(9, LAG_NS + 300 * MS, LAG_NS + 301 * MS, None);
+        q.advance(&vcpus_1_and_2, 1);
+        assert_eq!(q.counted, 1);
+        assert_eq!(q.per_vcpu_ns[&1], 90 * MS);
+    }
+}
