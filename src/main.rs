@@ -85,6 +85,10 @@ struct RecordArgs {
     /// No live status line.
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// Create this (new, empty) file once recording has started, for scripts
+    /// that must not start the migration before the recorder is attached.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Default)]
@@ -266,6 +270,7 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         qmp: args.qmp.clone(),
         guest_console: args.guest_console.clone(),
         ring_bytes: args.ring_mb << 20,
+        ready_file: args.ready_file.clone(),
         ..session::RecordConfig::default()
     };
     let handler = nix::sys::signal::SigAction::new(

@@ -37,6 +37,10 @@ pub struct RecordConfig {
     pub drain_interval: Duration,
     /// How often QMP is sampled.
     pub qmp_interval: Duration,
+    /// Created (empty, must not exist) once everything is attached and the
+    /// trace header is written, so a harness can start the migration without
+    /// racing the recorder.
+    pub ready_file: Option<PathBuf>,
 }
 
 impl Default for RecordConfig {
@@ -50,6 +54,7 @@ impl Default for RecordConfig {
             ring_bytes: crate::bpf::DEFAULT_RING_BYTES,
             drain_interval: Duration::from_millis(20),
             qmp_interval: Duration::from_millis(100),
+            ready_file: None,
         }
     }
 }
@@ -69,6 +74,11 @@ pub enum RecordError {
         "cannot create {path}: {source} (the output file must not exist; it is never overwritten)"
     )]
     Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the ready file {path}: {source} (it must not exist)")]
+    ReadyFile {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -419,6 +429,14 @@ pub fn record(
         ),
     }))?;
     out.flush()?;
+    if let Some(path) = &cfg.ready_file {
+        uffdscope_analyzer::trace::create_exclusive(path).map_err(|source| {
+            RecordError::ReadyFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
 
     let started = Instant::now();
     let mut service = Hist::default();
