@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use uffdscope_analyzer::analysis::{self, Options};
-use uffdscope_analyzer::lifecycle::Engine;
+use uffdscope_analyzer::lifecycle::{Engine, ThreadFacts};
 use uffdscope_analyzer::record::Role;
 use uffdscope_analyzer::report::Report;
 use uffdscope_analyzer::trace::TraceReader;
@@ -120,7 +120,7 @@ fn vcpu_faults(trace: &Path) -> (Vec<(u32, bool)>, u64) {
     });
     assert!(damage.is_none(), "trace damaged: {damage:?}");
     engine.finish(&mut |f| all.push((f.tid, f.service_ns().is_some())));
-    let is_vcpu = |tid: u32| engine.threads.get(&tid).map(|t| t.role()) == Some(Role::Vcpu);
+    let is_vcpu = |tid: u32| engine.threads.get(&tid).map(ThreadFacts::role) == Some(Role::Vcpu);
     let others = all.iter().filter(|(tid, _)| !is_vcpu(*tid)).count() as u64;
     (
         all.into_iter().filter(|(tid, _)| is_vcpu(*tid)).collect(),
