@@ -288,7 +288,11 @@ pub fn render_text(r: &Report) -> String {
                 "{:>9} {:>9} {:>10} {:>8} {:>11} {:>7} {:>10}  phase",
                 "at s", "dur ms", "excess ms", "vCPU", "blocked ms", "faults", "explained"
             );
-            for sp in &g.spikes {
+            // Spikes after the migration completed cannot come from missing
+            // pages: one summary line keeps them from burying the others.
+            let (after, shown): (Vec<_>, Vec<_>) =
+                g.spikes.iter().partition(|s| s.phase == "after");
+            for sp in shown {
                 let _ = writeln!(
                     o,
                     "{:>9.2} {:>9.0} {:>10.0} {:>8} {:>11.1} {:>7} {:>10}  {}",
@@ -301,6 +305,16 @@ pub fn render_text(r: &Report) -> String {
                     sp.faults,
                     pct(Some(sp.explained)),
                     sp.phase
+                );
+            }
+            if !after.is_empty() {
+                let worst = after.iter().map(|s| s.dur_ms).fold(0.0, f64::max);
+                let faults: u64 = after.iter().map(|s| s.faults).sum();
+                let blocked: f64 = after.iter().map(|s| s.blocked_ms).sum();
+                let _ = writeln!(
+                    o,
+                    "+ {} spikes after the migration completed (up to {worst:.0} ms, {faults} faults, {blocked:.1} ms blocked): not post-copy faults",
+                    after.len()
                 );
             }
         }
