@@ -350,10 +350,11 @@ fn cards(o: &mut String, r: &Report) {
             o,
             "QEMU blocktime",
             &dur_ms(q.blocktime_ms),
-            &q.agreement.map_or_else(
-                || "postcopy-blocktime".to_owned(),
-                |a| format!("uffdscope/QEMU = {a:.2}"),
-            ),
+            &match (q.vcpu_agreement, q.agreement) {
+                (Some(v), _) => format!("replayed/QEMU per-vCPU sum = {v:.2}"),
+                (None, Some(a)) => format!("replayed/QEMU = {a:.2}"),
+                (None, None) => "postcopy-blocktime".to_owned(),
+            },
             false,
         );
     }
@@ -838,8 +839,8 @@ fn blocktime(o: &mut String, r: &Report) {
     o.push_str(r#"<section id="blocktime"><h2>vCPU blocktime, compared with QEMU</h2>"#);
     let _ = write!(
         o,
-        r#"<p class="note">uffdscope measures each fault from switch-out to running again. QEMU's <code>postcopy-blocktime</code> only sees a fault from the moment its fault thread reads the message until the page is placed; uffdscope's “QEMU view” applies that definition to the trace ({} faults; {} faults were placed before QEMU read their message, so QEMU cannot count them).</p>"#,
-        bt.qemu_view.faults, bt.qemu_view.unseen_faults
+        r#"<p class="note">uffdscope measures each fault from switch-out to running again. QEMU's <code>postcopy-blocktime</code> only sees a fault from the moment its fault thread reads the message until the page is placed, with one slot per vCPU; uffdscope replays that accounting over the trace: it counts {} vCPU faults and cannot see {} ({} of them read, then dropped because the vCPU's next fault was read first; the rest were placed before their message was read).</p>"#,
+        bt.qemu_view.faults, bt.qemu_view.unseen_faults, bt.qemu_view.overwritten
     );
     let qemu_sum = r
         .qemu
@@ -850,7 +851,7 @@ fn blocktime(o: &mut String, r: &Report) {
     let series: [(&str, &str, Option<f64>, Option<f64>); 3] = [
         ("uffdscope", BLUE, Some(bt.vcpu_sum), bt.all_vcpus_overlap),
         (
-            "uffdscope, QEMU view",
+            "QEMU's accounting, replayed",
             "#7fa7e8",
             Some(bt.qemu_view.vcpu_sum),
             bt.qemu_view.all_vcpus_overlap,
@@ -918,7 +919,7 @@ fn blocktime(o: &mut String, r: &Report) {
     o.push_str("</div></div><div>");
     // Per-vCPU comparison: QEMU lists vCPUs by CPU index.
     let qemu_per = r.qemu.as_ref().and_then(|q| q.vcpu_blocktime_ms.as_ref());
-    o.push_str(r#"<table><tr><th class="l">vCPU</th><th>tid</th><th>uffdscope</th><th>QEMU reported</th></tr>"#);
+    o.push_str(r#"<table><tr><th class="l">vCPU</th><th>tid</th><th>uffdscope</th><th>replayed</th><th>QEMU reported</th></tr>"#);
     let mut rows: Vec<(Option<usize>, u32, Option<&str>, f64)> = bt
         .per_vcpu
         .iter()
@@ -935,24 +936,41 @@ fn blocktime(o: &mut String, r: &Report) {
     rows.sort_by_key(|(cpu, tid, _, _)| (cpu.unwrap_or(usize::MAX), *tid));
     for (cpu, tid, name, ms) in rows {
         let theirs = cpu.and_then(|c| qemu_per.and_then(|v| v.get(c)).copied());
+        let replayed = cpu.and_then(|c| bt.qemu_view.per_vcpu.get(c).copied());
         let _ = write!(
             o,
-            r#"<tr><td class="l mono">{}</td><td>{tid}</td><td>{}</td><td>{}</td></tr>"#,
+            r#"<tr><td class="l mono">{}</td><td>{tid}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
             name.map_or_else(|| "?".to_owned(), escape),
             dur_ms(Some(ms)),
+            dur_ms(replayed),
             dur_ms(theirs)
         );
     }
     o.push_str("</table>");
     if let Some(q) = &r.qemu {
+        let mut ratios = Vec::new();
+        if let Some(a) = q.vcpu_agreement {
+            ratios.push(format!(
+                "replayed ÷ QEMU's <code>postcopy-vcpu-blocktime</code> sum = <b>{a:.2}</b>"
+            ));
+        }
         if let Some(a) = q.agreement {
+            ratios.push(format!(
+                "replayed all-blocked ÷ QEMU's <code>postcopy-blocktime</code> = <b>{a:.2}</b>"
+            ));
+        }
+        if !ratios.is_empty() {
             let _ = write!(
                 o,
-                r#"<p class="note" style="margin-top:10px">uffdscope's QEMU-view overlap ÷ QEMU's <code>postcopy-blocktime</code> = <b>{a:.2}</b>{}.</p>"#,
+                r#"<p class="note" style="margin-top:10px">{}{}.</p>"#,
+                ratios.join("; "),
                 q.version
                     .as_deref()
                     .map_or_else(String::new, |v| format!(" (QEMU {})", escape(v)))
             );
+        }
+        if let Some(remark) = &q.remark {
+            let _ = write!(o, r#"<p class="note">Note: {}</p>"#, escape(remark));
         }
         if !q.status_timeline.is_empty() {
             o.push_str(r#"<div class="chips">"#);
@@ -1016,11 +1034,18 @@ fn guest(o: &mut String, r: &Report) {
         o.push_str("<p>No interval exceeded the spike threshold.</p></section>");
         return;
     }
-    o.push_str(r#"<table><tr><th>at</th><th class="l">source</th><th>printed</th><th>wall time</th><th>excess</th><th>vCPU tid</th><th>vCPU blocked</th><th>faults</th><th>explained</th><th class="l" style="width:18%"></th></tr>"#);
+    o.push_str(r#"<table><tr><th>at</th><th class="l">source</th><th>printed</th><th>wall time</th><th>excess</th><th>vCPU tid</th><th>vCPU blocked</th><th>faults</th><th>explained</th><th class="l" style="width:16%"></th><th class="l">phase</th></tr>"#);
     for s in &g.spikes {
+        // After the migration completed no page is missing: such a spike is
+        // not a post-copy fault, so it is shown muted.
         let _ = write!(
             o,
-            r#"<tr><td>{:.2} s</td><td class="l mono">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><b>{}</b></td><td class="l"><div class="bar"><span style="width:{:.1}%;background:{}"></span></div></td></tr>"#,
+            r#"<tr{}><td>{:.2} s</td><td class="l mono">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><b>{}</b></td><td class="l"><div class="bar"><span style="width:{:.1}%;background:{}"></span></div></td><td class="l">{}</td></tr>"#,
+            if s.phase == "after" {
+                r#" style="opacity:.5""#
+            } else {
+                ""
+            },
             s.start,
             escape(&s.source),
             dur_ms(Some(s.dur_ms)),
@@ -1031,10 +1056,15 @@ fn guest(o: &mut String, r: &Report) {
             s.faults,
             pct(Some(s.explained)),
             s.explained.clamp(0.0, 1.0) * 100.0,
-            if s.explained >= 0.5 { BLUE } else { RED }
+            if s.explained >= 0.5 { BLUE } else { RED },
+            escape(s.phase)
         );
     }
-    o.push_str("</table></section>");
+    o.push_str("</table>");
+    if g.spikes.iter().any(|s| s.phase == "after") {
+        o.push_str(r#"<p class="note" style="margin-top:8px">Spikes in phase “after” came after the migration completed: no page was missing then, so they are not post-copy faults.</p>"#);
+    }
+    o.push_str("</section>");
 }
 
 fn stage_bar(o: &mut String, sf: &SlowFault, scale: f64) {

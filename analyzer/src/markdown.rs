@@ -183,7 +183,7 @@ pub fn render_markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         o,
-        "| uffdscope, QEMU's view (read → placed; {} faults, {} unseen) | {:.1} | {} |",
+        "| QEMU's accounting, replayed (read → placed; counts {} faults, cannot see {}) | {:.1} | {} |",
         bt.qemu_view.faults,
         bt.qemu_view.unseen_faults,
         bt.qemu_view.vcpu_sum,
@@ -198,10 +198,14 @@ pub fn render_markdown(r: &Report) -> String {
         );
         let _ = writeln!(o);
         let mut notes = Vec::new();
+        if let Some(a) = q.vcpu_agreement {
+            notes.push(format!("Replayed / QEMU per-vCPU sum = {a:.2}."));
+        }
         if let Some(a) = q.agreement {
-            notes.push(format!(
-                "uffdscope's QEMU view / QEMU's blocktime = {a:.2}."
-            ));
+            notes.push(format!("Replayed / QEMU all-blocked = {a:.2}."));
+        }
+        if let Some(remark) = &q.remark {
+            notes.push(format!("Note: {}", escape(remark)));
         }
         if !q.status_timeline.is_empty() {
             let tl: Vec<String> = q
@@ -231,15 +235,21 @@ pub fn render_markdown(r: &Report) -> String {
         );
         let _ = writeln!(o);
         if !g.spikes.is_empty() {
-            let mut worst: Vec<_> = g.spikes.iter().collect();
+            // Spikes after the migration completed cannot come from missing
+            // pages: summarised in one line below.
+            let (after, during): (Vec<_>, Vec<_>) =
+                g.spikes.iter().partition(|s| s.phase == "after");
+            let mut worst = during.clone();
             worst.sort_by(|a, b| b.excess_ms.total_cmp(&a.excess_ms));
             worst.truncate(MAX_SPIKES);
             worst.sort_by(|a, b| a.start.total_cmp(&b.start));
-            let _ = writeln!(
-                o,
-                "| at s | printed ms | wall ms | excess ms | vCPU | blocked ms | faults | explained |"
-            );
-            let _ = writeln!(o, "|--:|--:|--:|--:|--:|--:|--:|--:|");
+            if !worst.is_empty() {
+                let _ = writeln!(
+                    o,
+                    "| at s | printed ms | wall ms | excess ms | vCPU | blocked ms | faults | explained |"
+                );
+                let _ = writeln!(o, "|--:|--:|--:|--:|--:|--:|--:|--:|");
+            }
             for sp in worst {
                 let _ = writeln!(
                     o,
@@ -255,11 +265,19 @@ pub fn render_markdown(r: &Report) -> String {
                     pct(Some(sp.explained))
                 );
             }
-            if g.spikes.len() > MAX_SPIKES {
+            if during.len() > MAX_SPIKES {
                 let _ = writeln!(
                     o,
                     "\n{} spikes in all; the {MAX_SPIKES} largest are shown.",
-                    g.spikes.len()
+                    during.len()
+                );
+            }
+            if !after.is_empty() {
+                let worst = after.iter().map(|s| s.dur_ms).fold(0.0, f64::max);
+                let _ = writeln!(
+                    o,
+                    "\n{} more spikes (up to {worst:.0} ms) came after the migration completed: not post-copy faults.",
+                    after.len()
                 );
             }
             let _ = writeln!(o);
