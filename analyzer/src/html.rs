@@ -511,7 +511,7 @@ fn nines(q: f64) -> f64 {
     }
 }
 
-fn curve_path(p: &Plot, curve: &[QuantilePoint]) -> String {
+fn curve_path(p: &Plot, curve: &[QuantilePoint], scale: f64) -> String {
     let mut d = String::new();
     for (i, pt) in curve.iter().enumerate() {
         let _ = write!(
@@ -519,7 +519,7 @@ fn curve_path(p: &Plot, curve: &[QuantilePoint]) -> String {
             "{}{:.1},{:.1}",
             if i == 0 { "M" } else { "L" },
             p.x(nines(pt.q)),
-            p.y(pt.us)
+            p.y(pt.us * scale)
         );
     }
     d
@@ -539,7 +539,13 @@ fn latency_plot(o: &mut String, r: &Report) {
         .chain(&f.blocked_curve_us)
         .map(|p| p.us)
         .fold(0.0, f64::max);
-    let p = Plot::new(1000.0, 300.0, (0.0, 4.5), (0.0, nice_max(max)));
+    // Plot in ms once values reach milliseconds: round ticks read better.
+    let (scale, unit) = if max >= 2_000.0 {
+        (1e-3, "ms")
+    } else {
+        (1.0, "µs")
+    };
+    let p = Plot::new(1000.0, 300.0, (0.0, 4.5), (0.0, nice_max(max * scale)));
     p.open(o, "service latency percentiles");
     let xt: Vec<(f64, String)> = [
         (0.0, "0%"),
@@ -553,7 +559,7 @@ fn latency_plot(o: &mut String, r: &Report) {
     .iter()
     .map(|(x, l)| (*x, (*l).to_owned()))
     .collect();
-    p.axes(o, &xt, "µs", "percentile");
+    p.axes(o, &xt, unit, "percentile");
     for (curve, color, dash, name) in [
         (&f.blocked_curve_us, GREY, "5 4", "blocked"),
         (&f.service_curve_us, BLUE, "", "service"),
@@ -564,14 +570,14 @@ fn latency_plot(o: &mut String, r: &Report) {
         let _ = write!(
             o,
             r#"<path d="{}" fill="none" stroke="{color}" stroke-width="2.2" stroke-dasharray="{dash}"/>"#,
-            curve_path(&p, curve)
+            curve_path(&p, curve, scale)
         );
         for pt in curve {
             let _ = write!(
                 o,
                 r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"><title>{name} p{}: {}</title></circle>"#,
                 p.x(nines(pt.q)),
-                p.y(pt.us),
+                p.y(pt.us * scale),
                 tick_label(pt.q * 100.0),
                 dur_us(Some(pt.us))
             );
@@ -587,7 +593,7 @@ fn latency_plot(o: &mut String, r: &Report) {
                 o,
                 r#"<text x="{:.1}" y="{:.1}" text-anchor="end" style="fill:{BLUE};font-weight:600">{}</text>"#,
                 p.x(nines(q)) - 6.0,
-                p.y(v) - 7.0,
+                p.y(v * scale) - 7.0,
                 dur_us(Some(v))
             );
         }
