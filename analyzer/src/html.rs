@@ -1229,6 +1229,21 @@ mod tests {
     }
 
     #[test]
+    fn a_trace_without_faults_renders() {
+        let bytes = trace::write_all(&TraceMeta::default(), &[]);
+        let reader = TraceReader::new(&bytes[..]).expect("header");
+        let report = analyze(reader, "empty.trace", &Options::default());
+        let html = render_html(&report);
+        assert!(html.contains("No userfaultfd faults were recorded."));
+        assert!(html.contains("No fault has a known service latency."));
+        for bad in ["NaN", "\"inf", "\"-inf"] {
+            assert!(!html.contains(bad), "{bad} in an attribute:\n{html}");
+        }
+        let md = crate::markdown::render_markdown(&report);
+        assert!(md.contains("**0 faults** (none)"), "{md}");
+    }
+
+    #[test]
     fn strings_from_the_trace_are_escaped() {
         let evil = "<script>alert(1)</script>";
         let meta = TraceMeta {
