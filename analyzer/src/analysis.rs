@@ -338,9 +338,24 @@ fn build_report(
         ));
     }
     if s.count > 0 && s.with_service < s.count {
+        // Threads other than vCPUs (QEMU's main thread loading device state)
+        // fault inside system calls, where no user fault entry exists.
+        let not_vcpu: u64 = s
+            .per_thread
+            .iter()
+            .filter(|(tid, _)| !pass.vcpu_set.contains(tid))
+            .map(|(_, t)| t.faults - t.service.count())
+            .sum();
+        let missing = s.count - s.with_service;
+        let who = if not_vcpu == missing {
+            " (all on threads that are not vCPUs: faults taken inside system calls have no user fault entry)".to_owned()
+        } else if not_vcpu > 0 {
+            format!(" ({not_vcpu} of them on threads that are not vCPUs)")
+        } else {
+            String::new()
+        };
         warnings.push(format!(
-            "{} of {} faults have no fault-entry record: their service latency is unknown",
-            s.count - s.with_service,
+            "{missing} of {} faults have no fault-entry record{who}: their service latency is unknown",
             s.count
         ));
     }
