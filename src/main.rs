@@ -14,8 +14,8 @@ use uffdscope_analyzer::trace::create_exclusive;
 
 const EXAMPLES: &str = "\
 Examples:
-  # Report the committed sample trace
-  uffdscope report fixtures/data/synthetic-2vcpu.trace
+  # Report the committed real trace (QEMU 7.2 post-copy, recorded with QMP and console)
+  uffdscope report fixtures/data/qemu-7.2-tcg-postcopy-1vcpu.trace
 
   # JSON for scripts, markdown for a bug report
   uffdscope report run.trace --format json > run.json
