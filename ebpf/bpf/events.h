@@ -63,6 +63,7 @@ enum ufs_stat {
 	UFS_STAT_MAP_FULL = 1,      /* a per-thread/per-fd hash map update failed */
 	UFS_STAT_SOCK_EAGAIN = 2,   /* sock_recv/send_length with -EAGAIN (not emitted) */
 	UFS_STAT_SLEEP_OTHER = 3,   /* tracked sleeps ended without a uffd-ioctl wake */
+	UFS_STAT_RUN_UNSEEN = 4,    /* tracked sleeps whose switch-in was never traced */
 	UFS_STAT_COUNT = 8,
 };
 
@@ -87,15 +88,17 @@ enum ufs_fault_source {
 #define UFS_FW_KVM_ASYNC 0x2           /* kvm_try_async_get_page followed the fault */
 #define UFS_FW_WOKEN_BEFORE_SWITCH 0x4 /* woken while switching out to sleep:
 					* woken_ts <= blocked_ts <= run_ts */
+#define UFS_FW_RUN_UNSEEN 0x8          /* the switch-in was never traced (the thread
+					* was seen running again later): run_ts = 0 */
 
 /*
  * One faulting thread's block/wake interval that ended with a wake done from
  * inside a uffd ioctl, joined in the kernel. hdr.tid = the woken thread,
- * hdr.ts = run_ts (or woken_ts when the thread never switched out).
+ * hdr.ts = run_ts (or woken_ts when run_ts is 0).
  * Normally fault_ts <= blocked_ts <= woken_ts <= run_ts; see the UFS_FW_*
- * flags for the two orders a racing wake produces. A WOKEN_BEFORE_BLOCK
- * record is emitted late (at the thread's next fault or switch-out), so
- * records are not in woken_ts order. 112 bytes.
+ * flags for the two orders a racing wake produces. A WOKEN_BEFORE_BLOCK or
+ * RUN_UNSEEN record is emitted late (at the thread's next fault or
+ * switch-out), so records are not in woken_ts order. 112 bytes.
  */
 struct ufs_fault_wake {
 	struct ufs_hdr hdr;       /*   0 */

@@ -296,23 +296,47 @@ static __always_inline void emit_fault_wake(__u32 tid, const struct fault_entry 
 	ufs_submit(e);
 }
 
-/* A pre-woken entry that turned out not to be followed by a switch-out: the
- * thread never left the CPU for this fault. */
-static __always_inline void flush_prewoken(__u32 tid, struct sleep_entry *e)
+/* Finishes a sleep entry whose thread is running again although no switch-in
+ * of it was traced, and deletes it. Two cases:
+ *  - a pre-woken entry that no switch-out followed: the thread never left
+ *    the CPU for this fault (WOKEN_BEFORE_BLOCK);
+ *  - a sleep whose switch-in the kernel did not report. Tracepoint programs
+ *    do not see every switch: a program is skipped when another BPF program
+ *    is running on that CPU, and some hosts never report tracepoints whose
+ *    current task is one of their own agent threads, so a switch from such a
+ *    task to the woken thread is invisible. The record is emitted with
+ *    run_ts = 0 (RUN_UNSEEN) rather than dropped, and the stale entry must not
+ *    survive to swallow the thread's next sleep.
+ * Callers know the thread is running: it faulted, switched out or exited. */
+static __always_inline void finish_sleep(__u32 tid, struct sleep_entry *e)
 {
-	emit_fault_wake(tid, &e->f, 0, 0, e->woken_ts, 0, e->waker_tid, e->ioctl_cmd, e->ioctl_fd,
-			e->ioctl_start, e->ioctl_len, UFS_FW_WOKEN_BEFORE_BLOCK);
+	if ((e->sflags & SLEEP_PREWOKEN) && !e->blocked_ts) {
+		emit_fault_wake(tid, &e->f, 0, 0, e->woken_ts, 0, e->waker_tid, e->ioctl_cmd,
+				e->ioctl_fd, e->ioctl_start, e->ioctl_len,
+				UFS_FW_WOKEN_BEFORE_BLOCK);
+	} else {
+		stat_inc(UFS_STAT_RUN_UNSEEN);
+		if (e->woken_ts)
+			emit_fault_wake(tid, &e->f, e->blocked_ts, e->block_state, e->woken_ts, 0,
+					e->waker_tid, e->ioctl_cmd, e->ioctl_fd, e->ioctl_start,
+					e->ioctl_len,
+					UFS_FW_RUN_UNSEEN |
+						(e->woken_ts < e->blocked_ts ?
+							 UFS_FW_WOKEN_BEFORE_SWITCH :
+							 0));
+		else
+			stat_inc(UFS_STAT_SLEEP_OTHER);
+	}
 	bpf_map_delete_elem(&ufs_sleep, &tid);
 }
 
-/* A running thread has a sleep entry only when it is pre-woken and not yet
- * switched out; a new fault means that entry is finished. */
+/* A thread that faults is running, so any sleep entry it still has is over. */
 static __always_inline void put_fault(__u32 tid, struct fault_entry *f)
 {
 	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &tid);
 
-	if (e && (e->sflags & SLEEP_PREWOKEN) && !e->blocked_ts)
-		flush_prewoken(tid, e);
+	if (e)
+		finish_sleep(tid, e);
 	map_put(&ufs_fault, &tid, f);
 }
 
@@ -429,16 +453,19 @@ int ufs_sched_switch(struct tp_sched_switch *ctx)
 		struct sleep_entry *pw = bpf_map_lookup_elem(&ufs_sleep, &prev);
 
 		now = bpf_ktime_get_ns();
-		if (pw && (pw->sflags & SLEEP_PREWOKEN) && !pw->blocked_ts) {
-			/* Woken while switching out: prev_state was read before
-			 * the wake, and the wake's sched_wakeup comes only after
-			 * this switch. This switch-out belongs to that fault. */
-			if (state && !(pw->sflags & SLEEP_WAKEUP_SEEN)) {
+		if (pw) {
+			if ((pw->sflags & SLEEP_PREWOKEN) && !pw->blocked_ts && state &&
+			    !(pw->sflags & SLEEP_WAKEUP_SEEN)) {
+				/* Woken while switching out: prev_state was read
+				 * before the wake, and the wake's sched_wakeup comes
+				 * only after this switch. This switch-out belongs to
+				 * that fault. */
 				pw->blocked_ts = now;
 				pw->block_state = (__u32)state;
 				state = 0;
 			} else {
-				flush_prewoken(prev, pw);
+				/* prev is running, so the entry's sleep is over. */
+				finish_sleep(prev, pw);
 			}
 		}
 		if (state) {
@@ -453,7 +480,9 @@ int ufs_sched_switch(struct tp_sched_switch *ctx)
 				s.f = *f;
 			/* NOEXIST: sched_waking on another CPU may be creating a
 			 * pre-woken entry for this thread at this very moment;
-			 * exactly one of the two inserts wins. */
+			 * exactly one of the two inserts wins. The sleep entry
+			 * is inserted before the fault entry is deleted, which
+			 * sched_waking relies on. */
 			err = bpf_map_update_elem(&ufs_sleep, &prev, &s, BPF_NOEXIST);
 			if (err == -EEXIST) {
 				pw = bpf_map_lookup_elem(&ufs_sleep, &prev);
@@ -464,9 +493,8 @@ int ufs_sched_switch(struct tp_sched_switch *ctx)
 					pw->block_state = (__u32)state;
 					f = 0;
 				} else {
-					/* A stale entry; a pre-woken one is finished. */
-					if (pw && (pw->sflags & SLEEP_PREWOKEN) && !pw->blocked_ts)
-						flush_prewoken(prev, pw);
+					if (pw)
+						finish_sleep(prev, pw);
 					err = bpf_map_update_elem(&ufs_sleep, &prev, &s, BPF_ANY);
 				}
 			}
@@ -519,54 +547,53 @@ int ufs_sched_waking(struct tp_sched_waking *ctx)
 	__u64 now = bpf_ktime_get_ns();
 	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &pid);
 
-	if (e) {
-		if (!e->woken_ts) {
-			e->woken_ts = now;
-			e->waker_tid = tid;
-			e->ioctl_cmd = io->cmd;
-			e->ioctl_fd = io->fd;
-			e->ioctl_start = io->start;
-			e->ioctl_len = io->len;
-			io->n_woken += 1;
+	if (!e) {
+		/* Woken before its switch-out was traced (the handler won the
+		 * race). Either the thread never leaves the CPU for this fault
+		 * (the wake came before __schedule read its state), or it is
+		 * switching out right now with the sleeping state it read
+		 * before the wake. sched_switch tells them apart with
+		 * sched_wakeup, which comes before the thread can run on in the
+		 * first case and only after the switch in the second. */
+		struct fault_entry *f = bpf_map_lookup_elem(&ufs_fault, &pid);
+
+		if (f) {
+			struct sleep_entry s = {
+				.f = *f,
+				.woken_ts = now,
+				.ioctl_start = io->start,
+				.ioctl_len = io->len,
+				.ioctl_cmd = io->cmd,
+				.waker_tid = tid,
+				.ioctl_fd = io->fd,
+				.sflags = SLEEP_PREWOKEN,
+			};
+			/* NOEXIST: the thread's sched_switch may be inserting
+			 * its sleep entry on its own CPU right now; if it won,
+			 * stamp that entry instead. */
+			long err = bpf_map_update_elem(&ufs_sleep, &pid, &s, BPF_NOEXIST);
+
+			if (err == 0) {
+				bpf_map_delete_elem(&ufs_fault, &pid);
+				io->n_woken += 1;
+				return 0;
+			}
+			if (err != -EEXIST) {
+				stat_inc(UFS_STAT_MAP_FULL);
+				return 0;
+			}
 		}
-		return 0;
+		/* No fault entry either: unless the thread has none, its
+		 * switch-out moved it into a sleep entry between the two
+		 * lookups above. sched_switch inserts the sleep entry before it
+		 * deletes the fault entry, so that sleep entry is visible now
+		 * (x86 keeps stores, and loads, in program order). Without
+		 * this third look the wake would be lost. */
+		e = bpf_map_lookup_elem(&ufs_sleep, &pid);
+		if (!e)
+			return 0;
 	}
-
-	/* Woken before its switch-out was traced (the handler won the race).
-	 * Either the thread never leaves the CPU for this fault (the wake came
-	 * before __schedule read its state), or it is switching out right now
-	 * with the sleeping state it read before the wake. sched_switch tells
-	 * them apart with sched_wakeup, which comes before the thread can run
-	 * on in the first case and only after the switch in the second. */
-	struct fault_entry *f = bpf_map_lookup_elem(&ufs_fault, &pid);
-
-	if (!f)
-		return 0;
-	struct sleep_entry s = {
-		.f = *f,
-		.woken_ts = now,
-		.ioctl_start = io->start,
-		.ioctl_len = io->len,
-		.ioctl_cmd = io->cmd,
-		.waker_tid = tid,
-		.ioctl_fd = io->fd,
-		.sflags = SLEEP_PREWOKEN,
-	};
-	/* NOEXIST: the thread's sched_switch may be inserting its sleep entry
-	 * on its own CPU right now; if it won, stamp that entry instead. */
-	long err = bpf_map_update_elem(&ufs_sleep, &pid, &s, BPF_NOEXIST);
-
-	if (err == 0) {
-		bpf_map_delete_elem(&ufs_fault, &pid);
-		io->n_woken += 1;
-		return 0;
-	}
-	if (err != -EEXIST) {
-		stat_inc(UFS_STAT_MAP_FULL);
-		return 0;
-	}
-	e = bpf_map_lookup_elem(&ufs_sleep, &pid);
-	if (e && !e->woken_ts) {
+	if (!e->woken_ts) {
 		e->woken_ts = now;
 		e->waker_tid = tid;
 		e->ioctl_cmd = io->cmd;
@@ -1244,10 +1271,9 @@ int ufs_sched_process_exit(struct tp_sched_process_exit *ctx)
 	__u32 tid = (__u32)id;
 	struct sleep_entry *pw = bpf_map_lookup_elem(&ufs_sleep, &tid);
 
-	if (pw && (pw->sflags & SLEEP_PREWOKEN) && !pw->blocked_ts)
-		flush_prewoken(tid, pw);
+	if (pw)
+		finish_sleep(tid, pw);
 	bpf_map_delete_elem(&ufs_fault, &tid);
-	bpf_map_delete_elem(&ufs_sleep, &tid);
 	bpf_map_delete_elem(&ufs_ioctl, &tid);
 	bpf_map_delete_elem(&ufs_read, &tid);
 	bpf_map_delete_elem(&ufs_send, &tid);

@@ -171,6 +171,10 @@ pub mod stat {
     pub const SOCK_EAGAIN: u32 = 2;
     /// Tracked sleeps that ended without a wake from a uffd ioctl.
     pub const SLEEP_OTHER: u32 = 3;
+    /// Tracked sleeps whose switch-in was never traced (the thread was seen
+    /// running again later); those ended by a uffd ioctl are emitted with
+    /// [`fault_flags::RUN_UNSEEN`].
+    pub const RUN_UNSEEN: u32 = 4;
     /// Entries of the `ufs_stats` map.
     pub const COUNT: u32 = 8;
 }
@@ -194,6 +198,9 @@ pub mod fault_flags {
     /// Woken while switching out to sleep (the wake raced the switch):
     /// `woken_ts <= blocked_ts <= run_ts`.
     pub const WOKEN_BEFORE_SWITCH: u16 = 0x4;
+    /// The switch-in was never traced (the thread was seen running again at
+    /// its next fault or switch-out): `run_ts` is 0, the other times hold.
+    pub const RUN_UNSEEN: u16 = 0x8;
 }
 
 /// `ufs_uffd_fd.op` values.
@@ -262,13 +269,13 @@ pub struct Hdr {
 /// `struct ufs_fault_wake`: a uffd-resolved block of one thread, joined in
 /// the kernel. `hdr.tid` is the woken thread. Normally
 /// `fault_ts <= blocked_ts <= woken_ts <= run_ts`; [`fault_flags`] marks the
-/// two orders a racing wake produces. `WOKEN_BEFORE_BLOCK` records are emitted
-/// late (at the thread's next fault or switch-out), so records are not sorted
-/// by `woken_ts`.
+/// two orders a racing wake produces. `WOKEN_BEFORE_BLOCK` and `RUN_UNSEEN`
+/// records are emitted late (at the thread's next fault or switch-out), so
+/// records are not sorted by `woken_ts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
 pub struct FaultWake {
-    /// Header; `ts` = `run_ts`, or `woken_ts` when the thread never switched out.
+    /// Header; `ts` = `run_ts`, or `woken_ts` when `run_ts` is 0.
     pub hdr: Hdr,
     /// Fault entry time; 0 when `fault_source` is NONE.
     pub fault_ts: u64,
@@ -282,7 +289,7 @@ pub struct FaultWake {
     pub blocked_ts: u64,
     /// `sched_waking` time, from inside the uffd ioctl.
     pub woken_ts: u64,
-    /// Switch-in time; 0 with `WOKEN_BEFORE_BLOCK`.
+    /// Switch-in time; 0 with `WOKEN_BEFORE_BLOCK` or `RUN_UNSEEN`.
     pub run_ts: u64,
     /// dst/start of the waking ioctl.
     pub ioctl_start: u64,

@@ -650,6 +650,9 @@ pub struct Counters {
     pub sock_eagain: u64,
     /// Tracked sleeps that ended without a uffd-ioctl wake.
     pub sleep_other: u64,
+    /// Tracked sleeps whose switch-in was never traced; those a uffd ioctl
+    /// ended come out with `fault_flags::RUN_UNSEEN` and no `run_ts`.
+    pub run_unseen: u64,
 }
 
 /// A loaded and attached tracer. Dropping it detaches every program.
@@ -811,6 +814,7 @@ impl BpfTracer {
             map_full: stat(abi::stat::MAP_FULL),
             sock_eagain: stat(abi::stat::SOCK_EAGAIN),
             sleep_other: stat(abi::stat::SLEEP_OTHER),
+            run_unseen: stat(abi::stat::RUN_UNSEEN),
         })
     }
 
