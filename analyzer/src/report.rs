@@ -183,6 +183,10 @@ pub struct QemuView {
     /// Messages QEMU read and then lost: the vCPU's next fault was read before
     /// the placing thread accounted the previous one.
     pub overwritten: u64,
+    /// The same replay closing each placement at its ioctl's exit (the other
+    /// bound: QEMU's figure lies between this and `vcpu_sum`).
+    pub vcpu_sum_close_at_exit: f64,
+    pub all_vcpus_overlap_close_at_exit: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -203,13 +203,14 @@ pub fn render_text(r: &Report) -> String {
     );
     let _ = writeln!(
         o,
-        "QEMU's accounting replayed (message read → placed; counts {} vCPU faults, cannot see {}, of them {} read then dropped): sum {:.1} ms, per vCPU {:?} ms, all blocked {}",
+        "QEMU's accounting replayed (message read → placed; counts {} vCPU faults, cannot see {}, of them {} read then dropped): sum {:.1} ms, per vCPU {:?} ms, all blocked {}; closing at the ioctl exit instead: sum {:.1} ms",
         bt.qemu_view.faults,
         bt.qemu_view.unseen_faults,
         bt.qemu_view.overwritten,
         bt.qemu_view.vcpu_sum,
         bt.qemu_view.per_vcpu,
-        opt(bt.qemu_view.all_vcpus_overlap, " ms")
+        opt(bt.qemu_view.all_vcpus_overlap, " ms"),
+        bt.qemu_view.vcpu_sum_close_at_exit
     );
     if let Some(q) = &r.qemu {
         let _ = writeln!(
