@@ -560,4 +560,84 @@ mod tests {
             }
         );
     }
+
+    const MS: u64 = 1_000_000;
+
+    /// A writer's lines (host arrival ns, printed ms/GiB), as `record` stores them.
+    fn lines(points: &[(u64, f64)]) -> Vec<Sample> {
+        points
+            .iter()
+            .map(|&(at, dur)| Sample {
+                guest_end_ms: None,
+                host_arrival_ns: Some(at),
+                dur_ms: dur,
+                source: "w/cpu0 (1)".to_owned(),
+                cpu: Some(0),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_line_spans_the_printed_value_times_the_writers_wall_ratio() {
+        // Passes of a quarter GiB: 10 ms/GiB printed every 2.5 ms of wall time.
+        // The first line printed 4000 ms/GiB, so it covered 1000 ms of wall time.
+        let t0 = 10_000 * MS;
+        let mut pts = vec![(t0, 4000.0)];
+        pts.extend((1..=20).map(|i| (t0 + i * 2_500_000, 10.0)));
+        let bins = Bins::default();
+        let tids = [7];
+        let ctx = Context {
+            bins: &bins,
+            vcpu_tids: &tids,
+            realtime_offset_ns: 0,
+            switchover_ns: Some(t0 - 2_000 * MS),
+            completed_ns: Some(t0 + 10 * MS),
+            trace_start_ns: 0,
+        };
+        let placed = place(&lines(&pts), &ctx, None);
+        let first = placed.iter().find(|p| p.end_ns == t0).expect("first line");
+        assert_eq!(first.end_ns - first.start_ns, 1_000 * MS);
+    }
+
+    #[test]
+    fn spikes_say_where_they_lie_against_the_post_copy_phase() {
+        let t0 = 10_000 * MS;
+        let mut b = Bins::default();
+        b.add(7, t0 + 1_410 * MS, t0 + 1_495 * MS);
+        let tids = [7];
+        let ctx = Context {
+            bins: &b,
+            vcpu_tids: &tids,
+            realtime_offset_ns: 0,
+            switchover_ns: Some(t0 + 900 * MS),
+            completed_ns: Some(t0 + 1_600 * MS),
+            trace_start_ns: t0,
+        };
+        // 100 ms intervals at a 50 ms/GiB baseline (2 GiB per line), one
+        // spike during post-copy and one after it.
+        let mut pts = Vec::new();
+        for i in 1..=30u64 {
+            let dur = match i {
+                15 => 500.0,
+                25 => 250.0,
+                _ => 50.0,
+            };
+            pts.push((t0 + i * 100 * MS, dur));
+        }
+        let g = correlate(&lines(&pts), LineCounts::default(), &ctx, None);
+        let phases: Vec<(u64, &str)> = g
+            .spikes
+            .iter()
+            .map(|s| ((s.start * 10.0).round() as u64, s.phase))
+            .collect();
+        assert_eq!(
+            phases,
+            vec![(14, "postcopy"), (24, "after")],
+            "{:?}",
+            g.spikes
+        );
+        let during = &g.spikes[0];
+        assert!(during.explained > 0.9, "{during:?}");
+        assert!(g.spikes[1].explained < 0.01);
+    }
 }
