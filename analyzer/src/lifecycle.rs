@@ -137,7 +137,12 @@ impl Fault {
             Stage::Queue => Self::span(self.entry_ts, self.read_ts.or(self.place_ts)),
             Stage::Request => Self::span(self.read_ts, self.request_ts),
             Stage::Network => Self::span(self.request_ts.or(self.read_ts), self.place_ts),
-            Stage::Place => Self::span(self.place_ts, Some(self.woken_ts)),
+            // A fault taken while its page was already being placed waits only
+            // from its own entry.
+            Stage::Place => Self::span(
+                self.place_ts.map(|p| self.entry_ts.map_or(p, |e| p.max(e))),
+                Some(self.woken_ts),
+            ),
             Stage::Wake => Self::span(Some(self.woken_ts), self.run_ts),
         }
     }
