@@ -221,3 +221,25 @@ fn faulting_main_thread_is_not_a_vcpu_when_vcpus_are_named() {
     assert_eq!(engine.threads[&PID].role(), Role::Other);
     assert_eq!(engine.threads[&VCPU_TID0].role(), Role::Vcpu);
 }
+
+#[test]
+fn fault_taken_while_its_page_is_being_placed() {
+    // The placing ioctl began 5 µs before the vCPU faulted on that page.
+    let mut spec = FaultSpec::new(VCPU_TID0, RAM_BASE + 0x60000, T);
+    spec.kind = Kind::Background;
+    spec.queue = 0;
+    let mut records = build(&[spec]);
+    for r in &mut records {
+        if let Record::UffdIoctl(io) = r {
+            io.enter_ts = T - 5_000;
+        }
+    }
+    let f = &run(&records)[0];
+    assert_eq!(f.place_ts, Some(T - 5_000));
+    assert_eq!(
+        stages(f),
+        [Some(0), None, None, Some(spec.place), Some(spec.wake)]
+    );
+    let sum: u64 = stages(f)[..4].iter().flatten().sum();
+    assert_eq!(Some(sum), f.service_ns());
+}
