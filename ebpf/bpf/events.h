@@ -88,8 +88,10 @@ enum ufs_fault_source {
 #define UFS_FW_KVM_ASYNC 0x2           /* kvm_try_async_get_page followed the fault */
 #define UFS_FW_WOKEN_BEFORE_SWITCH 0x4 /* woken while switching out to sleep:
 					* woken_ts <= blocked_ts <= run_ts */
-#define UFS_FW_RUN_UNSEEN 0x8          /* the switch-in was never traced (the thread
-					* was seen running again later): run_ts = 0 */
+#define UFS_FW_RUN_UNSEEN 0x8          /* the switch-in was never traced: run_ts is the
+					* thread's next return to user or guest mode
+					* (rseq:rseq_update), or 0 when its next fault
+					* or switch-out came first */
 
 /*
  * One faulting thread's block/wake interval that ended with a wake done from

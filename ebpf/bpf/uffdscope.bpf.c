@@ -301,14 +301,14 @@ static __always_inline void emit_fault_wake(__u32 tid, const struct fault_entry 
  *  - a pre-woken entry that no switch-out followed: the thread never left
  *    the CPU for this fault (WOKEN_BEFORE_BLOCK);
  *  - a sleep whose switch-in the kernel did not report. Tracepoint programs
- *    do not see every switch: a program is skipped when another BPF program
- *    is running on that CPU, and some hosts never report tracepoints whose
- *    current task is one of their own agent threads, so a switch from such a
- *    task to the woken thread is invisible. The record is emitted with
- *    run_ts = 0 (RUN_UNSEEN) rather than dropped, and the stale entry must not
- *    survive to swallow the thread's next sleep.
- * Callers know the thread is running: it faulted, switched out or exited. */
-static __always_inline void finish_sleep(__u32 tid, struct sleep_entry *e)
+ *    do not see every switch: some hosts never run them while the current
+ *    task is one of their own agent threads, so a switch from such a task to
+ *    the woken thread is invisible. The record is emitted with RUN_UNSEEN
+ *    rather than dropped, and the stale entry must not survive to swallow
+ *    the thread's next sleep.
+ * run_ts is the first traced sign of the thread running when that sign is a
+ * return to user or guest mode (rseq_update), else 0. */
+static __always_inline void finish_sleep(__u32 tid, struct sleep_entry *e, __u64 run_ts)
 {
 	if ((e->sflags & SLEEP_PREWOKEN) && !e->blocked_ts) {
 		emit_fault_wake(tid, &e->f, 0, 0, e->woken_ts, 0, e->waker_tid, e->ioctl_cmd,
@@ -317,9 +317,9 @@ static __always_inline void finish_sleep(__u32 tid, struct sleep_entry *e)
 	} else {
 		stat_inc(UFS_STAT_RUN_UNSEEN);
 		if (e->woken_ts)
-			emit_fault_wake(tid, &e->f, e->blocked_ts, e->block_state, e->woken_ts, 0,
-					e->waker_tid, e->ioctl_cmd, e->ioctl_fd, e->ioctl_start,
-					e->ioctl_len,
+			emit_fault_wake(tid, &e->f, e->blocked_ts, e->block_state, e->woken_ts,
+					run_ts, e->waker_tid, e->ioctl_cmd, e->ioctl_fd,
+					e->ioctl_start, e->ioctl_len,
 					UFS_FW_RUN_UNSEEN |
 						(e->woken_ts < e->blocked_ts ?
 							 UFS_FW_WOKEN_BEFORE_SWITCH :
@@ -336,7 +336,7 @@ static __always_inline void put_fault(__u32 tid, struct fault_entry *f)
 	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &tid);
 
 	if (e)
-		finish_sleep(tid, e);
+		finish_sleep(tid, e, 0);
 	map_put(&ufs_fault, &tid, f);
 }
 
@@ -465,7 +465,7 @@ int ufs_sched_switch(struct tp_sched_switch *ctx)
 				state = 0;
 			} else {
 				/* prev is running, so the entry's sleep is over. */
-				finish_sleep(prev, pw);
+				finish_sleep(prev, pw, 0);
 			}
 		}
 		if (state) {
@@ -494,7 +494,7 @@ int ufs_sched_switch(struct tp_sched_switch *ctx)
 					f = 0;
 				} else {
 					if (pw)
-						finish_sleep(prev, pw);
+						finish_sleep(prev, pw, 0);
 					err = bpf_map_update_elem(&ufs_sleep, &prev, &s, BPF_ANY);
 				}
 			}
@@ -613,6 +613,26 @@ int ufs_sched_wakeup(struct tp_sched_waking *ctx)
 
 	if (e && (e->sflags & SLEEP_PREWOKEN))
 		e->sflags |= SLEEP_WAKEUP_SEEN;
+	return 0;
+}
+
+/* A thread with rseq registered (glibc does it for every thread) passes here
+ * on its way back to user mode, or into the guest for a KVM vCPU, after each
+ * switch-in. Its switch-in has normally finished its sleep entry already; an
+ * entry still present means the switch-in was not traced, and this is the
+ * closest later moment the thread is known to run. */
+SEC("tracepoint/rseq/rseq_update")
+int ufs_rseq_update(void *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!is_target(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &tid);
+
+	if (e)
+		finish_sleep(tid, e, bpf_ktime_get_ns());
 	return 0;
 }
 
@@ -1272,7 +1292,7 @@ int ufs_sched_process_exit(struct tp_sched_process_exit *ctx)
 	struct sleep_entry *pw = bpf_map_lookup_elem(&ufs_sleep, &tid);
 
 	if (pw)
-		finish_sleep(tid, pw);
+		finish_sleep(tid, pw, 0);
 	bpf_map_delete_elem(&ufs_fault, &tid);
 	bpf_map_delete_elem(&ufs_ioctl, &tid);
 	bpf_map_delete_elem(&ufs_read, &tid);

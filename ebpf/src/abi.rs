@@ -198,8 +198,10 @@ pub mod fault_flags {
     /// Woken while switching out to sleep (the wake raced the switch):
     /// `woken_ts <= blocked_ts <= run_ts`.
     pub const WOKEN_BEFORE_SWITCH: u16 = 0x4;
-    /// The switch-in was never traced (the thread was seen running again at
-    /// its next fault or switch-out): `run_ts` is 0, the other times hold.
+    /// The switch-in was never traced. `run_ts` is then the thread's next
+    /// return to user or guest mode (`rseq:rseq_update`, a few µs after the
+    /// switch-in), or 0 when its next fault or switch-out came first; the
+    /// other times hold.
     pub const RUN_UNSEEN: u16 = 0x8;
 }
 
@@ -289,7 +291,7 @@ pub struct FaultWake {
     pub blocked_ts: u64,
     /// `sched_waking` time, from inside the uffd ioctl.
     pub woken_ts: u64,
-    /// Switch-in time; 0 with `WOKEN_BEFORE_BLOCK` or `RUN_UNSEEN`.
+    /// Switch-in time; 0 with `WOKEN_BEFORE_BLOCK`; see `RUN_UNSEEN`.
     pub run_ts: u64,
     /// dst/start of the waking ioctl.
     pub ioctl_start: u64,

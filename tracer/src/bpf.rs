@@ -184,6 +184,14 @@ pub static TRACEPOINTS: &[Tracepoint] =
             &[field("pid", 24, 4)]
         ),
         tp!(
+            "ufs_rseq_update",
+            "rseq",
+            "rseq_update",
+            Optional,
+            "thread back in user or guest mode: ends a sleep whose switch-in was not traced",
+            &[]
+        ),
+        tp!(
             "ufs_sys_exit_userfaultfd",
             "syscalls",
             "sys_exit_userfaultfd",
