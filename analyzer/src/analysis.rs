@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 
-use crate::blocktime::QemuBlocktime;
+use crate::blocktime::{self, QemuBlocktime};
 use crate::guest::{self, LineCounts, Sample};
 use crate::lifecycle::{Engine, Fault, Resolution, Stage};
 use crate::network::Network;
@@ -149,10 +149,14 @@ impl Pass {
             _ => return,
         }
         let set = &self.vcpu_set;
-        self.qemu_bt
-            .advance(&|tid| set.contains(&tid), self.vcpu_set.len());
-        self.qemu_bt_exit
-            .advance(&|tid| set.contains(&tid), self.vcpu_set.len());
+        let engine = &self.engine;
+        let ctx = blocktime::Ctx {
+            is_vcpu: &|tid| set.contains(&tid),
+            placed_by: &|addr, ts| engine.placed_by(addr, ts),
+            vcpus: set.len(),
+        };
+        self.qemu_bt.advance(&ctx);
+        self.qemu_bt_exit.advance(&ctx);
     }
 
     fn push(&mut self, rec: &Record) {
@@ -191,10 +195,13 @@ impl Pass {
         self.engine.push(rec, &mut |f: Fault| {
             stats.add(&f, set.contains(&f.tid), set.len());
         });
-        if matches!(
-            rec,
-            Record::Thread(_) | Record::Sleep(_) | Record::Process(_)
-        ) {
+        // Roles change with names, and with a thread's first sleep.
+        let refresh = match rec {
+            Record::Thread(_) | Record::Process(_) => true,
+            Record::Sleep(sl) => !self.vcpu_set.contains(&sl.tid),
+            _ => false,
+        };
+        if refresh {
             self.refresh_vcpus();
         }
     }
@@ -267,8 +274,14 @@ pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) 
     pass.stats.finish(vcpus);
     {
         let set = &pass.vcpu_set;
-        pass.qemu_bt.finish(&|tid| set.contains(&tid), vcpus);
-        pass.qemu_bt_exit.finish(&|tid| set.contains(&tid), vcpus);
+        let engine = &pass.engine;
+        let ctx = blocktime::Ctx {
+            is_vcpu: &|tid| set.contains(&tid),
+            placed_by: &|addr, ts| engine.placed_by(addr, ts),
+            vcpus,
+        };
+        pass.qemu_bt.finish(&ctx);
+        pass.qemu_bt_exit.finish(&ctx);
     }
     if let Some(log) = &opts.guest_log {
         pass.guest_samples.clear();

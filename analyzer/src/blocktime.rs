@@ -41,32 +41,38 @@
 //! moving the accounting under `page_request_mutex`). With one vCPU that shows
 //! as `postcopy-blocktime` < `postcopy-vcpu-blocktime`.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
+
+use crate::lifecycle::PageHasher;
 
 /// How far behind the newest record events are replayed: records of different
 /// threads reach the trace slightly out of order, and an end's time is only
 /// known once the placing thread's next ioctl arrives.
 pub const LAG_NS: u64 = 200_000_000;
-/// How long a placed page is remembered for the already-received check (a
-/// message for a page placed earlier than that cannot exist).
-const RECEIVED_RETAIN_NS: u64 = 10_000_000_000;
 
 const PAGE: u64 = 4096;
 
-// Event kinds, in processing order at equal timestamps: an ioctl entry ends
-// the thread's previous placement, then a placement is noted, then a
-// thread's last placement ends, then messages are read (QEMU's received
-// bitmap is set before a later begin checks it).
-const ENTER: u8 = 0;
-const PLACED: u8 = 1;
-/// A placement closed at once (the ioctl-exit variant).
-const CLOSE: u8 = 2;
-const FINAL: u8 = 3;
-const BEGIN: u8 = 4;
+// Event kinds, in processing order at equal timestamps: placements close
+// first (QEMU sets the received bitmap before a later begin checks it).
+const END: u8 = 0;
+const BEGIN: u8 = 1;
 
 /// A queued event: (ts, kind, seq, address, thread).
-type Event = Reverse<(u64, u8, u64, u64, u32)>;
+type Event = (u64, u8, u64, u64, u32);
+
+type TidMap<V> = HashMap<u32, V, BuildHasherDefault<PageHasher>>;
+
+/// What the replay needs to know from the rest of the analysis.
+pub struct Ctx<'a> {
+    /// Whether a thread is a vCPU (QEMU's `get_mem_fault_cpu_index`).
+    pub is_vcpu: &'a dyn Fn(u32) -> bool,
+    /// Whether the page at an address was placed (its ioctl returned) by a
+    /// time: QEMU's received bitmap.
+    pub placed_by: &'a dyn Fn(u64, u64) -> bool,
+    /// How many vCPUs there are (QEMU's `smp.cpus`).
+    pub vcpus: usize,
+}
 
 /// One vCPU's slot (`vcpu_addr`, `page_fault_vcpu_time`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -76,24 +82,22 @@ struct Slot {
 }
 
 /// The replay; feed reads and placing ioctls in trace order (roughly: records
-/// within [`LAG_NS`] of each other may come in any order), then
-/// [`finish`](Self::finish).
+/// of different threads within [`LAG_NS`] of each other may come in any
+/// order; one thread's records are in order), then [`finish`](Self::finish).
 #[derive(Debug, Default)]
 pub struct QemuBlocktime {
     /// Close each placement at its ioctl's exit (what QEMU means to do)
     /// instead of at the placing thread's next ioctl (what it does on a busy
     /// host): the variant that shows what the preemption race costs.
     close_at_exit: bool,
-    heap: BinaryHeap<Event>,
+    /// Events sorted by time. Records arrive nearly in time order, so an
+    /// insertion lands at or near the back (cheaper than a heap).
+    queue: VecDeque<Event>,
     seq: u64,
-    /// Per placing thread: the page of its last placement, whose end waits
-    /// for the thread's next ioctl.
-    pending_end: HashMap<u32, u64>,
-    /// Per placing thread: exit of its latest placement fed so far.
-    last_placed: HashMap<u32, u64>,
-    slots: HashMap<u32, Slot>,
-    received: HashMap<u64, u64>,
-    received_fifo: VecDeque<(u64, u64)>,
+    /// Per placing thread: its last placement (page, ioctl exit), whose end
+    /// waits for the thread's next ioctl.
+    pending_end: TidMap<(u64, u64)>,
+    slots: TidMap<Slot>,
     down: usize,
     last_begin: u64,
     watermark: u64,
@@ -128,7 +132,17 @@ impl QemuBlocktime {
 
     fn push(&mut self, ts: u64, kind: u8, addr: u64, tid: u32) {
         self.seq += 1;
-        self.heap.push(Reverse((ts, kind, self.seq, addr, tid)));
+        let ev = (ts, kind, self.seq, addr, tid);
+        // Nearly sorted input: look for the place from the back, a few steps
+        // at most; fall back to a binary search for a far-off record.
+        let mut at = self.queue.len();
+        while at > 0 && self.queue.len() - at < 16 && self.queue[at - 1] > ev {
+            at -= 1;
+        }
+        if at > 0 && self.queue[at - 1] > ev {
+            at = self.queue.partition_point(|e| *e <= ev);
+        }
+        self.queue.insert(at, ev);
     }
 
     /// A page-fault message for `addr` from thread `ptid`, read at `ts`.
@@ -147,76 +161,57 @@ impl QemuBlocktime {
         self.watermark = self.watermark.max(exit_ts);
         if self.close_at_exit {
             if let Some(addr) = placed {
-                self.push(exit_ts, CLOSE, addr, tid);
+                self.push(exit_ts, END, addr, tid);
             }
             return;
         }
-        self.push(enter_ts, ENTER, 0, tid);
-        if let Some(addr) = placed {
-            self.push(exit_ts, PLACED, addr, tid);
-            let last = self.last_placed.entry(tid).or_default();
-            *last = (*last).max(exit_ts);
+        // This ioctl is the thread's next action after its previous placement.
+        if let Some((addr, prev_exit)) = self.pending_end.remove(&tid) {
+            self.push(enter_ts.max(prev_exit), END, addr, tid);
         }
-        self.watermark = self.watermark.max(exit_ts);
+        if let Some(addr) = placed {
+            self.pending_end.insert(tid, (addr, exit_ts));
+        }
     }
 
-    /// Replays what is older than the lag. `is_vcpu` says which threads are
-    /// vCPUs, `vcpus` how many there are (QEMU's `smp.cpus`).
-    pub fn advance(&mut self, is_vcpu: &impl Fn(u32) -> bool, vcpus: usize) {
+    /// Replays what is older than the lag. `ctx` says which threads are
+    /// vCPUs and which pages were placed when.
+    pub fn advance(&mut self, ctx: &Ctx<'_>) {
         let upto = self.watermark.saturating_sub(LAG_NS);
-        self.drain(upto, is_vcpu, vcpus);
+        if self.queue.front().is_some_and(|e| e.0 <= upto) {
+            self.drain(upto, ctx);
+        }
     }
 
     /// Replays everything left; each thread's last placement ends at its exit.
-    pub fn finish(&mut self, is_vcpu: &impl Fn(u32) -> bool, vcpus: usize) {
-        let last: Vec<(u32, u64)> = self.last_placed.drain().collect();
-        for (tid, exit_ts) in last {
-            self.push(exit_ts, FINAL, 0, tid);
+    pub fn finish(&mut self, ctx: &Ctx<'_>) {
+        let last: Vec<(u32, (u64, u64))> = self.pending_end.drain().collect();
+        for (tid, (addr, exit_ts)) in last {
+            self.push(exit_ts, END, addr, tid);
         }
-        self.drain(u64::MAX, is_vcpu, vcpus);
+        self.drain(u64::MAX, ctx);
     }
 
-    fn drain(&mut self, upto: u64, is_vcpu: &impl Fn(u32) -> bool, vcpus: usize) {
-        while let Some(&Reverse((ts, kind, _, addr, tid))) = self.heap.peek() {
+    fn drain(&mut self, upto: u64, ctx: &Ctx<'_>) {
+        while let Some(&(ts, kind, _, addr, tid)) = self.queue.front() {
             if ts > upto {
                 break;
             }
-            self.heap.pop();
-            match kind {
-                BEGIN => self.begin(ts, addr, tid, is_vcpu),
-                CLOSE => self.end(ts, addr, vcpus),
-                PLACED => {
-                    // Threads place one page at a time; a second placement
-                    // before the next entry only happens in made-up traces.
-                    if let Some(prev) = self.pending_end.insert(tid, addr) {
-                        self.end(ts, prev, vcpus);
-                    }
-                }
-                _ => {
-                    if let Some(prev) = self.pending_end.remove(&tid) {
-                        self.end(ts, prev, vcpus);
-                    }
-                }
-            }
-        }
-        let cutoff = self.watermark.saturating_sub(RECEIVED_RETAIN_NS);
-        while let Some(&(ts, addr)) = self.received_fifo.front() {
-            if ts >= cutoff {
-                break;
-            }
-            self.received_fifo.pop_front();
-            if self.received.get(&addr) == Some(&ts) {
-                self.received.remove(&addr);
+            self.queue.pop_front();
+            if kind == BEGIN {
+                self.begin(ts, addr, tid, ctx);
+            } else {
+                self.end(ts, addr, ctx.vcpus);
             }
         }
     }
 
-    fn begin(&mut self, ts: u64, addr: u64, tid: u32, is_vcpu: &impl Fn(u32) -> bool) {
-        if tid == 0 || !is_vcpu(tid) {
+    fn begin(&mut self, ts: u64, addr: u64, tid: u32, ctx: &Ctx<'_>) {
+        if tid == 0 || !(ctx.is_vcpu)(tid) {
             self.not_vcpu += 1;
             return;
         }
-        if self.received.contains_key(&addr) {
+        if (ctx.placed_by)(addr, ts) {
             self.already_received += 1;
             return;
         }
@@ -231,8 +226,6 @@ impl QemuBlocktime {
     }
 
     fn end(&mut self, ts: u64, addr: u64, vcpus: usize) {
-        self.received.insert(addr, ts);
-        self.received_fifo.push_back((ts, addr));
         let mut affected = 0;
         let mut all_down = false;
         for (&tid, slot) in &mut self.slots {
@@ -260,8 +253,20 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
-    fn vcpus_1_and_2(tid: u32) -> bool {
-        tid == 1 || tid == 2
+    /// Runs `f` with threads 1 and 2 as vCPUs and `placed` (page, exit) as
+    /// the placements the engine saw.
+    fn with_ctx(vcpus: usize, placed: &[(u64, u64)], f: impl FnOnce(&Ctx<'_>)) {
+        let is_vcpu = |tid: u32| tid == 1 || tid == 2;
+        let placed_by = |addr: u64, ts: u64| placed.iter().any(|&(a, t)| a == addr && t <= ts);
+        f(&Ctx {
+            is_vcpu: &is_vcpu,
+            placed_by: &placed_by,
+            vcpus,
+        });
+    }
+
+    fn finish(q: &mut QemuBlocktime, vcpus: usize) {
+        with_ctx(vcpus, &[], |c| q.finish(c));
     }
 
     #[test]
@@ -270,7 +275,7 @@ mod tests {
         q.read(10 * MS, 0x1000, 1);
         q.ioctl(9, 20 * MS, 21 * MS, Some(0x1000));
         q.ioctl(9, 25 * MS, 26 * MS, Some(0x2000));
-        q.finish(&vcpus_1_and_2, 1);
+        finish(&mut q, 1);
         assert_eq!(q.per_vcpu_ns[&1], 15 * MS, "end at the next ioctl's entry");
         assert_eq!(q.total_ns, 15 * MS, "one vCPU: total equals its sum");
         assert_eq!(q.counted, 1);
@@ -284,7 +289,7 @@ mod tests {
         q.read(22 * MS, 0x2000, 1);
         q.ioctl(9, 23 * MS, 24 * MS, Some(0x3000));
         q.ioctl(9, 30 * MS, 31 * MS, Some(0x2000));
-        q.finish(&vcpus_1_and_2, 1);
+        finish(&mut q, 1);
         assert_eq!(q.overwritten, 0);
         assert_eq!(q.counted, 2);
         assert_eq!(q.per_vcpu_ns[&1], 11 * MS + 9 * MS);
@@ -295,7 +300,7 @@ mod tests {
         let mut q = QemuBlocktime::new();
         q.read(10 * MS, 0x1000, 1);
         q.ioctl(9, 20 * MS, 21 * MS, Some(0x1000));
-        q.finish(&vcpus_1_and_2, 1);
+        finish(&mut q, 1);
         assert_eq!(q.per_vcpu_ns[&1], 11 * MS);
     }
 
@@ -310,7 +315,7 @@ mod tests {
         q.ioctl(9, 23 * MS, 24 * MS, Some(0x3000));
         q.ioctl(9, 30 * MS, 31 * MS, Some(0x2000));
         q.ioctl(9, 40 * MS, 41 * MS, Some(0x4000));
-        q.finish(&vcpus_1_and_2, 1);
+        finish(&mut q, 1);
         assert_eq!(q.overwritten, 1);
         assert_eq!(q.counted, 1);
         assert_eq!(q.per_vcpu_ns[&1], 40 * MS - 22 * MS);
@@ -323,7 +328,7 @@ mod tests {
         q.read(15 * MS, 0x2000, 2);
         q.ioctl(9, 20 * MS, 21 * MS, Some(0x1000));
         q.ioctl(9, 30 * MS, 31 * MS, Some(0x2000));
-        q.finish(&vcpus_1_and_2, 2);
+        finish(&mut q, 2);
         assert_eq!(q.per_vcpu_ns[&1], 20 * MS);
         assert_eq!(q.per_vcpu_ns[&2], 31 * MS - 15 * MS);
         assert_eq!(q.total_ns, 30 * MS - 15 * MS);
@@ -337,7 +342,7 @@ mod tests {
         q.read(5 * MS, 0x1000, 1);
         q.read(6 * MS, 0x2000, 7);
         q.ioctl(9, 8 * MS, 9 * MS, Some(0x2000));
-        q.finish(&vcpus_1_and_2, 2);
+        with_ctx(2, &[(0x1000, 2 * MS), (0x5000, 4 * MS)], |c| q.finish(c));
         assert_eq!(q.already_received, 1);
         assert_eq!(q.not_vcpu, 1);
         assert_eq!(q.counted, 0);
@@ -350,10 +355,10 @@ mod tests {
         q.read(10 * MS, 0x1000, 1);
         q.ioctl(9, 20 * MS, 21 * MS, Some(0x1000));
         q.ioctl(9, 100 * MS, 101 * MS, None);
-        q.advance(&vcpus_1_and_2, 1);
+        with_ctx(1, &[], |c| q.advance(c));
         assert_eq!(q.counted, 0, "nothing older than the lag yet");
         q.ioctl(9, LAG_NS + 300 * MS, LAG_NS + 301 * MS, None);
-        q.advance(&vcpus_1_and_2, 1);
+        with_ctx(1, &[], |c| q.advance(c));
         assert_eq!(q.counted, 1);
         assert_eq!(q.per_vcpu_ns[&1], 90 * MS);
     }

@@ -443,6 +443,14 @@ impl Engine {
             .collect()
     }
 
+    /// Whether a placement covering `addr` had returned by `ts` (within the
+    /// engine's retention window): QEMU's received bitmap.
+    pub fn placed_by(&self, addr: u64, ts: u64) -> bool {
+        self.placements
+            .covering(addr)
+            .any(|(_, e)| e.value.op != IoctlOp::Wake && e.value.exit_ts <= ts)
+    }
+
     /// Learned RAMBlock bases (block name → host address).
     pub fn block_bases(&self) -> &HashMap<String, u64> {
         &self.block_base
