@@ -166,18 +166,79 @@ impl Sweep {
     }
 }
 
-/// Blocked time and fault counts in 1 ms bins, per vCPU thread, stored densely
+/// Blocked time and fault counts in time bins, per vCPU thread, stored densely
 /// from each thread's first fault (faults cluster in the post-copy phase).
+///
+/// Bins start 1 ms wide; when a thread's span would need more than
+/// [`Bins::MAX_BINS`] of them, every thread's bins are merged in pairs (2 ms,
+/// 4 ms, ...), so memory stays bounded however long the trace is.
 #[derive(Debug, Default)]
 pub struct Bins {
     per_tid: HashMap<u32, (u64, Vec<(u32, u32)>)>,
+    /// Current bin width; 0 means [`Bins::BIN_NS`].
+    width_ns: u64,
 }
 
 impl Bins {
+    /// The finest (initial) bin width.
     pub const BIN_NS: u64 = 1_000_000;
+    /// Bins per thread before the width doubles (8 bytes each).
+    pub const MAX_BINS: usize = 1 << 21;
+    /// Widest bin: blocked ns per bin must fit a u32.
+    const MAX_WIDTH_NS: u64 = 1 << 31;
+
+    /// The current bin width in ns.
+    pub fn width_ns(&self) -> u64 {
+        if self.width_ns == 0 {
+            Self::BIN_NS
+        } else {
+            self.width_ns
+        }
+    }
+
+    /// Halves the resolution of every thread's bins.
+    fn coarsen(&mut self) {
+        let w = self.width_ns();
+        if w >= Self::MAX_WIDTH_NS {
+            return;
+        }
+        for (base, bins) in self.per_tid.values_mut() {
+            let new_base = *base / 2;
+            let mut merged = vec![
+                (0u32, 0u32);
+                (*base + bins.len() as u64)
+                    .div_ceil(2)
+                    .saturating_sub(new_base) as usize
+            ];
+            for (i, &(ns, n)) in bins.iter().enumerate() {
+                let slot = &mut merged[((*base + i as u64) / 2 - new_base) as usize];
+                slot.0 = slot.0.saturating_add(ns);
+                slot.1 = slot.1.saturating_add(n);
+            }
+            *base = new_base;
+            *bins = merged;
+        }
+        self.width_ns = w * 2;
+    }
 
     pub fn add(&mut self, tid: u32, start: u64, end: u64) {
-        let first = start / Self::BIN_NS;
+        loop {
+            let w = self.width_ns();
+            let first = start / w;
+            let last = (end.max(start + 1) - 1) / w;
+            let span = self
+                .per_tid
+                .get(&tid)
+                .map_or(last - first + 1, |(base, bins)| {
+                    (base + bins.len() as u64).max(last + 1) - (*base).min(first)
+                });
+            if span as usize <= Self::MAX_BINS || w >= Self::MAX_WIDTH_NS {
+                break;
+            }
+            self.coarsen();
+        }
+        let w = self.width_ns();
+        let first = start / w;
         let (base, bins) = self.per_tid.entry(tid).or_insert((first, Vec::new()));
         if first < *base {
             // Rare: an earlier fault than the first seen; shift the array.
@@ -185,33 +246,35 @@ impl Bins {
             bins.splice(0..0, std::iter::repeat_n((0, 0), shift));
             *base = first;
         }
-        let last = (end.max(start + 1) - 1) / Self::BIN_NS;
+        let last = (end.max(start + 1) - 1) / w;
         let need = (last - *base + 1) as usize;
         if bins.len() < need {
             bins.resize(need, (0, 0));
         }
-        bins[(first - *base) as usize].1 += 1;
+        let slot = &mut bins[(first - *base) as usize].1;
+        *slot = slot.saturating_add(1);
         let mut t = start;
         while t < end {
-            let bin = t / Self::BIN_NS;
-            let bin_end = ((bin + 1) * Self::BIN_NS).min(end);
-            bins[(bin - *base) as usize].0 += (bin_end - t) as u32;
+            let bin = t / w;
+            let bin_end = ((bin + 1) * w).min(end);
+            let slot = &mut bins[(bin - *base) as usize].0;
+            *slot = slot.saturating_add((bin_end - t) as u32);
             t = bin_end;
         }
     }
 
-    /// Blocked ns and faults started in `[start, end)`, for one thread or all.
     /// Blocked ns and faults per `bin_ns`-wide bin from `start`, summed over
-    /// threads, for `n` bins. Each 1 ms bin counts in the bin holding its start.
+    /// threads, for `n` bins. Each stored bin counts in the bin holding its start.
     pub fn series(&self, start: u64, bin_ns: u64, n: usize) -> Vec<(u64, u64)> {
         let mut out = vec![(0u64, 0u64); n];
         let bin_ns = bin_ns.max(1);
+        let w = self.width_ns();
         for (base, bins) in self.per_tid.values() {
             for (i, &(ns, faults)) in bins.iter().enumerate() {
                 if ns == 0 && faults == 0 {
                     continue;
                 }
-                let t = (base + i as u64) * Self::BIN_NS;
+                let t = (base + i as u64) * w;
                 let idx = (t.saturating_sub(start) / bin_ns) as usize;
                 if let Some(slot) = out.get_mut(idx) {
                     slot.0 += u64::from(ns);
@@ -222,25 +285,27 @@ impl Bins {
         out
     }
 
+    /// Blocked ns and faults started in `[start, end)`, for one thread or all.
     pub fn window(&self, tid: Option<u32>, start: u64, end: u64) -> (u64, u64) {
         let mut blocked = 0u64;
         let mut faults = 0u64;
+        let w = self.width_ns();
         for (_, (base, bins)) in self
             .per_tid
             .iter()
             .filter(|(t, _)| tid.is_none_or(|x| x == **t))
         {
-            let lo = (start / Self::BIN_NS).max(*base);
-            let hi = (end / Self::BIN_NS).min(base + bins.len() as u64);
+            let lo = (start / w).max(*base);
+            let hi = (end / w).min(base + bins.len() as u64);
             for bin in lo..=hi {
                 let Some(&(ns, n)) = bins.get((bin - base) as usize) else {
                     continue;
                 };
-                let b0 = bin * Self::BIN_NS;
-                let b1 = b0 + Self::BIN_NS;
+                let b0 = bin * w;
+                let b1 = b0 + w;
                 let overlap = b1.min(end).saturating_sub(b0.max(start));
                 // Prorate partial bins: blocked time is spread evenly within a bin.
-                blocked += (u128::from(ns) * u128::from(overlap) / u128::from(Self::BIN_NS)) as u64;
+                blocked += (u128::from(ns) * u128::from(overlap) / u128::from(w)) as u64;
                 if b0 >= start && b0 < end {
                     faults += u64::from(n);
                 }
@@ -366,6 +431,18 @@ mod tests {
         assert_eq!(s.per_vcpu_ns[&1], 350);
         assert_eq!(s.per_vcpu_ns[&2], 200);
         assert_eq!(s.all_down_ns, 100 + 50);
+    }
+
+    #[test]
+    fn bins_coarsen_instead_of_growing_without_bound() {
+        let mut b = Bins::default();
+        let span_ms = (Bins::MAX_BINS as u64) * 3;
+        b.add(1, 0, 1_000_000);
+        b.add(1, span_ms * 1_000_000, span_ms * 1_000_000 + 500_000);
+        assert_eq!(b.width_ns(), 4_000_000);
+        assert!(b.per_tid[&1].1.len() <= Bins::MAX_BINS);
+        // Totals survive the merge.
+        assert_eq!(b.window(Some(1), 0, u64::MAX / 2), (1_500_000, 2));
     }
 
     #[test]
