@@ -211,7 +211,7 @@ impl Bins {
                     .saturating_sub(new_base) as usize
             ];
             for (i, &(ns, n)) in bins.iter().enumerate() {
-                let slot = &mut merged[((*base + i as u64) / 2 - new_base) as usize];
+                let slot = &mut merged[(u64::midpoint(*base, i as u64) - new_base) as usize];
                 slot.0 = slot.0.saturating_add(ns);
                 slot.1 = slot.1.saturating_add(n);
             }
