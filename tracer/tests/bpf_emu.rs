@@ -11,6 +11,7 @@
 #![cfg(target_os = "linux")]
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,7 +38,6 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 /// failure message: the records of that thread around it and the ioctls
 /// that placed its page.
 fn explain_missing(t: &TruthFault, events: &[RawEvent]) -> String {
-    use std::fmt::Write as _;
     let rel = |ts: u64| ts as i64 - t.start_ns as i64;
     let mut s = format!("\n{t:?} ({} ns):", t.latency_ns());
     for e in events {
@@ -129,6 +129,7 @@ fn faults_match_truth(name: &str, bandwidth: Bandwidth) {
     stop.store(true, Ordering::Release);
     let (events, bad, signalled) = drainer.join().expect("drain thread");
     assert_eq!(bad, 0, "undecodable records");
+    let stats = tracer.program_stats().expect("program stats");
     let counters = tracer.counters().expect("counters");
     println!("{name}: counters: {counters:?}; forced wake-ups seen: {signalled}");
     assert_eq!(counters.drops, 0, "ring drops: {counters:?}");
@@ -252,6 +253,18 @@ fn faults_match_truth(name: &str, bandwidth: Bandwidth) {
         &extra[..extra.len().min(3)]
     );
 
+    // Cost of the programs (kernel.bpf_stats_enabled=1 to get times).
+    let total_ns: u64 = stats.iter().map(|p| p.run_time_ns).sum();
+    if total_ns > 0 {
+        let mut line = format!(
+            "{name}: BPF {} ns per truth fault;",
+            total_ns / truth.len() as u64
+        );
+        for p in stats.iter().filter(|p| p.run_cnt > 0) {
+            let _ = write!(line, " {} {}x{}ns", p.program, p.run_cnt, p.mean_ns());
+        }
+        println!("{line}");
+    }
     diffs_entry.sort_unstable();
     diffs_end.sort_unstable();
     let lat: Vec<i64> = {
