@@ -255,11 +255,20 @@ fn check(s: &Summary, trace: &Path, vcpus: u32) -> Report {
         })
         .collect();
     eprintln!("{ctx}: post-copy spikes:\n  {}", table.join("\n  "));
-    // The spikes that make up the post-copy slowdown (90% of its excess,
-    // largest first) must each be mostly blocking. Small blips with no fault
-    // in them are host CPU contention (2 cores, TCG), shown as 0% explained.
-    let total_excess: f64 = spikes.iter().map(|s| s.excess_ms).sum();
-    let mut by_excess = spikes.clone();
+    // The spikes the post-copy faults caused (vCPU blocking inside them)
+    // must each be mostly blocking: the largest first, until they make up
+    // 90% of those spikes' excess. Spikes with no fault in them, and the tail
+    // of small ones, are host CPU contention on this 2-core machine (two TCG
+    // vCPUs, the placing thread and the source competing once the vCPUs stop
+    // faulting); the report shows them, honestly, as unexplained.
+    let fault_spikes: Vec<_> = spikes.iter().filter(|s| s.faults > 0).collect();
+    assert!(
+        !fault_spikes.is_empty(),
+        "{ctx}: no post-copy spike has vCPU faults in it:\n  {}",
+        table.join("\n  ")
+    );
+    let total_excess: f64 = fault_spikes.iter().map(|s| s.excess_ms).sum();
+    let mut by_excess = fault_spikes.clone();
     by_excess.sort_by(|a, b| b.excess_ms.total_cmp(&a.excess_ms));
     let mut covered = 0.0;
     for s in by_excess {
@@ -276,7 +285,7 @@ fn check(s: &Summary, trace: &Path, vcpus: u32) -> Report {
             table.join("\n  ")
         );
     }
-    let blocked: f64 = spikes.iter().map(|s| s.blocked_ms).sum();
+    let blocked: f64 = fault_spikes.iter().map(|s| s.blocked_ms).sum();
     assert!(
         blocked >= 0.5 * total_excess,
         "{ctx}: post-copy spikes {total_excess:.0} ms excess, {blocked:.0} ms blocked"

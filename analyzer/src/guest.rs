@@ -278,13 +278,60 @@ fn median_of(mut v: Vec<f64>) -> Option<f64> {
     median(&mut v)
 }
 
+/// How a writer's printed value maps to wall time:
+/// `wall = per_ms * printed + overhead`. Lines scaled to ms/GiB print the pass
+/// time times a constant (1 / pass size in GiB), and each line costs some
+/// fixed time on top (printing, other writers); the overhead matters for
+/// short passes only.
+#[derive(Debug, Clone, Copy)]
+struct WallModel {
+    per_ms: f64,
+    overhead_ns: f64,
+}
+
+impl WallModel {
+    /// Fits consecutive-line pairs (printed ms, wall ns). With printed values
+    /// spread wide (a slowdown in the writer's history) a least-squares line
+    /// separates the two terms; otherwise the median ratio is all there is.
+    fn fit(pairs: &[(f64, f64)]) -> Option<Self> {
+        let ratio = median_of(pairs.iter().map(|(d, w)| w / d).collect())?;
+        let proportional = Self {
+            per_ms: ratio,
+            overhead_ns: 0.0,
+        };
+        let durs = median_of(pairs.iter().map(|p| p.0).collect())?;
+        let widest = pairs.iter().map(|p| p.0).fold(0.0, f64::max);
+        if pairs.len() < 3 || widest < 4.0 * durs {
+            return Some(proportional);
+        }
+        let n = pairs.len() as f64;
+        let mx = pairs.iter().map(|p| p.0).sum::<f64>() / n;
+        let my = pairs.iter().map(|p| p.1).sum::<f64>() / n;
+        let sxy: f64 = pairs.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+        let sxx: f64 = pairs.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+        let per_ms = sxy / sxx;
+        if !(per_ms.is_finite() && per_ms > 0.0) {
+            return Some(proportional);
+        }
+        Some(Self {
+            per_ms,
+            overhead_ns: (my - per_ms * mx).max(0.0),
+        })
+    }
+
+    fn wall_ns(&self, printed_ms: f64) -> f64 {
+        self.per_ms * printed_ms + self.overhead_ns
+    }
+}
+
 /// Puts samples on the host monotonic clock. An interval runs from the
 /// previous line of the same source to this one (so both stress.c's "one line
 /// per GiB written" and per-pass lines scaled to ms/GiB give the true wall
 /// interval). A source's first line (or the first after a gap) has no
-/// previous line: it spans `dur_ms` times the source's wall/printed ratio,
-/// the median over its consecutive lines (1 for stress.c; the pass size in
-/// GiB for per-pass lines scaled to ms/GiB), or `dur_ms` when unknown.
+/// previous line: its wall time comes from the source's [`WallModel`],
+/// fitted on its consecutive lines (1 ms per printed ms for stress.c; the
+/// pass size in GiB for per-pass lines scaled to ms/GiB), or is `dur_ms`
+/// when unknown.
 fn place(samples: &[Sample], ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<Placed> {
     let mut ends: Vec<(usize, f64)> = samples
         .iter()
@@ -306,25 +353,30 @@ fn place(samples: &[Sample], ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<P
             .cmp(&samples[b.0].source)
             .then(a.1.total_cmp(&b.1))
     });
-    let mut ratios: std::collections::HashMap<&str, Vec<f64>> = std::collections::HashMap::new();
+    // (printed ms, wall ns) of each writer's consecutive lines.
+    let mut pairs: std::collections::HashMap<&str, Vec<(f64, f64)>> =
+        std::collections::HashMap::new();
     for w in ends.windows(2) {
         let (a, b) = (&samples[w[0].0], &samples[w[1].0]);
         if a.source == b.source && b.dur_ms > 0.0 && continues(w[0].1, w[1].1, b.dur_ms) {
-            ratios
+            pairs
                 .entry(b.source.as_str())
                 .or_default()
-                .push((w[1].1 - w[0].1) / (b.dur_ms * 1e6));
+                .push((b.dur_ms, w[1].1 - w[0].1));
         }
     }
-    let scale: std::collections::HashMap<&str, f64> = ratios
+    let scale: std::collections::HashMap<&str, WallModel> = pairs
         .into_iter()
-        .filter_map(|(src, r)| Some((src, median_of(r)?)))
+        .filter_map(|(src, p)| Some((src, WallModel::fit(&p)?)))
         .collect();
     let mut out = Vec::with_capacity(ends.len());
     let mut prev: Option<(&str, f64)> = None;
     for (i, end_ns) in ends {
         let s = &samples[i];
-        let own = end_ns - s.dur_ms * 1e6 * scale.get(s.source.as_str()).copied().unwrap_or(1.0);
+        let own = end_ns
+            - scale
+                .get(s.source.as_str())
+                .map_or(s.dur_ms * 1e6, |m| m.wall_ns(s.dur_ms));
         let start_ns = match prev {
             // Consecutive lines of one writer: the gap is the interval.
             Some((src, p)) if src == s.source && continues(p, end_ns, s.dur_ms) => p,
@@ -639,5 +691,20 @@ mod tests {
         let during = &g.spikes[0];
         assert!(during.explained > 0.9, "{during:?}");
         assert!(g.spikes[1].explained < 0.01);
+    }
+
+    #[test]
+    fn wall_model_separates_per_line_overhead_from_the_pass_rate() {
+        // Quarter-GiB passes (0.25 ms of wall per printed ms) plus 3 ms per
+        // line; mostly 40 ms/GiB lines, two slow ones.
+        let mut pairs: Vec<(f64, f64)> = (0..40).map(|_| (40.0, 13.0e6)).collect();
+        pairs.push((8000.0, 2_003.0e6));
+        pairs.push((4000.0, 1_003.0e6));
+        let m = WallModel::fit(&pairs).expect("a model");
+        assert!((m.per_ms - 0.25e6).abs() < 1.0, "{m:?}");
+        assert!((m.overhead_ns - 3.0e6).abs() < 10.0, "{m:?}");
+        // Without a slow line there is nothing to separate: the ratio.
+        let m = WallModel::fit(&pairs[..40]).expect("a model");
+        assert!((m.wall_ns(40.0) - 13.0e6).abs() < 1.0, "{m:?}");
     }
 }
