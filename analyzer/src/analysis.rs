@@ -306,7 +306,7 @@ fn perf_delta(pass: &Pass, tid: u32, counter: &str) -> Option<u64> {
 fn qemu_remark(qmp: &Qmp, view: &QemuView) -> Option<String> {
     const DRIFT: &str = "QEMU stops adding to postcopy-blocktime once its count of blocked \
         vCPUs (smp_cpus_down) drifts, after a race between its fault thread's received-bitmap \
-        check and a placing thread (fixed upstream in 2025 by moving the accounting under \
+        check and a placing thread (reworked upstream in 2025: the accounting moved under \
         page_request_mutex); the per-vCPU figures are unaffected, compare those";
     let total = qmp.blocktime_ms?;
     let per = qmp.vcpu_blocktime_ms.as_ref()?;

@@ -2,7 +2,7 @@
 //! that QEMU's `postcopy-blocktime` and `postcopy-vcpu-blocktime` can be
 //! checked against the same faults uffdscope measures.
 //!
-//! QEMU (7.2 and every release up to 10.0, `migration/postcopy-ram.c`)
+//! QEMU (7.2, and later releases until a 2025 rework; `migration/postcopy-ram.c`)
 //! keeps, per vCPU, the address and time of its last fault whose uffd message
 //! the fault thread read (`mark_postcopy_blocktime_begin`, called right after
 //! the `read()`), and closes it when a placing thread installs a page at that
@@ -37,8 +37,8 @@
 //! Not replayed: QEMU's millisecond truncation (unbiased over many faults), and
 //! the race between a begin's received-bitmap check and a concurrent end,
 //! which makes QEMU's `smp_cpus_down` counter drift below the vCPU count; from
-//! then on QEMU stops adding to `postcopy-blocktime` (fixed upstream in 2025 by
-//! moving the accounting under `page_request_mutex`). With one vCPU that shows
+//! then on QEMU stops adding to `postcopy-blocktime` (the 2025 rework moved the
+//! accounting under `page_request_mutex`). With one vCPU that shows
 //! as `postcopy-blocktime` < `postcopy-vcpu-blocktime`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
