@@ -9,12 +9,16 @@
  *
  * The fault lifecycle is joined here, per thread, so that one record leaves
  * the kernel per uffd-resolved block instead of one per switch or fault:
- *   page_fault_user / kvm_page_fault    -> ufs_fault[tid]   (last entry only)
- *   sched_switch out (prev blocks)       -> ufs_sleep[tid]   (takes ufs_fault)
- *   sched_waking inside a uffd ioctl     -> stamps ufs_sleep[woken]
- *   sched_switch in (next)               -> emit ufs_fault_wake if stamped
+ *   page_fault_user / kvm_page_fault  -> task storage f      (last entry only)
+ *   sched_switch out (prev blocks)     -> ufs_sleep[tid] SLEEPING, takes f
+ *   sched_waking inside a uffd ioctl   -> stamps it WOKEN
+ *   sched_switch in (next)             -> emit ufs_fault_wake, back to IDLE
  * A wake can also reach a faulting thread before its switch-out is traced
- * (the handler won the race); see sched_waking for how that is joined.
+ * (the handler won the race: PREWOKEN), and a switch-in can go untraced;
+ * see sched_waking and finish_sleep. State a thread keeps about itself is
+ * in task storage; only what other threads must find by tid (the waker, the
+ * switch-in) is in a hash map, one entry per thread updated in place, so the
+ * hot path allocates and frees nothing.
  * Record layouts are in events.h.
  */
 #include <linux/types.h>
@@ -96,9 +100,9 @@ struct {
 	__type(value, struct sk_info);
 } ufs_sks SEC(".maps");
 
-/* Last fault entry per thread, not emitted on its own. */
+/* Last fault entry of a thread, not emitted on its own. */
 struct fault_entry {
-	__u64 ts;
+	__u64 ts; /* 0 = none pending */
 	__u64 addr;
 	__u64 ip;
 	__u64 error_code;
@@ -107,44 +111,9 @@ struct fault_entry {
 	__u16 flags;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, struct fault_entry);
-} ufs_fault SEC(".maps");
-
-/* sleep_entry.sflags */
-#define SLEEP_PREWOKEN 0x1    /* stamped by a uffd ioctl before its switch-out was traced */
-#define SLEEP_WAKEUP_SEEN 0x2 /* ... and sched_wakeup of that wake has fired since */
-
-/* A target thread that blocked and has not run since, or (SLEEP_PREWOKEN) one
- * that a uffd ioctl woke before its switch-out was seen. Its presence is also
- * how sched_switch knows that next_pid is a tracked thread. */
-struct sleep_entry {
-	struct fault_entry f;
-	__u64 blocked_ts;
-	__u64 woken_ts;
-	__u64 ioctl_start;
-	__u64 ioctl_len;
-	__u32 ioctl_cmd;
-	__u32 waker_tid;
-	__u32 ioctl_fd;
-	__u32 block_state;
-	__u32 sflags;
-	__u32 pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, struct sleep_entry);
-} ufs_sleep SEC(".maps");
-
 /* A thread inside an ioctl on a uffd fd (or USERFAULTFD_IOC_NEW). */
 struct ioctl_pending {
-	__u64 enter_ts;
+	__u64 enter_ts; /* 0 = not inside one */
 	__u64 arg;
 	__u64 start;
 	__u64 src;
@@ -158,32 +127,18 @@ struct ioctl_pending {
 	__u32 pad;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, struct ioctl_pending);
-} ufs_ioctl SEC(".maps");
-
 struct read_pending {
-	__u64 enter_ts;
+	__u64 enter_ts; /* 0 = not inside a read of a uffd */
 	__u64 buf;
 	__u32 fd;
 	__u32 pad;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, struct read_pending);
-} ufs_read SEC(".maps");
-
 /* bytes is twice the capture so the verifier can prove offset + length fits
  * while gathering from several iovecs; only the first UFS_SEND_CAPTURE are
  * emitted. */
 struct send_pending {
-	__u64 enter_ts;
+	__u64 enter_ts; /* 0 = not inside a send on a socket of the target */
 	__u64 req_len;
 	__u32 fd;
 	__u32 iovcnt;
@@ -193,20 +148,77 @@ struct send_pending {
 	__u8 bytes[2 * UFS_SEND_CAPTURE];
 };
 
+/* Everything a target thread keeps about itself between two of its own
+ * events. Task storage, not a hash map keyed by tid: every access is by the
+ * thread itself (bpf_get_current_task_btf), a lookup in the task's own
+ * storage costs a third of a hash lookup plus update on this kind of host,
+ * nothing is allocated per event, and the kernel frees it when the thread
+ * exits. */
+struct task_state {
+	struct fault_entry f;
+	struct ioctl_pending io;
+	struct read_pending rd;
+	struct send_pending snd;
+	__u32 known; /* the thread has a sleep entry and its bit in ufs_tids */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct task_state);
+} ufs_task SEC(".maps");
+
+/* sleep_entry.state. The thread itself moves IDLE -> SLEEPING (blocking
+ * switch-out) and everything back to IDLE; the waker moves IDLE -> PREWOKEN
+ * and SLEEPING -> WOKEN; compare-and-swap settles the one race, a wake on
+ * another CPU while the thread is switching out. */
+#define SLEEP_IDLE 0
+#define SLEEP_SLEEPING 1 /* blocked, not woken by a uffd ioctl yet */
+#define SLEEP_PREWOKEN 2 /* woken by a uffd ioctl before its switch-out was traced */
+#define SLEEP_WOKEN 3	 /* blocked and woken by a uffd ioctl; emitted at switch-in */
+
+/* The part of a target thread's state that other threads reach by tid: the
+ * waker (sched_waking gives only the woken pid) and the switch-in (only
+ * next_pid). One entry per thread, created at its first fault or blocking
+ * switch-out and updated in place until it exits. Fields are written by one
+ * side each: f, blocked_ts and block_state by the thread itself, the wake
+ * fields by the waker, seen by sched_wakeup. */
+struct sleep_entry {
+	struct fault_entry f;
+	__u64 blocked_ts;
+	__u64 woken_ts;
+	__u64 ioctl_start;
+	__u64 ioctl_len;
+	__u32 ioctl_cmd;
+	__u32 waker_tid;
+	__u32 ioctl_fd;
+	__u32 block_state;
+	__u32 seen;  /* PREWOKEN and the wake's sched_wakeup has fired since */
+	__u32 pad;
+	__u64 state; /* SLEEP_*, changed with compare-and-swap where two sides race
+		      * (64 bits: BPF has no 32-bit cmpxchg before -mcpu=v3) */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, 16384);
 	__type(key, __u32);
-	__type(value, struct send_pending);
-} ufs_send SEC(".maps");
+	__type(value, struct sleep_entry);
+} ufs_sleep SEC(".maps");
 
-/* Scratch space to build a send_pending off the 512-byte stack. */
+/* One bit per tid that has a sleep entry (PID_MAX_LIMIT is 4M on 64-bit), so
+ * that sched_switch and sched_wakeup, which run for every task on the host,
+ * answer "not ours" with an array load instead of a hash lookup. A stale bit
+ * (reused tid) costs one lookup. */
+#define UFS_TID_WORDS 65536
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, UFS_TID_WORDS);
 	__type(key, __u32);
-	__type(value, struct send_pending);
-} ufs_send_scratch SEC(".maps");
+	__type(value, __u64);
+} ufs_tids SEC(".maps");
 
 #define EAGAIN 11
 #define EEXIST 17
@@ -267,6 +279,57 @@ static __always_inline void map_put(void *map, const void *key, const void *val)
 		stat_inc(UFS_STAT_MAP_FULL);
 }
 
+/* The current thread's own state; created on first use when create is set. */
+static __always_inline struct task_state *task_state(int create)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+
+	return bpf_task_storage_get(&ufs_task, t, 0,
+				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+
+static __always_inline int tid_known(__u32 tid)
+{
+	__u32 w = (tid >> 6) & (UFS_TID_WORDS - 1);
+	__u64 *bits = bpf_map_lookup_elem(&ufs_tids, &w);
+
+	return bits && (*bits & (1ULL << (tid & 63)));
+}
+
+static __always_inline void tid_mark(__u32 tid, int on)
+{
+	__u32 w = (tid >> 6) & (UFS_TID_WORDS - 1);
+	__u64 *bits = bpf_map_lookup_elem(&ufs_tids, &w);
+
+	if (!bits)
+		return;
+	if (on)
+		__sync_fetch_and_or(bits, 1ULL << (tid & 63));
+	else
+		__sync_fetch_and_and(bits, ~(1ULL << (tid & 63)));
+}
+
+/* The current thread's sleep entry, created (IDLE) if it has none yet. */
+static __always_inline struct sleep_entry *own_sleep(__u32 tid, struct task_state *ts)
+{
+	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &tid);
+
+	if (e || !ts)
+		return e;
+	struct sleep_entry s = {};
+	long err = bpf_map_update_elem(&ufs_sleep, &tid, &s, BPF_NOEXIST);
+
+	if (err && err != -EEXIST) {
+		stat_inc(UFS_STAT_MAP_FULL);
+		return 0;
+	}
+	if (!ts->known) {
+		ts->known = 1;
+		tid_mark(tid, 1);
+	}
+	return bpf_map_lookup_elem(&ufs_sleep, &tid);
+}
+
 static __always_inline void emit_fault_wake(__u32 tid, const struct fault_entry *f, __u64 blocked_ts,
 					    __u32 block_state, __u64 woken_ts, __u64 run_ts,
 					    __u32 waker_tid, __u32 cmd, __u32 fd, __u64 start,
@@ -296,48 +359,79 @@ static __always_inline void emit_fault_wake(__u32 tid, const struct fault_entry 
 	ufs_submit(e);
 }
 
-/* Finishes a sleep entry whose thread is running again although no switch-in
- * of it was traced, and deletes it. Two cases:
- *  - a pre-woken entry that no switch-out followed: the thread never left
- *    the CPU for this fault (WOKEN_BEFORE_BLOCK);
- *  - a sleep whose switch-in the kernel did not report. Tracepoint programs
- *    do not see every switch: some hosts never run them while the current
- *    task is one of their own agent threads, so a switch from such a task to
- *    the woken thread is invisible. The record is emitted with RUN_UNSEEN
- *    rather than dropped, and the stale entry must not survive to swallow
- *    the thread's next sleep.
- * run_ts is the first traced sign of the thread running when that sign is a
- * return to user or guest mode (rseq_update), else 0. */
-static __always_inline void finish_sleep(__u32 tid, struct sleep_entry *e, __u64 run_ts)
+/* Moves the thread's pending fault entry into its sleep entry: the fault is
+ * the one this sleep (or this pre-wake) belongs to. */
+static __always_inline void take_fault(struct sleep_entry *e, struct task_state *ts)
 {
-	if ((e->sflags & SLEEP_PREWOKEN) && !e->blocked_ts) {
-		emit_fault_wake(tid, &e->f, 0, 0, e->woken_ts, 0, e->waker_tid, e->ioctl_cmd,
-				e->ioctl_fd, e->ioctl_start, e->ioctl_len,
-				UFS_FW_WOKEN_BEFORE_BLOCK);
+	if (ts && ts->f.ts) {
+		e->f = ts->f;
+		ts->f.ts = 0;
 	} else {
-		stat_inc(UFS_STAT_RUN_UNSEEN);
-		if (e->woken_ts)
-			emit_fault_wake(tid, &e->f, e->blocked_ts, e->block_state, e->woken_ts,
-					run_ts, e->waker_tid, e->ioctl_cmd, e->ioctl_fd,
-					e->ioctl_start, e->ioctl_len,
-					UFS_FW_RUN_UNSEEN |
-						(e->woken_ts < e->blocked_ts ?
-							 UFS_FW_WOKEN_BEFORE_SWITCH :
-							 0));
-		else
-			stat_inc(UFS_STAT_SLEEP_OTHER);
+		__builtin_memset(&e->f, 0, sizeof(e->f));
 	}
-	bpf_map_delete_elem(&ufs_sleep, &tid);
 }
 
-/* A thread that faults is running, so any sleep entry it still has is over. */
+/* Called by the thread itself when it is running, i.e. not through a traced
+ * switch-in: at its next fault, switch-out, return to user mode or exit.
+ * Whatever its sleep entry still holds is over:
+ *  - PREWOKEN: the thread never left the CPU for that wake (it came before
+ *    __schedule read the sleeping state): WOKEN_BEFORE_BLOCK, with the fault
+ *    still pending in the thread's own state;
+ *  - SLEEPING or WOKEN: a sleep whose switch-in the kernel did not report.
+ *    Tracepoint programs do not see every switch: some hosts never run them
+ *    while the current task is one of their own agent threads, so a switch
+ *    from such a task to the woken thread is invisible. A woken one is
+ *    emitted with RUN_UNSEEN rather than dropped, and the entry must not
+ *    stay stale to swallow the thread's next sleep.
+ * run_ts is the return to user or guest mode (rseq_update), or 0. */
+static __always_inline void finish_sleep(__u32 tid, struct sleep_entry *e, struct task_state *ts,
+					 __u64 run_ts)
+{
+	__u64 st = e->state;
+
+	if (st == SLEEP_IDLE)
+		return;
+	if (st == SLEEP_PREWOKEN) {
+		/* Without a pending fault the wake was not a fault's. */
+		take_fault(e, ts);
+		if (e->f.ts)
+			emit_fault_wake(tid, &e->f, 0, 0, e->woken_ts, 0, e->waker_tid,
+					e->ioctl_cmd, e->ioctl_fd, e->ioctl_start, e->ioctl_len,
+					UFS_FW_WOKEN_BEFORE_BLOCK);
+		e->state = SLEEP_IDLE;
+		return;
+	}
+	/* A uffd ioctl may be waking a stale SLEEPING entry right now (the
+	 * thread is past that sleep but not yet past the window in which a
+	 * wake for its next fault could come); whichever state wins is
+	 * reported. */
+	if (st == SLEEP_SLEEPING &&
+	    __sync_val_compare_and_swap(&e->state, SLEEP_SLEEPING, SLEEP_IDLE) == SLEEP_SLEEPING) {
+		stat_inc(UFS_STAT_RUN_UNSEEN);
+		stat_inc(UFS_STAT_SLEEP_OTHER);
+		return;
+	}
+	stat_inc(UFS_STAT_RUN_UNSEEN);
+	emit_fault_wake(tid, &e->f, e->blocked_ts, e->block_state, e->woken_ts, run_ts,
+			e->waker_tid, e->ioctl_cmd, e->ioctl_fd, e->ioctl_start, e->ioctl_len,
+			UFS_FW_RUN_UNSEEN |
+				(e->woken_ts < e->blocked_ts ? UFS_FW_WOKEN_BEFORE_SWITCH : 0));
+	e->state = SLEEP_IDLE;
+}
+
+/* A thread that faults is running, so any sleep it still has is over. Its
+ * first fault gives it a sleep entry, so a waker finds it by tid. */
 static __always_inline void put_fault(__u32 tid, struct fault_entry *f)
 {
-	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &tid);
+	struct task_state *ts = task_state(1);
+
+	if (!ts)
+		return;
+	struct sleep_entry *e = own_sleep(tid, ts);
 
 	if (e)
-		finish_sleep(tid, e, 0);
-	map_put(&ufs_fault, &tid, f);
+		finish_sleep(tid, e, ts, 0);
+	ts->f = *f;
 }
 
 /* ---- fault entry ---- */
@@ -389,10 +483,10 @@ static __always_inline void emit_kvm_async(__u32 op, __u64 token, __u64 gva, __u
 		return;
 	__u32 tid = (__u32)id;
 	if (op == UFS_KVM_TRY_ASYNC_GET_PAGE) {
-		struct fault_entry *f = bpf_map_lookup_elem(&ufs_fault, &tid);
+		struct task_state *ts = task_state(0);
 
-		if (f)
-			f->flags |= UFS_FW_KVM_ASYNC;
+		if (ts && ts->f.ts)
+			ts->f.flags |= UFS_FW_KVM_ASYNC;
 	}
 	struct ufs_kvm_async_pf *e = ufs_reserve(sizeof(*e), UFS_EV_KVM_ASYNC_PF);
 
@@ -442,90 +536,89 @@ int ufs_kvm_async_pf_repeated_fault(struct tp_kvm_gva_gfn *ctx)
  * means it was preempted while runnable. */
 #define PREV_STATE_SLEEP_MASK 0xff
 
-SEC("tracepoint/sched/sched_switch")
-int ufs_sched_switch(struct tp_sched_switch *ctx)
+/* Switch-out of a target thread (current == prev). */
+static __always_inline void switch_out(__u32 prev, __u32 state, __u64 now)
 {
-	__u64 now = 0;
-	__u64 state = (__u64)ctx->prev_state & PREV_STATE_SLEEP_MASK;
+	struct task_state *ts = task_state(state != 0);
+	struct sleep_entry *e;
 
-	if (is_target(bpf_get_current_pid_tgid() >> 32)) {
-		__u32 prev = (__u32)ctx->prev_pid;
-		struct sleep_entry *pw = bpf_map_lookup_elem(&ufs_sleep, &prev);
-
-		now = bpf_ktime_get_ns();
-		if (pw) {
-			if ((pw->sflags & SLEEP_PREWOKEN) && !pw->blocked_ts && state &&
-			    !(pw->sflags & SLEEP_WAKEUP_SEEN)) {
-				/* Woken while switching out: prev_state was read
-				 * before the wake, and the wake's sched_wakeup comes
-				 * only after this switch. This switch-out belongs to
-				 * that fault. */
-				pw->blocked_ts = now;
-				pw->block_state = (__u32)state;
-				state = 0;
-			} else {
-				/* prev is running, so the entry's sleep is over. */
-				finish_sleep(prev, pw, 0);
-			}
-		}
-		if (state) {
-			struct sleep_entry s = {};
-			struct fault_entry *f;
-			long err;
-
-			s.blocked_ts = now;
-			s.block_state = (__u32)state;
-			f = bpf_map_lookup_elem(&ufs_fault, &prev);
-			if (f)
-				s.f = *f;
-			/* NOEXIST: sched_waking on another CPU may be creating a
-			 * pre-woken entry for this thread at this very moment;
-			 * exactly one of the two inserts wins. The sleep entry
-			 * is inserted before the fault entry is deleted, which
-			 * sched_waking relies on. */
-			err = bpf_map_update_elem(&ufs_sleep, &prev, &s, BPF_NOEXIST);
-			if (err == -EEXIST) {
-				pw = bpf_map_lookup_elem(&ufs_sleep, &prev);
-				if (pw && (pw->sflags & SLEEP_PREWOKEN) && !pw->blocked_ts &&
-				    !(pw->sflags & SLEEP_WAKEUP_SEEN)) {
-					/* It did: the same race as above, one step later. */
-					pw->blocked_ts = now;
-					pw->block_state = (__u32)state;
-					f = 0;
-				} else {
-					if (pw)
-						finish_sleep(prev, pw, 0);
-					err = bpf_map_update_elem(&ufs_sleep, &prev, &s, BPF_ANY);
-				}
-			}
-			if (err && err != -EEXIST)
-				stat_inc(UFS_STAT_MAP_FULL);
-			else if (f)
-				bpf_map_delete_elem(&ufs_fault, &prev);
-		}
+	if (state)
+		e = own_sleep(prev, ts);
+	else
+		e = tid_known(prev) ? bpf_map_lookup_elem(&ufs_sleep, &prev) : 0;
+	if (!e)
+		return;
+	if (e->state == SLEEP_PREWOKEN && state && !e->seen) {
+		/* Woken while switching out: prev_state was read before the
+		 * wake, and the wake's sched_wakeup comes only after this
+		 * switch. This switch-out belongs to that fault. Only this
+		 * thread moves an entry out of PREWOKEN. */
+		take_fault(e, ts);
+		e->blocked_ts = now;
+		e->block_state = state;
+		e->state = SLEEP_WOKEN;
+		return;
 	}
+	/* prev is running, so whatever the entry still holds is over. */
+	finish_sleep(prev, e, ts, 0);
+	if (!state)
+		return;
+	take_fault(e, ts);
+	e->blocked_ts = now;
+	e->block_state = state;
+	/* A waker on another CPU may be stamping this entry PREWOKEN at this
+	 * very moment (its sched_waking ran before this tracepoint); exactly
+	 * one of the two moves out of IDLE wins. */
+	if (__sync_val_compare_and_swap(&e->state, SLEEP_IDLE, SLEEP_SLEEPING) == SLEEP_PREWOKEN)
+		e->state = SLEEP_WOKEN;
+}
 
-	__u32 next = (__u32)ctx->next_pid;
-
-	if (!next)
-		return 0;
+/* Switch-in of a thread with a sleep entry. */
+static __always_inline void switch_in(__u32 next, __u64 now)
+{
 	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &next);
 
 	if (!e)
-		return 0;
-	if (e->woken_ts) {
+		return;
+	__u64 st = e->state;
+
+	if (st == SLEEP_WOKEN) {
 		if (!now)
 			now = bpf_ktime_get_ns();
 		emit_fault_wake(next, &e->f, e->blocked_ts, e->block_state, e->woken_ts, now,
 				e->waker_tid, e->ioctl_cmd, e->ioctl_fd, e->ioctl_start,
 				e->ioctl_len,
-				/* Whichever CPU's insert won the race, the times tell
-				 * the order. */
+				/* Whichever CPU moved the entry out of IDLE first,
+				 * the times tell the order. */
 				e->woken_ts < e->blocked_ts ? UFS_FW_WOKEN_BEFORE_SWITCH : 0);
-	} else {
+		e->state = SLEEP_IDLE;
+	} else if (st == SLEEP_SLEEPING) {
+		/* Woken by anything but a uffd ioctl. */
 		stat_inc(UFS_STAT_SLEEP_OTHER);
+		e->state = SLEEP_IDLE;
 	}
-	bpf_map_delete_elem(&ufs_sleep, &next);
+	/* PREWOKEN: woken while preempted in a sleeping state; the thread
+	 * runs on without blocking and finishes the entry itself. */
+}
+
+SEC("tracepoint/sched/sched_switch")
+int ufs_sched_switch(struct tp_sched_switch *ctx)
+{
+	__u64 now = 0;
+
+	if (is_target(bpf_get_current_pid_tgid() >> 32)) {
+		__u32 state = (__u32)(ctx->prev_state & PREV_STATE_SLEEP_MASK);
+
+		/* A preempted thread needs no time (the clock read is one of
+		 * the dearer helpers on a VM). */
+		if (state)
+			now = bpf_ktime_get_ns();
+		switch_out((__u32)ctx->prev_pid, state, now);
+	}
+	__u32 next = (__u32)ctx->next_pid;
+
+	if (next && tid_known(next))
+		switch_in(next, now);
 	return 0;
 }
 
@@ -536,71 +629,55 @@ int ufs_sched_waking(struct tp_sched_waking *ctx)
 
 	if (!is_target(id >> 32))
 		return 0;
-	__u32 tid = (__u32)id;
-	struct ioctl_pending *io = bpf_map_lookup_elem(&ufs_ioctl, &tid);
+	struct task_state *ts = task_state(0);
 
-	if (!io || io->cmd == UFS_USERFAULTFD_IOC_NEW)
+	if (!ts || !ts->io.enter_ts || ts->io.cmd == UFS_USERFAULTFD_IOC_NEW)
 		return 0;
+	struct ioctl_pending *io = &ts->io;
+
 	io->n_wakeups += 1;
 
 	__u32 pid = (__u32)ctx->pid;
-	__u64 now = bpf_ktime_get_ns();
+
+	if (!tid_known(pid))
+		return 0;
 	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &pid);
 
-	if (!e) {
-		/* Woken before its switch-out was traced (the handler won the
-		 * race). Either the thread never leaves the CPU for this fault
-		 * (the wake came before __schedule read its state), or it is
-		 * switching out right now with the sleeping state it read
-		 * before the wake. sched_switch tells them apart with
-		 * sched_wakeup, which comes before the thread can run on in the
-		 * first case and only after the switch in the second. */
-		struct fault_entry *f = bpf_map_lookup_elem(&ufs_fault, &pid);
+	if (!e)
+		return 0;
+	__u64 st = e->state;
 
-		if (f) {
-			struct sleep_entry s = {
-				.f = *f,
-				.woken_ts = now,
-				.ioctl_start = io->start,
-				.ioctl_len = io->len,
-				.ioctl_cmd = io->cmd,
-				.waker_tid = tid,
-				.ioctl_fd = io->fd,
-				.sflags = SLEEP_PREWOKEN,
-			};
-			/* NOEXIST: the thread's sched_switch may be inserting
-			 * its sleep entry on its own CPU right now; if it won,
-			 * stamp that entry instead. */
-			long err = bpf_map_update_elem(&ufs_sleep, &pid, &s, BPF_NOEXIST);
+	/* Woken before its switch-out was traced (IDLE; the handler won the
+	 * race): either the thread never leaves the CPU for this fault (the
+	 * wake came before __schedule read its state), or it is switching out
+	 * right now with the sleeping state it read before the wake.
+	 * sched_switch tells them apart with sched_wakeup, which comes before
+	 * the thread can run on in the first case and only after the switch in
+	 * the second. PREWOKEN or WOKEN: already woken, a wake counts once. */
+	if (st != SLEEP_IDLE && st != SLEEP_SLEEPING)
+		return 0;
+	e->woken_ts = bpf_ktime_get_ns();
+	e->waker_tid = (__u32)id;
+	e->ioctl_cmd = io->cmd;
+	e->ioctl_fd = io->fd;
+	e->ioctl_start = io->start;
+	e->ioctl_len = io->len;
+	e->seen = 0;
+	/* The thread moves the entry IDLE -> SLEEPING when it switches out,
+	 * and a stale SLEEPING entry (switch-in not traced) back to IDLE when
+	 * it runs into its next event; retry against what it did. */
+#pragma unroll
+	for (int i = 0; i < 3; i++) {
+		__u64 want = st == SLEEP_SLEEPING ? SLEEP_WOKEN : SLEEP_PREWOKEN;
+		__u64 old = __sync_val_compare_and_swap(&e->state, st, want);
 
-			if (err == 0) {
-				bpf_map_delete_elem(&ufs_fault, &pid);
-				io->n_woken += 1;
-				return 0;
-			}
-			if (err != -EEXIST) {
-				stat_inc(UFS_STAT_MAP_FULL);
-				return 0;
-			}
-		}
-		/* No fault entry either: unless the thread has none, its
-		 * switch-out moved it into a sleep entry between the two
-		 * lookups above. sched_switch inserts the sleep entry before it
-		 * deletes the fault entry, so that sleep entry is visible now
-		 * (x86 keeps stores, and loads, in program order). Without
-		 * this third look the wake would be lost. */
-		e = bpf_map_lookup_elem(&ufs_sleep, &pid);
-		if (!e)
+		if (old == st) {
+			io->n_woken += 1;
 			return 0;
-	}
-	if (!e->woken_ts) {
-		e->woken_ts = now;
-		e->waker_tid = tid;
-		e->ioctl_cmd = io->cmd;
-		e->ioctl_fd = io->fd;
-		e->ioctl_start = io->start;
-		e->ioctl_len = io->len;
-		io->n_woken += 1;
+		}
+		if (old != SLEEP_IDLE && old != SLEEP_SLEEPING)
+			return 0;
+		st = old;
 	}
 	return 0;
 }
@@ -609,18 +686,21 @@ SEC("tracepoint/sched/sched_wakeup")
 int ufs_sched_wakeup(struct tp_sched_waking *ctx)
 {
 	__u32 pid = (__u32)ctx->pid;
+
+	if (!tid_known(pid))
+		return 0;
 	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &pid);
 
-	if (e && (e->sflags & SLEEP_PREWOKEN))
-		e->sflags |= SLEEP_WAKEUP_SEEN;
+	if (e && e->state == SLEEP_PREWOKEN)
+		e->seen = 1;
 	return 0;
 }
 
 /* A thread with rseq registered (glibc does it for every thread) passes here
  * on its way back to user mode, or into the guest for a KVM vCPU, after each
- * switch-in. Its switch-in has normally finished its sleep entry already; an
- * entry still present means the switch-in was not traced, and this is the
- * closest later moment the thread is known to run. */
+ * switch-in. Its switch-in has normally finished its sleep already; a sleep
+ * still there means the switch-in was not traced, and this is the closest
+ * later moment the thread is known to run. */
 SEC("tracepoint/rseq/rseq_update")
 int ufs_rseq_update(void *ctx)
 {
@@ -629,10 +709,13 @@ int ufs_rseq_update(void *ctx)
 	if (!is_target(id >> 32))
 		return 0;
 	__u32 tid = (__u32)id;
+
+	if (!tid_known(tid))
+		return 0;
 	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &tid);
 
-	if (e)
-		finish_sleep(tid, e, bpf_ktime_get_ns());
+	if (e && e->state != SLEEP_IDLE)
+		finish_sleep(tid, e, task_state(0), bpf_ktime_get_ns());
 	return 0;
 }
 
@@ -699,29 +782,39 @@ int ufs_sys_enter_ioctl(struct tp_sys_enter *ctx)
 
 	if (!is_target(id >> 32))
 		return 0;
-	__u32 tid = (__u32)id;
 	__u32 fd = (__u32)ctx->args[0];
 	__u32 cmd = (__u32)ctx->args[1];
 	__u64 arg = ctx->args[2];
-	struct ioctl_pending p = {
-		.enter_ts = bpf_ktime_get_ns(),
-		.arg = arg,
-		.cmd = cmd,
-		.fd = fd,
-	};
 
 	/* USERFAULTFD_IOC_NEW is issued on /dev/userfaultfd, not on a uffd;
 	 * the 0xAA ioctl type is reserved for userfaultfd, so the number alone
-	 * identifies it. */
-	if (cmd == UFS_USERFAULTFD_IOC_NEW) {
-		map_put(&ufs_ioctl, &tid, &p);
-		return 0;
-	}
+	 * identifies it. Everything else (KVM_RUN, ...) leaves here. */
 	if (((cmd >> 8) & 0xff) != UFS_UFFD_IOCTL_TYPE)
 		return 0;
-	__u64 key = UFS_FD_KEY(id >> 32, fd);
+	if (cmd != UFS_USERFAULTFD_IOC_NEW) {
+		__u64 key = UFS_FD_KEY(id >> 32, fd);
 
-	if (!bpf_map_lookup_elem(&ufs_uffd_fds, &key))
+		if (!bpf_map_lookup_elem(&ufs_uffd_fds, &key))
+			return 0;
+	}
+	struct task_state *ts = task_state(1);
+
+	if (!ts)
+		return 0;
+	struct ioctl_pending *p = &ts->io;
+
+	p->enter_ts = bpf_ktime_get_ns();
+	p->arg = arg;
+	p->cmd = cmd;
+	p->fd = fd;
+	p->start = 0;
+	p->src = 0;
+	p->len = 0;
+	p->mode = 0;
+	p->n_woken = 0;
+	p->n_wakeups = 0;
+	p->result_off = 0;
+	if (cmd == UFS_USERFAULTFD_IOC_NEW)
 		return 0;
 
 	__u64 w[4] = {};
@@ -731,44 +824,43 @@ int ufs_sys_enter_ioctl(struct tp_sys_enter *ctx)
 	case UFS_UFFDIO_COPY:
 	case UFS_UFFDIO_MOVE:
 		bpf_probe_read_user(w, 32, uarg);
-		p.start = w[0];
-		p.src = w[1];
-		p.len = w[2];
-		p.mode = w[3];
-		p.result_off = 32;
+		p->start = w[0];
+		p->src = w[1];
+		p->len = w[2];
+		p->mode = w[3];
+		p->result_off = 32;
 		break;
 	case UFS_UFFDIO_ZEROPAGE:
 	case UFS_UFFDIO_CONTINUE:
 	case UFS_UFFDIO_POISON:
 	case UFS_UFFDIO_REGISTER:
 		bpf_probe_read_user(w, 24, uarg);
-		p.start = w[0];
-		p.len = w[1];
-		p.mode = w[2];
-		p.result_off = 24;
+		p->start = w[0];
+		p->len = w[1];
+		p->mode = w[2];
+		p->result_off = 24;
 		break;
 	case UFS_UFFDIO_WRITEPROTECT:
 		bpf_probe_read_user(w, 24, uarg);
-		p.start = w[0];
-		p.len = w[1];
-		p.mode = w[2];
+		p->start = w[0];
+		p->len = w[1];
+		p->mode = w[2];
 		break;
 	case UFS_UFFDIO_WAKE:
 	case UFS_UFFDIO_UNREGISTER:
 		bpf_probe_read_user(w, 16, uarg);
-		p.start = w[0];
-		p.len = w[1];
+		p->start = w[0];
+		p->len = w[1];
 		break;
 	case UFS_UFFDIO_API:
 		bpf_probe_read_user(w, 16, uarg);
-		p.start = w[0];
-		p.src = w[1];
-		p.result_off = 8;
+		p->start = w[0];
+		p->src = w[1];
+		p->result_off = 8;
 		break;
 	default:
 		break;
 	}
-	map_put(&ufs_ioctl, &tid, &p);
 	return 0;
 }
 
@@ -780,21 +872,30 @@ int ufs_sys_exit_ioctl(struct tp_sys_exit *ctx)
 	if (!is_target(id >> 32))
 		return 0;
 	__u32 tid = (__u32)id;
-	struct ioctl_pending *p = bpf_map_lookup_elem(&ufs_ioctl, &tid);
+	struct task_state *ts = task_state(0);
 
-	if (!p)
+	if (!ts || !ts->io.enter_ts)
 		return 0;
+	struct ioctl_pending *p = &ts->io;
 	__s64 ret = ctx->ret;
+	__u64 enter_ts = p->enter_ts;
 
+	p->enter_ts = 0;
 	if (p->cmd == UFS_USERFAULTFD_IOC_NEW) {
-		bpf_map_delete_elem(&ufs_ioctl, &tid);
 		add_uffd_fd(tid, id >> 32, ret, UFS_UFFD_FD_IOC_NEW);
 		return 0;
 	}
 
 	__s64 result = 0;
 
-	if (p->result_off == 32)
+	/* A placing ioctl that returns 0 placed the whole range and wrote
+	 * len to its out field (userfaultfd_copy() and friends return -EAGAIN
+	 * otherwise), so only failures and REGISTER/API need the user read. */
+	if (ret == 0 && p->result_off == 32)
+		result = (__s64)p->len;
+	else if (ret == 0 && p->result_off == 24 && p->cmd != UFS_UFFDIO_REGISTER)
+		result = (__s64)p->len;
+	else if (p->result_off == 32)
 		bpf_probe_read_user(&result, 8, (const void *)(p->arg + 32));
 	else if (p->result_off == 24)
 		bpf_probe_read_user(&result, 8, (const void *)(p->arg + 24));
@@ -805,7 +906,7 @@ int ufs_sys_exit_ioctl(struct tp_sys_exit *ctx)
 
 	if (e) {
 		fill_hdr(&e->hdr, UFS_EV_UFFD_IOCTL, tid, bpf_ktime_get_ns());
-		e->enter_ts = p->enter_ts;
+		e->enter_ts = enter_ts;
 		e->ret = ret;
 		e->start = p->start;
 		e->src = p->src;
@@ -818,7 +919,6 @@ int ufs_sys_exit_ioctl(struct tp_sys_exit *ctx)
 		e->n_wakeups = p->n_wakeups;
 		ufs_submit(e);
 	}
-	bpf_map_delete_elem(&ufs_ioctl, &tid);
 	return 0;
 }
 
@@ -832,19 +932,18 @@ int ufs_sys_enter_read(struct tp_sys_enter *ctx)
 
 	if (!is_target(id >> 32))
 		return 0;
-	__u32 tid = (__u32)id;
 	__u32 fd = (__u32)ctx->args[0];
 	__u64 key = UFS_FD_KEY(id >> 32, fd);
 
 	if (!bpf_map_lookup_elem(&ufs_uffd_fds, &key))
 		return 0;
-	struct read_pending p = {
-		.enter_ts = bpf_ktime_get_ns(),
-		.buf = ctx->args[1],
-		.fd = fd,
-	};
+	struct task_state *ts = task_state(1);
 
-	map_put(&ufs_read, &tid, &p);
+	if (!ts)
+		return 0;
+	ts->rd.enter_ts = bpf_ktime_get_ns();
+	ts->rd.buf = ctx->args[1];
+	ts->rd.fd = fd;
 	return 0;
 }
 
@@ -856,22 +955,24 @@ int ufs_sys_exit_read(struct tp_sys_exit *ctx)
 	if (!is_target(id >> 32))
 		return 0;
 	__u32 tid = (__u32)id;
-	struct read_pending *p = bpf_map_lookup_elem(&ufs_read, &tid);
+	struct task_state *ts = task_state(0);
 
-	if (!p)
+	if (!ts || !ts->rd.enter_ts)
 		return 0;
+	struct read_pending *p = &ts->rd;
 	__s64 ret = ctx->ret;
+	__u64 enter_ts = p->enter_ts;
 
+	p->enter_ts = 0;
 	if (ret == -EAGAIN) {
 		stat_inc(UFS_STAT_READ_EAGAIN);
-		bpf_map_delete_elem(&ufs_read, &tid);
 		return 0;
 	}
 	struct ufs_uffd_read *e = ufs_reserve(sizeof(*e), UFS_EV_UFFD_READ);
 
 	if (e) {
 		fill_hdr(&e->hdr, UFS_EV_UFFD_READ, tid, bpf_ktime_get_ns());
-		e->enter_ts = p->enter_ts;
+		e->enter_ts = enter_ts;
 		e->ret = ret;
 		e->fd = p->fd;
 		e->n_msgs = ret > 0 ? (__u32)(ret / UFS_UFFD_MSG_SIZE) : 0;
@@ -887,7 +988,6 @@ int ufs_sys_exit_read(struct tp_sys_exit *ctx)
 		}
 		ufs_submit(e);
 	}
-	bpf_map_delete_elem(&ufs_read, &tid);
 	return 0;
 }
 
@@ -904,11 +1004,12 @@ static __always_inline struct send_pending *send_begin(__u32 tgid, __u32 fd, __u
 
 	if (!bpf_map_lookup_elem(&ufs_sock_fds, &key))
 		return 0;
-	__u32 zero = 0;
-	struct send_pending *p = bpf_map_lookup_elem(&ufs_send_scratch, &zero);
+	struct task_state *ts = task_state(1);
 
-	if (!p)
+	if (!ts)
 		return 0;
+	struct send_pending *p = &ts->snd;
+
 	p->enter_ts = bpf_ktime_get_ns();
 	p->req_len = 0;
 	p->fd = fd;
@@ -930,25 +1031,40 @@ static __always_inline void capture_flat(struct send_pending *p, __u64 ubuf, __u
 
 static __always_inline void capture_iov(struct send_pending *p, __u64 uiov, __u64 cnt)
 {
+	struct user_iovec iov[UFS_SEND_MAX_IOV] = {};
 	__u32 off = 0;
+	__u32 n_iov = cnt < UFS_SEND_MAX_IOV ? (__u32)cnt : UFS_SEND_MAX_IOV;
 
 	p->iovcnt = (__u32)cnt;
+	if (!n_iov)
+		return;
+	/* Every iovec header in one user read (each read costs about as much
+	 * as a hash update here); one at a time only if that read fails, e.g.
+	 * because the array ends just before an unmapped page. */
+	if (bpf_probe_read_user(iov, n_iov * sizeof(iov[0]), (const void *)uiov)) {
+#pragma unroll
+		for (int i = 0; i < UFS_SEND_MAX_IOV; i++) {
+			if (i >= n_iov)
+				break;
+			if (bpf_probe_read_user(&iov[i], sizeof(iov[0]),
+						(const void *)(uiov + i * sizeof(iov[0])))) {
+				n_iov = i;
+				break;
+			}
+		}
+	}
 #pragma unroll
 	for (int i = 0; i < UFS_SEND_MAX_IOV; i++) {
-		struct user_iovec iov;
-
-		if (i >= cnt)
+		if (i >= n_iov)
 			break;
-		if (bpf_probe_read_user(&iov, sizeof(iov), (const void *)(uiov + i * sizeof(iov))))
-			break;
-		p->req_len += iov.len;
-		if (off >= UFS_SEND_CAPTURE || !iov.len)
+		p->req_len += iov[i].len;
+		if (off >= UFS_SEND_CAPTURE || !iov[i].len)
 			continue;
 		__u64 n = UFS_SEND_CAPTURE - off;
 		__u32 o = off;
 
-		if (iov.len < n)
-			n = iov.len;
+		if (iov[i].len < n)
+			n = iov[i].len;
 		/* off < 64 and n <= 64, so the copy stays inside the 128-byte
 		 * buffer. The verifier loses that relation across iterations,
 		 * so restate both bounds on the registers it checks; the
@@ -959,16 +1075,11 @@ static __always_inline void capture_iov(struct send_pending *p, __u64 uiov, __u6
 		barrier_var(n);
 		if (n > UFS_SEND_CAPTURE)
 			n = UFS_SEND_CAPTURE;
-		if (bpf_probe_read_user(&p->bytes[o], n, (const void *)iov.base))
+		if (bpf_probe_read_user(&p->bytes[o], n, (const void *)iov[i].base))
 			break;
 		off += n;
 	}
 	p->captured = (__u16)off;
-}
-
-static __always_inline void send_commit(__u32 tid, struct send_pending *p)
-{
-	map_put(&ufs_send, &tid, p);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
@@ -987,7 +1098,6 @@ int ufs_sys_enter_sendmsg(struct tp_sys_enter *ctx)
 
 	if (bpf_probe_read_user(hdr, sizeof(hdr), (const void *)(ctx->args[1] + 16)) == 0)
 		capture_iov(p, hdr[0], hdr[1]);
-	send_commit((__u32)id, p);
 	return 0;
 }
 
@@ -1003,7 +1113,6 @@ int ufs_sys_enter_writev(struct tp_sys_enter *ctx)
 	if (!p)
 		return 0;
 	capture_iov(p, ctx->args[1], ctx->args[2]);
-	send_commit((__u32)id, p);
 	return 0;
 }
 
@@ -1019,7 +1128,6 @@ int ufs_sys_enter_sendto(struct tp_sys_enter *ctx)
 	if (!p)
 		return 0;
 	capture_flat(p, ctx->args[1], ctx->args[2]);
-	send_commit((__u32)id, p);
 	return 0;
 }
 
@@ -1035,7 +1143,6 @@ int ufs_sys_enter_write(struct tp_sys_enter *ctx)
 	if (!p)
 		return 0;
 	capture_flat(p, ctx->args[1], ctx->args[2]);
-	send_commit((__u32)id, p);
 	return 0;
 }
 
@@ -1046,10 +1153,12 @@ static __always_inline void send_exit(struct tp_sys_exit *ctx, __u16 syscall)
 	if (!is_target(id >> 32))
 		return;
 	__u32 tid = (__u32)id;
-	struct send_pending *p = bpf_map_lookup_elem(&ufs_send, &tid);
+	struct task_state *ts = task_state(0);
 
-	if (!p)
+	if (!ts || !ts->snd.enter_ts)
 		return;
+	struct send_pending *p = &ts->snd;
+
 	/* An entry left by an enter whose exit was missed belongs to another
 	 * syscall: drop it. */
 	if (p->syscall == syscall) {
@@ -1069,7 +1178,7 @@ static __always_inline void send_exit(struct tp_sys_exit *ctx, __u16 syscall)
 			ufs_submit(e);
 		}
 	}
-	bpf_map_delete_elem(&ufs_send, &tid);
+	p->enter_ts = 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
@@ -1289,14 +1398,15 @@ int ufs_sched_process_exit(struct tp_sched_process_exit *ctx)
 	if (!is_target(id >> 32))
 		return 0;
 	__u32 tid = (__u32)id;
-	struct sleep_entry *pw = bpf_map_lookup_elem(&ufs_sleep, &tid);
+	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &tid);
 
-	if (pw)
-		finish_sleep(tid, pw, 0);
-	bpf_map_delete_elem(&ufs_fault, &tid);
-	bpf_map_delete_elem(&ufs_ioctl, &tid);
-	bpf_map_delete_elem(&ufs_read, &tid);
-	bpf_map_delete_elem(&ufs_send, &tid);
+	/* The task storage goes with the task; the sleep entry and the tid's
+	 * bit are dropped here, so a reused tid starts clean. */
+	if (e) {
+		finish_sleep(tid, e, task_state(0), 0);
+		bpf_map_delete_elem(&ufs_sleep, &tid);
+		tid_mark(tid, 0);
+	}
 	emit_thread(tid, id >> 32, UFS_THREAD_EXIT, tid, ctx->group_dead, ctx->comm);
 	return 0;
 }

@@ -803,6 +803,9 @@ impl BpfTracer {
         let probe_ns = u64::try_from(cfg.tcp_probe_interval.as_nanos()).unwrap_or(u64::MAX);
 
         let mut ebpf = EbpfLoader::new()
+            // aya 0.14 has no type for task storage (ufs_task) but creates
+            // it all the same; userspace never touches it.
+            .allow_unsupported_maps()
             .override_global(names::TARGETS_GLOBAL, &targets, true)
             .override_global(names::N_TARGETS_GLOBAL, &n_targets, true)
             .override_global(names::WAKEUP_BYTES_GLOBAL, &cfg.wakeup_bytes, true)
