@@ -8,8 +8,8 @@ pub mod console;
 pub mod convert;
 #[cfg(target_os = "linux")]
 pub mod discover;
-pub mod qmp;
 #[cfg(target_os = "linux")]
 pub mod perf;
+pub mod qmp;
 #[cfg(target_os = "linux")]
 pub mod session;
