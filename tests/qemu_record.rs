@@ -21,37 +21,6 @@ use uffdscope_fixtures::tier;
 const AGREEMENT: f64 = 0.15;
 
 /// Keeps the run's directory (trace, logs, summary) when the test fails.
-struct KeepOnPanic(Option<tempfile::TempDir>);
-
-impl KeepOnPanic {
-    fn new() -> Self {
-        Self(Some(
-            tempfile::Builder::new()
-                .prefix("uffdscope-rec-")
-                .tempdir_in("/tmp")
-                .expect("create a short output dir under /tmp (unix socket paths)"),
-        ))
-    }
-
-    fn path(&self) -> PathBuf {
-        self.0
-            .as_ref()
-            .expect("dir present until drop")
-            .path()
-            .to_path_buf()
-    }
-}
-
-impl Drop for KeepOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Some(dir) = self.0.take() {
-                eprintln!("lab output kept in {}", dir.keep().display());
-            }
-        }
-    }
-}
-
 /// One migration of the stress guest with `uffdscope record` on the destination.
 fn migrate_and_record(dir: &Path, vcpus: u32) -> (Summary, PathBuf) {
     // `exec`: the lab signals and waits for the shell; without it the exit
@@ -299,7 +268,7 @@ fn record_real_postcopy_and_explain_it() {
         return;
     }
     for vcpus in [1, 2] {
-        let dir = KeepOnPanic::new();
+        let dir = tier::KeptOnPanic::new("uffdscope-rec-");
         let (summary, trace) = migrate_and_record(&dir.path(), vcpus);
         let r = check(&summary, &trace, vcpus);
         eprintln!(
