@@ -89,9 +89,11 @@ enum ufs_fault_source {
 #define UFS_FW_WOKEN_BEFORE_SWITCH 0x4 /* woken while switching out to sleep:
 					* woken_ts <= blocked_ts <= run_ts */
 #define UFS_FW_RUN_UNSEEN 0x8          /* the switch-in was never traced: run_ts is the
-					* thread's next return to user or guest mode
-					* (rseq:rseq_update), or 0 when its next fault
-					* or switch-out came first */
+					* first traced moment the thread ran after the
+					* wake, an upper bound on the switch-in: its
+					* return to user or guest mode (rseq:rseq_update,
+					* a few us after the switch-in), else its next
+					* switch-out, fault or exit */
 
 /*
  * One faulting thread's block/wake interval that ended with a wake done from

@@ -383,7 +383,9 @@ static __always_inline void take_fault(struct sleep_entry *e, struct task_state 
  *    from such a task to the woken thread is invisible. A woken one is
  *    emitted with RUN_UNSEEN rather than dropped, and the entry must not
  *    stay stale to swallow the thread's next sleep.
- * run_ts is the return to user or guest mode (rseq_update), or 0. */
+ * run_ts is when the caller saw the thread running, an upper bound on the
+ * switch-in: its return to user or guest mode (rseq_update, a few µs after
+ * the switch-in), else its next switch-out, fault or exit. */
 static __always_inline void finish_sleep(__u32 tid, struct sleep_entry *e, struct task_state *ts,
 					 __u64 run_ts)
 {
@@ -430,7 +432,7 @@ static __always_inline void put_fault(__u32 tid, struct fault_entry *f)
 	struct sleep_entry *e = own_sleep(tid, ts);
 
 	if (e)
-		finish_sleep(tid, e, ts, 0);
+		finish_sleep(tid, e, ts, f->ts);
 	ts->f = *f;
 }
 
@@ -560,7 +562,8 @@ static __always_inline void switch_out(__u32 prev, __u32 state, __u64 now)
 		return;
 	}
 	/* prev is running, so whatever the entry still holds is over. */
-	finish_sleep(prev, e, ts, 0);
+	if (e->state != SLEEP_IDLE)
+		finish_sleep(prev, e, ts, now ? now : bpf_ktime_get_ns());
 	if (!state)
 		return;
 	take_fault(e, ts);
@@ -1403,7 +1406,7 @@ int ufs_sched_process_exit(struct tp_sched_process_exit *ctx)
 	/* The task storage goes with the task; the sleep entry and the tid's
 	 * bit are dropped here, so a reused tid starts clean. */
 	if (e) {
-		finish_sleep(tid, e, task_state(0), 0);
+		finish_sleep(tid, e, task_state(0), bpf_ktime_get_ns());
 		bpf_map_delete_elem(&ufs_sleep, &tid);
 		tid_mark(tid, 0);
 	}

@@ -198,10 +198,11 @@ pub mod fault_flags {
     /// Woken while switching out to sleep (the wake raced the switch):
     /// `woken_ts <= blocked_ts <= run_ts`.
     pub const WOKEN_BEFORE_SWITCH: u16 = 0x4;
-    /// The switch-in was never traced. `run_ts` is then the thread's next
-    /// return to user or guest mode (`rseq:rseq_update`, a few µs after the
-    /// switch-in), or 0 when its next fault or switch-out came first; the
-    /// other times hold.
+    /// The switch-in was never traced. `run_ts` is then the first traced
+    /// moment the thread ran after the wake, an upper bound on the switch-in:
+    /// its return to user or guest mode (`rseq:rseq_update`, a few µs after
+    /// the switch-in), else its next switch-out, fault or exit. The other
+    /// times hold.
     pub const RUN_UNSEEN: u16 = 0x8;
 }
 
