@@ -493,6 +493,12 @@ pub enum BpfError {
     /// Setting up the ring buffer's epoll instance failed.
     #[error("setting up epoll on the BPF ring buffer: {0}")]
     Epoll(#[source] io::Error),
+    /// The kernel has no BTF, so task storage cannot be used.
+    #[error(
+        "{KERNEL_BTF} is missing: the BPF programs keep per-thread state in task storage, \
+         which needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.11 or later)"
+    )]
+    NoKernelBtf,
     /// Asking the kernel for a program's run statistics failed.
     #[error("reading the run statistics of program {program}: {source}")]
     Stats {
@@ -797,6 +803,9 @@ impl BpfTracer {
     pub fn load(cfg: &BpfConfig) -> Result<BpfTracer, BpfError> {
         cfg.validate()?;
         let tracefs = find_tracefs().ok_or(BpfError::NoTracefs)?;
+        if !kernel_btf_present() {
+            return Err(BpfError::NoKernelBtf);
+        }
         let mut targets = [0u32; MAX_TARGETS];
         targets[..cfg.targets.len()].copy_from_slice(&cfg.targets);
         let n_targets = cfg.targets.len() as u32;
@@ -1271,6 +1280,16 @@ impl TracepointProbe {
     pub fn usable(&self) -> bool {
         self.format == FormatCheck::Matches
     }
+}
+
+/// Where the kernel publishes its own BTF.
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Whether the kernel exposes its BTF ([`KERNEL_BTF`]), which the programs
+/// need for per-thread task storage (`bpf_get_current_task_btf`); for
+/// `uffdscope check`.
+pub fn kernel_btf_present() -> bool {
+    Path::new(KERNEL_BTF).exists()
 }
 
 /// Probes every tracepoint in [`TRACEPOINTS`] (for `uffdscope check`): does
