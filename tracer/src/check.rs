@@ -76,14 +76,14 @@ pub fn run() -> Vec<Line> {
                 .to_owned()
         },
     ));
-    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    let btf = bpf::kernel_btf_present();
     out.push(line(
-        if btf { Status::Ok } else { Status::Warn },
+        if btf { Status::Ok } else { Status::Fail },
         "kernel BTF",
         if btf {
-            "/sys/kernel/btf/vmlinux present"
+            "/sys/kernel/btf/vmlinux present (per-thread state lives in BPF task storage)"
         } else {
-            "/sys/kernel/btf/vmlinux missing: the programs use plain tracepoints and do not need it"
+            "/sys/kernel/btf/vmlinux missing: BPF task storage needs kernel BTF (CONFIG_DEBUG_INFO_BTF)"
         },
     ));
     let kprobes = Path::new("/sys/kernel/tracing/kprobe_events").exists();
