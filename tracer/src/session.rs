@@ -285,6 +285,50 @@ fn console_thread(path: &Path, stop: &AtomicBool, tx: &mpsc::Sender<Record>) {
     }
 }
 
+/// Ring-buffer records turned into trace records, with the running figures
+/// the status line shows.
+#[derive(Default)]
+struct Drained {
+    pending: Vec<Record>,
+    service: Hist,
+    faults: u64,
+    /// Records that did not decode or convert.
+    bad: u64,
+}
+
+impl Drained {
+    /// Drains every waiting record into `out`.
+    fn drain(
+        &mut self,
+        ring: &mut crate::bpf::RingDrain,
+        out: &mut Writer,
+    ) -> Result<(), RecordError> {
+        ring.drain(|r| {
+            match r
+                .map_err(|_| ())
+                .and_then(|ev| Records::try_from(&ev).map_err(|_| ()))
+            {
+                Ok(Records(recs)) => {
+                    for rec in recs {
+                        if let Record::Sleep(s) = &rec {
+                            self.faults += 1;
+                            if let Some(f) = &s.fault {
+                                self.service.record(s.woken_ts.saturating_sub(f.ts));
+                            }
+                        }
+                        self.pending.push(rec);
+                    }
+                }
+                Err(()) => self.bad += 1,
+            }
+        });
+        for rec in self.pending.drain(..) {
+            out.push(&rec)?;
+        }
+        Ok(())
+    }
+}
+
 struct Writer {
     w: TraceWriter<std::fs::File>,
     path: PathBuf,
@@ -442,15 +486,12 @@ pub fn record(
     }
 
     let started = Instant::now();
-    let mut service = Hist::default();
-    let mut faults = 0u64;
-    let mut bad = 0u64;
+    let mut drained = Drained::default();
     let mut last_drops = 0u64;
     let mut last_scan = Instant::now();
     let mut last_progress = Instant::now();
     let mut last_flush = Instant::now();
     let mut events_at_progress = 0u64;
-    let mut pending: Vec<Record> = Vec::with_capacity(4096);
     let stop_reason = loop {
         let reason = if stop.load(Ordering::Relaxed) {
             Some(StopReason::Stopped)
@@ -462,28 +503,7 @@ pub fn record(
         // Drain timer: never wake per event (DESIGN.md §3); the kernel only
         // forces a wake-up when the ring fills past the threshold.
         let _ = ring.wait(cfg.drain_interval);
-        ring.drain(|r| {
-            match r
-                .map_err(|_| ())
-                .and_then(|ev| Records::try_from(&ev).map_err(|_| ()))
-            {
-                Ok(Records(recs)) => {
-                    for rec in recs {
-                        if let Record::Sleep(s) = &rec {
-                            faults += 1;
-                            if let Some(f) = &s.fault {
-                                service.record(s.woken_ts.saturating_sub(f.ts));
-                            }
-                        }
-                        pending.push(rec);
-                    }
-                }
-                Err(()) => bad += 1,
-            }
-        });
-        for rec in pending.drain(..) {
-            out.push(&rec)?;
-        }
+        drained.drain(&mut ring, &mut out)?;
         while let Ok(rec) = rx.try_recv() {
             out.push(&rec)?;
         }
@@ -552,16 +572,16 @@ pub fn record(
         }
         if last_progress.elapsed() >= Duration::from_millis(500) {
             let dt = last_progress.elapsed().as_secs_f64();
-            let p = service.percentiles();
+            let p = drained.service.percentiles();
             progress(&Progress {
                 elapsed: started.elapsed(),
                 events: out.events,
                 events_per_s: (out.events - events_at_progress) as f64 / dt,
-                faults,
+                faults: drained.faults,
                 p50_us: p.p50,
                 p99_us: p.p99,
                 drops: last_drops,
-                bad_records: bad,
+                bad_records: drained.bad,
             });
             events_at_progress = out.events;
             last_progress = Instant::now();
@@ -572,17 +592,7 @@ pub fn record(
         if !discover::alive(cfg.pid) {
             // One more pass drains what the target emitted before exiting.
             let _ = ring.wait(Duration::from_millis(1));
-            ring.drain(|r| {
-                if let Ok(Records(recs)) = r
-                    .map_err(|_| ())
-                    .and_then(|ev| Records::try_from(&ev).map_err(|_| ()))
-                {
-                    pending.extend(recs);
-                }
-            });
-            for rec in pending.drain(..) {
-                out.push(&rec)?;
-            }
+            drained.drain(&mut ring, &mut out)?;
             break StopReason::TargetExited;
         }
     };
@@ -607,7 +617,7 @@ pub fn record(
             kind: "counters".into(),
             text: format!(
                 "read_eagain {} map_full {} sock_eagain {} sleep_other {} undecodable {}",
-                c.read_eagain, c.map_full, c.sock_eagain, c.sleep_other, bad
+                c.read_eagain, c.map_full, c.sock_eagain, c.sleep_other, drained.bad
             ),
         }))?;
     }
@@ -628,7 +638,7 @@ pub fn record(
         path,
         stop: stop_reason,
         events,
-        faults,
+        faults: drained.faults,
         drops,
         bytes,
         attached,
