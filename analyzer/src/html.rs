@@ -5,6 +5,7 @@
 //! Every string that came from a trace or a guest log goes through [`escape`]
 //! (DESIGN.md §11). Numbers are formatted here and need no escaping.
 
+use crate::format::{num, pct};
 use std::fmt::Write;
 
 use crate::lifecycle::Stage;
@@ -83,15 +84,6 @@ svg .gridl{stroke:#eef1f5;stroke-width:1}
 footer{color:var(--muted);font-size:12px;text-align:center;margin-top:20px}
 "#;
 
-fn num(v: Option<f64>) -> String {
-    match v {
-        Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
-        Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
-        Some(x) => format!("{x:.2}"),
-        None => "n/a".to_owned(),
-    }
-}
-
 /// A duration given in µs, in the unit that reads best.
 fn dur_us(v: Option<f64>) -> String {
     match v {
@@ -104,14 +96,6 @@ fn dur_us(v: Option<f64>) -> String {
 
 fn dur_ms(v: Option<f64>) -> String {
     dur_us(v.map(|ms| ms * 1e3))
-}
-
-fn pct(v: Option<f64>) -> String {
-    match v {
-        Some(x) if x > 0.0 && x < 0.01 => "<1%".to_owned(),
-        Some(x) => format!("{:.0}%", x * 100.0),
-        None => "n/a".to_owned(),
-    }
 }
 
 fn role_color(role: &str) -> &'static str {

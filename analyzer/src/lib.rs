@@ -6,6 +6,7 @@ pub mod blocktime;
 pub mod codec;
 pub mod csv;
 pub mod export;
+mod format;
 pub mod guest;
 pub mod html;
 pub mod lifecycle;

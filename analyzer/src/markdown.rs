@@ -2,6 +2,7 @@
 //! meant to be pasted into a bug or an issue comment. Warnings come first, in
 //! bold; tables are capped so the whole thing stays comment-sized.
 
+use crate::format::num;
 use std::fmt::Write;
 
 use crate::lifecycle::Stage;
@@ -33,21 +34,8 @@ pub fn escape(s: &str) -> String {
     o
 }
 
-fn num(v: Option<f64>) -> String {
-    match v {
-        Some(x) if x >= 100.0 => format!("{x:.0}"),
-        Some(x) if x >= 10.0 => format!("{x:.1}"),
-        Some(x) => format!("{x:.2}"),
-        None => "n/a".to_owned(),
-    }
-}
-
 fn pct(v: Option<f64>) -> String {
-    match v {
-        Some(x) if x > 0.0 && x < 0.01 => "&lt;1%".to_owned(),
-        Some(x) => format!("{:.0}%", x * 100.0),
-        None => "n/a".to_owned(),
-    }
+    escape(&crate::format::pct(v))
 }
 
 /// Renders the markdown report.

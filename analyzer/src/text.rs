@@ -1,21 +1,13 @@
 //! Terminal and markdown renderings of a [`Report`].
 
+use crate::format::{num, pct};
 use std::fmt::Write;
 
 use crate::lifecycle::Stage;
 use crate::report::Report;
 
 fn opt(v: Option<f64>, unit: &str) -> String {
-    match v {
-        Some(x) if x >= 100.0 => format!("{x:.0}{unit}"),
-        Some(x) if x >= 10.0 => format!("{x:.1}{unit}"),
-        Some(x) => format!("{x:.2}{unit}"),
-        None => "n/a".to_owned(),
-    }
-}
-
-fn pct(v: Option<f64>) -> String {
-    v.map_or_else(|| "n/a".to_owned(), |x| format!("{:.0}%", x * 100.0))
+    v.map_or_else(|| "n/a".to_owned(), |x| format!("{}{unit}", num(Some(x))))
 }
 
 /// The headline: one or two sentences a bug reader needs.
