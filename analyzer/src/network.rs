@@ -128,7 +128,13 @@ impl Network {
     pub fn report(&self, thread_role: impl Fn(u32) -> Option<&'static str>) -> Vec<ChannelReport> {
         let mut out: Vec<ChannelReport> = Vec::new();
         let mut receivers: Vec<(u64, usize)> = Vec::new();
-        for ch in self.channels.values() {
+        // A listening socket (remote port 0) carries no migration data.
+        for ch in self
+            .channels
+            .iter()
+            .filter(|((_, remote_port), _)| *remote_port != 0)
+            .map(|(_, ch)| ch)
+        {
             let p = ch.srtt.percentiles();
             let idx = out.len();
             let top_reader = ch
@@ -173,5 +179,33 @@ impl Network {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::SocketInfo;
+
+    fn socket(fd: i32, local_port: u16, remote_port: u16) -> Record {
+        Record::Socket(SocketInfo {
+            ts: 0,
+            fd,
+            inode: u64::from(local_port),
+            local: format!("127.0.0.1:{local_port}"),
+            remote: format!("127.0.0.1:{remote_port}"),
+            local_port,
+            remote_port,
+        })
+    }
+
+    #[test]
+    fn listening_sockets_are_not_channels() {
+        let mut n = Network::default();
+        n.push(&socket(3, 4444, 0));
+        n.push(&socket(4, 4444, 50000));
+        let channels = n.report(|_| None);
+        assert_eq!(channels.len(), 1);
+        assert_eq!(channels[0].fd, Some(4));
     }
 }
