@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use uffdscope_analyzer::analysis::{self, AnalysisError, Options};
-use uffdscope_analyzer::trace::create_exclusive;
+use uffdscope_trace::create_exclusive;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -192,7 +192,7 @@ fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
             "uffdscope: note: --guest-log and --guest-offset apply to the text, json, markdown and html reports; this export uses the guest lines recorded in the trace"
         );
     }
-    let mut reader = uffdscope_analyzer::trace::TraceReader::open(&args.trace)
+    let mut reader = uffdscope_trace::TraceReader::open(&args.trace)
         .map_err(|t| InputError(format!("{}: {t}", args.trace.display())))?;
     let (out, dest): (Box<dyn Write>, String) = match &args.output {
         Some(path) => (

@@ -236,8 +236,8 @@ fn html_report_is_self_contained_and_structured() {
 
 #[test]
 fn html_escapes_strings_from_the_trace_and_guest() {
-    use uffdscope_analyzer::record::{GuestLine, Record, Role, ThreadInfo};
     use uffdscope_fixtures::synth::{Scenario, T0, VCPU_TID0};
+    use uffdscope_trace::record::{GuestLine, Record, Role, ThreadInfo};
     let evil = "<script>alert(1)</script>";
     let scenario = Scenario::default();
     let mut records = Vec::new();
@@ -264,7 +264,7 @@ fn html_escapes_strings_from_the_trace_and_guest() {
     let dir = tempfile::tempdir().unwrap();
     // A file name cannot hold the `/` of `</script>`.
     let path = dir.path().join("<script>x.trace");
-    std::fs::write(&path, uffdscope_analyzer::trace::write_all(&meta, &records)).unwrap();
+    std::fs::write(&path, uffdscope_trace::write_all(&meta, &records)).unwrap();
     let out = bin()
         .args(["report", "-f", "html"])
         .arg(&path)

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use uffdscope_analyzer::analysis::{self, Options};
 use uffdscope_analyzer::lifecycle::{Engine, ThreadFacts};
-use uffdscope_analyzer::record::Role;
 use uffdscope_analyzer::report::Report;
-use uffdscope_analyzer::trace::TraceReader;
 use uffdscope_fixtures::qemu::{self, LabConfig, Summary};
 use uffdscope_fixtures::tier;
+use uffdscope_trace::record::Role;
+use uffdscope_trace::TraceReader;
 
 /// How far uffdscope's replay of QEMU's accounting may be from QEMU's figures.
 const AGREEMENT: f64 = 0.15;

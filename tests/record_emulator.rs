@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use uffdscope_analyzer::analysis::{analyze_file, Options};
 use uffdscope_analyzer::lifecycle::{Engine, Fault};
-use uffdscope_analyzer::trace::TraceReader;
 use uffdscope_fixtures::emu::truth::read_truth;
 use uffdscope_fixtures::emu::{Bandwidth, Config, Emu};
 use uffdscope_fixtures::tier;
+use uffdscope_trace::TraceReader;
 
 /// These tests measure latencies and load the machine; running them one at a
 /// time keeps each one's numbers its own.

@@ -10,13 +10,13 @@ use crate::blocktime::{self, QemuBlocktime};
 use crate::guest::{self, LineCounts, Sample};
 use crate::lifecycle::{Engine, Fault, Resolution, Stage};
 use crate::network::Network;
-use crate::record::{IoctlOp, Record, Role, UffdMsg};
 use crate::report::{
     Blocktime, FaultSection, NetworkSection, QemuSection, QemuView, Report, SlowFault,
     StatusChange, Target, ThreadRow, Timeline, TraceSection, SCHEMA,
 };
 use crate::stats::{FaultStats, CURVE_QUANTILES};
-use crate::trace::{TraceError, TraceReader};
+use uffdscope_trace::record::{IoctlOp, Record, Role, UffdMsg};
+use uffdscope_trace::{TraceError, TraceReader};
 
 /// What the user asked of the analysis.
 #[derive(Debug, Clone, Default)]
@@ -356,7 +356,7 @@ fn ms(ns: u64) -> f64 {
 
 fn build_report(
     pass: &Pass,
-    meta: &crate::trace::TraceMeta,
+    meta: &uffdscope_trace::TraceMeta,
     version: u16,
     path: &str,
     damage: Option<TraceError>,

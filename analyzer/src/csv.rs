@@ -7,8 +7,8 @@ use std::io::{self, Read, Write};
 
 use crate::export::{self, Exporter, Origin, Summary};
 use crate::lifecycle::{Engine, Fault, Stage};
-use crate::record::Record;
-use crate::trace::TraceReader;
+use uffdscope_trace::record::Record;
+use uffdscope_trace::TraceReader;
 
 /// The header row.
 pub const HEADER: &str =
@@ -106,7 +106,7 @@ mod tests {
     fn unknown_moments_are_empty_cells() {
         let mut csv = Csv {
             out: Vec::new(),
-            origin: Origin::new(&crate::trace::TraceMeta {
+            origin: Origin::new(&uffdscope_trace::TraceMeta {
                 start_ns: 1_000,
                 ..Default::default()
             }),

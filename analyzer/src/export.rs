@@ -6,8 +6,8 @@
 use std::io::{self, Read};
 
 use crate::lifecycle::{Engine, Fault};
-use crate::record::Record;
-use crate::trace::{TraceError, TraceMeta, TraceReader};
+use uffdscope_trace::record::Record;
+use uffdscope_trace::{TraceError, TraceMeta, TraceReader};
 
 /// What an export went through.
 #[derive(Debug)]

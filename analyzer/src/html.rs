@@ -1188,8 +1188,8 @@ pub fn render_html(r: &Report) -> String {
 mod tests {
     use super::*;
     use crate::analysis::{analyze, Options};
-    use crate::record::{GuestLine, Record, Role, ThreadInfo};
-    use crate::trace::{self, TraceMeta, TraceReader};
+    use uffdscope_trace::record::{GuestLine, Record, Role, ThreadInfo};
+    use uffdscope_trace::{TraceMeta, TraceReader};
 
     #[test]
     fn escape_covers_markup_and_quotes() {
@@ -1214,7 +1214,7 @@ mod tests {
 
     #[test]
     fn a_trace_without_faults_renders() {
-        let bytes = trace::write_all(&TraceMeta::default(), &[]);
+        let bytes = uffdscope_trace::write_all(&TraceMeta::default(), &[]);
         let reader = TraceReader::new(&bytes[..]).expect("header");
         let report = analyze(reader, "empty.trace", &Options::default());
         let html = render_html(&report);
@@ -1253,7 +1253,7 @@ mod tests {
                 ),
             }));
         }
-        let bytes = trace::write_all(&meta, &records);
+        let bytes = uffdscope_trace::write_all(&meta, &records);
         let reader = TraceReader::new(&bytes[..]).expect("header");
         let report = analyze(reader, &format!("/tmp/{evil}.trace"), &Options::default());
         assert!(

@@ -1,9 +1,9 @@
-//! uffdscope's portable analyzer: the trace format, the record model, fault
-//! lifecycles, statistics and reports. No Linux-only dependencies.
+//! uffdscope's portable analyzer: fault lifecycles, statistics, guest
+//! correlation, reports and exports over traces read with `uffdscope-trace`.
+//! No Linux-only dependencies.
 
 pub mod analysis;
 pub mod blocktime;
-pub mod codec;
 pub mod csv;
 pub mod export;
 mod format;
@@ -13,9 +13,7 @@ pub mod lifecycle;
 pub mod markdown;
 pub mod network;
 pub mod perfetto;
-pub mod record;
 pub mod report;
 pub mod rp;
 pub mod stats;
 pub mod text;
-pub mod trace;

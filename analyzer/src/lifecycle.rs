@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde::Serialize;
 use smallvec::SmallVec;
 
-use crate::record::{IoctlOp, Record, Role, Sleep, UffdIoctl, UffdMsg};
 use crate::rp::{self, RpMessage};
+use uffdscope_trace::record::{IoctlOp, Record, Role, Sleep, UffdIoctl, UffdMsg};
 
 /// How long past a sleep's last timestamp the engine waits for related records.
 pub const SETTLE_NS: u64 = 500_000_000;
@@ -520,7 +520,7 @@ impl Engine {
             }
             Record::UffdRange(r) => self.ranges.push((r.start, r.len)),
             Record::UffdIoctl(io) => self.push_ioctl(io),
-            Record::SockIo(s) if s.dir == crate::record::Direction::Send && s.ret > 0 => {
+            Record::SockIo(s) if s.dir == uffdscope_trace::record::Direction::Send && s.ret > 0 => {
                 for msg in rp::parse(&s.head) {
                     if let RpMessage::ReqPages { block, start, len } = msg {
                         let key = (s.tid, s.fd);
@@ -669,12 +669,14 @@ impl Engine {
         // waker placed (a KVM entry has a guest-physical address: trust its time).
         let entry = s.fault.filter(|f| {
             f.ts <= s.blocked_ts
-                && (f.source == crate::record::FaultSource::Kvm
+                && (f.source == uffdscope_trace::record::FaultSource::Kvm
                     || (f.addr >= wake_range.0 && f.addr < wake_range.1)
                     || s.wake_len == 0)
         });
         let page = match entry {
-            Some(f) if f.source == crate::record::FaultSource::User => f.addr & !(PAGE - 1),
+            Some(f) if f.source == uffdscope_trace::record::FaultSource::User => {
+                f.addr & !(PAGE - 1)
+            }
             _ => s.wake_start & !(PAGE - 1),
         };
         let placement = self

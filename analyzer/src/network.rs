@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::record::{Direction, Record};
 use crate::rp::{self, RpMessage};
 use crate::stats::Hist;
+use uffdscope_trace::record::{Direction, Record};
 
 #[derive(Debug, Default)]
 struct Channel {
@@ -185,7 +185,7 @@ impl Network {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::SocketInfo;
+    use uffdscope_trace::record::SocketInfo;
 
     fn socket(fd: i32, local_port: u16, remote_port: u16) -> Record {
         Record::Socket(SocketInfo {

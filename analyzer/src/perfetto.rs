@@ -28,9 +28,9 @@ use std::io::{self, Read, Write};
 use crate::export::{self, Exporter, Origin, Summary};
 use crate::guest::{self, LineCounts};
 use crate::lifecycle::{Engine, Fault};
-use crate::record::{Direction, IoctlOp, Record, Role};
 use crate::rp::{self, RpMessage};
-use crate::trace::{TraceMeta, TraceReader};
+use uffdscope_trace::record::{Direction, IoctlOp, Record, Role};
+use uffdscope_trace::{TraceMeta, TraceReader};
 
 /// Pseudo pid of the guest: above Linux's `PID_MAX_LIMIT` (2^22), so it can
 /// never be a real process. Pseudo tids count up from it.
@@ -306,7 +306,7 @@ impl<W: Write> Perfetto<W> {
         )
     }
 
-    fn send(&mut self, s: &crate::record::SockIo) -> io::Result<()> {
+    fn send(&mut self, s: &uffdscope_trace::record::SockIo) -> io::Result<()> {
         let msgs = rp::parse(&s.head);
         if msgs.is_empty() {
             return Ok(());

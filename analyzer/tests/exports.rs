@@ -3,10 +3,10 @@
 
 use serde_json::Value;
 use uffdscope_analyzer::analysis::{analyze, Options};
-use uffdscope_analyzer::trace::{self, TraceReader};
 use uffdscope_fixtures::synth::{
     Builder, FaultSpec, Kind, Scenario, FAULT_TID, LISTEN_TID, RAM_BASE, T0, VCPU_TID0,
 };
+use uffdscope_trace::TraceReader;
 
 /// One fault 1 s after the recording start.
 const T: u64 = T0 + 1_000_000_000;
@@ -17,7 +17,7 @@ fn trace_of(specs: &[FaultSpec]) -> Vec<u8> {
     for s in specs {
         b.fault(s);
     }
-    trace::write_all(&Scenario::default().meta(), &b.records)
+    uffdscope_trace::container::write_all(&Scenario::default().meta(), &b.records)
 }
 
 fn perfetto(bytes: &[u8]) -> (Value, uffdscope_analyzer::export::Summary) {
@@ -174,7 +174,7 @@ fn csv_has_one_row_per_fault_of_the_report() {
     let scenario = Scenario::default();
     let mut records = Vec::new();
     scenario.generate(|r| records.push(r.clone()), false);
-    let bytes = trace::write_all(&scenario.meta(), &records);
+    let bytes = uffdscope_trace::container::write_all(&scenario.meta(), &records);
     let report = analyze(
         TraceReader::new(&bytes[..]).expect("header"),
         "mem",
@@ -195,7 +195,10 @@ fn scenario_tracks_guest_qmp_and_drops() {
     };
     let mut records = Vec::new();
     scenario.generate(|r| records.push(r.clone()), false);
-    let (v, summary) = perfetto(&trace::write_all(&scenario.meta(), &records));
+    let (v, summary) = perfetto(&uffdscope_trace::container::write_all(
+        &scenario.meta(),
+        &records,
+    ));
     assert_eq!(summary.records, records.len() as u64);
     let ev = events(&v);
     let drops: Vec<f64> = ev
@@ -247,7 +250,7 @@ fn damaged_trace_still_gives_closed_json() {
     let scenario = Scenario::default();
     let mut records = Vec::new();
     scenario.generate(|r| records.push(r.clone()), false);
-    let bytes = trace::write_all(&scenario.meta(), &records);
+    let bytes = uffdscope_trace::container::write_all(&scenario.meta(), &records);
     let cut = &bytes[..bytes.len() - 100];
     let (v, summary) = perfetto(cut);
     assert!(summary.damage.is_some(), "the cut must be reported");

@@ -1,10 +1,10 @@
 //! Fault-lifecycle engine tests: each tricky case of DESIGN.md §4 with exact stage values.
 
 use uffdscope_analyzer::lifecycle::{Engine, Fault, Resolution, Stage};
-use uffdscope_analyzer::record::{Record, UffdMsg, UffdRead};
 use uffdscope_fixtures::synth::{
     Builder, FaultSpec, Kind, FAULT_TID, RAM_BASE, UFFD_FD, VCPU_TID0,
 };
+use uffdscope_trace::record::{Record, UffdMsg, UffdRead};
 
 const T: u64 = 5_000_000_000;
 
@@ -205,8 +205,8 @@ fn memory_follows_open_faults_not_trace_length() {
 
 #[test]
 fn faulting_main_thread_is_not_a_vcpu_when_vcpus_are_named() {
-    use uffdscope_analyzer::record::Role;
     use uffdscope_fixtures::synth::PID;
+    use uffdscope_trace::record::Role;
     // QEMU's main thread blocks in uffd waits while it loads device state:
     // a real fault, but not a vCPU (QEMU's blocktime ignores it too).
     let main = FaultSpec::new(PID, RAM_BASE + 0x7000, T);

@@ -2,9 +2,9 @@
 //! accept is consistent.
 
 use proptest::prelude::*;
-use uffdscope_analyzer::codec::Decoder;
 use uffdscope_analyzer::guest::{parse_line, LineCounts};
 use uffdscope_analyzer::rp::{self, RpMessage};
+use uffdscope_trace::codec::Decoder;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]

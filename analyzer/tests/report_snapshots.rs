@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use uffdscope_analyzer::analysis::{analyze, Options};
-use uffdscope_analyzer::trace::{self, TraceReader};
 use uffdscope_fixtures::synth::Scenario;
+use uffdscope_trace::TraceReader;
 
 const REL: &str = "fixtures/data/synthetic-2vcpu.trace";
 
@@ -25,15 +25,15 @@ fn committed_trace_matches_the_generator() {
     let scenario = Scenario::default();
     let mut records = Vec::new();
     scenario.generate(|r| records.push(r.clone()), false);
-    let fresh = trace::write_all(&scenario.meta(), &records);
+    let fresh = uffdscope_trace::write_all(&scenario.meta(), &records);
     let committed = std::fs::read(fixture()).expect("fixture readable");
-    let back = trace::read_all(&committed).expect("fixture header");
+    let back = uffdscope_trace::read_all(&committed).expect("fixture header");
     assert!(back.damage.is_none());
     assert_eq!(
         back.records, records,
         "fixtures/data/synthetic-2vcpu.trace is stale: regenerate with `cargo run -p uffdscope-fixtures --bin uffdscope-gen -- -o ...`"
     );
-    assert_eq!(trace::read_all(&fresh).unwrap().records, records);
+    assert_eq!(uffdscope_trace::read_all(&fresh).unwrap().records, records);
 }
 
 #[test]

@@ -1,12 +1,12 @@
 //! Raw kernel events → trace records: the one place where the `events.h` ABI
 //! meets the analyzer's record model.
 
-use uffdscope_analyzer::record::{
+use uffdscope_ebpf::abi::{self, fault_flags, fault_source, thread_op, uffd_fd_op};
+use uffdscope_ebpf::RawEvent;
+use uffdscope_trace::record::{
     Direction, FaultEntry, FaultSource, IoctlOp, NewUffd, Note, Record, Role, Sleep, SockIo,
     SockLen, TcpProbe, TcpRetransmit, ThreadInfo, UffdIoctl, UffdMsg, UffdRead,
 };
-use uffdscope_ebpf::abi::{self, fault_flags, fault_source, thread_op, uffd_fd_op};
-use uffdscope_ebpf::RawEvent;
 
 /// A raw event that cannot be turned into a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,7 +8,7 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use uffdscope_analyzer::record::{ProcessInfo, Role, SocketInfo, ThreadInfo, UffdRange};
+use uffdscope_trace::record::{ProcessInfo, Role, SocketInfo, ThreadInfo, UffdRange};
 
 /// Discovery errors; each says what to do.
 #[derive(Debug, thiserror::Error)]

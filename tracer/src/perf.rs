@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use perf_event::events::Software;
 use perf_event::{Builder, Counter};
-use uffdscope_analyzer::record::PerfSample;
+use uffdscope_trace::record::PerfSample;
 
 /// The counters kept per thread, with the names used in [`PerfSample::counter`].
 const EVENTS: [(Software, &str); 3] = [

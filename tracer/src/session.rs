@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use uffdscope_analyzer::record::{Drops, GuestLine, Note, Qmp, Record};
-use uffdscope_analyzer::stats::Hist;
-use uffdscope_analyzer::trace::{TraceMeta, TraceWriter};
+use uffdscope_trace::record::{Drops, GuestLine, Note, Qmp, Record};
+use uffdscope_trace::{TraceMeta, TraceWriter};
 
 use crate::bpf::{AttachOutcome, BpfConfig, BpfError, BpfTracer};
 use crate::console::{ConsoleFollower, StartAt};
@@ -290,7 +289,7 @@ fn console_thread(path: &Path, stop: &AtomicBool, tx: &mpsc::Sender<Record>) {
 #[derive(Default)]
 struct Drained {
     pending: Vec<Record>,
-    service: Hist,
+    service: crate::live_stats::LiveLatency,
     faults: u64,
     /// Records that did not decode or convert.
     bad: u64,
@@ -477,11 +476,9 @@ pub fn record(
     }))?;
     out.flush()?;
     if let Some(path) = &cfg.ready_file {
-        uffdscope_analyzer::trace::create_exclusive(path).map_err(|source| {
-            RecordError::ReadyFile {
-                path: path.clone(),
-                source,
-            }
+        uffdscope_trace::create_exclusive(path).map_err(|source| RecordError::ReadyFile {
+            path: path.clone(),
+            source,
         })?;
     }
 
@@ -572,14 +569,13 @@ pub fn record(
         }
         if last_progress.elapsed() >= Duration::from_millis(500) {
             let dt = last_progress.elapsed().as_secs_f64();
-            let p = drained.service.percentiles();
             progress(&Progress {
                 elapsed: started.elapsed(),
                 events: out.events,
                 events_per_s: (out.events - events_at_progress) as f64 / dt,
                 faults: drained.faults,
-                p50_us: p.p50,
-                p99_us: p.p99,
+                p50_us: drained.service.quantile_us(0.5),
+                p99_us: drained.service.quantile_us(0.99),
                 drops: last_drops,
                 bad_records: drained.bad,
             });

@@ -1,8 +1,8 @@
 //! Trace container tests: round trips, truncation, corruption, hostile lengths.
 
 use proptest::prelude::*;
-use uffdscope_analyzer::record::*;
-use uffdscope_analyzer::trace::{self, TraceError, TraceMeta, TraceReader, TraceWriter};
+use uffdscope_trace::record::*;
+use uffdscope_trace::{TraceError, TraceMeta, TraceReader, TraceWriter};
 
 fn meta() -> TraceMeta {
     TraceMeta {
@@ -259,8 +259,8 @@ fn arb_record() -> impl Strategy<Value = Record> {
 proptest! {
     #[test]
     fn records_round_trip(records in proptest::collection::vec(arb_record(), 0..200)) {
-        let bytes = trace::write_all(&meta(), &records);
-        let back = trace::read_all(&bytes).expect("header readable");
+        let bytes = uffdscope_trace::write_all(&meta(), &records);
+        let back = uffdscope_trace::read_all(&bytes).expect("header readable");
         prop_assert!(back.damage.is_none(), "damage: {:?}", back.damage);
         prop_assert_eq!(back.meta, meta());
         prop_assert_eq!(back.records, records);
@@ -268,16 +268,16 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
-        let _ = trace::read_all(&bytes);
+        let _ = uffdscope_trace::read_all(&bytes);
     }
 
     #[test]
     fn arbitrary_bytes_after_a_valid_header_never_panic(
         tail in proptest::collection::vec(any::<u8>(), 0..600)
     ) {
-        let mut bytes = trace::write_all(&meta(), &[]);
+        let mut bytes = uffdscope_trace::write_all(&meta(), &[]);
         bytes.extend_from_slice(&tail);
-        let _ = trace::read_all(&bytes);
+        let _ = uffdscope_trace::read_all(&bytes);
     }
 }
 
@@ -326,7 +326,7 @@ fn truncation_at_every_offset_keeps_the_good_prefix() {
     }
     assert_eq!(frame_ends.len(), 4);
     for cut in 0..bytes.len() {
-        match trace::read_all(&bytes[..cut]) {
+        match uffdscope_trace::read_all(&bytes[..cut]) {
             Err(e) => assert!(
                 matches!(e, TraceError::TruncatedHeader | TraceError::BadMagic),
                 "cut {cut}: header error {e}"
@@ -361,7 +361,7 @@ fn every_bit_flip_in_a_frame_is_detected() {
         for bit in 0..8 {
             let mut damaged = bytes.clone();
             damaged[byte] ^= 1 << bit;
-            let all = trace::read_all(&damaged).unwrap();
+            let all = uffdscope_trace::read_all(&damaged).unwrap();
             assert!(
                 all.damage.is_some(),
                 "flip at byte {byte} bit {bit} not detected"
@@ -374,25 +374,25 @@ fn every_bit_flip_in_a_frame_is_detected() {
 
 #[test]
 fn metadata_bit_flip_is_detected() {
-    let bytes = trace::write_all(&meta(), &sample_records(3));
+    let bytes = uffdscope_trace::write_all(&meta(), &sample_records(3));
     let mut damaged = bytes.clone();
     damaged[22] ^= 0x10;
     assert!(matches!(
-        trace::read_all(&damaged),
+        uffdscope_trace::read_all(&damaged),
         Err(TraceError::MetaChecksum)
     ));
 }
 
 #[test]
 fn huge_frame_length_is_rejected_without_allocating() {
-    let mut bytes = trace::write_all(&meta(), &[]);
+    let mut bytes = uffdscope_trace::write_all(&meta(), &[]);
     let at = bytes.len() as u64;
     bytes.extend_from_slice(b"UFRM");
     bytes.extend_from_slice(&u32::MAX.to_le_bytes()); // payload length: 4 GiB
     bytes.extend_from_slice(&u32::MAX.to_le_bytes());
     bytes.extend_from_slice(&1u32.to_le_bytes());
     bytes.extend_from_slice(&0u32.to_le_bytes());
-    let all = trace::read_all(&bytes).unwrap();
+    let all = uffdscope_trace::read_all(&bytes).unwrap();
     match all.damage {
         Some(TraceError::CorruptFrame { offset, detail }) => {
             assert_eq!(offset, at);
@@ -406,16 +406,16 @@ fn huge_frame_length_is_rejected_without_allocating() {
 fn length_field_claiming_2_pow_40_is_rejected() {
     // A record whose string claims 2^40 bytes inside an otherwise valid frame.
     let mut raw = vec![16u8, 0]; // GuestLine, ts delta 0
-    uffdscope_analyzer::codec::put_varint(&mut raw, 1 << 40);
+    uffdscope_trace::codec::put_varint(&mut raw, 1 << 40);
     let payload = zstd::bulk::compress(&raw, 3).unwrap();
-    let mut bytes = trace::write_all(&meta(), &[]);
+    let mut bytes = uffdscope_trace::write_all(&meta(), &[]);
     bytes.extend_from_slice(b"UFRM");
     bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     bytes.extend_from_slice(&(raw.len() as u32).to_le_bytes());
     bytes.extend_from_slice(&1u32.to_le_bytes());
     bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     bytes.extend_from_slice(&payload);
-    let all = trace::read_all(&bytes).unwrap();
+    let all = uffdscope_trace::read_all(&bytes).unwrap();
     assert!(
         matches!(all.damage, Some(TraceError::Record { .. })),
         "{:?}",
@@ -425,19 +425,19 @@ fn length_field_claiming_2_pow_40_is_rejected() {
 
 #[test]
 fn metadata_length_over_limit_is_rejected() {
-    let mut bytes = trace::write_all(&meta(), &[]);
+    let mut bytes = uffdscope_trace::write_all(&meta(), &[]);
     bytes[12..16].copy_from_slice(&(1u32 << 31).to_le_bytes());
     assert!(matches!(
-        trace::read_all(&bytes),
+        uffdscope_trace::read_all(&bytes),
         Err(TraceError::MetaTooLarge { .. })
     ));
 }
 
 #[test]
 fn future_version_is_a_clear_error() {
-    let mut bytes = trace::write_all(&meta(), &[]);
+    let mut bytes = uffdscope_trace::write_all(&meta(), &[]);
     bytes[8..10].copy_from_slice(&99u16.to_le_bytes());
-    let err = trace::read_all(&bytes).unwrap_err();
+    let err = uffdscope_trace::read_all(&bytes).unwrap_err();
     assert!(err.to_string().contains("version 99"), "{err}");
 }
 
