@@ -36,6 +36,23 @@ fn committed_trace_matches_the_generator() {
     assert_eq!(uffdscope_trace::read_all(&fresh).unwrap().records, records);
 }
 
+/// Format version 1 (before the kernel's sleep facts were kept) still reads,
+/// and gives the same report as the same scenario written today.
+#[test]
+fn format_version_1_reads_and_reports_alike() {
+    const V1: &str = "fixtures/data/synthetic-2vcpu.format1.trace";
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(V1);
+    let reader = TraceReader::open(&path).expect("format-1 fixture opens");
+    assert_eq!(reader.version(), 1);
+    let old = serde_json::to_value(analyze(reader, REL, &Options::default())).unwrap();
+    let new = serde_json::to_value(report()).unwrap();
+    assert_eq!(old["faults"]["count"], new["faults"]["count"]);
+    assert_eq!(old["faults"]["stages_us"], new["faults"]["stages_us"]);
+    assert_eq!(old["blocktime_ms"], new["blocktime_ms"]);
+}
+
 #[test]
 fn text_report_snapshot() {
     insta::assert_snapshot!(uffdscope_analyzer::text::render_text(&report()));

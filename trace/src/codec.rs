@@ -9,8 +9,8 @@
 
 use crate::record::{
     Direction, Drops, FaultEntry, FaultSource, GuestLine, IoctlOp, NewUffd, Note, PerfSample,
-    ProcessInfo, Qmp, Record, Role, Sleep, SockIo, SockLen, SocketInfo, TcpProbe, TcpRetransmit,
-    ThreadInfo, UffdIoctl, UffdMsg, UffdRange, UffdRead,
+    ProcessInfo, Qmp, Record, Role, Sleep, SleepFlags, SleepKernel, SockIo, SockLen, SocketInfo,
+    TcpProbe, TcpRetransmit, ThreadInfo, UffdIoctl, UffdMsg, UffdRange, UffdRead,
 };
 
 /// Why a record could not be decoded.
@@ -261,6 +261,9 @@ impl Encoder {
                 flags |= 4;
             }
         }
+        if r.kernel.is_some() {
+            flags |= SLEEP_HAS_KERNEL;
+        }
         out.push(flags);
         Self::uv(out, u64::from(r.tid));
         Self::rel(out, main, r.woken_ts);
@@ -275,8 +278,17 @@ impl Encoder {
             Self::uv(out, f.ip);
             Self::uv(out, f.error_code);
         }
+        if let Some(k) = &r.kernel {
+            Self::uv(out, u64::from(k.flags.0));
+            Self::uv(out, k.vcpu_id.map_or(0, |v| u64::from(v) + 1));
+            Self::uv(out, u64::from(k.block_state));
+        }
     }
 }
+
+/// Sleep flag bit (format version 2): the kernel's flags, vCPU id and block
+/// state follow the fault entry.
+const SLEEP_HAS_KERNEL: u8 = 8;
 
 fn dir_code(d: Direction) -> u8 {
     match d {
@@ -600,7 +612,7 @@ impl<'a> Decoder<'a> {
         let main = self.ts()?;
         let flags_at = self.pos;
         let flags = self.u8()?;
-        if flags & !7 != 0 {
+        if flags & !(7 | SLEEP_HAS_KERNEL) != 0 {
             return Err(CodecError::BadValue {
                 what: "sleep flags",
                 value: u64::from(flags),
@@ -629,6 +641,11 @@ impl<'a> Decoder<'a> {
         } else {
             None
         };
+        let kernel = if flags & SLEEP_HAS_KERNEL != 0 {
+            Some(self.sleep_kernel()?)
+        } else {
+            None
+        };
         Ok(Record::Sleep(Sleep {
             tid,
             fault,
@@ -639,7 +656,34 @@ impl<'a> Decoder<'a> {
             wake_op,
             wake_start,
             wake_len,
+            kernel,
         }))
+    }
+
+    fn sleep_kernel(&mut self) -> Result<SleepKernel, CodecError> {
+        let flags_at = self.pos;
+        let flags: u16 = self.narrow("sleep kernel flags")?;
+        if flags & !SleepFlags::KNOWN != 0 {
+            return Err(CodecError::BadValue {
+                what: "sleep kernel flags",
+                value: u64::from(flags),
+                at: flags_at,
+            });
+        }
+        let vcpu_plus_one: u64 = self.uv()?;
+        let vcpu_id = match vcpu_plus_one {
+            0 => None,
+            v => Some(u32::try_from(v - 1).map_err(|_| CodecError::BadValue {
+                what: "vcpu id",
+                value: v,
+                at: flags_at,
+            })?),
+        };
+        Ok(SleepKernel {
+            flags: SleepFlags(flags),
+            vcpu_id,
+            block_state: self.narrow("block state")?,
+        })
     }
 }
 

@@ -23,8 +23,12 @@ use crate::record::Record;
 pub const MAGIC: &[u8; 8] = b"UFFDSCOP";
 /// Frame magic.
 pub const FRAME_MAGIC: &[u8; 4] = b"UFRM";
-/// The format version this build writes.
-pub const VERSION: u16 = 1;
+/// The format version this build writes. Version 2 added the kernel's own
+/// facts to each sleep ([`crate::record::SleepKernel`]); this build reads
+/// versions [`OLDEST_VERSION`]..=`VERSION`.
+pub const VERSION: u16 = 2;
+/// The oldest format version this build reads.
+pub const OLDEST_VERSION: u16 = 1;
 /// Largest metadata block accepted.
 pub const MAX_META: u32 = 1 << 20;
 /// Largest compressed frame accepted.
@@ -71,6 +75,10 @@ pub enum TraceError {
     BadMagic,
     #[error("trace format version {found} is newer than this uffdscope supports (up to {VERSION}); upgrade uffdscope")]
     UnsupportedVersion { found: u16 },
+    #[error("trace format version {found} does not exist (versions start at {OLDEST_VERSION}): the header is damaged")]
+    InvalidVersion { found: u16 },
+    #[error("header flags {flags:#06x} at byte 10 are not defined by format version {version}: the header is damaged or from a newer uffdscope")]
+    UnknownHeaderFlags { flags: u16, version: u16 },
     #[error("metadata length {len} at byte 12 exceeds the limit of {MAX_META} bytes")]
     MetaTooLarge { len: u32 },
     #[error("metadata checksum mismatch")]
@@ -271,8 +279,15 @@ impl<R: Read> TraceReader<R> {
             return Err(TraceError::BadMagic);
         }
         let version = u16::from_le_bytes([head[8], head[9]]);
-        if version > VERSION || version == 0 {
+        if version < OLDEST_VERSION {
+            return Err(TraceError::InvalidVersion { found: version });
+        }
+        if version > VERSION {
             return Err(TraceError::UnsupportedVersion { found: version });
+        }
+        let flags = u16::from_le_bytes([head[10], head[11]]);
+        if flags != 0 {
+            return Err(TraceError::UnknownHeaderFlags { flags, version });
         }
         let meta_len = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
         if meta_len > MAX_META || len.is_some_and(|l| u64::from(meta_len) + 20 > l) {

@@ -170,6 +170,61 @@ pub struct Sleep {
     /// `dst`/`start` of that ioctl.
     pub wake_start: u64,
     pub wake_len: u64,
+    /// What the kernel said about the interval beyond its timestamps; `None`
+    /// in version-1 traces, which did not keep it.
+    pub kernel: Option<SleepKernel>,
+}
+
+impl Sleep {
+    /// True when `run_ts` is only an upper bound on the switch-in (the
+    /// switch-in itself was not traced). `false` when unknown (version 1).
+    pub fn run_is_bound(&self) -> bool {
+        self.kernel.is_some_and(|k| k.flags.run_unseen())
+    }
+}
+
+/// The kernel's own facts about one [`Sleep`], kept as the BPF side saw them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SleepKernel {
+    pub flags: SleepFlags,
+    /// The KVM vCPU id, for KVM fault entries.
+    pub vcpu_id: Option<u32>,
+    /// The task state at switch-out (`prev_state & 0xff`: 1 = S, 2 = D); 0
+    /// when the thread never switched out.
+    pub block_state: u32,
+}
+
+/// How the kernel-side join of one sleep went (see ARCHITECTURE.md, "How
+/// each moment of a fault is observed"). The bit values are the trace
+/// format's own, stable across BPF changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SleepFlags(pub u16);
+
+impl SleepFlags {
+    /// Woken between fault entry and switch-out: it never blocked.
+    pub const WOKEN_BEFORE_BLOCK: u16 = 0x1;
+    /// A KVM async page fault followed the fault entry.
+    pub const KVM_ASYNC: u16 = 0x2;
+    /// Woken while switching out to sleep: `woken_ts <= blocked_ts`.
+    pub const WOKEN_BEFORE_SWITCH: u16 = 0x4;
+    /// The switch-in was not traced: `run_ts` is the first traced moment the
+    /// thread ran after the wake, an upper bound.
+    pub const RUN_UNSEEN: u16 = 0x8;
+    /// Every bit this version defines.
+    pub const KNOWN: u16 = 0xf;
+
+    pub fn woken_before_block(self) -> bool {
+        self.0 & Self::WOKEN_BEFORE_BLOCK != 0
+    }
+    pub fn kvm_async(self) -> bool {
+        self.0 & Self::KVM_ASYNC != 0
+    }
+    pub fn woken_before_switch(self) -> bool {
+        self.0 & Self::WOKEN_BEFORE_SWITCH != 0
+    }
+    pub fn run_unseen(self) -> bool {
+        self.0 & Self::RUN_UNSEEN != 0
+    }
 }
 
 /// One `uffd_msg` as read by the handler.

@@ -85,10 +85,20 @@ fn arb_record() -> impl Strategy<Value = Record> {
             any::<u32>(),
             arb_op(),
             any::<u64>(),
-            any::<u64>()
+            any::<u64>(),
+            prop::option::of((0u16..16, prop::option::of(any::<u32>()), any::<u32>()))
         )
             .prop_map(
-                |(tid, fault, (blocked_ts, woken_ts, run_ts), waker_tid, wake_op, ws, wl)| {
+                |(
+                    tid,
+                    fault,
+                    (blocked_ts, woken_ts, run_ts),
+                    waker_tid,
+                    wake_op,
+                    ws,
+                    wl,
+                    kernel,
+                )| {
                     Record::Sleep(Sleep {
                         tid,
                         fault,
@@ -99,6 +109,11 @@ fn arb_record() -> impl Strategy<Value = Record> {
                         wake_op,
                         wake_start: ws,
                         wake_len: wl,
+                        kernel: kernel.map(|(flags, vcpu_id, block_state)| SleepKernel {
+                            flags: SleepFlags(flags),
+                            vcpu_id,
+                            block_state,
+                        }),
                     })
                 }
             ),
@@ -439,6 +454,30 @@ fn future_version_is_a_clear_error() {
     bytes[8..10].copy_from_slice(&99u16.to_le_bytes());
     let err = uffdscope_trace::read_all(&bytes).unwrap_err();
     assert!(err.to_string().contains("version 99"), "{err}");
+    assert!(err.to_string().contains("newer"), "{err}");
+}
+
+#[test]
+fn version_zero_is_damage_not_a_newer_format() {
+    let mut bytes = uffdscope_trace::write_all(&meta(), &[]);
+    bytes[8..10].copy_from_slice(&0u16.to_le_bytes());
+    let err = uffdscope_trace::read_all(&bytes).unwrap_err();
+    assert!(
+        matches!(err, TraceError::InvalidVersion { found: 0 }),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("newer"), "{err}");
+}
+
+#[test]
+fn undefined_header_flags_are_rejected() {
+    let mut bytes = uffdscope_trace::write_all(&meta(), &[]);
+    bytes[10..12].copy_from_slice(&0x0100u16.to_le_bytes());
+    let err = uffdscope_trace::read_all(&bytes).unwrap_err();
+    assert!(
+        matches!(err, TraceError::UnknownHeaderFlags { flags: 0x0100, .. }),
+        "{err}"
+    );
 }
 
 #[test]

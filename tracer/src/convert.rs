@@ -4,8 +4,9 @@
 use uffdscope_ebpf::abi::{self, fault_flags, fault_source, thread_op, uffd_fd_op};
 use uffdscope_ebpf::RawEvent;
 use uffdscope_trace::record::{
-    Direction, FaultEntry, FaultSource, IoctlOp, NewUffd, Note, Record, Role, Sleep, SockIo,
-    SockLen, TcpProbe, TcpRetransmit, ThreadInfo, UffdIoctl, UffdMsg, UffdRead,
+    Direction, FaultEntry, FaultSource, IoctlOp, NewUffd, Note, Record, Role, Sleep, SleepFlags,
+    SleepKernel, SockIo, SockLen, TcpProbe, TcpRetransmit, ThreadInfo, UffdIoctl, UffdMsg,
+    UffdRead,
 };
 
 /// A raw event that cannot be turned into a record.
@@ -56,7 +57,34 @@ fn sleep(e: &abi::FaultWake) -> Result<Record, ConvertError> {
         wake_op: IoctlOp::from_cmd(e.ioctl_cmd),
         wake_start: e.ioctl_start,
         wake_len: e.ioctl_len,
+        kernel: Some(SleepKernel {
+            flags: sleep_flags(e.flags),
+            vcpu_id: (source == Some(FaultSource::Kvm)).then_some(e.vcpu_id),
+            block_state: e.block_state,
+        }),
     }))
+}
+
+/// The kernel's `UFS_FW_*` bits as the trace format's [`SleepFlags`] (the
+/// two sets are named alike but versioned apart).
+fn sleep_flags(raw: u16) -> SleepFlags {
+    const MAP: [(u16, u16); 4] = [
+        (
+            fault_flags::WOKEN_BEFORE_BLOCK,
+            SleepFlags::WOKEN_BEFORE_BLOCK,
+        ),
+        (fault_flags::KVM_ASYNC, SleepFlags::KVM_ASYNC),
+        (
+            fault_flags::WOKEN_BEFORE_SWITCH,
+            SleepFlags::WOKEN_BEFORE_SWITCH,
+        ),
+        (fault_flags::RUN_UNSEEN, SleepFlags::RUN_UNSEEN),
+    ];
+    SleepFlags(
+        MAP.iter()
+            .filter(|(kernel, _)| raw & kernel != 0)
+            .fold(0, |acc, (_, trace)| acc | trace),
+    )
 }
 
 fn fd(raw: u32) -> i32 {
