@@ -151,14 +151,14 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         AnalysisError::Trace(t) => InputError(format!("{}: {t}", args.trace.display())),
     })?;
     let body = match args.format {
-        Format::Text => uffdscope_analyzer::text::render_text(&report),
+        Format::Text => uffdscope_analyzer::render::text::render_text(&report),
         Format::Json => {
             let mut s = serde_json::to_string_pretty(&report).context("serializing the report")?;
             s.push('\n');
             s
         }
-        Format::Markdown => uffdscope_analyzer::markdown::render_markdown(&report),
-        Format::Html => uffdscope_analyzer::html::render_html(&report),
+        Format::Markdown => uffdscope_analyzer::render::markdown::render_markdown(&report),
+        Format::Html => uffdscope_analyzer::render::html::render_html(&report),
         Format::Perfetto | Format::Csv => unreachable!("streamed by stream_export"),
     };
     match &args.output {
@@ -205,8 +205,8 @@ fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     };
     let out = std::io::BufWriter::with_capacity(1 << 16, out);
     let result = match args.format {
-        Format::Perfetto => uffdscope_analyzer::perfetto::export(&mut reader, out),
-        _ => uffdscope_analyzer::csv::export(&mut reader, out),
+        Format::Perfetto => uffdscope_analyzer::export::perfetto::export(&mut reader, out),
+        _ => uffdscope_analyzer::export::csv::export(&mut reader, out),
     };
     let summary = match result {
         Ok(s) => s,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use uffdscope_analyzer::analysis::{self, Options};
-use uffdscope_analyzer::lifecycle::{Engine, ThreadFacts};
+use uffdscope_analyzer::engine::lifecycle::{Engine, ThreadFacts};
 use uffdscope_analyzer::report::Report;
 use uffdscope_fixtures::qemu::{self, LabConfig, Summary};
 use uffdscope_fixtures::tier;

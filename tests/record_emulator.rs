@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use uffdscope_analyzer::analysis::{analyze_file, Options};
-use uffdscope_analyzer::lifecycle::{Engine, Fault};
+use uffdscope_analyzer::engine::lifecycle::{Engine, Fault};
 use uffdscope_fixtures::emu::truth::read_truth;
 use uffdscope_fixtures::emu::{Bandwidth, Config, Emu};
 use uffdscope_fixtures::tier;

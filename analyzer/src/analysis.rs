@@ -6,15 +6,15 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 
-use crate::blocktime::{self, QemuBlocktime};
-use crate::guest::{self, LineCounts, Sample};
-use crate::lifecycle::{Engine, Fault, Resolution, Stage};
-use crate::network::Network;
+use crate::engine::blocktime::{self, QemuBlocktime};
+use crate::engine::guest::{self, LineCounts, Sample};
+use crate::engine::lifecycle::{Engine, Fault, Resolution, Stage};
+use crate::engine::network::Network;
+use crate::engine::stats::{FaultStats, CURVE_QUANTILES};
 use crate::report::{
     Blocktime, FaultSection, NetworkSection, QemuSection, QemuView, Report, SlowFault,
     StatusChange, Target, ThreadRow, Timeline, TraceSection, SCHEMA,
 };
-use crate::stats::{FaultStats, CURVE_QUANTILES};
 use uffdscope_trace::record::{IoctlOp, Record, Role, UffdMsg};
 use uffdscope_trace::{TraceError, TraceReader};
 
@@ -302,7 +302,7 @@ fn perf_delta(pass: &Pass, tid: u32, counter: &str) -> Option<u64> {
         .map(|(first, last)| last.saturating_sub(*first))
 }
 
-/// Explains a known disagreement of QEMU's figures (see [`crate::blocktime`]).
+/// Explains a known disagreement of QEMU's figures (see [`crate::engine::blocktime`]).
 fn qemu_remark(qmp: &Qmp, view: &QemuView) -> Option<String> {
     const DRIFT: &str = "QEMU stops adding to postcopy-blocktime once its count of blocked \
         vCPUs (smp_cpus_down) drifts, after a race between its fault thread's received-bitmap \

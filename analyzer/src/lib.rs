@@ -1,19 +1,11 @@
 //! uffdscope's portable analyzer: fault lifecycles, statistics, guest
 //! correlation, reports and exports over traces read with `uffdscope-trace`.
-//! No Linux-only dependencies.
+//! No Linux-only dependencies. The data flow is inputs → engine → report →
+//! render / export; see ARCHITECTURE.md.
 
 pub mod analysis;
-pub mod blocktime;
-pub mod csv;
+pub mod engine;
 pub mod export;
-mod format;
-pub mod guest;
-pub mod html;
-pub mod lifecycle;
-pub mod markdown;
-pub mod network;
-pub mod perfetto;
+pub mod inputs;
+pub mod render;
 pub mod report;
-pub mod rp;
-pub mod stats;
-pub mod text;

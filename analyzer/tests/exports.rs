@@ -23,7 +23,8 @@ fn trace_of(specs: &[FaultSpec]) -> Vec<u8> {
 fn perfetto(bytes: &[u8]) -> (Value, uffdscope_analyzer::export::Summary) {
     let mut reader = TraceReader::new(bytes).expect("trace header");
     let mut out = Vec::new();
-    let summary = uffdscope_analyzer::perfetto::export(&mut reader, &mut out).expect("export");
+    let summary =
+        uffdscope_analyzer::export::perfetto::export(&mut reader, &mut out).expect("export");
     let v = serde_json::from_slice(&out).unwrap_or_else(|e| {
         panic!(
             "perfetto output is not JSON ({e}):\n{}",
@@ -36,7 +37,7 @@ fn perfetto(bytes: &[u8]) -> (Value, uffdscope_analyzer::export::Summary) {
 fn csv(bytes: &[u8]) -> (String, uffdscope_analyzer::export::Summary) {
     let mut reader = TraceReader::new(bytes).expect("trace header");
     let mut out = Vec::new();
-    let summary = uffdscope_analyzer::csv::export(&mut reader, &mut out).expect("export");
+    let summary = uffdscope_analyzer::export::csv::export(&mut reader, &mut out).expect("export");
     (String::from_utf8(out).expect("utf-8 CSV"), summary)
 }
 
@@ -183,7 +184,7 @@ fn csv_has_one_row_per_fault_of_the_report() {
     let (text, summary) = csv(&bytes);
     assert_eq!(summary.faults, report.faults.count);
     assert_eq!(text.lines().count() as u64, report.faults.count + 1);
-    let columns = uffdscope_analyzer::csv::HEADER.split(',').count();
+    let columns = uffdscope_analyzer::export::csv::HEADER.split(',').count();
     assert!(text.lines().all(|l| l.split(',').count() == columns));
 }
 

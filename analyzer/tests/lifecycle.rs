@@ -1,6 +1,6 @@
 //! Fault-lifecycle engine tests: each tricky case of DESIGN.md §4 with exact stage values.
 
-use uffdscope_analyzer::lifecycle::{Engine, Fault, Resolution, Stage};
+use uffdscope_analyzer::engine::lifecycle::{Engine, Fault, Resolution, Stage};
 use uffdscope_fixtures::synth::{
     Builder, FaultSpec, Kind, FAULT_TID, RAM_BASE, UFFD_FD, VCPU_TID0,
 };

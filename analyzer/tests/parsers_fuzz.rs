@@ -2,8 +2,8 @@
 //! accept is consistent.
 
 use proptest::prelude::*;
-use uffdscope_analyzer::guest::{parse_line, LineCounts};
-use uffdscope_analyzer::rp::{self, RpMessage};
+use uffdscope_analyzer::engine::guest::{parse_line, LineCounts};
+use uffdscope_analyzer::inputs::rp::{self, RpMessage};
 use uffdscope_trace::codec::Decoder;
 
 proptest! {

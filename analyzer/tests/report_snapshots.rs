@@ -55,7 +55,7 @@ fn format_version_1_reads_and_reports_alike() {
 
 #[test]
 fn text_report_snapshot() {
-    insta::assert_snapshot!(uffdscope_analyzer::text::render_text(&report()));
+    insta::assert_snapshot!(uffdscope_analyzer::render::text::render_text(&report()));
 }
 
 #[test]

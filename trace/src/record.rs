@@ -2,7 +2,7 @@
 //!
 //! All timestamps are `CLOCK_MONOTONIC` nanoseconds on the recording host; the
 //! trace metadata carries the offset to `CLOCK_REALTIME`. Records are plain data:
-//! interpretation lives in [`crate::lifecycle`] and friends.
+//! interpretation lives in the analyzer crate.
 
 use serde::Serialize;
 

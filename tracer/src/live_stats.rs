@@ -27,7 +27,7 @@ fn bucket_of(ns: u64) -> usize {
     if ns < SUB as u64 {
         return ns as usize;
     }
-    let msb = 63 - ns.leading_zeros();
+    let msb = ns.ilog2();
     let sub = (ns >> (msb - SUB_BITS)) as usize & (SUB - 1);
     (msb - SUB_BITS + 1) as usize * SUB + sub
 }

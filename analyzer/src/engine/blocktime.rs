@@ -44,7 +44,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 
-use crate::lifecycle::PageHasher;
+use crate::engine::lifecycle::PageHasher;
 
 /// How far behind the newest record events are replayed: records of different
 /// threads reach the trace slightly out of order, and an end's time is only

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde::Serialize;
 use smallvec::SmallVec;
 
-use crate::rp::{self, RpMessage};
+use crate::inputs::rp::{self, RpMessage};
 use uffdscope_trace::record::{IoctlOp, Record, Role, Sleep, UffdIoctl, UffdMsg};
 
 /// How long past a sleep's last timestamp the engine waits for related records.

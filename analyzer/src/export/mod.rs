@@ -1,11 +1,14 @@
-//! Shared plumbing of the streaming exports ([`crate::perfetto`], [`crate::csv`]):
+//! Shared plumbing of the streaming exports ([`crate::export::perfetto`], [`crate::export::csv`]):
 //! one pass over a trace through the lifecycle engine, handing each record and
 //! each fault (as soon as the engine resolves it) to an exporter. Memory is the
 //! engine's bounded window plus one frame, never the whole trace.
 
+pub mod csv;
+pub mod perfetto;
+
 use std::io::{self, Read};
 
-use crate::lifecycle::{Engine, Fault};
+use crate::engine::lifecycle::{Engine, Fault};
 use uffdscope_trace::record::Record;
 use uffdscope_trace::{TraceError, TraceMeta, TraceReader};
 

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::lifecycle::{Fault, Resolution, Stage};
+use crate::engine::lifecycle::{Fault, Resolution, Stage};
 
 /// A latency histogram in nanoseconds.
 #[derive(Debug, Clone)]

@@ -5,12 +5,12 @@
 //! Every string that came from a trace or a guest log goes through [`escape`]
 //! (DESIGN.md §11). Numbers are formatted here and need no escaping.
 
-use crate::format::{num, pct};
+use crate::render::format::{num, pct};
 use std::fmt::Write;
 
-use crate::lifecycle::Stage;
+use crate::engine::lifecycle::Stage;
+use crate::engine::stats::QuantilePoint;
 use crate::report::{Report, SlowFault, ThreadRow};
-use crate::stats::QuantilePoint;
 
 /// Escapes text for HTML element content and quoted attribute values (also
 /// inside inline SVG).
@@ -1161,7 +1161,7 @@ pub fn render_html(r: &Report) -> String {
     let _ = write!(
         o,
         r#"<p class="headline">{}</p>"#,
-        escape(&crate::text::headline(r))
+        escape(&crate::render::text::headline(r))
     );
     cards(&mut o, r);
     stages(&mut o, r);
@@ -1223,7 +1223,7 @@ mod tests {
         for bad in ["NaN", "\"inf", "\"-inf"] {
             assert!(!html.contains(bad), "{bad} in an attribute:\n{html}");
         }
-        let md = crate::markdown::render_markdown(&report);
+        let md = crate::render::markdown::render_markdown(&report);
         assert!(md.contains("**0 faults** (none)"), "{md}");
     }
 

@@ -5,8 +5,8 @@
 
 use std::io::{self, Read, Write};
 
+use crate::engine::lifecycle::{Engine, Fault, Stage};
 use crate::export::{self, Exporter, Origin, Summary};
-use crate::lifecycle::{Engine, Fault, Stage};
 use uffdscope_trace::record::Record;
 use uffdscope_trace::TraceReader;
 
@@ -100,7 +100,7 @@ pub fn export<R: Read, W: Write>(reader: &mut TraceReader<R>, out: W) -> io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::Resolution;
+    use crate::engine::lifecycle::Resolution;
 
     #[test]
     fn unknown_moments_are_empty_cells() {

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::rp::{self, RpMessage};
-use crate::stats::Hist;
+use crate::engine::stats::Hist;
+use crate::inputs::rp::{self, RpMessage};
 use uffdscope_trace::record::{Direction, Record};
 
 #[derive(Debug, Default)]

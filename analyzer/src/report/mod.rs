@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::lifecycle::Fault;
-use crate::network::ChannelReport;
-use crate::stats::{Percentiles, QuantilePoint};
+use crate::engine::lifecycle::Fault;
+use crate::engine::network::ChannelReport;
+use crate::engine::stats::{Percentiles, QuantilePoint};
 
 pub const SCHEMA: &str = "uffdscope.report/1";
 
@@ -19,7 +19,7 @@ pub struct Report {
     pub threads: Vec<ThreadRow>,
     pub blocktime_ms: Blocktime,
     pub network: NetworkSection,
-    pub guest: Option<crate::guest::GuestSection>,
+    pub guest: Option<crate::engine::guest::GuestSection>,
     pub qemu: Option<QemuSection>,
     /// Warnings every renderer must show (drops, damage, unknowns).
     pub warnings: Vec<String>,
@@ -90,7 +90,7 @@ pub struct FaultSection {
     pub by_resolution: BTreeMap<String, u64>,
     pub service_us: Percentiles,
     pub blocked_us: Percentiles,
-    /// Service latency at [`crate::stats::CURVE_QUANTILES`] (percentile plots).
+    /// Service latency at [`crate::engine::stats::CURVE_QUANTILES`] (percentile plots).
     pub service_curve_us: Vec<QuantilePoint>,
     /// Blocked time at the same quantiles.
     pub blocked_curve_us: Vec<QuantilePoint>,
@@ -130,7 +130,7 @@ impl SlowFault {
             at_s: f.entry_ts.unwrap_or(f.blocked_ts).saturating_sub(t0) as f64 / 1e9,
             service_us: us(f.service_ns()),
             blocked_us: us(f.blocked_ns()),
-            stages_us: crate::lifecycle::Stage::ALL
+            stages_us: crate::engine::lifecycle::Stage::ALL
                 .iter()
                 .map(|s| (s.as_str().to_owned(), us(f.stage_ns(*s))))
                 .collect(),
@@ -163,7 +163,7 @@ pub struct Blocktime {
     pub all_vcpus_overlap: Option<f64>,
     pub per_vcpu: BTreeMap<String, f64>,
     pub vcpus: usize,
-    /// QEMU's own accounting replayed over the trace ([`crate::blocktime`]):
+    /// QEMU's own accounting replayed over the trace ([`crate::engine::blocktime`]):
     /// from the fault thread's read of a vCPU's message to the placement,
     /// with QEMU's one-slot-per-vCPU rules.
     pub qemu_view: QemuView,

@@ -1,9 +1,9 @@
 //! Terminal and markdown renderings of a [`Report`].
 
-use crate::format::{num, pct};
+use crate::render::format::{num, pct};
 use std::fmt::Write;
 
-use crate::lifecycle::Stage;
+use crate::engine::lifecycle::Stage;
 use crate::report::Report;
 
 fn opt(v: Option<f64>, unit: &str) -> String {

@@ -2,10 +2,10 @@
 //! meant to be pasted into a bug or an issue comment. Warnings come first, in
 //! bold; tables are capped so the whole thing stays comment-sized.
 
-use crate::format::num;
+use crate::render::format::num;
 use std::fmt::Write;
 
-use crate::lifecycle::Stage;
+use crate::engine::lifecycle::Stage;
 use crate::report::Report;
 
 /// Rows kept per table before "… and N more".
@@ -35,7 +35,7 @@ pub fn escape(s: &str) -> String {
 }
 
 fn pct(v: Option<f64>) -> String {
-    escape(&crate::format::pct(v))
+    escape(&crate::render::format::pct(v))
 }
 
 /// Renders the markdown report.
@@ -52,7 +52,7 @@ pub fn render_markdown(r: &Report) -> String {
             .collect();
         let _ = writeln!(o, "{}\n", lines.join("\n>\n"));
     }
-    let _ = writeln!(o, "**{}**", escape(&crate::text::headline(r)));
+    let _ = writeln!(o, "**{}**", escape(&crate::render::text::headline(r)));
     let _ = writeln!(o);
     let _ = writeln!(
         o,

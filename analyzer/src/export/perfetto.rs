@@ -25,10 +25,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 
+use crate::engine::guest::{self, LineCounts};
+use crate::engine::lifecycle::{Engine, Fault};
 use crate::export::{self, Exporter, Origin, Summary};
-use crate::guest::{self, LineCounts};
-use crate::lifecycle::{Engine, Fault};
-use crate::rp::{self, RpMessage};
+use crate::inputs::rp::{self, RpMessage};
 use uffdscope_trace::record::{Direction, IoctlOp, Record, Role};
 use uffdscope_trace::{TraceMeta, TraceReader};
 
@@ -479,7 +479,7 @@ impl<W: Write> Perfetto<W> {
         let tids: Vec<u32> = self.tids.iter().copied().collect();
         for tid in tids {
             let facts = engine.threads.get(&tid);
-            let role = facts.map_or(Role::Other, crate::lifecycle::ThreadFacts::role);
+            let role = facts.map_or(Role::Other, crate::engine::lifecycle::ThreadFacts::role);
             let name = facts
                 .and_then(|f| f.name.clone())
                 .unwrap_or_else(|| format!("tid {tid}"));

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::stats::Bins;
+use crate::engine::stats::Bins;
 
 /// One guest measurement: an interval of `dur_ms` that ended at `end`.
 #[derive(Debug, Clone, PartialEq)]

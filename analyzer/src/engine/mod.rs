@@ -1,0 +1,9 @@
+//! The analysis engine: fault lifecycles joined from records, their
+//! statistics, vCPU blocktime and QEMU's accounting replayed, the network
+//! channels, and the guest's timeline correlated with all of it.
+
+pub mod blocktime;
+pub mod guest;
+pub mod lifecycle;
+pub mod network;
+pub mod stats;
