@@ -1,4 +1,4 @@
-//! Fault-lifecycle engine tests: each tricky case of DESIGN.md §4 with exact stage values.
+//! Fault-lifecycle engine tests: each tricky case of ARCHITECTURE.md, "The fault model and its stages" with exact stage values.
 
 use uffdscope_analyzer::engine::lifecycle::{Engine, Fault, Resolution, Stage};
 use uffdscope_fixtures::synth::{

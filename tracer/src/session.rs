@@ -497,7 +497,7 @@ pub fn record(
         } else {
             None
         };
-        // Drain timer: never wake per event (DESIGN.md §3); the kernel only
+        // Drain timer: never wake per event (ARCHITECTURE.md, "How each moment of a fault is observed"); the kernel only
         // forces a wake-up when the ring fills past the threshold.
         let _ = ring.wait(cfg.drain_interval);
         drained.drain(&mut ring, &mut out)?;

@@ -1,4 +1,4 @@
-//! Guest correlation (DESIGN.md §5): parse the guest's write-latency lines,
+//! Guest correlation (ARCHITECTURE.md, "Guest correlation"): parse the guest's write-latency lines,
 //! align the guest clock to the host, find the baseline and the spikes, and say
 //! how much of each spike vCPU blocking explains.
 

@@ -1,5 +1,5 @@
 //! The fault-lifecycle engine: joins records into faults with their stages
-//! (DESIGN.md §4) in one streaming pass.
+//! (ARCHITECTURE.md, "The fault model and its stages") in one streaming pass.
 //!
 //! A fault is a [`Sleep`] record (a thread blocked and was woken from inside a
 //! uffd ioctl). Reads of uffd messages, page requests and placements are kept
@@ -62,7 +62,7 @@ impl Resolution {
     }
 }
 
-/// The five stages of DESIGN.md §4.
+/// The five stages of ARCHITECTURE.md, "The fault model and its stages".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
@@ -331,7 +331,7 @@ pub struct ThreadFacts {
 }
 
 impl ThreadFacts {
-    /// The role by name, else by behaviour (DESIGN.md §3).
+    /// The role by name, else by behaviour (ARCHITECTURE.md, "How each moment of a fault is observed").
     pub fn role(&self) -> Role {
         if let Some(r) = self.named_role {
             return r;

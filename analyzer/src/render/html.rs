@@ -3,7 +3,7 @@
 //! can be attached to a bug and opened offline.
 //!
 //! Every string that came from a trace or a guest log goes through [`escape`]
-//! (DESIGN.md §11). Numbers are formatted here and need no escaping.
+//! (ARCHITECTURE.md, "Safety rules"). Numbers are formatted here and need no escaping.
 
 use crate::render::format::{num, pct};
 use std::fmt::Write;

@@ -1,4 +1,4 @@
-//! The report model: the stable JSON contract of DESIGN.md §7 (`uffdscope.report/1`).
+//! The report model: the stable JSON contract of ARCHITECTURE.md, "The report JSON contract" (`uffdscope.report/1`).
 //! Renderers (text, markdown, HTML) read this model; nothing else decides numbers.
 
 use std::collections::BTreeMap;
