@@ -6,4 +6,6 @@ pub mod blocktime;
 pub mod guest;
 pub mod lifecycle;
 pub mod network;
+pub mod network_split;
+pub mod qemu_latency;
 pub mod stats;
