@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::engine::blocktime::{self, QemuBlocktime};
 use crate::engine::guest::{self, LineCounts, Sample};
-use crate::engine::lifecycle::{Engine, Fault, Resolution, Stage};
+use crate::engine::lifecycle::{Engine, Fault, Resolution, Stage, ThreadFacts};
 use crate::engine::network::Network;
 use crate::engine::stats::{FaultStats, CURVE_QUANTILES};
 use crate::report::{
@@ -401,19 +401,21 @@ fn build_report(
     }
     let stages_us = Stage::ALL
         .iter()
-        .enumerate()
-        .map(|(i, st)| (st.as_str().to_owned(), s.stages[i].percentiles().into()))
+        .zip(&s.stages)
+        .map(|(st, h)| (st.as_str().to_owned(), h.percentiles().into()))
         .collect();
-    let totals: Vec<f64> = (0..4)
-        .map(|i| {
-            let p = s.stages[i].percentiles();
-            p.mean.unwrap_or(0.0) * p.count as f64
+    let totals: Vec<(Stage, f64)> = Stage::ALL
+        .iter()
+        .zip(&s.stages)
+        .filter(|(st, _)| Stage::SERVICE.contains(st))
+        .map(|(st, h)| {
+            let p = h.percentiles();
+            (*st, p.mean.unwrap_or(0.0) * p.count as f64)
         })
         .collect();
-    let sum: f64 = totals.iter().sum();
-    let stage_share = Stage::ALL[..4]
+    let sum: f64 = totals.iter().map(|(_, t)| t).sum();
+    let stage_share = totals
         .iter()
-        .zip(&totals)
         .map(|(st, t)| {
             (
                 st.as_str().to_owned(),
@@ -440,7 +442,7 @@ fn build_report(
             ThreadRow {
                 tid,
                 name: facts.name.clone(),
-                role: facts.role().as_str(),
+                role: facts.role(),
                 faults: ts.map_or(0, |t| t.faults),
                 blocked_ms: ms(ts.map_or(0, |t| t.blocked_ns)),
                 service_p50_us: p.p50,
@@ -570,7 +572,7 @@ fn build_report(
         network: NetworkSection {
             channels: pass
                 .network
-                .report(|tid| pass.engine.threads.get(&tid).map(|t| t.role().as_str())),
+                .report(|tid| pass.engine.threads.get(&tid).map(ThreadFacts::role)),
         },
         guest,
         qemu,

@@ -170,18 +170,42 @@ pub struct Spike {
     pub faults: u64,
     /// Share of the excess over baseline explained by vCPU blocking (0..=1).
     pub explained: f64,
-    /// Where the interval lies against the migration: `postcopy` (it
-    /// overlaps the post-copy phase), `before` or `after` it, or `unknown`.
-    pub phase: &'static str,
+    /// Where the interval lies against the migration.
+    pub phase: Phase,
+}
+
+/// Where a guest interval lies against the post-copy phase of the migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// It ended before post-copy started.
+    Before,
+    /// It overlaps the post-copy phase.
+    Postcopy,
+    /// It began after the migration completed: not a post-copy fault.
+    After,
+    /// The trace does not say when post-copy started.
+    Unknown,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Before => "before",
+            Phase::Postcopy => "postcopy",
+            Phase::After => "after",
+            Phase::Unknown => "unknown",
+        }
+    }
 }
 
 /// Where `[start, end)` lies against the post-copy phase.
-fn phase(start: u64, end: u64, ctx: &Context<'_>) -> &'static str {
+fn phase(start: u64, end: u64, ctx: &Context<'_>) -> Phase {
     match (ctx.switchover_ns, ctx.completed_ns) {
-        (None, _) => "unknown",
-        (Some(sw), _) if end <= sw => "before",
-        (Some(_), Some(done)) if start >= done => "after",
-        _ => "postcopy",
+        (None, _) => Phase::Unknown,
+        (Some(sw), _) if end <= sw => Phase::Before,
+        (Some(_), Some(done)) if start >= done => Phase::After,
+        _ => Phase::Postcopy,
     }
 }
 
@@ -680,7 +704,7 @@ mod tests {
         let phases: Vec<(u64, &str)> = g
             .spikes
             .iter()
-            .map(|s| ((s.start * 10.0).round() as u64, s.phase))
+            .map(|s| ((s.start * 10.0).round() as u64, s.phase.as_str()))
             .collect();
         assert_eq!(
             phases,

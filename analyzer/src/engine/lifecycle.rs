@@ -91,6 +91,10 @@ impl Stage {
             Stage::Wake => "wake",
         }
     }
+
+    /// The stages from fault entry to the wake: they add up to the service
+    /// latency, and the report gives each one's share of it.
+    pub const SERVICE: [Stage; 4] = [Stage::Queue, Stage::Request, Stage::Network, Stage::Place];
 }
 
 /// One resolved fault. Every `Option` is `None` when the trace does not show it.

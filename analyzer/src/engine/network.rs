@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::engine::stats::Hist;
 use crate::inputs::rp::{self, RpMessage};
-use uffdscope_trace::record::{Direction, Record};
+use uffdscope_trace::record::{Direction, Record, Role};
 
 #[derive(Debug, Default)]
 struct Channel {
@@ -35,7 +35,7 @@ pub struct Network {
 /// One channel in the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChannelReport {
-    pub role: String,
+    pub role: ChannelRole,
     pub local: String,
     pub remote: String,
     pub fd: Option<i32>,
@@ -44,6 +44,48 @@ pub struct ChannelReport {
     pub bytes_rx: u64,
     pub bytes_tx: u64,
     pub page_requests: u64,
+}
+
+/// What a channel carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelRole {
+    /// Page requests to the source.
+    ReturnPath,
+    /// The main migration stream.
+    Main,
+    /// The postcopy-preempt channel.
+    Preempt,
+    /// Read mostly by a vCPU thread.
+    Vcpu,
+    /// Read mostly by the fault thread.
+    Fault,
+    /// Nothing says.
+    Other,
+}
+
+impl ChannelRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelRole::ReturnPath => "return_path",
+            ChannelRole::Main => "main",
+            ChannelRole::Preempt => "preempt",
+            ChannelRole::Vcpu => "vcpu",
+            ChannelRole::Fault => "fault",
+            ChannelRole::Other => "other",
+        }
+    }
+
+    /// The channel a thread of `role` reads most from.
+    fn read_by(role: Role) -> Self {
+        match role {
+            Role::Listen => ChannelRole::Main,
+            Role::Preempt => ChannelRole::Preempt,
+            Role::Vcpu => ChannelRole::Vcpu,
+            Role::Fault => ChannelRole::Fault,
+            Role::Other => ChannelRole::Other,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -125,7 +167,7 @@ impl Network {
     /// Channels with a role each: the one carrying page requests is the return
     /// path; among the rest, the one receiving most is the main stream, and a
     /// second receiving channel is the preempt channel.
-    pub fn report(&self, thread_role: impl Fn(u32) -> Option<&'static str>) -> Vec<ChannelReport> {
+    pub fn report(&self, thread_role: impl Fn(u32) -> Option<Role>) -> Vec<ChannelReport> {
         let mut out: Vec<ChannelReport> = Vec::new();
         let mut receivers: Vec<(u64, usize)> = Vec::new();
         // A listening socket (remote port 0) carries no migration data.
@@ -143,16 +185,12 @@ impl Network {
                 .max_by_key(|(_, n)| **n)
                 .map(|(t, _)| *t);
             let role = if ch.requests > 0 {
-                "return_path".to_owned()
+                ChannelRole::ReturnPath
             } else if let Some(role) = top_reader.and_then(&thread_role) {
-                match role {
-                    "listen" => "main".to_owned(),
-                    "preempt" => "preempt".to_owned(),
-                    other => other.to_owned(),
-                }
+                ChannelRole::read_by(role)
             } else {
                 receivers.push((ch.bytes_rx, idx));
-                "other".to_owned()
+                ChannelRole::Other
             };
             out.push(ChannelReport {
                 role,
@@ -170,11 +208,11 @@ impl Network {
                 page_requests: ch.requests,
             });
         }
-        if !out.iter().any(|c| c.role == "main") {
+        if !out.iter().any(|c| c.role == ChannelRole::Main) {
             receivers.sort_unstable_by(|a, b| b.cmp(a));
             if let Some(&(rx, i)) = receivers.first() {
                 if rx > 0 {
-                    "main".clone_into(&mut out[i].role);
+                    out[i].role = ChannelRole::Main;
                 }
             }
         }

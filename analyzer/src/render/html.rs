@@ -8,9 +8,11 @@
 use crate::render::format::{num, pct};
 use std::fmt::Write;
 
+use crate::engine::guest::Phase;
 use crate::engine::lifecycle::Stage;
 use crate::engine::stats::QuantilePoint;
 use crate::report::{Report, SlowFault, ThreadRow};
+use uffdscope_trace::record::Role;
 
 /// Escapes text for HTML element content and quoted attribute values (also
 /// inside inline SVG).
@@ -30,14 +32,27 @@ pub fn escape(s: &str) -> String {
     o
 }
 
-const STAGE_COLORS: [&str; 5] = ["#8e6cc6", "#f0a04b", "#2f6fd6", "#27a08f", "#a3acb9"];
-const STAGE_HELP: [&str; 5] = [
-    "fault entry → the fault thread reads the uffd message",
-    "message read → page request sent",
-    "request sent (or read) → placement begins: round trip, source service, queueing",
-    "UFFDIO_COPY/ZEROPAGE entry → faulting thread woken",
-    "woken → running again",
-];
+fn stage_color(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Queue => "#8e6cc6",
+        Stage::Request => "#f0a04b",
+        Stage::Network => "#2f6fd6",
+        Stage::Place => "#27a08f",
+        Stage::Wake => "#a3acb9",
+    }
+}
+
+fn stage_help(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Queue => "fault entry → the fault thread reads the uffd message",
+        Stage::Request => "message read → page request sent",
+        Stage::Network => {
+            "request sent (or read) → placement begins: round trip, source service, queueing"
+        }
+        Stage::Place => "UFFDIO_COPY/ZEROPAGE entry → faulting thread woken",
+        Stage::Wake => "woken → running again",
+    }
+}
 const BLUE: &str = "#2f6fd6";
 const RED: &str = "#d1342f";
 const ORANGE: &str = "#f0a04b";
@@ -98,13 +113,13 @@ fn dur_ms(v: Option<f64>) -> String {
     dur_us(v.map(|ms| ms * 1e3))
 }
 
-fn role_color(role: &str) -> &'static str {
+fn role_color(role: Role) -> &'static str {
     match role {
-        "vcpu" => BLUE,
-        "fault" => "#8e6cc6",
-        "listen" => "#27a08f",
-        "preempt" => "#3f9b4a",
-        _ => GREY,
+        Role::Vcpu => BLUE,
+        Role::Fault => "#8e6cc6",
+        Role::Listen => "#27a08f",
+        Role::Preempt => "#3f9b4a",
+        Role::Other => GREY,
     }
 }
 
@@ -387,15 +402,14 @@ fn stages(o: &mut String, r: &Report) {
         r#"<p class="note">Share of the summed stage time (queue → request → network → place) over the faults where it is known. Stages add up to the service latency for {} of {} faults with a known entry.</p>"#,
         f.stage_sum_consistent, f.with_service
     );
-    let shares: Vec<(usize, f64)> = Stage::ALL[..4]
+    let shares: Vec<(Stage, f64)> = Stage::SERVICE
         .iter()
-        .enumerate()
-        .filter_map(|(i, s)| {
+        .filter_map(|s| {
             f.stage_share
                 .get(s.as_str())
                 .copied()
                 .flatten()
-                .map(|v| (i, v))
+                .map(|v| (*s, v))
         })
         .collect();
     if shares.iter().any(|(_, v)| *v > 0.0) {
@@ -405,16 +419,16 @@ fn stages(o: &mut String, r: &Report) {
             r#"<svg viewBox="0 0 {w} {h}" role="img" aria-label="stage shares">"#
         );
         let mut x = 0.0;
-        for (i, share) in &shares {
+        for (stage, share) in &shares {
             let sw = share * w;
             if sw <= 0.0 {
                 continue;
             }
-            let name = Stage::ALL[*i].as_str();
+            let name = stage.as_str();
             let _ = write!(
                 o,
                 r#"<rect x="{x:.2}" y="4" width="{sw:.2}" height="34" fill="{}"><title>{name}: {}</title></rect>"#,
-                STAGE_COLORS[*i],
+                stage_color(*stage),
                 pct(Some(*share))
             );
             if sw > 90.0 {
@@ -430,7 +444,7 @@ fn stages(o: &mut String, r: &Report) {
         o.push_str("</svg>");
     }
     o.push_str(r#"<table style="margin-top:10px"><tr><th class="l">stage</th><th class="l">from → to</th><th>p50</th><th>p90</th><th>p99</th><th>max</th><th>count</th><th>share</th></tr>"#);
-    for (i, stage) in Stage::ALL.iter().enumerate() {
+    for stage in Stage::ALL {
         let name = stage.as_str();
         let Some(p) = f.stages_us.get(name) else {
             continue;
@@ -439,8 +453,8 @@ fn stages(o: &mut String, r: &Report) {
         let _ = write!(
             o,
             r#"<tr><td class="l"><span class="sw" style="background:{}"></span>{name}</td><td class="l" style="color:var(--muted)">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
-            STAGE_COLORS[i],
-            STAGE_HELP[i],
+            stage_color(stage),
+            stage_help(stage),
             dur_us(p.p50),
             dur_us(p.p90),
             dur_us(p.p99),
@@ -777,7 +791,7 @@ fn threads(o: &mut String, r: &Report) {
     let rows: Vec<&ThreadRow> = r
         .threads
         .iter()
-        .filter(|t| t.faults > 0 || t.role != "other")
+        .filter(|t| t.faults > 0 || t.role != Role::Other)
         .collect();
     if rows.is_empty() {
         return;
@@ -797,7 +811,7 @@ fn threads(o: &mut String, r: &Report) {
             t.tid,
             t.name.as_deref().map_or_else(|| "?".to_owned(), escape),
             role_color(t.role),
-            escape(t.role),
+            t.role.as_str(),
             t.faults,
             if t.faults > 0 {
                 dur_ms(Some(t.blocked_ms))
@@ -987,7 +1001,7 @@ fn network(o: &mut String, r: &Report) {
         let _ = write!(
             o,
             r#"<tr><td class="l">{}</td><td class="l mono">{} → {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
-            escape(&c.role),
+            c.role.as_str(),
             escape(&c.local),
             escape(&c.remote),
             dur_us(c.srtt_us.p50),
@@ -1031,7 +1045,7 @@ fn guest(o: &mut String, r: &Report) {
         let _ = write!(
             o,
             r#"<tr{}><td>{:.2} s</td><td class="l mono">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><b>{}</b></td><td class="l"><div class="bar"><span style="width:{:.1}%;background:{}"></span></div></td><td class="l">{}</td></tr>"#,
-            if s.phase == "after" {
+            if s.phase == Phase::After {
                 r#" style="opacity:.5""#
             } else {
                 ""
@@ -1047,11 +1061,11 @@ fn guest(o: &mut String, r: &Report) {
             pct(Some(s.explained)),
             s.explained.clamp(0.0, 1.0) * 100.0,
             if s.explained >= 0.5 { BLUE } else { RED },
-            escape(s.phase)
+            s.phase.as_str()
         );
     }
     o.push_str("</table>");
-    if g.spikes.iter().any(|s| s.phase == "after") {
+    if g.spikes.iter().any(|s| s.phase == Phase::After) {
         o.push_str(r#"<p class="note" style="margin-top:8px">Spikes in phase “after” came after the migration completed: no page was missing then, so they are not post-copy faults.</p>"#);
     }
     o.push_str("</section>");
@@ -1064,7 +1078,7 @@ fn stage_bar(o: &mut String, sf: &SlowFault, scale: f64) {
         r#"<svg viewBox="0 0 {w} 18" preserveAspectRatio="none" style="height:18px" role="img" aria-label="stages">"#
     );
     let mut x = 0.0;
-    for (i, st) in Stage::ALL.iter().enumerate() {
+    for st in Stage::ALL {
         let Some(us) = sf.stages_us.get(st.as_str()).copied().flatten() else {
             continue;
         };
@@ -1073,7 +1087,7 @@ fn stage_bar(o: &mut String, sf: &SlowFault, scale: f64) {
             o,
             r#"<rect x="{x:.2}" y="2" width="{:.2}" height="14" fill="{}"><title>{}: {}</title></rect>"#,
             sw.max(0.6),
-            STAGE_COLORS[i],
+            stage_color(st),
             st.as_str(),
             dur_us(Some(us))
         );
@@ -1107,7 +1121,7 @@ fn slowest(o: &mut String, r: &Report) {
             sf.at_s,
             sf.tid,
             escape(&sf.page),
-            escape(&sf.resolution.replace('_', " ")),
+            sf.resolution.as_str().replace('_', " "),
             dur_us(sf.service_us),
             dur_us(sf.blocked_us)
         );
@@ -1119,11 +1133,11 @@ fn slowest(o: &mut String, r: &Report) {
         );
     }
     o.push_str("</table><div class=\"legend\">");
-    for (i, st) in Stage::ALL.iter().enumerate() {
+    for st in Stage::ALL {
         let _ = write!(
             o,
             r#"<span><span class="sw" style="background:{}"></span>{}</span>"#,
-            STAGE_COLORS[i],
+            stage_color(st),
             st.as_str()
         );
     }

@@ -5,8 +5,10 @@
 use crate::render::format::num;
 use std::fmt::Write;
 
+use crate::engine::guest::Phase;
 use crate::engine::lifecycle::Stage;
 use crate::report::Report;
+use uffdscope_trace::record::Role;
 
 /// Rows kept per table before "… and N more".
 const MAX_THREADS: usize = 12;
@@ -125,7 +127,7 @@ pub fn render_markdown(r: &Report) -> String {
     let threads: Vec<_> = r
         .threads
         .iter()
-        .filter(|t| t.faults > 0 || t.role != "other")
+        .filter(|t| t.faults > 0 || t.role != Role::Other)
         .collect();
     if !threads.is_empty() {
         let _ = writeln!(o, "<details><summary>Threads ({})</summary>", threads.len());
@@ -141,7 +143,7 @@ pub fn render_markdown(r: &Report) -> String {
                 "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} |",
                 th.tid,
                 th.name.as_deref().map_or_else(|| "?".to_owned(), escape),
-                th.role,
+                th.role.as_str(),
                 th.faults,
                 th.blocked_ms,
                 num(th.service_p50_us),
@@ -226,7 +228,7 @@ pub fn render_markdown(r: &Report) -> String {
             // Spikes after the migration completed cannot come from missing
             // pages: summarised in one line below.
             let (after, during): (Vec<_>, Vec<_>) =
-                g.spikes.iter().partition(|s| s.phase == "after");
+                g.spikes.iter().partition(|s| s.phase == Phase::After);
             let mut worst = during.clone();
             worst.sort_by(|a, b| b.excess_ms.total_cmp(&a.excess_ms));
             worst.truncate(MAX_SPIKES);
@@ -288,7 +290,7 @@ pub fn render_markdown(r: &Report) -> String {
                 sf.at_s,
                 sf.tid,
                 escape(&sf.page),
-                escape(&sf.resolution),
+                sf.resolution.as_str(),
                 num(sf.service_us),
                 stage(Stage::Queue),
                 stage(Stage::Request),

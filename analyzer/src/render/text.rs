@@ -3,8 +3,10 @@
 use crate::render::format::{num, pct};
 use std::fmt::Write;
 
+use crate::engine::guest::Phase;
 use crate::engine::lifecycle::Stage;
 use crate::report::Report;
+use uffdscope_trace::record::Role;
 
 fn opt(v: Option<f64>, unit: &str) -> String {
     v.map_or_else(|| "n/a".to_owned(), |x| format!("{}{unit}", num(Some(x))))
@@ -164,14 +166,14 @@ pub fn render_text(r: &Report) -> String {
     for th in r
         .threads
         .iter()
-        .filter(|t| t.faults > 0 || t.role != "other")
+        .filter(|t| t.faults > 0 || t.role != Role::Other)
     {
         let _ = writeln!(
             o,
             "{:>8} {:<18} {:<8} {:>8} {:>11.1} {:>9} {:>9} {:>8} {:>8} {:>8}",
             th.tid,
             th.name.as_deref().unwrap_or("?"),
-            th.role,
+            th.role.as_str(),
             th.faults,
             th.blocked_ms,
             opt(th.service_p50_us, ""),
@@ -238,7 +240,7 @@ pub fn render_text(r: &Report) -> String {
             let _ = writeln!(
                 o,
                 "{:<12} {} → {}  srtt p50 {} p99 {}  retrans {}  rx {} B  tx {} B  requests {}",
-                c.role,
+                c.role.as_str(),
                 c.local,
                 c.remote,
                 opt(c.srtt_us.p50, " µs"),
@@ -284,7 +286,7 @@ pub fn render_text(r: &Report) -> String {
             // Spikes after the migration completed cannot come from missing
             // pages: one summary line keeps them from burying the others.
             let (after, shown): (Vec<_>, Vec<_>) =
-                g.spikes.iter().partition(|s| s.phase == "after");
+                g.spikes.iter().partition(|s| s.phase == Phase::After);
             for sp in shown {
                 let _ = writeln!(
                     o,
@@ -297,7 +299,7 @@ pub fn render_text(r: &Report) -> String {
                     sp.blocked_ms,
                     sp.faults,
                     pct(Some(sp.explained)),
-                    sp.phase
+                    sp.phase.as_str()
                 );
             }
             if !after.is_empty() {
@@ -331,7 +333,7 @@ pub fn render_text(r: &Report) -> String {
                 sf.at_s,
                 sf.tid,
                 sf.page,
-                sf.resolution,
+                sf.resolution.as_str(),
                 opt(sf.service_us, ""),
                 stages.join(" → ")
             );

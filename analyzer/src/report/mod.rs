@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::engine::lifecycle::Fault;
+use crate::engine::lifecycle::{Fault, Resolution, Stage};
 use crate::engine::network::ChannelReport;
 use crate::engine::stats::{Percentiles, QuantilePoint};
+use uffdscope_trace::record::Role;
 
 pub const SCHEMA: &str = "uffdscope.report/1";
 
@@ -112,7 +113,7 @@ pub struct FaultSection {
 pub struct SlowFault {
     pub tid: u32,
     pub page: String,
-    pub resolution: String,
+    pub resolution: Resolution,
     /// Seconds since trace start of the fault entry (or block).
     pub at_s: f64,
     pub service_us: Option<f64>,
@@ -126,11 +127,11 @@ impl SlowFault {
         Self {
             tid: f.tid,
             page: format!("{:#x}", f.page),
-            resolution: f.resolution.as_str().to_owned(),
+            resolution: f.resolution,
             at_s: f.entry_ts.unwrap_or(f.blocked_ts).saturating_sub(t0) as f64 / 1e9,
             service_us: us(f.service_ns()),
             blocked_us: us(f.blocked_ns()),
-            stages_us: crate::engine::lifecycle::Stage::ALL
+            stages_us: Stage::ALL
                 .iter()
                 .map(|s| (s.as_str().to_owned(), us(f.stage_ns(*s))))
                 .collect(),
@@ -142,7 +143,7 @@ impl SlowFault {
 pub struct ThreadRow {
     pub tid: u32,
     pub name: Option<String>,
-    pub role: &'static str,
+    pub role: Role,
     pub faults: u64,
     pub blocked_ms: f64,
     pub service_p50_us: Option<f64>,
