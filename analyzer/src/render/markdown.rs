@@ -290,7 +290,7 @@ pub fn render_markdown(r: &Report) -> String {
                 sf.at_s,
                 sf.tid,
                 escape(&sf.page),
-                sf.resolution.as_str(),
+                escape(sf.resolution.as_str()),
                 num(sf.service_us),
                 stage(Stage::Queue),
                 stage(Stage::Request),
