@@ -489,11 +489,13 @@ impl<W: Write> Perfetto<W> {
             self.metadata("process_name", GUEST_PID, GUEST_PID, "name", "guest")?;
             self.sort_index("process_sort_index", GUEST_PID, GUEST_PID, 1)?;
             self.metadata("thread_name", GUEST_PID, GUEST_PID, "name", "guest console")?;
-            let sources: Vec<(String, u32)> = self
+            let mut sources: Vec<(String, u32)> = self
                 .guest_sources
                 .iter()
                 .map(|(s, t)| (s.clone(), *t))
                 .collect();
+            // Track order, not hash order: the same trace gives the same file.
+            sources.sort_unstable_by_key(|(_, tid)| *tid);
             for (source, tid) in sources {
                 self.metadata(
                     "thread_name",

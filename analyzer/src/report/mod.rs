@@ -1,5 +1,8 @@
 //! The report model: the stable JSON contract of ARCHITECTURE.md, "The report JSON contract" (`uffdscope.report/1`).
-//! Renderers (text, markdown, HTML) read this model; nothing else decides numbers.
+//! Renderers (text, markdown, HTML) read this model through [`view`], which
+//! decides what they show; nothing else decides numbers.
+
+pub mod view;
 
 use std::collections::BTreeMap;
 
