@@ -14,7 +14,7 @@ use crate::engine::network::Network;
 use crate::engine::stats::{FaultStats, CURVE_QUANTILES};
 use crate::inputs::qmp::QmpFacts;
 use crate::report::{
-    Blocktime, FaultSection, NetworkSection, QemuSection, QemuView, Report, SlowFault,
+    Blocktime, Bounded, FaultSection, NetworkSection, QemuSection, QemuView, Report, SlowFault,
     StatusChange, Target, ThreadRow, Timeline, TraceSection, SCHEMA,
 };
 use uffdscope_trace::record::{IoctlOp, Record, Role, UffdMsg};
@@ -116,6 +116,8 @@ struct Pass {
     qemu_bt_exit: QemuBlocktime,
     /// First and last value of each (thread, perf counter).
     perf: BTreeMap<(u32, String), (u64, u64)>,
+    /// Sleeps whose switch-in was not traced ([`uffdscope_trace::record::Sleep::run_is_bound`]).
+    bound_wakes: u64,
 }
 
 impl Pass {
@@ -195,6 +197,7 @@ impl Consumer for Pass {
                     self.guest_samples.push(s);
                 }
             }
+            Record::Sleep(sl) if sl.run_is_bound() => self.bound_wakes += 1,
             Record::Perf(p) => {
                 let e = self
                     .perf
@@ -510,6 +513,10 @@ fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
         page_requests: engine.requests_sent,
         placements: engine.placements_by_op(),
         slowest: s.slowest.iter().map(|f| SlowFault::new(f, t0)).collect(),
+        // Each sleep is one fault; format 1 did not keep the kernel's flags.
+        bounded: Bounded {
+            wake: (run.version >= 2).then_some(run.pass.bound_wakes),
+        },
     }
 }
 

@@ -139,6 +139,9 @@ fn faults(o: &mut String, r: &Report, view: &View<'_>) {
             p.count
         );
     }
+    if let Some(b) = &view.bounded {
+        let _ = writeln!(o, "\n{}", escape(b));
+    }
     let _ = writeln!(o);
 }
 

@@ -140,6 +140,9 @@ fn faults(o: &mut String, r: &Report, view: &View<'_>) {
         "stages add up to the service latency for {} of {} faults with a known entry",
         f.stage_sum_consistent, f.with_service
     );
+    if let Some(b) = &view.bounded {
+        let _ = writeln!(o, "{b}");
+    }
     let _ = writeln!(o);
 }
 

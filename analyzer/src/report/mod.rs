@@ -110,6 +110,17 @@ pub struct FaultSection {
     pub page_requests: u64,
     pub placements: BTreeMap<String, u64>,
     pub slowest: Vec<SlowFault>,
+    /// Faults whose figures are upper bounds, by what is bounded.
+    pub bounded: Bounded,
+}
+
+/// Counts of faults with a figure that is only an upper bound.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Bounded {
+    /// The switch-in after the wake was not traced: the wake stage and the
+    /// end of blocked time are upper bounds. `None` when the trace format
+    /// cannot say (version 1).
+    pub wake: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -67,6 +67,8 @@ pub struct View<'a> {
     /// Guest spikes during or before post-copy, in time order.
     pub spikes: Vec<&'a Spike>,
     pub after_spikes: Option<AfterSpikes>,
+    /// Which figures are only upper bounds, when some are.
+    pub bounded: Option<String>,
 }
 
 impl<'a> View<'a> {
@@ -89,6 +91,12 @@ impl<'a> View<'a> {
                 worst_ms: after.iter().map(|s| s.dur_ms).fold(0.0, f64::max),
                 faults: after.iter().map(|s| s.faults).sum(),
                 blocked_ms: after.iter().map(|s| s.blocked_ms).sum(),
+            }),
+            bounded: r.faults.bounded.wake.filter(|n| *n > 0).map(|n| {
+                format!(
+                    "{n} of {} faults ran again at a moment the trace did not see: their wake stage and blocked time are upper bounds",
+                    r.faults.count
+                )
             }),
         }
     }

@@ -143,7 +143,7 @@ pub fn render_html(r: &Report) -> String {
     }
     let _ = write!(o, r#"<p class="headline">{}</p>"#, escape(&view.headline));
     cards(&mut o, r);
-    stages(&mut o, r);
+    stages(&mut o, r, &view);
     latency_plot(&mut o, r);
     guest_plot(&mut o, r);
     timeline_plot(&mut o, r);

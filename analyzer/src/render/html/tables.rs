@@ -106,13 +106,17 @@ pub(super) fn cards(o: &mut String, r: &Report) {
     o.push_str("</div>");
 }
 
-pub(super) fn stages(o: &mut String, r: &Report) {
+pub(super) fn stages(o: &mut String, r: &Report, view: &View<'_>) {
     let f = &r.faults;
     o.push_str(r#"<section id="stages"><h2>Where the time went</h2>"#);
     let _ = write!(
         o,
-        r#"<p class="note">Share of the summed stage time (queue → request → network → place) over the faults where it is known. Stages add up to the service latency for {} of {} faults with a known entry.</p>"#,
-        f.stage_sum_consistent, f.with_service
+        r#"<p class="note">Share of the summed stage time (queue → request → network → place) over the faults where it is known. Stages add up to the service latency for {} of {} faults with a known entry.{}</p>"#,
+        f.stage_sum_consistent,
+        f.with_service,
+        view.bounded
+            .as_deref()
+            .map_or_else(String::new, |b| format!(" {}.", escape(b)))
     );
     let shares: Vec<(Stage, f64)> = Stage::SERVICE
         .iter()
