@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use uffdscope_analyzer::analysis::{self, AnalysisError, Options};
+use uffdscope_analyzer::drive::Limits;
 use uffdscope_trace::create_exclusive;
 
 const EXAMPLES: &str = "\
@@ -146,6 +147,7 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let opts = Options {
         guest_log,
         guest_offset_ms: args.guest_offset,
+        ..Options::default()
     };
     let report = analysis::analyze_file(&args.trace, &opts).map_err(|e| match e {
         AnalysisError::Trace(t) => InputError(format!("{}: {t}", args.trace.display())),
@@ -205,8 +207,10 @@ fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     };
     let out = std::io::BufWriter::with_capacity(1 << 16, out);
     let result = match args.format {
-        Format::Perfetto => uffdscope_analyzer::export::perfetto::export(&mut reader, out),
-        _ => uffdscope_analyzer::export::csv::export(&mut reader, out),
+        Format::Perfetto => {
+            uffdscope_analyzer::export::perfetto::export(&mut reader, out, Limits::NONE)
+        }
+        _ => uffdscope_analyzer::export::csv::export(&mut reader, out, Limits::NONE),
     };
     let summary = match result {
         Ok(s) => s,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::engine::stats::Hist;
-use crate::inputs::rp::{self, RpMessage};
+use crate::inputs::rp::RpMessage;
 use uffdscope_trace::record::{Direction, Record, Role};
 
 #[derive(Debug, Default)]
@@ -96,7 +96,9 @@ pub struct SrttReport {
 }
 
 impl Network {
-    pub fn push(&mut self, rec: &Record) {
+    /// Takes one record; `return_path` holds a send's messages, read once
+    /// by the pass ([`crate::inputs::rp::ReturnPath`]).
+    pub fn push(&mut self, rec: &Record, return_path: &[RpMessage]) {
         match rec {
             Record::Socket(s) => {
                 let key = (s.local_port, s.remote_port);
@@ -148,8 +150,8 @@ impl Network {
                     }
                 }
             }
-            Record::SockIo(s) if s.dir == Direction::Send && s.ret > 0 => {
-                let reqs = rp::parse(&s.head)
+            Record::SockIo(s) => {
+                let reqs = return_path
                     .iter()
                     .filter(|m| matches!(m, RpMessage::ReqPages { .. }))
                     .count() as u64;
@@ -240,8 +242,8 @@ mod tests {
     #[test]
     fn listening_sockets_are_not_channels() {
         let mut n = Network::default();
-        n.push(&socket(3, 4444, 0));
-        n.push(&socket(4, 4444, 50000));
+        n.push(&socket(3, 4444, 0), &[]);
+        n.push(&socket(4, 4444, 50000), &[]);
         let channels = n.report(|_| None);
         assert_eq!(channels.len(), 1);
         assert_eq!(channels[0].fd, Some(4));

@@ -1,5 +1,8 @@
 //! The report model: the stable JSON contract of ARCHITECTURE.md, "The report JSON contract" (`uffdscope.report/1`).
-//! Renderers (text, markdown, HTML) read this model; nothing else decides numbers.
+//! Renderers (text, markdown, HTML) read this model through [`view`], which
+//! decides what they show; nothing else decides numbers.
+
+pub mod view;
 
 use std::collections::BTreeMap;
 
@@ -107,6 +110,17 @@ pub struct FaultSection {
     pub page_requests: u64,
     pub placements: BTreeMap<String, u64>,
     pub slowest: Vec<SlowFault>,
+    /// Faults whose figures are upper bounds, by what is bounded.
+    pub bounded: Bounded,
+}
+
+/// Counts of faults with a figure that is only an upper bound.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Bounded {
+    /// The switch-in after the wake was not traced: the wake stage and the
+    /// end of blocked time are upper bounds. `None` when the trace format
+    /// cannot say (version 1).
+    pub wake: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
