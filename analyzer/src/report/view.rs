@@ -12,9 +12,10 @@ use crate::engine::lifecycle::Stage;
 use crate::report::{Report, StagePercentiles, ThreadRow};
 use uffdscope_trace::record::Role;
 
-/// A figure with 3 significant-ish digits (`1234`, `12.3`, `1.23`), or `n/a`.
+/// A figure with 3 significant-ish digits (`1234`, `12.3`, `1.23`), or `n/a`
+/// (also for a figure that is not finite).
 pub fn num(v: Option<f64>) -> String {
-    match v {
+    match v.filter(|x| x.is_finite()) {
         Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
         Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
         Some(x) => format!("{x:.2}"),
@@ -22,9 +23,10 @@ pub fn num(v: Option<f64>) -> String {
     }
 }
 
-/// A share (0..=1) as a whole percentage; a non-zero share under 1% is `<1%`.
+/// A share (0..=1) as a whole percentage; a non-zero share under 1% is `<1%`;
+/// `n/a` when unknown or not finite.
 pub fn pct(v: Option<f64>) -> String {
-    match v {
+    match v.filter(|x| x.is_finite()) {
         Some(x) if x > 0.0 && x < 0.01 => "<1%".to_owned(),
         Some(x) => format!("{:.0}%", x * 100.0),
         None => "n/a".to_owned(),
@@ -198,6 +200,8 @@ mod tests {
         assert_eq!(pct(Some(0.0)), "0%");
         assert_eq!(pct(Some(0.926)), "93%");
         assert_eq!(pct(None), "n/a");
+        assert_eq!(pct(Some(f64::NAN)), "n/a");
+        assert_eq!(num(Some(f64::INFINITY)), "n/a");
         assert_eq!(with_unit(Some(2.0), " ms"), "2.00 ms");
         assert_eq!(with_unit(None, " ms"), "n/a");
     }
