@@ -57,6 +57,17 @@ pub struct AfterSpikes {
     pub blocked_ms: f64,
 }
 
+/// The guest section's summary figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFigures {
+    /// Lines by kind: `N guestperf, N plain, N json, N other lines`.
+    pub lines: String,
+    /// ` (offset N ms)` when the guest clock offset is known, else empty.
+    pub offset: String,
+    /// Correlation of interval duration with vCPU blocking, 2 decimals, or `n/a`.
+    pub correlation: String,
+}
+
 /// The figures every renderer shows.
 #[derive(Debug)]
 pub struct View<'a> {
@@ -71,6 +82,7 @@ pub struct View<'a> {
     pub after_spikes: Option<AfterSpikes>,
     /// Which figures are only upper bounds, when some are.
     pub bounded: Option<String>,
+    pub guest: Option<GuestFigures>,
 }
 
 impl<'a> View<'a> {
@@ -99,6 +111,19 @@ impl<'a> View<'a> {
                     "{n} of {} faults ran again at a moment the trace did not see: their wake stage and blocked time are upper bounds",
                     r.faults.count
                 )
+            }),
+            guest: r.guest.as_ref().map(|g| GuestFigures {
+                lines: format!(
+                    "{} guestperf, {} plain, {} json, {} other lines",
+                    g.lines.guestperf, g.lines.plain, g.lines.json, g.lines.unknown
+                ),
+                offset: g
+                    .offset_ms
+                    .map_or_else(String::new, |o| format!(" (offset {o:.0} ms)")),
+                correlation: g
+                    .correlation
+                    .filter(|c| c.is_finite())
+                    .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}")),
             }),
         }
     }
