@@ -540,6 +540,8 @@ impl<W: Write> Perfetto<W> {
 }
 
 impl<W: Write> Consumer for Perfetto<W> {
+    type Error = io::Error;
+
     fn record(&mut self, rec: &Record, derived: &Derived, at: At<'_>) -> io::Result<()> {
         let ts = rec.ts();
         self.origin = at.origin;
