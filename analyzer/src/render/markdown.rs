@@ -343,6 +343,10 @@ mod tests {
         );
         assert_eq!(escape("**bold** [l](u)"), "\\*\\*bold\\*\\* \\[l\\](u)");
         assert_eq!(escape("two\nlines"), "two lines");
+        assert_eq!(
+            escape("a\u{1b}[2J\u{7}\0\u{9b}b"),
+            "a\u{fffd}\\[2J\u{fffd}\u{fffd}\u{fffd}b"
+        );
         assert_eq!(escape("CPU 0/TCG"), "CPU 0/TCG");
     }
 
