@@ -124,7 +124,7 @@ fn check(s: &Summary, trace: &Path, vcpus: u32) -> Report {
     let mut ours: Vec<u64> = r
         .threads
         .iter()
-        .filter(|t| t.role == "vcpu")
+        .filter(|t| t.role == uffdscope_trace::record::Role::Vcpu)
         .map(|t| u64::from(t.tid))
         .collect();
     ours.sort_unstable();
@@ -203,7 +203,11 @@ fn check(s: &Summary, trace: &Path, vcpus: u32) -> Report {
     let g = r.guest.as_ref().expect("guest section (console recorded)");
     assert_eq!(g.alignment, "host_arrival", "{ctx}");
     assert_eq!(g.lines.stale_markers, 0, "{ctx}: stale pages in the guest");
-    let spikes: Vec<_> = g.spikes.iter().filter(|s| s.phase == "postcopy").collect();
+    let spikes: Vec<_> = g
+        .spikes
+        .iter()
+        .filter(|s| s.phase == uffdscope_analyzer::engine::guest::Phase::Postcopy)
+        .collect();
     assert!(
         !spikes.is_empty(),
         "{ctx}: no guest spike during post-copy (baseline {:?})",

@@ -183,7 +183,7 @@ fn recorded_faults_match_the_ground_truth() {
         report.faults.stage_sum_consistent, report.faults.with_service,
         "queue + request + network + place must equal service latency"
     );
-    let roles: Vec<&str> = report.threads.iter().map(|t| t.role).collect();
+    let roles: Vec<&str> = report.threads.iter().map(|t| t.role.as_str()).collect();
     for role in ["vcpu", "fault", "listen"] {
         assert!(roles.contains(&role), "role {role} not detected: {roles:?}");
     }

@@ -1,30 +1,45 @@
-//! One streaming pass over a trace that produces the [`Report`]: feeds the
-//! lifecycle engine, statistics, network and QMP accumulators, then assembles
-//! the report model.
+//! The report's consumer of the one streaming pass ([`crate::drive`]): feeds
+//! statistics, network, QMP and QEMU-blocktime accumulators with each record
+//! and fault, then assembles the report model ([`crate::report`]).
 
 use std::collections::{BTreeMap, HashSet};
+use std::convert::Infallible;
 use std::io::Read;
 use std::path::Path;
 
+use crate::drive::{self, At, Consumer, Derived, Limits, Summary};
 use crate::engine::blocktime::{self, QemuBlocktime};
 use crate::engine::guest::{self, LineCounts, Sample};
-use crate::engine::lifecycle::{Engine, Fault, Resolution, Stage};
+use crate::engine::lifecycle::{Engine, Fault, Resolution, Stage, ThreadFacts};
 use crate::engine::network::Network;
 use crate::engine::stats::{FaultStats, CURVE_QUANTILES};
+use crate::inputs::qmp::QmpFacts;
 use crate::report::{
-    Blocktime, FaultSection, NetworkSection, QemuSection, QemuView, Report, SlowFault,
+    Blocktime, Bounded, FaultSection, NetworkSection, QemuSection, QemuView, Report, SlowFault,
     StatusChange, Target, ThreadRow, Timeline, TraceSection, SCHEMA,
 };
 use uffdscope_trace::record::{IoctlOp, Record, Role, UffdMsg};
 use uffdscope_trace::{TraceError, TraceReader};
 
 /// What the user asked of the analysis.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// A guest log captured outside the trace (lines without host stamps).
     pub guest_log: Option<String>,
     /// Guest clock minus host realtime, ms.
     pub guest_offset_ms: Option<f64>,
+    /// Bounds on the pass ([`Limits::for_file_size`] for a file).
+    pub limits: Limits,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            guest_log: None,
+            guest_offset_ms: None,
+            limits: Limits::NONE,
+        }
+    }
 }
 
 /// Why an analysis could not start.
@@ -32,6 +47,16 @@ pub struct Options {
 pub enum AnalysisError {
     #[error(transparent)]
     Trace(#[from] TraceError),
+}
+
+/// The guest CPU index of a vCPU thread, from its QEMU name `CPU n/...`.
+pub fn vcpu_index(name: &str) -> Option<u32> {
+    name.strip_prefix("CPU ")?
+        .split('/')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[derive(Default)]
@@ -45,35 +70,22 @@ struct Qmp {
 }
 
 impl Qmp {
-    fn push(&mut self, ts: u64, json: &str) {
+    fn push(&mut self, ts: u64, facts: Option<&QmpFacts>) {
         self.seen = true;
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        let Some(facts) = facts else {
             return;
         };
-        let v = v.get("return").unwrap_or(&v);
-        if let Some(b) = v
-            .get("postcopy-blocktime")
-            .and_then(serde_json::Value::as_f64)
-        {
+        if let Some(b) = facts.blocktime_ms {
             self.blocktime_ms = Some(b);
         }
-        if let Some(arr) = v
-            .get("postcopy-vcpu-blocktime")
-            .and_then(serde_json::Value::as_array)
-        {
-            self.vcpu_blocktime_ms =
-                Some(arr.iter().filter_map(serde_json::Value::as_f64).collect());
+        if let Some(v) = &facts.vcpu_blocktime_ms {
+            self.vcpu_blocktime_ms = Some(v.clone());
         }
-        let status = v.get("status").and_then(|s| s.as_str()).or_else(|| {
-            v.get("data")
-                .and_then(|d| d.get("status"))
-                .and_then(|s| s.as_str())
-        });
-        if let Some(status) = status {
+        if let Some(status) = &facts.status {
             match self.statuses.last_mut() {
                 // A polled reply and the MIGRATION event report one change.
                 Some((t, s)) if s == status => *t = (*t).min(ts),
-                _ => self.statuses.push((ts, status.to_owned())),
+                _ => self.statuses.push((ts, status.clone())),
             }
             // Events and polled replies reach the trace in any order: keep the earliest.
             let earliest = |t: Option<u64>| Some(t.map_or(ts, |t| t.min(ts)));
@@ -87,19 +99,16 @@ impl Qmp {
     }
 }
 
+#[derive(Default)]
 struct Pass {
-    engine: Engine,
     stats: FaultStats,
     network: Network,
     qmp: Qmp,
-    events: u64,
     first_ts: Option<u64>,
-    last_ts: Option<u64>,
     drops: u64,
     end: Option<String>,
     guest_samples: Vec<Sample>,
     guest_counts: LineCounts,
-    vcpu_names: BTreeMap<u32, String>,
     /// Threads that are vCPUs, as known so far.
     vcpu_set: HashSet<u32>,
     /// QEMU's blocktime accounting replayed over the trace, and the variant
@@ -108,12 +117,21 @@ struct Pass {
     qemu_bt_exit: QemuBlocktime,
     /// First and last value of each (thread, perf counter).
     perf: BTreeMap<(u32, String), (u64, u64)>,
+    /// Sleeps whose switch-in was not traced ([`uffdscope_trace::record::Sleep::run_is_bound`]).
+    bound_wakes: u64,
 }
 
 impl Pass {
-    fn refresh_vcpus(&mut self) {
-        self.vcpu_set = self
-            .engine
+    fn new() -> Self {
+        Self {
+            qemu_bt: QemuBlocktime::new(),
+            qemu_bt_exit: QemuBlocktime::closing_at_exit(),
+            ..Self::default()
+        }
+    }
+
+    fn refresh_vcpus(&mut self, engine: &Engine) {
+        self.vcpu_set = engine
             .threads
             .iter()
             .filter(|(_, t)| t.role() == Role::Vcpu)
@@ -121,8 +139,18 @@ impl Pass {
             .collect();
     }
 
+    fn blocktime_ctx<'a>(
+        set: &'a HashSet<u32>,
+        engine: &'a Engine,
+    ) -> (impl Fn(u32) -> bool + 'a, impl Fn(u64, u64) -> bool + 'a) {
+        (
+            move |tid| set.contains(&tid),
+            move |addr, ts| engine.placed_by(addr, ts),
+        )
+    }
+
     /// Feeds QEMU's blocktime replay: message reads and the placing ioctls.
-    fn push_qemu_blocktime(&mut self, rec: &Record) {
+    fn push_qemu_blocktime(&mut self, rec: &Record, engine: &Engine) {
         match rec {
             Record::UffdRead(r) => {
                 for m in r
@@ -134,12 +162,7 @@ impl Pass {
                     self.qemu_bt_exit.read(r.exit_ts, m.address, m.ptid);
                 }
             }
-            Record::UffdIoctl(io)
-                if matches!(
-                    io.op,
-                    IoctlOp::Copy | IoctlOp::ZeroPage | IoctlOp::Wake | IoctlOp::Continue
-                ) =>
-            {
+            Record::UffdIoctl(io) if io.op.places_pages() || io.op == IoctlOp::Wake => {
                 let placed = matches!(io.op, IoctlOp::Copy | IoctlOp::ZeroPage) && io.ret == 0;
                 let placed = placed.then_some(io.start);
                 self.qemu_bt.ioctl(io.tid, io.enter_ts, io.exit_ts, placed);
@@ -148,37 +171,36 @@ impl Pass {
             }
             _ => return,
         }
-        let set = &self.vcpu_set;
-        let engine = &self.engine;
+        let (is_vcpu, placed_by) = Self::blocktime_ctx(&self.vcpu_set, engine);
         let ctx = blocktime::Ctx {
-            is_vcpu: &|tid| set.contains(&tid),
-            placed_by: &|addr, ts| engine.placed_by(addr, ts),
-            vcpus: set.len(),
+            is_vcpu: &is_vcpu,
+            placed_by: &placed_by,
+            vcpus: self.vcpu_set.len(),
         };
         self.qemu_bt.advance(&ctx);
         self.qemu_bt_exit.advance(&ctx);
     }
+}
 
-    fn push(&mut self, rec: &Record) {
-        self.events += 1;
+impl Consumer for Pass {
+    type Error = Infallible;
+
+    fn record(&mut self, rec: &Record, derived: &Derived, at: At<'_>) -> Result<(), Infallible> {
         let ts = rec.ts();
         if ts > 0 {
             self.first_ts = Some(self.first_ts.map_or(ts, |t| t.min(ts)));
-            self.last_ts = Some(self.last_ts.map_or(ts, |t| t.max(ts)));
         }
         match rec {
             Record::Drops(d) => self.drops = self.drops.max(d.total),
             Record::Note(n) if n.kind == "end" => self.end = Some(n.text.clone()),
-            Record::Qmp(q) => self.qmp.push(q.ts, &q.json),
+            Record::Qmp(q) => self.qmp.push(q.ts, derived.qmp.as_ref()),
             Record::GuestLine(g) => {
                 if let Some(mut s) = guest::parse_line(&g.text, &mut self.guest_counts) {
                     s.host_arrival_ns = Some(g.ts);
                     self.guest_samples.push(s);
                 }
             }
-            Record::Thread(t) if Role::from_thread_name(&t.name) == Some(Role::Vcpu) => {
-                self.vcpu_names.insert(t.tid, t.name.clone());
-            }
+            Record::Sleep(sl) if sl.run_is_bound() => self.bound_wakes += 1,
             Record::Perf(p) => {
                 let e = self
                     .perf
@@ -188,13 +210,18 @@ impl Pass {
             }
             _ => {}
         }
-        self.network.push(rec);
-        self.push_qemu_blocktime(rec);
-        let stats = &mut self.stats;
-        let set = &self.vcpu_set;
-        self.engine.push(rec, &mut |f: Fault| {
-            stats.add(&f, set.contains(&f.tid), set.len());
-        });
+        self.network.push(rec, &derived.return_path);
+        self.push_qemu_blocktime(rec, at.engine);
+        Ok(())
+    }
+
+    fn fault(&mut self, f: &Fault, _: At<'_>) -> Result<(), Infallible> {
+        let vcpu = self.vcpu_set.contains(&f.tid);
+        self.stats.add(f, vcpu, self.vcpu_set.len());
+        Ok(())
+    }
+
+    fn taken(&mut self, rec: &Record, engine: &Engine) {
         // Roles change with names, and with a thread's first sleep.
         let refresh = match rec {
             Record::Thread(_) | Record::Process(_) => true,
@@ -202,35 +229,30 @@ impl Pass {
             _ => false,
         };
         if refresh {
-            self.refresh_vcpus();
+            self.refresh_vcpus(engine);
         }
+    }
+
+    fn finishing(&mut self, engine: &Engine) {
+        self.refresh_vcpus(engine);
     }
 }
 
 /// vCPU tids in guest CPU order: by the `CPU n/` in their names, else by tid.
-fn vcpu_order(pass: &Pass) -> Vec<u32> {
-    let mut named: Vec<(u32, u32)> = pass
-        .vcpu_names
-        .iter()
-        .filter_map(|(&tid, name)| {
-            let n = name
-                .strip_prefix("CPU ")?
-                .split('/')
-                .next()?
-                .trim()
-                .parse()
-                .ok()?;
-            Some((n, tid))
-        })
-        .collect();
-    named.sort_unstable();
-    if named.is_empty() {
-        pass.engine
+fn vcpu_order(engine: &Engine) -> Vec<u32> {
+    let vcpus = || {
+        engine
             .threads
             .iter()
             .filter(|(_, t)| t.role() == Role::Vcpu)
-            .map(|(&tid, _)| tid)
-            .collect()
+    };
+    let mut named: Vec<(u32, u32)> = vcpus()
+        .filter(|(_, t)| t.named_role == Some(Role::Vcpu))
+        .filter_map(|(&tid, t)| Some((vcpu_index(t.name.as_deref()?)?, tid)))
+        .collect();
+    named.sort_unstable();
+    if named.is_empty() {
+        vcpus().map(|(&tid, _)| tid).collect()
     } else {
         named.into_iter().map(|(_, tid)| tid).collect()
     }
@@ -244,40 +266,18 @@ pub fn analyze_file(path: &Path, opts: &Options) -> Result<Report, AnalysisError
 
 /// Analyzes a trace from any reader.
 pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) -> Report {
-    let mut pass = Pass {
-        engine: Engine::new(),
-        stats: FaultStats::default(),
-        network: Network::default(),
-        qmp: Qmp::default(),
-        events: 0,
-        first_ts: None,
-        last_ts: None,
-        drops: 0,
-        end: None,
-        guest_samples: Vec::new(),
-        guest_counts: LineCounts::default(),
-        vcpu_names: BTreeMap::new(),
-        vcpu_set: HashSet::new(),
-        qemu_bt: QemuBlocktime::new(),
-        qemu_bt_exit: QemuBlocktime::closing_at_exit(),
-        perf: BTreeMap::new(),
+    let mut pass = Pass::new();
+    let (engine, summary) = match drive::drive(&mut reader, &mut pass, opts.limits) {
+        Ok(done) => done,
+        Err(never) => match never {},
     };
-    let damage = reader.for_each(|rec| pass.push(&rec));
-    pass.refresh_vcpus();
     let vcpus = pass.vcpu_set.len();
-    {
-        let stats = &mut pass.stats;
-        let set = &pass.vcpu_set;
-        pass.engine
-            .finish(&mut |f: Fault| stats.add(&f, set.contains(&f.tid), vcpus));
-    }
     pass.stats.finish(vcpus);
     {
-        let set = &pass.vcpu_set;
-        let engine = &pass.engine;
+        let (is_vcpu, placed_by) = Pass::blocktime_ctx(&pass.vcpu_set, &engine);
         let ctx = blocktime::Ctx {
-            is_vcpu: &|tid| set.contains(&tid),
-            placed_by: &|addr, ts| engine.placed_by(addr, ts),
+            is_vcpu: &is_vcpu,
+            placed_by: &placed_by,
             vcpus,
         };
         pass.qemu_bt.finish(&ctx);
@@ -292,7 +292,23 @@ pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) 
             }
         }
     }
-    build_report(&pass, reader.meta(), reader.version(), path, damage, opts)
+    let run = Run {
+        pass: &pass,
+        engine: &engine,
+        summary: &summary,
+        meta: reader.meta(),
+        version: reader.version(),
+    };
+    build_report(&run, path, opts)
+}
+
+/// Everything the pass learned, for assembling the report.
+struct Run<'a> {
+    pass: &'a Pass,
+    engine: &'a Engine,
+    summary: &'a Summary,
+    meta: &'a uffdscope_trace::TraceMeta,
+    version: u16,
 }
 
 /// How much a thread's perf counter grew over the recording.
@@ -354,16 +370,38 @@ fn ms(ns: u64) -> f64 {
     (ns as f64 / 1e3).round() / 1e3
 }
 
-fn build_report(
-    pass: &Pass,
-    meta: &uffdscope_trace::TraceMeta,
-    version: u16,
-    path: &str,
-    damage: Option<TraceError>,
-    opts: &Options,
-) -> Report {
-    let s = &pass.stats;
-    let t0 = pass.first_ts.unwrap_or(meta.start_ns);
+fn build_report(run: &Run<'_>, path: &str, opts: &Options) -> Report {
+    let t0 = run.summary.origin.ns(run.meta.start_ns);
+    let vcpu_tids = vcpu_order(run.engine);
+    let blocktime = blocktime_section(run, &vcpu_tids);
+    let qemu = qemu_section(run, &blocktime.qemu_view, t0);
+    let guest = guest_section(run, &vcpu_tids, t0, opts);
+    let mut warnings = warnings(run);
+    if guest.as_ref().is_some_and(|g| g.lines.stale_markers > 0) {
+        warnings.push("the guest reported stale pages (UFFDSCOPE-STALE lines)".to_owned());
+    }
+    Report {
+        schema: SCHEMA,
+        trace: trace_section(run, path),
+        faults: fault_section(run, t0),
+        threads: thread_rows(run),
+        blocktime_ms: blocktime,
+        network: NetworkSection {
+            channels: run
+                .pass
+                .network
+                .report(|tid| run.engine.threads.get(&tid).map(ThreadFacts::role)),
+        },
+        guest,
+        qemu,
+        warnings,
+        timeline: timeline(run, t0),
+    }
+}
+
+/// Warnings about what the trace lacks: drops, damage, faults without entry.
+fn warnings(run: &Run<'_>) -> Vec<String> {
+    let (pass, s) = (run.pass, &run.pass.stats);
     let mut warnings = Vec::new();
     if pass.drops > 0 {
         warnings.push(format!(
@@ -371,10 +409,28 @@ fn build_report(
             pass.drops
         ));
     }
-    if let Some(d) = &damage {
+    if let Some(d) = &run.summary.damage {
         warnings.push(format!(
             "trace is damaged; analyzed the {} good records before: {d}",
-            pass.events
+            run.summary.records
+        ));
+    } else if let Some(n) = run.summary.stopped_at_limit {
+        warnings.push(format!(
+            "analysis stopped after {n} records (--max-events {n}): the rest of the trace was not read; raise --max-events to read it all"
+        ));
+    } else if !run.summary.complete {
+        let t0 = run.summary.origin.ns(run.meta.start_ns);
+        let last = run.summary.last_ts.map_or_else(
+            || "it holds no timestamped record".to_owned(),
+            |ts| {
+                format!(
+                    "its last record is at {:.3} s",
+                    ts.saturating_sub(t0) as f64 / 1e9
+                )
+            },
+        );
+        warnings.push(format!(
+            "the trace is incomplete: it has no end note, so the recording was cut (recorder killed, or the file cut at a frame boundary); {last}"
         ));
     }
     if s.count > 0 && s.with_service < s.count {
@@ -399,39 +455,97 @@ fn build_report(
             s.count
         ));
     }
-    let stages_us = Stage::ALL
+    warnings
+}
+
+fn trace_section(run: &Run<'_>, path: &str) -> TraceSection {
+    let (pass, meta) = (run.pass, run.meta);
+    TraceSection {
+        path: path.to_owned(),
+        duration_s: match (pass.first_ts, run.summary.last_ts) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e9),
+            _ => None,
+        },
+        events: run.summary.records,
+        drops: pass.drops,
+        target: Target {
+            pid: meta.target_pid,
+            comm: meta.target_comm.clone(),
+        },
+        kernel: meta.kernel.clone(),
+        host: meta.host.clone(),
+        tool: meta.tool.clone(),
+        format_version: run.version,
+        damage: run.summary.damage.as_ref().map(ToString::to_string),
+        end: pass.end.clone(),
+        complete: run.summary.complete,
+        stopped_at_limit: run.summary.stopped_at_limit,
+    }
+}
+
+/// Each stage's share of the summed service-stage time, 3 decimals.
+fn stage_shares(s: &FaultStats) -> BTreeMap<String, Option<f64>> {
+    let totals: Vec<(Stage, f64)> = Stage::ALL
         .iter()
-        .enumerate()
-        .map(|(i, st)| (st.as_str().to_owned(), s.stages[i].percentiles().into()))
-        .collect();
-    let totals: Vec<f64> = (0..4)
-        .map(|i| {
-            let p = s.stages[i].percentiles();
-            p.mean.unwrap_or(0.0) * p.count as f64
+        .zip(&s.stages)
+        .filter(|(st, _)| Stage::SERVICE.contains(st))
+        .map(|(st, h)| {
+            let p = h.percentiles();
+            (*st, p.mean.unwrap_or(0.0) * p.count as f64)
         })
         .collect();
-    let sum: f64 = totals.iter().sum();
-    let stage_share = Stage::ALL[..4]
+    let sum: f64 = totals.iter().map(|(_, t)| t).sum();
+    totals
         .iter()
-        .zip(&totals)
         .map(|(st, t)| {
             (
                 st.as_str().to_owned(),
                 (sum > 0.0).then(|| (t / sum * 1000.0).round() / 1000.0),
             )
         })
-        .collect();
-    let by_resolution = Resolution::ALL
-        .iter()
-        .map(|r| {
-            (
-                r.as_str().to_owned(),
-                s.by_resolution.get(r).copied().unwrap_or(0),
-            )
-        })
-        .collect();
-    let threads = pass
-        .engine
+        .collect()
+}
+
+fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
+    let (s, engine) = (&run.pass.stats, run.engine);
+    FaultSection {
+        count: s.count,
+        by_resolution: Resolution::ALL
+            .iter()
+            .map(|r| {
+                let n = s.by_resolution.get(r).copied().unwrap_or(0);
+                (r.as_str().to_owned(), n)
+            })
+            .collect(),
+        service_us: s.service.percentiles(),
+        blocked_us: s.blocked.percentiles(),
+        service_curve_us: s.service.curve(&CURVE_QUANTILES),
+        blocked_curve_us: s.blocked.curve(&CURVE_QUANTILES),
+        stages_us: Stage::ALL
+            .iter()
+            .zip(&s.stages)
+            .map(|(st, h)| (st.as_str().to_owned(), h.percentiles().into()))
+            .collect(),
+        stage_share: stage_shares(s),
+        with_service: s.with_service,
+        stage_sum_consistent: s.stage_sum_consistent,
+        qemu_counted: run.pass.qemu_bt.counted,
+        messages_read: engine.messages_read,
+        uffd_reads: engine.uffd_reads,
+        failed_reads: engine.eagain_reads,
+        page_requests: engine.requests_sent,
+        placements: engine.placements_by_op(),
+        slowest: s.slowest.iter().map(|f| SlowFault::new(f, t0)).collect(),
+        // Each sleep is one fault; format 1 did not keep the kernel's flags.
+        bounded: Bounded {
+            wake: (run.version >= 2).then_some(run.pass.bound_wakes),
+        },
+    }
+}
+
+fn thread_rows(run: &Run<'_>) -> Vec<ThreadRow> {
+    let s = &run.pass.stats;
+    run.engine
         .threads
         .iter()
         .map(|(&tid, facts)| {
@@ -440,23 +554,27 @@ fn build_report(
             ThreadRow {
                 tid,
                 name: facts.name.clone(),
-                role: facts.role().as_str(),
+                role: facts.role(),
                 faults: ts.map_or(0, |t| t.faults),
                 blocked_ms: ms(ts.map_or(0, |t| t.blocked_ns)),
                 service_p50_us: p.p50,
                 service_p99_us: p.p99,
                 uffd_reads: facts.uffd_reads,
                 placements: facts.placements,
-                cpu_ms: perf_delta(pass, tid, "task_clock_ns").map(ms),
-                context_switches: perf_delta(pass, tid, "context_switches"),
-                page_faults: perf_delta(pass, tid, "page_faults"),
+                cpu_ms: perf_delta(run.pass, tid, "task_clock_ns").map(ms),
+                context_switches: perf_delta(run.pass, tid, "context_switches"),
+                page_faults: perf_delta(run.pass, tid, "page_faults"),
             }
         })
-        .collect();
-    let vcpu_tids = vcpu_order(pass);
-    let blocktime = Blocktime {
+        .collect()
+}
+
+fn blocktime_section(run: &Run<'_>, vcpu_tids: &[u32]) -> Blocktime {
+    let (s, pass) = (&run.pass.stats, run.pass);
+    let any = !vcpu_tids.is_empty();
+    Blocktime {
         vcpu_sum: ms(s.ours.per_vcpu_ns.values().sum()),
-        all_vcpus_overlap: (!vcpu_tids.is_empty()).then(|| ms(s.ours.all_down_ns)),
+        all_vcpus_overlap: any.then(|| ms(s.ours.all_down_ns)),
         per_vcpu: s
             .ours
             .per_vcpu_ns
@@ -466,7 +584,7 @@ fn build_report(
         vcpus: vcpu_tids.len(),
         qemu_view: QemuView {
             vcpu_sum: ms(pass.qemu_bt.per_vcpu_ns.values().sum()),
-            all_vcpus_overlap: (!vcpu_tids.is_empty()).then(|| ms(pass.qemu_bt.total_ns)),
+            all_vcpus_overlap: any.then(|| ms(pass.qemu_bt.total_ns)),
             per_vcpu: vcpu_tids
                 .iter()
                 .map(|tid| ms(pass.qemu_bt.per_vcpu_ns.get(tid).copied().unwrap_or(0)))
@@ -475,16 +593,19 @@ fn build_report(
             unseen_faults: s.vcpu_faults.saturating_sub(pass.qemu_bt.counted),
             overwritten: pass.qemu_bt.overwritten,
             vcpu_sum_close_at_exit: ms(pass.qemu_bt_exit.per_vcpu_ns.values().sum()),
-            all_vcpus_overlap_close_at_exit: (!vcpu_tids.is_empty())
-                .then(|| ms(pass.qemu_bt_exit.total_ns)),
+            all_vcpus_overlap_close_at_exit: any.then(|| ms(pass.qemu_bt_exit.total_ns)),
         },
-    };
-    let qemu = pass.qmp.seen.then(|| QemuSection {
-        version: meta.qemu_version.clone(),
-        blocktime_ms: pass.qmp.blocktime_ms,
-        vcpu_blocktime_ms: pass.qmp.vcpu_blocktime_ms.clone(),
-        status_timeline: pass
-            .qmp
+    }
+}
+
+fn qemu_section(run: &Run<'_>, view: &QemuView, t0: u64) -> Option<QemuSection> {
+    let qmp = &run.pass.qmp;
+    let ratio = |ours: f64, theirs: f64| (ours / theirs * 1000.0).round() / 1000.0;
+    qmp.seen.then(|| QemuSection {
+        version: run.meta.qemu_version.clone(),
+        blocktime_ms: qmp.blocktime_ms,
+        vcpu_blocktime_ms: qmp.vcpu_blocktime_ms.clone(),
+        status_timeline: qmp
             .statuses
             .iter()
             .map(|(ts, st)| StatusChange {
@@ -492,114 +613,101 @@ fn build_report(
                 status: st.clone(),
             })
             .collect(),
-        agreement: pass.qmp.blocktime_ms.filter(|b| *b > 0.0).map(|b| {
-            let ours = blocktime.qemu_view.all_vcpus_overlap.unwrap_or(0.0);
-            (ours / b * 1000.0).round() / 1000.0
-        }),
-        vcpu_agreement: pass
-            .qmp
+        agreement: qmp
+            .blocktime_ms
+            .filter(|b| *b > 0.0)
+            .map(|b| ratio(view.all_vcpus_overlap.unwrap_or(0.0), b)),
+        vcpu_agreement: qmp
             .vcpu_blocktime_ms
             .as_ref()
             .map(|v| v.iter().sum::<f64>())
             .filter(|sum| *sum > 0.0)
-            .map(|sum| (blocktime.qemu_view.vcpu_sum / sum * 1000.0).round() / 1000.0),
-        remark: qemu_remark(&pass.qmp, &blocktime.qemu_view),
-    });
-    let guest = (!pass.guest_samples.is_empty() || pass.guest_counts != LineCounts::default())
-        .then(|| {
-            let ctx = guest::Context {
-                bins: &s.bins,
-                vcpu_tids: &vcpu_tids,
-                realtime_offset_ns: meta.realtime_offset_ns,
-                switchover_ns: pass.qmp.postcopy_active_ns.or(s.first_fault_ts),
-                completed_ns: pass.qmp.completed_ns,
-                trace_start_ns: t0,
-            };
-            guest::correlate(
-                &pass.guest_samples,
-                pass.guest_counts.clone(),
-                &ctx,
-                opts.guest_offset_ms,
-            )
-        });
-    if guest.as_ref().is_some_and(|g| g.lines.stale_markers > 0) {
-        warnings.push("the guest reported stale pages (UFFDSCOPE-STALE lines)".to_owned());
+            .map(|sum| ratio(view.vcpu_sum, sum)),
+        remark: qemu_remark(qmp, view),
+    })
+}
+
+fn guest_section(
+    run: &Run<'_>,
+    vcpu_tids: &[u32],
+    t0: u64,
+    opts: &Options,
+) -> Option<guest::GuestSection> {
+    let pass = run.pass;
+    if pass.guest_samples.is_empty() && pass.guest_counts == LineCounts::default() {
+        return None;
     }
-    Report {
-        schema: SCHEMA,
-        trace: TraceSection {
-            path: path.to_owned(),
-            duration_s: match (pass.first_ts, pass.last_ts) {
-                (Some(a), Some(b)) => Some((b - a) as f64 / 1e9),
-                _ => None,
-            },
-            events: pass.events,
-            drops: pass.drops,
-            target: Target {
-                pid: meta.target_pid,
-                comm: meta.target_comm.clone(),
-            },
-            kernel: meta.kernel.clone(),
-            host: meta.host.clone(),
-            tool: meta.tool.clone(),
-            format_version: version,
-            damage: damage.map(|d| d.to_string()),
-            end: pass.end.clone(),
-        },
-        faults: FaultSection {
-            count: s.count,
-            by_resolution,
-            service_us: s.service.percentiles(),
-            blocked_us: s.blocked.percentiles(),
-            service_curve_us: s.service.curve(&CURVE_QUANTILES),
-            blocked_curve_us: s.blocked.curve(&CURVE_QUANTILES),
-            stages_us,
-            stage_share,
-            with_service: s.with_service,
-            stage_sum_consistent: s.stage_sum_consistent,
-            qemu_counted: pass.qemu_bt.counted,
-            messages_read: pass.engine.messages_read,
-            uffd_reads: pass.engine.uffd_reads,
-            failed_reads: pass.engine.eagain_reads,
-            page_requests: pass.engine.requests_sent,
-            placements: pass.engine.placements_by_op(),
-            slowest: s.slowest.iter().map(|f| SlowFault::new(f, t0)).collect(),
-        },
-        threads,
-        blocktime_ms: blocktime,
-        network: NetworkSection {
-            channels: pass
-                .network
-                .report(|tid| pass.engine.threads.get(&tid).map(|t| t.role().as_str())),
-        },
-        guest,
-        qemu,
-        warnings,
-        timeline: timeline(pass, t0),
-    }
+    let ctx = guest::Context {
+        bins: &pass.stats.bins,
+        vcpu_tids,
+        realtime_offset_ns: run.meta.realtime_offset_ns,
+        switchover_ns: pass.qmp.postcopy_active_ns.or(pass.stats.first_fault_ts),
+        completed_ns: pass.qmp.completed_ns,
+        trace_start_ns: t0,
+    };
+    Some(guest::correlate(
+        &pass.guest_samples,
+        pass.guest_counts.clone(),
+        &ctx,
+        opts.guest_offset_ms,
+    ))
 }
 
 /// Most bins a [`Timeline`] gets; the width is the smallest 1-2-5 step that fits.
 const TIMELINE_MAX_BINS: u64 = 300;
 
-fn timeline(pass: &Pass, t0: u64) -> Option<Timeline> {
-    let s = &pass.stats;
-    let end = pass.last_ts?.max(s.last_fault_ts?);
-    let span_ms = end.saturating_sub(t0) / 1_000_000 + 1;
-    let mut bin_ms = 10u64;
-    'search: for decade in [1u64, 10, 100, 1_000, 10_000, 100_000] {
+/// The smallest 1-2-5 bin width (ms, 10 ms at least) giving at most
+/// [`TIMELINE_MAX_BINS`] bins over `span_ms`, for any span.
+fn timeline_bin_ms(span_ms: u64) -> u64 {
+    let mut decade = 1u64;
+    loop {
         for step in [10, 20, 50] {
-            bin_ms = step * decade;
-            if span_ms.div_ceil(bin_ms) <= TIMELINE_MAX_BINS {
-                break 'search;
+            let bin = decade.saturating_mul(step);
+            if span_ms.div_ceil(bin) <= TIMELINE_MAX_BINS || bin == u64::MAX {
+                return bin;
             }
         }
+        decade = decade.saturating_mul(10);
     }
-    let n = span_ms.div_ceil(bin_ms) as usize;
-    let series = s.bins.series(t0, bin_ms * 1_000_000, n);
+}
+
+fn timeline(run: &Run<'_>, t0: u64) -> Option<Timeline> {
+    let s = &run.pass.stats;
+    let end = run.summary.last_ts?.max(s.last_fault_ts?);
+    let span_ms = end.saturating_sub(t0) / 1_000_000 + 1;
+    let bin_ms = timeline_bin_ms(span_ms);
+    let n = usize::try_from(span_ms.div_ceil(bin_ms)).unwrap_or(usize::MAX);
+    let series = s.bins.series(t0, bin_ms.saturating_mul(1_000_000), n);
     Some(Timeline {
         bin_ms: bin_ms as f64,
         blocked_ms: series.iter().map(|&(ns, _)| ms(ns)).collect(),
         faults: series.iter().map(|&(_, n)| n).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_bins_stay_within_their_limit_for_any_span() {
+        assert_eq!(timeline_bin_ms(1), 10);
+        assert_eq!(timeline_bin_ms(3_000), 10);
+        assert_eq!(timeline_bin_ms(3_001), 20);
+        for span in [10_000_000_000u64, u64::MAX / 1_000_000 + 1, u64::MAX] {
+            let bin = timeline_bin_ms(span);
+            assert!(
+                span.div_ceil(bin) <= TIMELINE_MAX_BINS,
+                "{span} ms in {bin} ms bins"
+            );
+        }
+    }
+
+    #[test]
+    fn cpu_index_from_qemu_vcpu_names() {
+        assert_eq!(vcpu_index("CPU 3/KVM"), Some(3));
+        assert_eq!(vcpu_index("CPU 12/TCG"), Some(12));
+        assert_eq!(vcpu_index("fault-default"), None);
+        assert_eq!(vcpu_index("CPU x/KVM"), None);
+    }
 }

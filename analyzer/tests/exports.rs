@@ -23,8 +23,12 @@ fn trace_of(specs: &[FaultSpec]) -> Vec<u8> {
 fn perfetto(bytes: &[u8]) -> (Value, uffdscope_analyzer::export::Summary) {
     let mut reader = TraceReader::new(bytes).expect("trace header");
     let mut out = Vec::new();
-    let summary =
-        uffdscope_analyzer::export::perfetto::export(&mut reader, &mut out).expect("export");
+    let summary = uffdscope_analyzer::export::perfetto::export(
+        &mut reader,
+        &mut out,
+        uffdscope_analyzer::export::Limits::NONE,
+    )
+    .expect("export");
     let v = serde_json::from_slice(&out).unwrap_or_else(|e| {
         panic!(
             "perfetto output is not JSON ({e}):\n{}",
@@ -37,7 +41,12 @@ fn perfetto(bytes: &[u8]) -> (Value, uffdscope_analyzer::export::Summary) {
 fn csv(bytes: &[u8]) -> (String, uffdscope_analyzer::export::Summary) {
     let mut reader = TraceReader::new(bytes).expect("trace header");
     let mut out = Vec::new();
-    let summary = uffdscope_analyzer::export::csv::export(&mut reader, &mut out).expect("export");
+    let summary = uffdscope_analyzer::export::csv::export(
+        &mut reader,
+        &mut out,
+        uffdscope_analyzer::export::Limits::NONE,
+    )
+    .expect("export");
     (String::from_utf8(out).expect("utf-8 CSV"), summary)
 }
 

@@ -51,6 +51,11 @@ fn format_version_1_reads_and_reports_alike() {
     assert_eq!(old["faults"]["count"], new["faults"]["count"]);
     assert_eq!(old["faults"]["stages_us"], new["faults"]["stages_us"]);
     assert_eq!(old["blocktime_ms"], new["blocktime_ms"]);
+    assert!(
+        old["faults"]["bounded"]["wake"].is_null(),
+        "format 1 cannot say which wakes are bounds"
+    );
+    assert_eq!(new["faults"]["bounded"]["wake"], 0);
 }
 
 #[test]
@@ -61,4 +66,47 @@ fn text_report_snapshot() {
 #[test]
 fn json_report_snapshot() {
     insta::assert_json_snapshot!(report());
+}
+
+/// A sleep whose switch-in was not traced makes its wake stage an upper
+/// bound: the report counts it and every renderer says so in one line.
+#[test]
+fn bound_wakes_are_counted_and_shown() {
+    use uffdscope_fixtures::synth::{Builder, FaultSpec, RAM_BASE, T0, VCPU_TID0};
+    use uffdscope_trace::record::{Record, SleepFlags};
+    let mut b = Builder::new();
+    b.preamble(T0, 2, 1 << 30);
+    for i in 0..3u64 {
+        let at = T0 + 1_000_000_000 + i * 10_000_000;
+        b.fault(&FaultSpec::new(VCPU_TID0, RAM_BASE + i * 4096, at));
+    }
+    let mut bound = 0;
+    for r in &mut b.records {
+        if let Record::Sleep(s) = r {
+            let k = s
+                .kernel
+                .as_mut()
+                .expect("format-2 sleeps carry kernel facts");
+            if bound < 2 {
+                k.flags = SleepFlags(k.flags.0 | SleepFlags::RUN_UNSEEN);
+                bound += 1;
+            }
+        }
+    }
+    assert_eq!(bound, 2, "the builder wrote the faults as sleeps");
+    let bytes = uffdscope_trace::write_all(&Scenario::default().meta(), &b.records);
+    let report = analyze(
+        TraceReader::new(&bytes[..]).expect("header"),
+        "bound.trace",
+        &Options::default(),
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["faults"]["bounded"]["wake"], 2);
+    let line = "2 of 3 faults ran again at a moment the trace did not see";
+    let text = uffdscope_analyzer::render::text::render_text(&report);
+    assert!(text.contains(line), "{text}");
+    let md = uffdscope_analyzer::render::markdown::render_markdown(&report);
+    assert!(md.contains(line), "{md}");
+    let html = uffdscope_analyzer::render::html::render_html(&report);
+    assert!(html.contains(line), "{html}");
 }

@@ -100,8 +100,10 @@ fn parse_json(line: &str) -> Option<Sample> {
     })
 }
 
-/// Parses one line in any supported format, updating `counts`.
+/// Parses one line in any supported format, updating `counts`. A line whose
+/// figures are not finite (`inf`, `NaN`, `1e999`) is not a measurement.
 pub fn parse_line(line: &str, counts: &mut LineCounts) -> Option<Sample> {
+    let finite = |s: &Sample| s.dur_ms.is_finite() && s.guest_end_ms.is_none_or(f64::is_finite);
     let line = line.trim_matches(|c: char| c.is_whitespace() || c == '\0');
     if line.is_empty() {
         return None;
@@ -109,17 +111,17 @@ pub fn parse_line(line: &str, counts: &mut LineCounts) -> Option<Sample> {
     if line.contains("UFFDSCOPE-STALE") {
         counts.stale_markers += 1;
     }
-    if let Some(s) = parse_guestperf(line) {
+    if let Some(s) = parse_guestperf(line).filter(finite) {
         counts.guestperf += 1;
         return Some(s);
     }
     if line.starts_with('{') {
-        if let Some(s) = parse_json(line) {
+        if let Some(s) = parse_json(line).filter(finite) {
             counts.json += 1;
             return Some(s);
         }
     }
-    if let Some(s) = parse_plain(line) {
+    if let Some(s) = parse_plain(line).filter(finite) {
         counts.plain += 1;
         return Some(s);
     }
@@ -170,18 +172,42 @@ pub struct Spike {
     pub faults: u64,
     /// Share of the excess over baseline explained by vCPU blocking (0..=1).
     pub explained: f64,
-    /// Where the interval lies against the migration: `postcopy` (it
-    /// overlaps the post-copy phase), `before` or `after` it, or `unknown`.
-    pub phase: &'static str,
+    /// Where the interval lies against the migration.
+    pub phase: Phase,
+}
+
+/// Where a guest interval lies against the post-copy phase of the migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// It ended before post-copy started.
+    Before,
+    /// It overlaps the post-copy phase.
+    Postcopy,
+    /// It began after the migration completed: not a post-copy fault.
+    After,
+    /// The trace does not say when post-copy started.
+    Unknown,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Before => "before",
+            Phase::Postcopy => "postcopy",
+            Phase::After => "after",
+            Phase::Unknown => "unknown",
+        }
+    }
 }
 
 /// Where `[start, end)` lies against the post-copy phase.
-fn phase(start: u64, end: u64, ctx: &Context<'_>) -> &'static str {
+fn phase(start: u64, end: u64, ctx: &Context<'_>) -> Phase {
     match (ctx.switchover_ns, ctx.completed_ns) {
-        (None, _) => "unknown",
-        (Some(sw), _) if end <= sw => "before",
-        (Some(_), Some(done)) if start >= done => "after",
-        _ => "postcopy",
+        (None, _) => Phase::Unknown,
+        (Some(sw), _) if end <= sw => Phase::Before,
+        (Some(_), Some(done)) if start >= done => Phase::After,
+        _ => Phase::Postcopy,
     }
 }
 
@@ -680,7 +706,7 @@ mod tests {
         let phases: Vec<(u64, &str)> = g
             .spikes
             .iter()
-            .map(|s| ((s.start * 10.0).round() as u64, s.phase))
+            .map(|s| ((s.start * 10.0).round() as u64, s.phase.as_str()))
             .collect();
         assert_eq!(
             phases,

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde::Serialize;
 use smallvec::SmallVec;
 
-use crate::inputs::rp::{self, RpMessage};
+use crate::inputs::rp::{ReturnPath, RpMessage};
 use uffdscope_trace::record::{IoctlOp, Record, Role, Sleep, UffdIoctl, UffdMsg};
 
 /// How long past a sleep's last timestamp the engine waits for related records.
@@ -91,6 +91,10 @@ impl Stage {
             Stage::Wake => "wake",
         }
     }
+
+    /// The stages from fault entry to the wake: they add up to the service
+    /// latency, and the report gives each one's share of it.
+    pub const SERVICE: [Stage; 4] = [Stage::Queue, Stage::Request, Stage::Network, Stage::Place];
 }
 
 /// One resolved fault. Every `Option` is `None` when the trace does not show it.
@@ -367,8 +371,9 @@ pub struct Engine {
     requests: AddrIndex<u32>,
     placements: AddrIndex<Placement>,
     pending: VecDeque<Sleep>,
-    /// The block name last named on each (tid, fd) channel.
-    channel_block: HashMap<(u32, i32), String>,
+    /// Reads sends for [`Engine::push`] (a driver that reads them itself
+    /// calls [`Engine::push_parsed`]).
+    return_path: ReturnPath,
     /// Learned host base address of each RAMBlock.
     block_base: HashMap<String, u64>,
     /// Votes for block bases: (block, candidate base) → count.
@@ -408,7 +413,7 @@ impl Engine {
             requests: AddrIndex::new(),
             placements: AddrIndex::new(),
             pending: VecDeque::new(),
-            channel_block: HashMap::new(),
+            return_path: ReturnPath::default(),
             block_base: HashMap::new(),
             base_votes: HashMap::new(),
             unplaced_requests: Vec::new(),
@@ -448,7 +453,7 @@ impl Engine {
     pub fn placed_by(&self, addr: u64, ts: u64) -> bool {
         self.placements
             .covering(addr)
-            .any(|(_, e)| e.value.op != IoctlOp::Wake && e.value.exit_ts <= ts)
+            .any(|(_, e)| e.value.op.places_pages() && e.value.exit_ts <= ts)
     }
 
     /// Learned RAMBlock bases (block name → host address).
@@ -467,6 +472,21 @@ impl Engine {
 
     /// Feeds one record; resolved faults go to `sink`.
     pub fn push(&mut self, rec: &Record, sink: &mut impl FnMut(Fault)) {
+        let return_path = match rec {
+            Record::SockIo(s) => self.return_path.read(s),
+            _ => Vec::new(),
+        };
+        self.push_parsed(rec, &return_path, sink);
+    }
+
+    /// Feeds one record with the return-path messages of a send already read
+    /// ([`ReturnPath::read`]); resolved faults go to `sink`.
+    pub fn push_parsed(
+        &mut self,
+        rec: &Record,
+        return_path: &[RpMessage],
+        sink: &mut impl FnMut(Fault),
+    ) {
         match rec {
             Record::Process(p) => {
                 self.pid = Some(p.pid);
@@ -520,20 +540,9 @@ impl Engine {
             }
             Record::UffdRange(r) => self.ranges.push((r.start, r.len)),
             Record::UffdIoctl(io) => self.push_ioctl(io),
-            Record::SockIo(s) if s.dir == uffdscope_trace::record::Direction::Send && s.ret > 0 => {
-                for msg in rp::parse(&s.head) {
+            Record::SockIo(s) => {
+                for msg in return_path {
                     if let RpMessage::ReqPages { block, start, len } = msg {
-                        let key = (s.tid, s.fd);
-                        let block = match block {
-                            Some(b) => {
-                                self.channel_block.insert(key, b.clone());
-                                b
-                            }
-                            None => match self.channel_block.get(&key) {
-                                Some(b) => b.clone(),
-                                None => String::new(),
-                            },
-                        };
                         self.requests_sent += 1;
                         self.facts(s.tid).requests_sent += 1;
                         self.add_request(
@@ -541,9 +550,9 @@ impl Engine {
                             PendingRequest {
                                 ts: s.exit_ts,
                                 tid: s.tid,
-                                block,
-                                start,
-                                len: u64::from(len),
+                                block: block.clone().unwrap_or_default(),
+                                start: *start,
+                                len: u64::from(*len),
                             },
                         );
                     }
@@ -556,7 +565,7 @@ impl Engine {
             self.watermark = ts;
         }
         self.settle(sink, false);
-        if self.watermark > self.last_prune + RETAIN_NS / 64 {
+        if self.watermark > self.last_prune.saturating_add(RETAIN_NS / 64) {
             let cutoff = self.watermark.saturating_sub(RETAIN_NS);
             self.reads.prune(cutoff);
             self.requests.prune(cutoff);
@@ -567,14 +576,11 @@ impl Engine {
     }
 
     fn push_ioctl(&mut self, io: &UffdIoctl) {
-        if !matches!(
-            io.op,
-            IoctlOp::Copy | IoctlOp::ZeroPage | IoctlOp::Continue | IoctlOp::Wake
-        ) {
+        if !(io.op.places_pages() || io.op == IoctlOp::Wake) {
             return;
         }
         self.placements_by_op[op_index(io.op)] += 1;
-        if io.op != IoctlOp::Wake {
+        if io.op.places_pages() {
             self.facts(io.tid).placements += 1;
         }
         self.placements.insert(

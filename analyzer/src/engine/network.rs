@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::engine::stats::Hist;
-use crate::inputs::rp::{self, RpMessage};
-use uffdscope_trace::record::{Direction, Record};
+use crate::inputs::rp::RpMessage;
+use uffdscope_trace::record::{Direction, Record, Role};
 
 #[derive(Debug, Default)]
 struct Channel {
@@ -35,7 +35,7 @@ pub struct Network {
 /// One channel in the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChannelReport {
-    pub role: String,
+    pub role: ChannelRole,
     pub local: String,
     pub remote: String,
     pub fd: Option<i32>,
@@ -46,6 +46,48 @@ pub struct ChannelReport {
     pub page_requests: u64,
 }
 
+/// What a channel carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelRole {
+    /// Page requests to the source.
+    ReturnPath,
+    /// The main migration stream.
+    Main,
+    /// The postcopy-preempt channel.
+    Preempt,
+    /// Read mostly by a vCPU thread.
+    Vcpu,
+    /// Read mostly by the fault thread.
+    Fault,
+    /// Nothing says.
+    Other,
+}
+
+impl ChannelRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelRole::ReturnPath => "return_path",
+            ChannelRole::Main => "main",
+            ChannelRole::Preempt => "preempt",
+            ChannelRole::Vcpu => "vcpu",
+            ChannelRole::Fault => "fault",
+            ChannelRole::Other => "other",
+        }
+    }
+
+    /// The channel a thread of `role` reads most from.
+    fn read_by(role: Role) -> Self {
+        match role {
+            Role::Listen => ChannelRole::Main,
+            Role::Preempt => ChannelRole::Preempt,
+            Role::Vcpu => ChannelRole::Vcpu,
+            Role::Fault => ChannelRole::Fault,
+            Role::Other => ChannelRole::Other,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct SrttReport {
     pub p50: Option<f64>,
@@ -54,7 +96,9 @@ pub struct SrttReport {
 }
 
 impl Network {
-    pub fn push(&mut self, rec: &Record) {
+    /// Takes one record; `return_path` holds a send's messages, read once
+    /// by the pass ([`crate::inputs::rp::ReturnPath`]).
+    pub fn push(&mut self, rec: &Record, return_path: &[RpMessage]) {
         match rec {
             Record::Socket(s) => {
                 let key = (s.local_port, s.remote_port);
@@ -106,8 +150,8 @@ impl Network {
                     }
                 }
             }
-            Record::SockIo(s) if s.dir == Direction::Send && s.ret > 0 => {
-                let reqs = rp::parse(&s.head)
+            Record::SockIo(s) => {
+                let reqs = return_path
                     .iter()
                     .filter(|m| matches!(m, RpMessage::ReqPages { .. }))
                     .count() as u64;
@@ -125,7 +169,7 @@ impl Network {
     /// Channels with a role each: the one carrying page requests is the return
     /// path; among the rest, the one receiving most is the main stream, and a
     /// second receiving channel is the preempt channel.
-    pub fn report(&self, thread_role: impl Fn(u32) -> Option<&'static str>) -> Vec<ChannelReport> {
+    pub fn report(&self, thread_role: impl Fn(u32) -> Option<Role>) -> Vec<ChannelReport> {
         let mut out: Vec<ChannelReport> = Vec::new();
         let mut receivers: Vec<(u64, usize)> = Vec::new();
         // A listening socket (remote port 0) carries no migration data.
@@ -143,16 +187,12 @@ impl Network {
                 .max_by_key(|(_, n)| **n)
                 .map(|(t, _)| *t);
             let role = if ch.requests > 0 {
-                "return_path".to_owned()
+                ChannelRole::ReturnPath
             } else if let Some(role) = top_reader.and_then(&thread_role) {
-                match role {
-                    "listen" => "main".to_owned(),
-                    "preempt" => "preempt".to_owned(),
-                    other => other.to_owned(),
-                }
+                ChannelRole::read_by(role)
             } else {
                 receivers.push((ch.bytes_rx, idx));
-                "other".to_owned()
+                ChannelRole::Other
             };
             out.push(ChannelReport {
                 role,
@@ -170,11 +210,11 @@ impl Network {
                 page_requests: ch.requests,
             });
         }
-        if !out.iter().any(|c| c.role == "main") {
+        if !out.iter().any(|c| c.role == ChannelRole::Main) {
             receivers.sort_unstable_by(|a, b| b.cmp(a));
             if let Some(&(rx, i)) = receivers.first() {
                 if rx > 0 {
-                    "main".clone_into(&mut out[i].role);
+                    out[i].role = ChannelRole::Main;
                 }
             }
         }
@@ -202,8 +242,8 @@ mod tests {
     #[test]
     fn listening_sockets_are_not_channels() {
         let mut n = Network::default();
-        n.push(&socket(3, 4444, 0));
-        n.push(&socket(4, 4444, 50000));
+        n.push(&socket(3, 4444, 0), &[]);
+        n.push(&socket(4, 4444, 50000), &[]);
         let channels = n.report(|_| None);
         assert_eq!(channels.len(), 1);
         assert_eq!(channels[0].fd, Some(4));

@@ -1,12 +1,12 @@
 //! Per-fault CSV export, streamed: one row per fault as the lifecycle engine
-//! resolves it. Timestamps (`t_*_ns`) are ns since the recording start (the
-//! trace metadata's `start_ns`); durations are ns. A cell is empty when the
+//! resolves it. Timestamps (`t_*_ns`) are ns since the time origin of every
+//! output ([`Origin`]: the trace's first record); durations are ns. A cell is empty when the
 //! trace does not show that moment, never 0.
 
 use std::io::{self, Read, Write};
 
-use crate::engine::lifecycle::{Engine, Fault, Stage};
-use crate::export::{self, Exporter, Origin, Summary};
+use crate::drive::{self, At, Consumer, Derived, Limits, Origin, Summary};
+use crate::engine::lifecycle::{Fault, Stage};
 use uffdscope_trace::record::Record;
 use uffdscope_trace::TraceReader;
 
@@ -18,7 +18,6 @@ queue_ns,request_ns,network_ns,place_ns,wake_ns,service_ns,blocked_ns";
 
 struct Csv<W: Write> {
     out: W,
-    origin: Origin,
     line: String,
 }
 
@@ -31,9 +30,9 @@ fn cell<T: std::fmt::Display>(line: &mut String, v: Option<T>) {
 }
 
 impl<W: Write> Csv<W> {
-    fn row(&mut self, f: &Fault) -> io::Result<()> {
+    fn row(&mut self, f: &Fault, origin: Origin) -> io::Result<()> {
         use std::fmt::Write as _;
-        let rel = |ts: Option<u64>| ts.map(|t| self.origin.rel(t));
+        let rel = |ts: Option<u64>| ts.map(|t| origin.rel(t));
         let l = &mut self.line;
         l.clear();
         let _ = write!(
@@ -70,29 +69,33 @@ impl<W: Write> Csv<W> {
     }
 }
 
-impl<W: Write> Exporter for Csv<W> {
-    fn record(&mut self, rec: &Record, _: &Engine) -> io::Result<()> {
-        self.origin.observe(rec.ts());
+impl<W: Write> Consumer for Csv<W> {
+    type Error = io::Error;
+
+    fn record(&mut self, _: &Record, _: &Derived, _: At<'_>) -> io::Result<()> {
         Ok(())
     }
 
-    fn fault(&mut self, fault: &Fault, _: &Engine) -> io::Result<()> {
-        self.row(fault)
+    fn fault(&mut self, fault: &Fault, at: At<'_>) -> io::Result<()> {
+        self.row(fault, at.origin)
     }
 }
 
 /// Streams one CSV row per fault of the trace to `out` (wrap it in a
 /// `BufWriter`). Damage after the header ends the rows early and is returned
 /// in [`Summary::damage`].
-pub fn export<R: Read, W: Write>(reader: &mut TraceReader<R>, out: W) -> io::Result<Summary> {
+pub fn export<R: Read, W: Write>(
+    reader: &mut TraceReader<R>,
+    out: W,
+    limits: Limits,
+) -> io::Result<Summary> {
     let mut csv = Csv {
         out,
-        origin: Origin::new(reader.meta()),
         line: String::with_capacity(256),
     };
     csv.out.write_all(HEADER.as_bytes())?;
     csv.out.write_all(b"\n")?;
-    let (_, summary) = export::drive(reader, &mut csv)?;
+    let (_, summary) = drive::drive(reader, &mut csv, limits)?;
     csv.out.flush()?;
     Ok(summary)
 }
@@ -106,10 +109,6 @@ mod tests {
     fn unknown_moments_are_empty_cells() {
         let mut csv = Csv {
             out: Vec::new(),
-            origin: Origin::new(&uffdscope_trace::TraceMeta {
-                start_ns: 1_000,
-                ..Default::default()
-            }),
             line: String::new(),
         };
         let f = Fault {
@@ -130,7 +129,7 @@ mod tests {
             waker_tid: 9,
             place_len: 4096,
         };
-        csv.row(&f).expect("vec write");
+        csv.row(&f, Origin::at(1_000)).expect("vec write");
         let row = String::from_utf8(csv.out).expect("utf8");
         assert_eq!(
             row,

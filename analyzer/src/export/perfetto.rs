@@ -19,17 +19,18 @@
 //! - QMP migration status changes and recorder notes as instants;
 //! - ring-buffer drops and per-socket smoothed RTT as counters.
 //!
-//! Timestamps are µs since the recording start (the metadata's `start_ns`).
+//! Timestamps are µs since the time origin of every output
+//! ([`crate::drive::Origin`]: the trace's first record).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 
+use crate::drive::{self, At, Consumer, Derived, Limits, Origin, Summary};
 use crate::engine::guest::{self, LineCounts};
 use crate::engine::lifecycle::{Engine, Fault};
-use crate::export::{self, Exporter, Origin, Summary};
-use crate::inputs::rp::{self, RpMessage};
-use uffdscope_trace::record::{Direction, IoctlOp, Record, Role};
+use crate::inputs::rp::RpMessage;
+use uffdscope_trace::record::{IoctlOp, Record, Role};
 use uffdscope_trace::{TraceMeta, TraceReader};
 
 /// Pseudo pid of the guest: above Linux's `PID_MAX_LIMIT` (2^22), so it can
@@ -64,6 +65,15 @@ fn json_str(o: &mut String, s: &str) {
         }
     }
     o.push('"');
+}
+
+/// Appends a JSON number; `null` for a value JSON cannot hold (inf, NaN).
+fn json_f64(o: &mut String, v: f64) {
+    if v.is_finite() {
+        let _ = write!(o, "{v}");
+    } else {
+        o.push_str("null");
+    }
 }
 
 /// Appends ns as µs with three decimals (exact: no float rounding).
@@ -104,15 +114,16 @@ fn role_order(role: Role) -> i64 {
     }
 }
 
-/// The status a QMP reply or event carries (`query-migrate` replies,
-/// `MIGRATION` events).
-fn qmp_status(json: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    let v = v.get("return").unwrap_or(&v);
-    v.get("status")
-        .or_else(|| v.get("data").and_then(|d| d.get("status")))
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_owned)
+/// Why the export ends before the trace does, when it does: the name of an
+/// instant at the last exported moment.
+fn incomplete(summary: &Summary) -> Option<String> {
+    if summary.damage.is_some() {
+        Some("trace damaged here: the rest is not exported".to_owned())
+    } else if let Some(n) = summary.stopped_at_limit {
+        Some(format!("export stopped after {n} records (--max-events)"))
+    } else {
+        (!summary.complete).then(|| "trace cut here: no end note (recording cut)".to_owned())
+    }
 }
 
 struct Perfetto<W: Write> {
@@ -126,7 +137,6 @@ struct Perfetto<W: Write> {
     next_flow: u64,
     /// Target threads that got events (named at the end).
     tids: BTreeSet<u32>,
-    channel_block: HashMap<(u32, i32), String>,
     guest_counts: LineCounts,
     guest_sources: HashMap<String, u32>,
     /// Host time of the last line of each guest writer (by track).
@@ -212,7 +222,9 @@ impl<W: Write> Perfetto<W> {
         let o = &mut self.ev;
         o.push_str(r#","args":{"#);
         json_str(o, key);
-        let _ = write!(o, ":{value}}}");
+        o.push(':');
+        json_f64(o, value);
+        o.push('}');
         self.end()
     }
 
@@ -291,7 +303,8 @@ impl<W: Write> Perfetto<W> {
         if start >= ts {
             return Ok(());
         }
-        let mut args = format!(r#""dur_ms":{}"#, sample.dur_ms);
+        let mut args = String::from(r#""dur_ms":"#);
+        json_f64(&mut args, sample.dur_ms);
         if let Some(cpu) = sample.cpu {
             let _ = write!(args, r#","cpu":{cpu}"#);
         }
@@ -306,8 +319,7 @@ impl<W: Write> Perfetto<W> {
         )
     }
 
-    fn send(&mut self, s: &uffdscope_trace::record::SockIo) -> io::Result<()> {
-        let msgs = rp::parse(&s.head);
+    fn send(&mut self, s: &uffdscope_trace::record::SockIo, msgs: &[RpMessage]) -> io::Result<()> {
         if msgs.is_empty() {
             return Ok(());
         }
@@ -316,15 +328,7 @@ impl<W: Write> Perfetto<W> {
         for m in msgs {
             match m {
                 RpMessage::ReqPages { block, start, len } => {
-                    let key = (s.tid, s.fd);
-                    let block = match block {
-                        Some(b) => {
-                            self.channel_block.insert(key, b.clone());
-                            b
-                        }
-                        None => self.channel_block.get(&key).cloned().unwrap_or_default(),
-                    };
-                    requests.push((block, start, len));
+                    requests.push((block.as_deref().unwrap_or_default(), *start, *len));
                 }
                 RpMessage::Shut => other.push("SHUT"),
                 RpMessage::Pong => other.push("PONG"),
@@ -463,10 +467,14 @@ impl<W: Write> Perfetto<W> {
     }
 
     /// Names every track and closes the JSON.
-    fn finish(&mut self, engine: &Engine, meta: &TraceMeta) -> io::Result<()> {
+    fn finish(&mut self, engine: &Engine, meta: &TraceMeta, summary: &Summary) -> io::Result<()> {
         let pid = self.pid;
         if let Some(d) = self.drops {
             self.counter("ring-buffer drops", self.last_ts, "dropped", d as f64)?;
+        }
+        if let Some(end) = incomplete(summary) {
+            self.notes_seen = true;
+            self.instant(&end, "note", pid, NOTES_TID, self.last_ts, "")?;
         }
         self.metadata(
             "process_name",
@@ -509,11 +517,13 @@ impl<W: Write> Perfetto<W> {
             self.metadata("process_name", GUEST_PID, GUEST_PID, "name", "guest")?;
             self.sort_index("process_sort_index", GUEST_PID, GUEST_PID, 1)?;
             self.metadata("thread_name", GUEST_PID, GUEST_PID, "name", "guest console")?;
-            let sources: Vec<(String, u32)> = self
+            let mut sources: Vec<(String, u32)> = self
                 .guest_sources
                 .iter()
                 .map(|(s, t)| (s.clone(), *t))
                 .collect();
+            // Track order, not hash order: the same trace gives the same file.
+            sources.sort_unstable_by_key(|(_, tid)| *tid);
             for (source, tid) in sources {
                 self.metadata(
                     "thread_name",
@@ -529,10 +539,12 @@ impl<W: Write> Perfetto<W> {
     }
 }
 
-impl<W: Write> Exporter for Perfetto<W> {
-    fn record(&mut self, rec: &Record, _: &Engine) -> io::Result<()> {
+impl<W: Write> Consumer for Perfetto<W> {
+    type Error = io::Error;
+
+    fn record(&mut self, rec: &Record, derived: &Derived, at: At<'_>) -> io::Result<()> {
         let ts = rec.ts();
-        self.origin.observe(ts);
+        self.origin = at.origin;
         self.last_ts = self.last_ts.max(ts);
         if self.drops.is_none() && ts > 0 {
             // Start the drops counter at zero so its track always exists.
@@ -586,11 +598,11 @@ impl<W: Write> Exporter for Perfetto<W> {
                     &args,
                 )
             }
-            Record::SockIo(s) if s.dir == Direction::Send && s.ret > 0 => self.send(s),
+            Record::SockIo(s) => self.send(s, &derived.return_path),
             Record::GuestLine(g) => self.guest_line(g.ts, &g.text),
             Record::Qmp(q) => {
                 self.qmp_seen = true;
-                let Some(status) = qmp_status(&q.json) else {
+                let Some(status) = derived.qmp.as_ref().and_then(|f| f.status.clone()) else {
                     return Ok(());
                 };
                 if self.last_status.as_deref() == Some(status.as_str()) {
@@ -639,7 +651,7 @@ impl<W: Write> Exporter for Perfetto<W> {
         }
     }
 
-    fn fault(&mut self, fault: &Fault, _: &Engine) -> io::Result<()> {
+    fn fault(&mut self, fault: &Fault, _: At<'_>) -> io::Result<()> {
         self.write_fault(fault)
     }
 }
@@ -647,7 +659,11 @@ impl<W: Write> Exporter for Perfetto<W> {
 /// Streams the trace as Chrome Trace Event JSON to `out` (wrap it in a
 /// `BufWriter`). Damage after the header ends the events early; the JSON is
 /// still closed and valid, and the damage is returned in [`Summary::damage`].
-pub fn export<R: Read, W: Write>(reader: &mut TraceReader<R>, out: W) -> io::Result<Summary> {
+pub fn export<R: Read, W: Write>(
+    reader: &mut TraceReader<R>,
+    out: W,
+    limits: Limits,
+) -> io::Result<Summary> {
     let meta = reader.meta().clone();
     let mut p = Perfetto {
         out,
@@ -655,11 +671,10 @@ pub fn export<R: Read, W: Write>(reader: &mut TraceReader<R>, out: W) -> io::Res
         first: true,
         events: 0,
         pid: meta.target_pid,
-        origin: Origin::new(&meta),
+        origin: Origin::default(),
         last_ts: 0,
         next_flow: 0,
         tids: BTreeSet::new(),
-        channel_block: HashMap::new(),
         guest_counts: LineCounts::default(),
         guest_sources: HashMap::new(),
         guest_last_end: HashMap::new(),
@@ -682,13 +697,13 @@ pub fn export<R: Read, W: Write>(reader: &mut TraceReader<R>, out: W) -> io::Res
     }
     let _ = write!(
         head,
-        r#","target_pid":{},"time_origin":"recording start (monotonic {} ns)"}},"traceEvents":["#,
-        meta.target_pid, meta.start_ns
+        r#","target_pid":{},"time_origin":"the trace's first record"}},"traceEvents":["#,
+        meta.target_pid
     );
     head.push('\n');
     p.out.write_all(head.as_bytes())?;
-    let (engine, summary) = export::drive(reader, &mut p)?;
-    p.finish(&engine, &meta)?;
+    let (engine, summary) = drive::drive(reader, &mut p, limits)?;
+    p.finish(&engine, &meta, &summary)?;
     Ok(summary)
 }
 
@@ -706,6 +721,16 @@ mod tests {
     }
 
     #[test]
+    fn numbers_json_cannot_hold_are_null() {
+        let mut o = String::new();
+        for v in [1.5, f64::INFINITY, f64::NAN, -0.25] {
+            json_f64(&mut o, v);
+            o.push(' ');
+        }
+        assert_eq!(o, "1.5 null null -0.25 ");
+    }
+
+    #[test]
     fn microseconds_are_exact() {
         let mut o = String::new();
         push_us(&mut o, 1_234_567);
@@ -714,19 +739,6 @@ mod tests {
         o.push(' ');
         push_us(&mut o, 0);
         assert_eq!(o, "1234.567 -0.005 0.000");
-    }
-
-    #[test]
-    fn qmp_status_from_replies_and_events() {
-        assert_eq!(
-            qmp_status(r#"{"return":{"status":"postcopy-active"}}"#).as_deref(),
-            Some("postcopy-active")
-        );
-        assert_eq!(
-            qmp_status(r#"{"event":"MIGRATION","data":{"status":"completed"}}"#).as_deref(),
-            Some("completed")
-        );
-        assert_eq!(qmp_status("not json"), None);
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! `be64 start | be32 len | u8 name_len | name`, naming the RAMBlock; `REQ_PAGES`
 //! (4) carries `be64 start | be32 len` for the block named last on that channel.
 
+use std::collections::HashMap;
+
+use uffdscope_trace::record::{Direction, SockIo};
+
 /// Message types of `enum mig_rp_message_type`.
 pub mod kind {
     pub const INVALID: u16 = 0;
@@ -76,6 +80,38 @@ pub fn parse(head: &[u8]) -> Vec<RpMessage> {
     out
 }
 
+/// Reads the return path out of the target's sends: parses each send once
+/// and names the block of every page request (a `REQ_PAGES` continues the
+/// block last named on its channel, the sending thread and fd).
+#[derive(Debug, Default)]
+pub struct ReturnPath {
+    last_block: HashMap<(u32, i32), String>,
+}
+
+impl ReturnPath {
+    /// The messages of a send, with every request's block named where the
+    /// channel named one before (`block: None` when it never did). Nothing
+    /// for receives and failed sends.
+    pub fn read(&mut self, s: &SockIo) -> Vec<RpMessage> {
+        if s.dir != Direction::Send || s.ret <= 0 {
+            return Vec::new();
+        }
+        let mut msgs = parse(&s.head);
+        for m in &mut msgs {
+            if let RpMessage::ReqPages { block, .. } = m {
+                let key = (s.tid, s.fd);
+                match block {
+                    Some(b) => {
+                        self.last_block.insert(key, b.clone());
+                    }
+                    None => block.clone_from(&self.last_block.get(&key).cloned()),
+                }
+            }
+        }
+        msgs
+    }
+}
+
 fn be64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
@@ -137,6 +173,33 @@ mod tests {
         b.extend(encode_req_pages(None, 0x3000, 4096));
         b.extend(&encode_req_pages(None, 0x4000, 4096)[..7]);
         assert_eq!(parse(&b).len(), 2);
+    }
+
+    #[test]
+    fn a_request_without_a_name_continues_its_channels_block() {
+        let send = |tid, fd, head: Vec<u8>| SockIo {
+            tid,
+            enter_ts: 0,
+            exit_ts: 1,
+            fd,
+            dir: Direction::Send,
+            ret: head.len() as i64,
+            head,
+        };
+        let mut rp = ReturnPath::default();
+        let block = |m: &[RpMessage]| match &m[0] {
+            RpMessage::ReqPages { block, .. } => block.clone(),
+            other => panic!("not a request: {other:?}"),
+        };
+        assert_eq!(
+            block(&rp.read(&send(1, 5, encode_req_pages(None, 0, 4096)))),
+            None
+        );
+        rp.read(&send(1, 5, encode_req_pages(Some("pc.ram"), 0, 4096)));
+        let next = rp.read(&send(1, 5, encode_req_pages(None, 0x1000, 4096)));
+        assert_eq!(block(&next).as_deref(), Some("pc.ram"));
+        let other_fd = rp.read(&send(1, 6, encode_req_pages(None, 0x1000, 4096)));
+        assert_eq!(block(&other_fd), None);
     }
 
     #[test]

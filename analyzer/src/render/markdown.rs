@@ -2,10 +2,10 @@
 //! meant to be pasted into a bug or an issue comment. Warnings come first, in
 //! bold; tables are capped so the whole thing stays comment-sized.
 
-use crate::render::format::num;
 use std::fmt::Write;
 
 use crate::engine::lifecycle::Stage;
+use crate::report::view::{self, num, View};
 use crate::report::Report;
 
 /// Rows kept per table before "… and N more".
@@ -35,24 +35,43 @@ pub fn escape(s: &str) -> String {
 }
 
 fn pct(v: Option<f64>) -> String {
-    escape(&crate::render::format::pct(v))
+    escape(&view::pct(v))
 }
 
 /// Renders the markdown report.
 pub fn render_markdown(r: &Report) -> String {
+    let view = View::of(r);
     let mut o = String::new();
+    header(&mut o, r, &view);
+    faults(&mut o, r, &view);
+    threads(&mut o, &view);
+    blocktime(&mut o, r);
+    guest(&mut o, r, &view);
+    slowest(&mut o, r);
+    let t = &r.trace;
+    let _ = writeln!(
+        o,
+        "<sub>{} · {} · trace format v{}</sub>",
+        escape(&t.tool),
+        r.schema,
+        t.format_version
+    );
+    o
+}
+
+fn header(o: &mut String, r: &Report, view: &View<'_>) {
     let t = &r.trace;
     let _ = writeln!(o, "### uffdscope report: {}", escape(&t.path));
     let _ = writeln!(o);
-    if !r.warnings.is_empty() {
-        let lines: Vec<String> = r
+    if !view.warnings.is_empty() {
+        let lines: Vec<String> = view
             .warnings
             .iter()
             .map(|w| format!("> **⚠ WARNING: {}**", escape(w)))
             .collect();
         let _ = writeln!(o, "{}\n", lines.join("\n>\n"));
     }
-    let _ = writeln!(o, "**{}**", escape(&crate::render::text::headline(r)));
+    let _ = writeln!(o, "**{}**", escape(&view.headline));
     let _ = writeln!(o);
     let _ = writeln!(
         o,
@@ -69,7 +88,9 @@ pub fn render_markdown(r: &Report) -> String {
             .map_or_else(String::new, |e| format!(" · ended: {}", escape(e)))
     );
     let _ = writeln!(o);
+}
 
+fn faults(o: &mut String, r: &Report, view: &View<'_>) {
     let f = &r.faults;
     let res: Vec<String> = f
         .by_resolution
@@ -93,21 +114,19 @@ pub fn render_markdown(r: &Report) -> String {
     let _ = writeln!(o);
     let _ = writeln!(o, "| stage (µs) | p50 | p90 | p99 | max | count | share |");
     let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|");
-    for stage in Stage::ALL {
-        let name = stage.as_str();
-        if let Some(p) = f.stages_us.get(name) {
-            let share = f.stage_share.get(name).copied().flatten();
-            let _ = writeln!(
-                o,
-                "| {name} | {} | {} | {} | {} | {} | {} |",
-                num(p.p50),
-                num(p.p90),
-                num(p.p99),
-                num(p.max),
-                p.count,
-                share.map_or_else(String::new, |s| pct(Some(s)))
-            );
-        }
+    for row in &view.stages {
+        let p = row.p;
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            row.stage.as_str(),
+            num(p.p50),
+            num(p.p90),
+            num(p.p99),
+            num(p.max),
+            p.count,
+            row.share.map_or_else(String::new, |s| pct(Some(s)))
+        );
     }
     for (name, p) in [("**service**", &f.service_us), ("blocked", &f.blocked_us)] {
         let _ = writeln!(
@@ -120,44 +139,48 @@ pub fn render_markdown(r: &Report) -> String {
             p.count
         );
     }
+    if let Some(b) = &view.bounded {
+        let _ = writeln!(o, "\n{}", escape(b));
+    }
     let _ = writeln!(o);
+}
 
-    let threads: Vec<_> = r
-        .threads
-        .iter()
-        .filter(|t| t.faults > 0 || t.role != "other")
-        .collect();
-    if !threads.is_empty() {
-        let _ = writeln!(o, "<details><summary>Threads ({})</summary>", threads.len());
-        let _ = writeln!(o);
+fn threads(o: &mut String, view: &View<'_>) {
+    let threads = &view.threads;
+    if threads.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "<details><summary>Threads ({})</summary>", threads.len());
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "| tid | name | role | faults | blocked ms | p50 µs | p99 µs | reads | placed |"
+    );
+    let _ = writeln!(o, "|--:|---|---|--:|--:|--:|--:|--:|--:|");
+    for th in threads.iter().take(MAX_THREADS) {
         let _ = writeln!(
             o,
-            "| tid | name | role | faults | blocked ms | p50 µs | p99 µs | reads | placed |"
+            "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} |",
+            th.tid,
+            th.name.as_deref().map_or_else(|| "?".to_owned(), escape),
+            th.role.as_str(),
+            th.faults,
+            th.blocked_ms,
+            num(th.service_p50_us),
+            num(th.service_p99_us),
+            th.uffd_reads,
+            th.placements
         );
-        let _ = writeln!(o, "|--:|---|---|--:|--:|--:|--:|--:|--:|");
-        for th in threads.iter().take(MAX_THREADS) {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} |",
-                th.tid,
-                th.name.as_deref().map_or_else(|| "?".to_owned(), escape),
-                th.role,
-                th.faults,
-                th.blocked_ms,
-                num(th.service_p50_us),
-                num(th.service_p99_us),
-                th.uffd_reads,
-                th.placements
-            );
-        }
-        if threads.len() > MAX_THREADS {
-            let _ = writeln!(o, "\n… and {} more threads.", threads.len() - MAX_THREADS);
-        }
-        let _ = writeln!(o);
-        let _ = writeln!(o, "</details>");
-        let _ = writeln!(o);
     }
+    if threads.len() > MAX_THREADS {
+        let _ = writeln!(o, "\n… and {} more threads.", threads.len() - MAX_THREADS);
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "</details>");
+    let _ = writeln!(o);
+}
 
+fn blocktime(o: &mut String, r: &Report) {
     let bt = &r.blocktime_ms;
     let _ = writeln!(o, "**vCPU blocktime** ({} vCPUs)", bt.vcpus);
     let _ = writeln!(o);
@@ -208,105 +231,103 @@ pub fn render_markdown(r: &Report) -> String {
         }
     }
     let _ = writeln!(o);
+}
 
-    if let Some(g) = &r.guest {
-        let _ = writeln!(
-            o,
-            "**Guest**: {} samples, baseline {} ms ({}), correlation with vCPU blocking {}, alignment {}{}.",
-            g.samples,
-            num(g.baseline_ms),
-            escape(g.baseline_from),
-            g.correlation.map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}")),
-            escape(&g.alignment),
-            g.offset_ms
-                .map_or_else(String::new, |o| format!(" (offset {o:.0} ms)"))
-        );
-        let _ = writeln!(o);
-        if !g.spikes.is_empty() {
-            // Spikes after the migration completed cannot come from missing
-            // pages: summarised in one line below.
-            let (after, during): (Vec<_>, Vec<_>) =
-                g.spikes.iter().partition(|s| s.phase == "after");
-            let mut worst = during.clone();
-            worst.sort_by(|a, b| b.excess_ms.total_cmp(&a.excess_ms));
-            worst.truncate(MAX_SPIKES);
-            worst.sort_by(|a, b| a.start.total_cmp(&b.start));
-            if !worst.is_empty() {
-                let _ = writeln!(
-                    o,
-                    "| at s | printed ms | wall ms | excess ms | vCPU | blocked ms | faults | explained |"
-                );
-                let _ = writeln!(o, "|--:|--:|--:|--:|--:|--:|--:|--:|");
-            }
-            for sp in worst {
-                let _ = writeln!(
-                    o,
-                    "| {:.2} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {} | {} |",
-                    sp.start,
-                    sp.dur_ms,
-                    sp.wall_ms,
-                    sp.excess_ms,
-                    sp.vcpu_tid
-                        .map_or_else(|| "?".to_owned(), |t| t.to_string()),
-                    sp.blocked_ms,
-                    sp.faults,
-                    pct(Some(sp.explained))
-                );
-            }
-            if during.len() > MAX_SPIKES {
-                let _ = writeln!(
-                    o,
-                    "\n{} spikes in all; the {MAX_SPIKES} largest are shown.",
-                    during.len()
-                );
-            }
-            if !after.is_empty() {
-                let worst = after.iter().map(|s| s.dur_ms).fold(0.0, f64::max);
-                let _ = writeln!(
-                    o,
-                    "\n{} more spikes (up to {worst:.0} ms) came after the migration completed: not post-copy faults.",
-                    after.len()
-                );
-            }
-            let _ = writeln!(o);
-        }
-    }
-
-    if !f.slowest.is_empty() {
-        let _ = writeln!(o, "**Slowest faults** (µs)");
-        let _ = writeln!(o);
-        let _ = writeln!(
-            o,
-            "| at s | tid | page | resolution | service | queue | request | network | place | wake |"
-        );
-        let _ = writeln!(o, "|--:|--:|---|---|--:|--:|--:|--:|--:|--:|");
-        for sf in f.slowest.iter().take(MAX_SLOW) {
-            let stage = |s: Stage| num(sf.stages_us.get(s.as_str()).copied().flatten());
-            let _ = writeln!(
-                o,
-                "| {:.3} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                sf.at_s,
-                sf.tid,
-                escape(&sf.page),
-                escape(&sf.resolution),
-                num(sf.service_us),
-                stage(Stage::Queue),
-                stage(Stage::Request),
-                stage(Stage::Network),
-                stage(Stage::Place),
-                stage(Stage::Wake)
-            );
-        }
-        let _ = writeln!(o);
-    }
+fn guest(o: &mut String, r: &Report, view: &View<'_>) {
+    let (Some(g), Some(gf)) = (&r.guest, &view.guest) else {
+        return;
+    };
     let _ = writeln!(
         o,
-        "<sub>{} · {} · trace format v{}</sub>",
-        escape(&t.tool),
-        r.schema,
-        t.format_version
+        "**Guest**: {} samples, baseline {} ms ({}), correlation with vCPU blocking {}, alignment {}{}.",
+        g.samples,
+        num(g.baseline_ms),
+        escape(g.baseline_from),
+        gf.correlation,
+        escape(&g.alignment),
+        gf.offset
     );
-    o
+    let _ = writeln!(o);
+    if g.spikes.is_empty() {
+        return;
+    }
+    spike_table(o, view);
+    if let Some(a) = view.after_spikes {
+        let _ = writeln!(
+            o,
+            "\n{} more spikes (up to {:.0} ms) came after the migration completed: not post-copy faults.",
+            a.count, a.worst_ms
+        );
+    }
+    let _ = writeln!(o);
+}
+
+/// The largest spikes during the migration, in time order.
+fn spike_table(o: &mut String, view: &View<'_>) {
+    let mut worst = view.spikes.clone();
+    worst.sort_by(|a, b| b.excess_ms.total_cmp(&a.excess_ms));
+    worst.truncate(MAX_SPIKES);
+    worst.sort_by(|a, b| a.start.total_cmp(&b.start));
+    if !worst.is_empty() {
+        let _ = writeln!(
+            o,
+            "| at s | printed ms | wall ms | excess ms | vCPU | blocked ms | faults | explained |"
+        );
+        let _ = writeln!(o, "|--:|--:|--:|--:|--:|--:|--:|--:|");
+    }
+    for sp in worst {
+        let _ = writeln!(
+            o,
+            "| {:.2} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {} | {} |",
+            sp.start,
+            sp.dur_ms,
+            sp.wall_ms,
+            sp.excess_ms,
+            sp.vcpu_tid
+                .map_or_else(|| "?".to_owned(), |t| t.to_string()),
+            sp.blocked_ms,
+            sp.faults,
+            pct(Some(sp.explained))
+        );
+    }
+    if view.spikes.len() > MAX_SPIKES {
+        let _ = writeln!(
+            o,
+            "\n{} spikes in all; the {MAX_SPIKES} largest are shown.",
+            view.spikes.len()
+        );
+    }
+}
+
+fn slowest(o: &mut String, r: &Report) {
+    let f = &r.faults;
+    if f.slowest.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "**Slowest faults** (µs)");
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "| at s | tid | page | resolution | service | queue | request | network | place | wake |"
+    );
+    let _ = writeln!(o, "|--:|--:|---|---|--:|--:|--:|--:|--:|--:|");
+    for sf in f.slowest.iter().take(MAX_SLOW) {
+        let stages: Vec<String> = Stage::ALL
+            .iter()
+            .map(|s| num(sf.stages_us.get(s.as_str()).copied().flatten()))
+            .collect();
+        let _ = writeln!(
+            o,
+            "| {:.3} | {} | {} | {} | {} | {} |",
+            sf.at_s,
+            sf.tid,
+            escape(&sf.page),
+            escape(sf.resolution.as_str()),
+            num(sf.service_us),
+            stages.join(" | ")
+        );
+    }
+    let _ = writeln!(o);
 }
 
 #[cfg(test)]
@@ -322,6 +343,19 @@ mod tests {
         );
         assert_eq!(escape("**bold** [l](u)"), "\\*\\*bold\\*\\* \\[l\\](u)");
         assert_eq!(escape("two\nlines"), "two lines");
+        assert_eq!(
+            escape("a\u{1b}[2J\u{7}\0\u{9b}b"),
+            "a\u{fffd}\\[2J\u{fffd}\u{fffd}\u{fffd}b"
+        );
         assert_eq!(escape("CPU 0/TCG"), "CPU 0/TCG");
+    }
+
+    #[test]
+    fn a_trace_without_faults_renders() {
+        use crate::analysis::{analyze, Options};
+        let bytes = uffdscope_trace::write_all(&uffdscope_trace::TraceMeta::default(), &[]);
+        let reader = uffdscope_trace::TraceReader::new(&bytes[..]).expect("header");
+        let md = render_markdown(&analyze(reader, "empty.trace", &Options::default()));
+        assert!(md.contains("**0 faults** (none)"), "{md}");
     }
 }

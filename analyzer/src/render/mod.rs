@@ -1,7 +1,7 @@
 //! Renderers for people: plain text for terminals, markdown for bug reports,
-//! self-contained HTML. They lay out figures the report already holds.
+//! self-contained HTML. They lay out the figures of
+//! [`crate::report::view::View`]; none decides a figure or calls another.
 
-pub(crate) mod format;
 pub mod html;
 pub mod markdown;
 pub mod text;

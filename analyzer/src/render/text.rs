@@ -1,93 +1,105 @@
-//! Terminal and markdown renderings of a [`Report`].
+//! The terminal rendering of a [`Report`]: lays out the figures of its
+//! [`View`] in fixed-width sections. Every string from a trace or a guest log
+//! goes through [`escape`] first, so no byte of a trace reaches a terminal as
+//! a control sequence.
 
-use crate::render::format::{num, pct};
 use std::fmt::Write;
 
 use crate::engine::lifecycle::Stage;
+use crate::report::view::{pct, with_unit, View};
 use crate::report::Report;
 
-fn opt(v: Option<f64>, unit: &str) -> String {
-    v.map_or_else(|| "n/a".to_owned(), |x| format!("{}{unit}", num(Some(x))))
-}
-
-/// The headline: one or two sentences a bug reader needs.
-pub fn headline(r: &Report) -> String {
-    let f = &r.faults;
-    if f.count == 0 {
-        return "No userfaultfd faults were recorded.".to_owned();
-    }
-    let mut s = format!(
-        "{} faults; service latency p50 {} / p99 {} / max {}",
-        f.count,
-        opt(f.service_us.p50, " µs"),
-        opt(f.service_us.p99, " µs"),
-        opt(f.service_us.max, " µs"),
-    );
-    let net = f.stage_share.get("network").copied().flatten();
-    if let Some(n) = net {
-        let _ = write!(
-            s,
-            "; {} of the known stage time was network plus source",
-            pct(Some(n))
-        );
-    }
-    s.push('.');
-    if let Some(g) = &r.guest {
-        if let Some(worst) = g
-            .spikes
-            .iter()
-            .max_by(|a, b| a.excess_ms.total_cmp(&b.excess_ms))
-        {
-            let _ = write!(
-                s,
-                " Worst guest spike: {:.0} ms at {:.1} s, {} explained by vCPU {} blocked {:.0} ms on {} faults.",
-                worst.dur_ms,
-                worst.start,
-                pct(Some(worst.explained)),
-                worst.vcpu_tid.map_or_else(|| "?".to_owned(), |t| t.to_string()),
-                worst.blocked_ms,
-                worst.faults
-            );
+/// Makes text from a trace safe for a terminal: C0 and C1 control characters
+/// (ESC, BEL, CR, NUL, newlines, DEL, U+0080..U+009F) and the backslash are
+/// shown visibly as `\xNN` / `\\`; everything else is kept.
+pub fn escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(o, "\\x{:02x}", u32::from(c));
+            }
+            c => o.push(c),
         }
     }
-    s
+    o
+}
+
+fn opt(v: Option<f64>) -> String {
+    with_unit(v, "")
 }
 
 /// The terminal report.
 pub fn render_text(r: &Report) -> String {
+    let view = View::of(r);
     let mut o = String::new();
-    let bar = "=".repeat(72);
-    for w in &r.warnings {
-        let _ = writeln!(o, "!! WARNING: {w}");
+    header(&mut o, r, &view);
+    faults(&mut o, r, &view);
+    threads(&mut o, &view);
+    blocktime(&mut o, r);
+    network(&mut o, r);
+    guest(&mut o, r, &view);
+    slowest(&mut o, r);
+    o
+}
+
+fn heading(o: &mut String, title: &str) {
+    let _ = writeln!(o, "{title}");
+    let _ = writeln!(o, "{}", "-".repeat(title.chars().count()));
+}
+
+fn header(o: &mut String, r: &Report, view: &View<'_>) {
+    for w in view.warnings {
+        let _ = writeln!(o, "!! WARNING: {}", escape(w));
     }
-    if !r.warnings.is_empty() {
+    if !view.warnings.is_empty() {
         let _ = writeln!(o);
     }
     let t = &r.trace;
-    let _ = writeln!(o, "uffdscope report: {}", t.path);
-    let _ = writeln!(o, "{bar}");
+    let _ = writeln!(o, "uffdscope report: {}", escape(&t.path));
+    let _ = writeln!(o, "{}", "=".repeat(72));
     let _ = writeln!(
         o,
         "target   pid {} ({}) on {} kernel {}",
-        t.target.pid, t.target.comm, t.host, t.kernel
+        t.target.pid,
+        escape(&t.target.comm),
+        escape(&t.host),
+        escape(&t.kernel)
     );
     let _ = writeln!(
         o,
         "trace    {} events over {}, {} drops{}",
         t.events,
-        opt(t.duration_s, " s"),
+        with_unit(t.duration_s, " s"),
         t.drops,
         t.end
             .as_ref()
-            .map_or(String::new(), |e| format!(", ended: {e}"))
+            .map_or(String::new(), |e| format!(", ended: {}", escape(e)))
     );
     let _ = writeln!(o);
-    let _ = writeln!(o, "{}", headline(r));
+    let _ = writeln!(o, "{}", escape(&view.headline));
     let _ = writeln!(o);
+}
 
+/// One line of the stage table: p50, p90, p99, max, count, share.
+fn stage_line(o: &mut String, name: &str, p: [Option<f64>; 4], count: u64, share: Option<f64>) {
+    let _ = writeln!(
+        o,
+        "{:<10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}",
+        name,
+        opt(p[0]),
+        opt(p[1]),
+        opt(p[2]),
+        opt(p[3]),
+        count,
+        share.map_or_else(String::new, |s| pct(Some(s)))
+    );
+}
+
+fn faults(o: &mut String, r: &Report, view: &View<'_>) {
     let f = &r.faults;
-    let _ = writeln!(o, "Faults");
-    let _ = writeln!(o, "------");
+    heading(o, "Faults");
     let res: Vec<String> = f
         .by_resolution
         .iter()
@@ -95,6 +107,11 @@ pub fn render_text(r: &Report) -> String {
         .map(|(k, n)| format!("{k} {n}"))
         .collect();
     let _ = writeln!(o, "count {}  ({})", f.count, res.join(", "));
+    let placements: Vec<String> = f
+        .placements
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
     let _ = writeln!(
         o,
         "messages read {} in {} reads ({} failed/EAGAIN), page requests {}, placements {}",
@@ -102,11 +119,7 @@ pub fn render_text(r: &Report) -> String {
         f.uffd_reads,
         f.failed_reads,
         f.page_requests,
-        f.placements
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        placements.join(", ")
     );
     let _ = writeln!(o);
     let _ = writeln!(
@@ -114,39 +127,27 @@ pub fn render_text(r: &Report) -> String {
         "{:<10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}",
         "stage (µs)", "p50", "p90", "p99", "max", "count", "share"
     );
-    let row = |o: &mut String, name: &str, p50, p90, p99, max, count: u64, share: Option<f64>| {
-        let _ = writeln!(
-            o,
-            "{:<10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}",
-            name,
-            opt(p50, ""),
-            opt(p90, ""),
-            opt(p99, ""),
-            opt(max, ""),
-            count,
-            share.map_or_else(String::new, |s| pct(Some(s)))
-        );
-    };
-    for stage in Stage::ALL {
-        let name = stage.as_str();
-        if let Some(p) = f.stages_us.get(name) {
-            let share = f.stage_share.get(name).copied().flatten();
-            row(&mut o, name, p.p50, p.p90, p.p99, p.max, p.count, share);
-        }
+    for row in &view.stages {
+        let p = row.p;
+        let figures = [p.p50, p.p90, p.p99, p.max];
+        stage_line(o, row.stage.as_str(), figures, p.count, row.share);
     }
-    let s = &f.service_us;
-    row(&mut o, "service", s.p50, s.p90, s.p99, s.max, s.count, None);
-    let b = &f.blocked_us;
-    row(&mut o, "blocked", b.p50, b.p90, b.p99, b.max, b.count, None);
+    for (name, p) in [("service", &f.service_us), ("blocked", &f.blocked_us)] {
+        stage_line(o, name, [p.p50, p.p90, p.p99, p.max], p.count, None);
+    }
     let _ = writeln!(
         o,
         "stages add up to the service latency for {} of {} faults with a known entry",
         f.stage_sum_consistent, f.with_service
     );
+    if let Some(b) = &view.bounded {
+        let _ = writeln!(o, "{b}");
+    }
     let _ = writeln!(o);
+}
 
-    let _ = writeln!(o, "Threads");
-    let _ = writeln!(o, "-------");
+fn threads(o: &mut String, view: &View<'_>) {
+    heading(o, "Threads");
     let _ = writeln!(
         o,
         "{:>8} {:<18} {:<8} {:>8} {:>11} {:>9} {:>9} {:>8} {:>8} {:>8}",
@@ -161,181 +162,192 @@ pub fn render_text(r: &Report) -> String {
         "placed",
         "cpu ms"
     );
-    for th in r
-        .threads
-        .iter()
-        .filter(|t| t.faults > 0 || t.role != "other")
-    {
+    for th in &view.threads {
         let _ = writeln!(
             o,
             "{:>8} {:<18} {:<8} {:>8} {:>11.1} {:>9} {:>9} {:>8} {:>8} {:>8}",
             th.tid,
-            th.name.as_deref().unwrap_or("?"),
-            th.role,
+            th.name.as_deref().map_or_else(|| "?".to_owned(), escape),
+            th.role.as_str(),
             th.faults,
             th.blocked_ms,
-            opt(th.service_p50_us, ""),
-            opt(th.service_p99_us, ""),
+            opt(th.service_p50_us),
+            opt(th.service_p99_us),
             th.uffd_reads,
             th.placements,
-            opt(th.cpu_ms, "")
+            opt(th.cpu_ms)
         );
     }
     let _ = writeln!(o);
+}
 
+fn blocktime(o: &mut String, r: &Report) {
     let bt = &r.blocktime_ms;
-    let _ = writeln!(o, "vCPU blocktime");
-    let _ = writeln!(o, "--------------");
+    heading(o, "vCPU blocktime");
     let _ = writeln!(
         o,
         "uffdscope: sum over {} vCPUs {:.1} ms, all vCPUs blocked at once {}",
         bt.vcpus,
         bt.vcpu_sum,
-        opt(bt.all_vcpus_overlap, " ms")
+        with_unit(bt.all_vcpus_overlap, " ms")
     );
+    let q = &bt.qemu_view;
     let _ = writeln!(
         o,
         "QEMU's accounting replayed (message read → placed; counts {} vCPU faults, cannot see {}, of them {} read then dropped): sum {:.1} ms, per vCPU {:?} ms, all blocked {}; closing at the ioctl exit instead: sum {:.1} ms",
-        bt.qemu_view.faults,
-        bt.qemu_view.unseen_faults,
-        bt.qemu_view.overwritten,
-        bt.qemu_view.vcpu_sum,
-        bt.qemu_view.per_vcpu,
-        opt(bt.qemu_view.all_vcpus_overlap, " ms"),
-        bt.qemu_view.vcpu_sum_close_at_exit
+        q.faults,
+        q.unseen_faults,
+        q.overwritten,
+        q.vcpu_sum,
+        q.per_vcpu,
+        with_unit(q.all_vcpus_overlap, " ms"),
+        q.vcpu_sum_close_at_exit
     );
     if let Some(q) = &r.qemu {
+        let ratio =
+            |a: Option<f64>| a.map_or_else(String::new, |a| format!(" (replay/QEMU = {a:.2})"));
         let _ = writeln!(
             o,
             "QEMU reports: postcopy-blocktime {}{}, per vCPU {}{}",
-            opt(q.blocktime_ms, " ms"),
-            q.agreement
-                .map_or_else(String::new, |a| format!(" (replay/QEMU = {a:.2})")),
+            with_unit(q.blocktime_ms, " ms"),
+            ratio(q.agreement),
             q.vcpu_blocktime_ms
                 .as_ref()
                 .map_or_else(|| "n/a".to_owned(), |v| format!("{v:?} ms")),
-            q.vcpu_agreement
-                .map_or_else(String::new, |a| format!(" (replay/QEMU = {a:.2})"))
+            ratio(q.vcpu_agreement)
         );
         if let Some(remark) = &q.remark {
-            let _ = writeln!(o, "note: {remark}");
+            let _ = writeln!(o, "note: {}", escape(remark));
         }
         if !q.status_timeline.is_empty() {
             let tl: Vec<String> = q
                 .status_timeline
                 .iter()
-                .map(|c| format!("{:.2}s {}", c.at_s, c.status))
+                .map(|c| format!("{:.2}s {}", c.at_s, escape(&c.status)))
                 .collect();
             let _ = writeln!(o, "migration: {}", tl.join(" → "));
         }
     }
     let _ = writeln!(o);
+}
 
-    if !r.network.channels.is_empty() {
-        let _ = writeln!(o, "Network");
-        let _ = writeln!(o, "-------");
-        for c in &r.network.channels {
-            let _ = writeln!(
-                o,
-                "{:<12} {} → {}  srtt p50 {} p99 {}  retrans {}  rx {} B  tx {} B  requests {}",
-                c.role,
-                c.local,
-                c.remote,
-                opt(c.srtt_us.p50, " µs"),
-                opt(c.srtt_us.p99, " µs"),
-                c.retransmits,
-                c.bytes_rx,
-                c.bytes_tx,
-                c.page_requests
-            );
-        }
-        let _ = writeln!(o);
+fn network(o: &mut String, r: &Report) {
+    if r.network.channels.is_empty() {
+        return;
     }
-
-    if let Some(g) = &r.guest {
-        let _ = writeln!(o, "Guest");
-        let _ = writeln!(o, "-----");
+    heading(o, "Network");
+    for c in &r.network.channels {
         let _ = writeln!(
             o,
-            "{} samples ({} guestperf, {} plain, {} json, {} other lines); alignment: {}{}",
-            g.samples,
-            g.lines.guestperf,
-            g.lines.plain,
-            g.lines.json,
-            g.lines.unknown,
-            g.alignment,
-            g.offset_ms
-                .map_or_else(String::new, |o| format!(" (offset {o:.0} ms)"))
+            "{:<12} {} → {}  srtt p50 {} p99 {}  retrans {}  rx {} B  tx {} B  requests {}",
+            c.role.as_str(),
+            escape(&c.local),
+            escape(&c.remote),
+            with_unit(c.srtt_us.p50, " µs"),
+            with_unit(c.srtt_us.p99, " µs"),
+            c.retransmits,
+            c.bytes_rx,
+            c.bytes_tx,
+            c.page_requests
         );
+    }
+    let _ = writeln!(o);
+}
+
+fn guest(o: &mut String, r: &Report, view: &View<'_>) {
+    let (Some(g), Some(gf)) = (&r.guest, &view.guest) else {
+        return;
+    };
+    heading(o, "Guest");
+    let _ = writeln!(
+        o,
+        "{} samples ({}); alignment: {}{}",
+        g.samples,
+        gf.lines,
+        escape(&g.alignment),
+        gf.offset
+    );
+    let _ = writeln!(
+        o,
+        "baseline {} ({}), correlation with vCPU blocking {}",
+        with_unit(g.baseline_ms, " ms"),
+        g.baseline_from,
+        gf.correlation
+    );
+    if !g.spikes.is_empty() {
         let _ = writeln!(
             o,
-            "baseline {} ({}), correlation with vCPU blocking {}",
-            opt(g.baseline_ms, " ms"),
-            g.baseline_from,
-            g.correlation
-                .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}"))
+            "{:>9} {:>9} {:>10} {:>8} {:>11} {:>7} {:>10}  phase",
+            "at s", "dur ms", "excess ms", "vCPU", "blocked ms", "faults", "explained"
         );
-        if !g.spikes.is_empty() {
+        for sp in &view.spikes {
             let _ = writeln!(
                 o,
-                "{:>9} {:>9} {:>10} {:>8} {:>11} {:>7} {:>10}  phase",
-                "at s", "dur ms", "excess ms", "vCPU", "blocked ms", "faults", "explained"
+                "{:>9.2} {:>9.0} {:>10.0} {:>8} {:>11.1} {:>7} {:>10}  {}",
+                sp.start,
+                sp.dur_ms,
+                sp.excess_ms,
+                sp.vcpu_tid
+                    .map_or_else(|| "?".to_owned(), |t| t.to_string()),
+                sp.blocked_ms,
+                sp.faults,
+                pct(Some(sp.explained)),
+                sp.phase.as_str()
             );
-            // Spikes after the migration completed cannot come from missing
-            // pages: one summary line keeps them from burying the others.
-            let (after, shown): (Vec<_>, Vec<_>) =
-                g.spikes.iter().partition(|s| s.phase == "after");
-            for sp in shown {
-                let _ = writeln!(
-                    o,
-                    "{:>9.2} {:>9.0} {:>10.0} {:>8} {:>11.1} {:>7} {:>10}  {}",
-                    sp.start,
-                    sp.dur_ms,
-                    sp.excess_ms,
-                    sp.vcpu_tid
-                        .map_or_else(|| "?".to_owned(), |t| t.to_string()),
-                    sp.blocked_ms,
-                    sp.faults,
-                    pct(Some(sp.explained)),
-                    sp.phase
-                );
-            }
-            if !after.is_empty() {
-                let worst = after.iter().map(|s| s.dur_ms).fold(0.0, f64::max);
-                let faults: u64 = after.iter().map(|s| s.faults).sum();
-                let blocked: f64 = after.iter().map(|s| s.blocked_ms).sum();
-                let _ = writeln!(
-                    o,
-                    "+ {} spikes after the migration completed (up to {worst:.0} ms, {faults} faults, {blocked:.1} ms blocked): not post-copy faults",
-                    after.len()
-                );
-            }
         }
-        let _ = writeln!(o);
+        if let Some(a) = view.after_spikes {
+            let _ = writeln!(
+                o,
+                "+ {} spikes after the migration completed (up to {:.0} ms, {} faults, {:.1} ms blocked): not post-copy faults",
+                a.count, a.worst_ms, a.faults, a.blocked_ms
+            );
+        }
     }
+    let _ = writeln!(o);
+}
 
-    if !f.slowest.is_empty() {
-        let _ = writeln!(o, "Slowest faults");
-        let _ = writeln!(o, "--------------");
-        for sf in &f.slowest {
-            let stages: Vec<String> = Stage::ALL
-                .iter()
-                .map(|st| {
-                    let v = sf.stages_us.get(st.as_str()).copied().flatten();
-                    format!("{} {}", st.as_str(), opt(v, ""))
-                })
-                .collect();
-            let _ = writeln!(
-                o,
-                "{:>8.3}s tid {} page {} {:<10} service {} µs | {}",
-                sf.at_s,
-                sf.tid,
-                sf.page,
-                sf.resolution,
-                opt(sf.service_us, ""),
-                stages.join(" → ")
-            );
-        }
+fn slowest(o: &mut String, r: &Report) {
+    let f = &r.faults;
+    if f.slowest.is_empty() {
+        return;
     }
-    o
+    heading(o, "Slowest faults");
+    for sf in &f.slowest {
+        let stages: Vec<String> = Stage::ALL
+            .iter()
+            .map(|st| {
+                let v = sf.stages_us.get(st.as_str()).copied().flatten();
+                format!("{} {}", st.as_str(), opt(v))
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "{:>8.3}s tid {} page {} {:<10} service {} µs | {}",
+            sf.at_s,
+            sf.tid,
+            escape(&sf.page),
+            sf.resolution.as_str(),
+            opt(sf.service_us),
+            stages.join(" → ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_shows_control_characters_visibly() {
+        assert_eq!(escape("\u{1b}[2J"), "\\x1b[2J");
+        assert_eq!(escape("bell\u{7}cr\rnul\0"), "bell\\x07cr\\x0dnul\\x00");
+        assert_eq!(escape("c1\u{9b}31m del\u{7f}"), "c1\\x9b31m del\\x7f");
+        assert_eq!(escape("two\nlines\ttab"), "two\\x0alines\\x09tab");
+        assert_eq!(
+            escape("a\\x1b"),
+            "a\\\\x1b",
+            "a literal backslash cannot fake an escape"
+        );
+        assert_eq!(escape("CPU 0/KVM µs →"), "CPU 0/KVM µs →");
+    }
 }

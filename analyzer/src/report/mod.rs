@@ -1,13 +1,17 @@
 //! The report model: the stable JSON contract of ARCHITECTURE.md, "The report JSON contract" (`uffdscope.report/1`).
-//! Renderers (text, markdown, HTML) read this model; nothing else decides numbers.
+//! Renderers (text, markdown, HTML) read this model through [`view`], which
+//! decides what they show; nothing else decides numbers.
+
+pub mod view;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::engine::lifecycle::Fault;
+use crate::engine::lifecycle::{Fault, Resolution, Stage};
 use crate::engine::network::ChannelReport;
 use crate::engine::stats::{Percentiles, QuantilePoint};
+use uffdscope_trace::record::Role;
 
 pub const SCHEMA: &str = "uffdscope.report/1";
 
@@ -60,6 +64,13 @@ pub struct TraceSection {
     pub damage: Option<String>,
     /// How the recording ended, as the recorder noted it.
     pub end: Option<String>,
+    /// The recorder's end note was read: the recording was closed, not cut
+    /// (recorder killed, file cut at a frame boundary), and the whole trace
+    /// was analyzed.
+    pub complete: bool,
+    /// The pass stopped after this many records (`--max-events`); not in the JSON.
+    #[serde(skip)]
+    pub stopped_at_limit: Option<u64>,
 }
 
 /// Stage percentiles in µs.
@@ -106,13 +117,24 @@ pub struct FaultSection {
     pub page_requests: u64,
     pub placements: BTreeMap<String, u64>,
     pub slowest: Vec<SlowFault>,
+    /// Faults whose figures are upper bounds, by what is bounded.
+    pub bounded: Bounded,
+}
+
+/// Counts of faults with a figure that is only an upper bound.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Bounded {
+    /// The switch-in after the wake was not traced: the wake stage and the
+    /// end of blocked time are upper bounds. `None` when the trace format
+    /// cannot say (version 1).
+    pub wake: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SlowFault {
     pub tid: u32,
     pub page: String,
-    pub resolution: String,
+    pub resolution: Resolution,
     /// Seconds since trace start of the fault entry (or block).
     pub at_s: f64,
     pub service_us: Option<f64>,
@@ -126,11 +148,11 @@ impl SlowFault {
         Self {
             tid: f.tid,
             page: format!("{:#x}", f.page),
-            resolution: f.resolution.as_str().to_owned(),
+            resolution: f.resolution,
             at_s: f.entry_ts.unwrap_or(f.blocked_ts).saturating_sub(t0) as f64 / 1e9,
             service_us: us(f.service_ns()),
             blocked_us: us(f.blocked_ns()),
-            stages_us: crate::engine::lifecycle::Stage::ALL
+            stages_us: Stage::ALL
                 .iter()
                 .map(|s| (s.as_str().to_owned(), us(f.stage_ns(*s))))
                 .collect(),
@@ -142,7 +164,7 @@ impl SlowFault {
 pub struct ThreadRow {
     pub tid: u32,
     pub name: Option<String>,
-    pub role: &'static str,
+    pub role: Role,
     pub faults: u64,
     pub blocked_ms: f64,
     pub service_p50_us: Option<f64>,
