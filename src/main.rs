@@ -1,7 +1,9 @@
 //! The `uffdscope` command line: parses arguments and calls the crates.
 //!
 //! Exit codes: 0 success, 1 usage error, 2 unreadable or damaged input,
-//! 3 recording could not start or failed, or `check` found a blocker.
+//! 3 recording could not start or failed, or `check` found a blocker,
+//! 4 report written but the trace is incomplete (no end note: the recording
+//! was cut) or `--max-events` stopped the pass.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -30,6 +32,14 @@ Examples:
 
   # Can this host record at all?
   uffdscope check
+
+Exit codes:
+  0  success
+  1  usage error
+  2  unreadable or damaged input (a damaged trace is still reported up to its last good frame)
+  3  recording could not start or failed, or `check` found a blocker
+  4  report written, but the trace is incomplete: it has no end note (the recording was
+     cut), or the pass stopped at --max-events
 ";
 
 #[derive(Parser, Debug)]
@@ -126,6 +136,50 @@ struct ReportArgs {
     /// Guest clock minus host realtime clock, in ms (otherwise estimated).
     #[arg(long, allow_hyphen_values = true)]
     guest_offset: Option<f64>,
+    /// Read at most this many trace records (default: 16 per byte of the
+    /// trace file, at least 1000000; recorded traces hold under 1 per byte).
+    /// A tiny, very compressible trace can decode to far more records than
+    /// its size suggests; past the bound the output is written and exit code
+    /// is 4.
+    #[arg(long, value_name = "N")]
+    max_events: Option<u64>,
+}
+
+impl ReportArgs {
+    /// `--max-events`, or the default for the size of the trace file.
+    fn limits(&self) -> Limits {
+        match self.max_events {
+            Some(n) => Limits { max_records: n },
+            None => Limits::for_file_size(std::fs::metadata(&self.trace).map_or(0, |m| m.len())),
+        }
+    }
+}
+
+/// Exit code 4: the output is written but covers only part of the trace.
+const INCOMPLETE: u8 = 4;
+
+/// Says on stderr why the output covers only part of the trace, if it does,
+/// and gives the exit code for it.
+fn incomplete_exit(
+    trace: &std::path::Path,
+    stopped_at_limit: Option<u64>,
+    complete: bool,
+) -> ExitCode {
+    if let Some(n) = stopped_at_limit {
+        eprintln!(
+            "uffdscope: {}: stopped after {n} records (--max-events {n}); raise --max-events to read the whole trace",
+            trace.display()
+        );
+        ExitCode::from(INCOMPLETE)
+    } else if !complete {
+        eprintln!(
+            "uffdscope: {}: the trace has no end note: the recording was cut; reported what it holds",
+            trace.display()
+        );
+        ExitCode::from(INCOMPLETE)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Errors that map to exit code 2 (input problems).
@@ -147,7 +201,7 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let opts = Options {
         guest_log,
         guest_offset_ms: args.guest_offset,
-        ..Options::default()
+        limits: args.limits(),
     };
     let report = analysis::analyze_file(&args.trace, &opts).map_err(|e| match e {
         AnalysisError::Trace(t) => InputError(format!("{}: {t}", args.trace.display())),
@@ -183,7 +237,8 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
-    Ok(ExitCode::SUCCESS)
+    let t = &report.trace;
+    Ok(incomplete_exit(&args.trace, t.stopped_at_limit, t.complete))
 }
 
 /// The streamed exports (perfetto, csv): one pass over the trace, written as
@@ -208,9 +263,9 @@ fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let out = std::io::BufWriter::with_capacity(1 << 16, out);
     let result = match args.format {
         Format::Perfetto => {
-            uffdscope_analyzer::export::perfetto::export(&mut reader, out, Limits::NONE)
+            uffdscope_analyzer::export::perfetto::export(&mut reader, out, args.limits())
         }
-        _ => uffdscope_analyzer::export::csv::export(&mut reader, out, Limits::NONE),
+        _ => uffdscope_analyzer::export::csv::export(&mut reader, out, args.limits()),
     };
     let summary = match result {
         Ok(s) => s,
@@ -227,7 +282,11 @@ fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(incomplete_exit(
+        &args.trace,
+        summary.stopped_at_limit,
+        summary.complete,
+    ))
 }
 
 /// Errors that map to exit code 3 (recording failed).

@@ -436,3 +436,79 @@ fn record_errors_name_the_problem() {
     let out = bin().args(["record", "-o", "x"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// The committed trace without its end note: a recording that was cut.
+fn cut_trace(dir: &std::path::Path) -> PathBuf {
+    use uffdscope_trace::record::Record;
+    let bytes = std::fs::read(fixture()).unwrap();
+    let all = uffdscope_trace::read_all(&bytes).unwrap();
+    let meta = uffdscope_trace::TraceReader::new(&bytes[..])
+        .unwrap()
+        .meta()
+        .clone();
+    let records: Vec<Record> = all
+        .records
+        .into_iter()
+        .filter(|r| !matches!(r, Record::Note(n) if n.kind == "end"))
+        .collect();
+    let path = dir.join("cut.trace");
+    std::fs::write(&path, uffdscope_trace::write_all(&meta, &records)).unwrap();
+    path
+}
+
+#[test]
+fn a_cut_trace_is_reported_and_exits_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let cut = cut_trace(dir.path());
+    for format in ["text", "json", "markdown", "html", "perfetto", "csv"] {
+        let out = bin()
+            .args(["report", "--format", format])
+            .arg(&cut)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(4), "{format}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("no end note"), "{format}: {stderr}");
+        assert!(
+            !out.stdout.is_empty(),
+            "{format}: the output is still written"
+        );
+    }
+    let out = bin().arg("report").arg(fixture()).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the committed trace is complete"
+    );
+}
+
+#[test]
+fn max_events_bounds_the_pass_and_exits_4() {
+    for format in ["json", "perfetto"] {
+        let out = bin()
+            .args(["report", "--max-events", "50", "--format", format])
+            .arg(fixture())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(4), "{format}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--max-events 50"), "{format}: {stderr}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+        if format == "json" {
+            assert_eq!(v["trace"]["events"], 50);
+            assert_eq!(v["trace"]["complete"], false);
+        }
+    }
+}
+
+#[test]
+fn help_documents_the_exit_codes() {
+    let out = bin().args(["report", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Exit codes:"), "{help}");
+    assert!(
+        help.contains("4  report written, but the trace is incomplete"),
+        "{help}"
+    );
+    assert!(help.contains("--max-events"), "{help}");
+}

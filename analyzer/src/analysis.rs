@@ -3,7 +3,8 @@
 //! and fault, then assembles the report model ([`crate::report`]).
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{self, Read};
+use std::convert::Infallible;
+use std::io::Read;
 use std::path::Path;
 
 use crate::drive::{self, At, Consumer, Derived, Limits, Summary};
@@ -182,7 +183,9 @@ impl Pass {
 }
 
 impl Consumer for Pass {
-    fn record(&mut self, rec: &Record, derived: &Derived, at: At<'_>) -> io::Result<()> {
+    type Error = Infallible;
+
+    fn record(&mut self, rec: &Record, derived: &Derived, at: At<'_>) -> Result<(), Infallible> {
         let ts = rec.ts();
         if ts > 0 {
             self.first_ts = Some(self.first_ts.map_or(ts, |t| t.min(ts)));
@@ -212,7 +215,7 @@ impl Consumer for Pass {
         Ok(())
     }
 
-    fn fault(&mut self, f: &Fault, _: At<'_>) -> io::Result<()> {
+    fn fault(&mut self, f: &Fault, _: At<'_>) -> Result<(), Infallible> {
         let vcpu = self.vcpu_set.contains(&f.tid);
         self.stats.add(f, vcpu, self.vcpu_set.len());
         Ok(())
@@ -266,7 +269,7 @@ pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) 
     let mut pass = Pass::new();
     let (engine, summary) = match drive::drive(&mut reader, &mut pass, opts.limits) {
         Ok(done) => done,
-        Err(never) => unreachable!("the report's consumer never fails: {never}"),
+        Err(never) => match never {},
     };
     let vcpus = pass.vcpu_set.len();
     pass.stats.finish(vcpus);
@@ -411,6 +414,24 @@ fn warnings(run: &Run<'_>) -> Vec<String> {
             "trace is damaged; analyzed the {} good records before: {d}",
             run.summary.records
         ));
+    } else if let Some(n) = run.summary.stopped_at_limit {
+        warnings.push(format!(
+            "analysis stopped after {n} records (--max-events {n}): the rest of the trace was not read; raise --max-events to read it all"
+        ));
+    } else if !run.summary.complete {
+        let t0 = run.summary.origin.ns(run.meta.start_ns);
+        let last = run.summary.last_ts.map_or_else(
+            || "it holds no timestamped record".to_owned(),
+            |ts| {
+                format!(
+                    "its last record is at {:.3} s",
+                    ts.saturating_sub(t0) as f64 / 1e9
+                )
+            },
+        );
+        warnings.push(format!(
+            "the trace is incomplete: it has no end note, so the recording was cut (recorder killed, or the file cut at a frame boundary); {last}"
+        ));
     }
     if s.count > 0 && s.with_service < s.count {
         // Threads other than vCPUs (QEMU's main thread loading device state)
@@ -457,6 +478,8 @@ fn trace_section(run: &Run<'_>, path: &str) -> TraceSection {
         format_version: run.version,
         damage: run.summary.damage.as_ref().map(ToString::to_string),
         end: pass.end.clone(),
+        complete: run.summary.complete,
+        stopped_at_limit: run.summary.stopped_at_limit,
     }
 }
 
@@ -633,24 +656,58 @@ fn guest_section(
 /// Most bins a [`Timeline`] gets; the width is the smallest 1-2-5 step that fits.
 const TIMELINE_MAX_BINS: u64 = 300;
 
+/// The smallest 1-2-5 bin width (ms, 10 ms at least) giving at most
+/// [`TIMELINE_MAX_BINS`] bins over `span_ms`, for any span.
+fn timeline_bin_ms(span_ms: u64) -> u64 {
+    let mut decade = 1u64;
+    loop {
+        for step in [10, 20, 50] {
+            let bin = decade.saturating_mul(step);
+            if span_ms.div_ceil(bin) <= TIMELINE_MAX_BINS || bin == u64::MAX {
+                return bin;
+            }
+        }
+        decade = decade.saturating_mul(10);
+    }
+}
+
 fn timeline(run: &Run<'_>, t0: u64) -> Option<Timeline> {
     let s = &run.pass.stats;
     let end = run.summary.last_ts?.max(s.last_fault_ts?);
     let span_ms = end.saturating_sub(t0) / 1_000_000 + 1;
-    let mut bin_ms = 10u64;
-    'search: for decade in [1u64, 10, 100, 1_000, 10_000, 100_000] {
-        for step in [10, 20, 50] {
-            bin_ms = step * decade;
-            if span_ms.div_ceil(bin_ms) <= TIMELINE_MAX_BINS {
-                break 'search;
-            }
-        }
-    }
-    let n = span_ms.div_ceil(bin_ms) as usize;
-    let series = s.bins.series(t0, bin_ms * 1_000_000, n);
+    let bin_ms = timeline_bin_ms(span_ms);
+    let n = usize::try_from(span_ms.div_ceil(bin_ms)).unwrap_or(usize::MAX);
+    let series = s.bins.series(t0, bin_ms.saturating_mul(1_000_000), n);
     Some(Timeline {
         bin_ms: bin_ms as f64,
         blocked_ms: series.iter().map(|&(ns, _)| ms(ns)).collect(),
         faults: series.iter().map(|&(_, n)| n).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_bins_stay_within_their_limit_for_any_span() {
+        assert_eq!(timeline_bin_ms(1), 10);
+        assert_eq!(timeline_bin_ms(3_000), 10);
+        assert_eq!(timeline_bin_ms(3_001), 20);
+        for span in [10_000_000_000u64, u64::MAX / 1_000_000 + 1, u64::MAX] {
+            let bin = timeline_bin_ms(span);
+            assert!(
+                span.div_ceil(bin) <= TIMELINE_MAX_BINS,
+                "{span} ms in {bin} ms bins"
+            );
+        }
+    }
+
+    #[test]
+    fn cpu_index_from_qemu_vcpu_names() {
+        assert_eq!(vcpu_index("CPU 3/KVM"), Some(3));
+        assert_eq!(vcpu_index("CPU 12/TCG"), Some(12));
+        assert_eq!(vcpu_index("fault-default"), None);
+        assert_eq!(vcpu_index("CPU x/KVM"), None);
+    }
 }

@@ -8,7 +8,7 @@
 //! It also owns the time origin of every output ([`Origin`]) and the bound on
 //! how many records one pass takes ([`Limits`]).
 
-use std::io::{self, Read};
+use std::io::Read;
 
 use crate::engine::lifecycle::{Engine, Fault};
 use crate::inputs::qmp::{self, QmpFacts};
@@ -35,10 +35,13 @@ pub(crate) struct At<'a> {
 
 /// Receives records and resolved faults in stream order.
 pub(crate) trait Consumer {
+    /// What ends the pass early (a write error of an export); the report's
+    /// consumer cannot fail ([`std::convert::Infallible`]).
+    type Error;
     /// A record, before the engine takes it.
-    fn record(&mut self, rec: &Record, derived: &Derived, at: At<'_>) -> io::Result<()>;
+    fn record(&mut self, rec: &Record, derived: &Derived, at: At<'_>) -> Result<(), Self::Error>;
     /// A fault the engine resolved.
-    fn fault(&mut self, fault: &Fault, at: At<'_>) -> io::Result<()>;
+    fn fault(&mut self, fault: &Fault, at: At<'_>) -> Result<(), Self::Error>;
     /// The same record, after the engine took it (and resolved faults).
     fn taken(&mut self, _rec: &Record, _engine: &Engine) {}
     /// The last record was taken; the faults still open follow.
@@ -123,11 +126,11 @@ pub struct Summary {
 
 /// Runs the pass; returns the engine (for what it learned about threads)
 /// and the summary. The first consumer error ends the pass.
-pub(crate) fn drive<R: Read>(
+pub(crate) fn drive<R: Read, C: Consumer>(
     reader: &mut TraceReader<R>,
-    consumer: &mut impl Consumer,
+    consumer: &mut C,
     limits: Limits,
-) -> io::Result<(Engine, Summary)> {
+) -> Result<(Engine, Summary), C::Error> {
     let mut engine = Engine::new();
     let mut return_path = ReturnPath::default();
     let mut resolved: Vec<Fault> = Vec::new();
@@ -140,7 +143,7 @@ pub(crate) fn drive<R: Read>(
         stopped_at_limit: None,
         origin: Origin(None),
     };
-    let mut failed: Option<io::Error> = None;
+    let mut failed: Option<C::Error> = None;
     let mut step = |rec: &Record, engine: &mut Engine, summary: &mut Summary| {
         let derived = Derived {
             return_path: match rec {

@@ -100,8 +100,10 @@ fn parse_json(line: &str) -> Option<Sample> {
     })
 }
 
-/// Parses one line in any supported format, updating `counts`.
+/// Parses one line in any supported format, updating `counts`. A line whose
+/// figures are not finite (`inf`, `NaN`, `1e999`) is not a measurement.
 pub fn parse_line(line: &str, counts: &mut LineCounts) -> Option<Sample> {
+    let finite = |s: &Sample| s.dur_ms.is_finite() && s.guest_end_ms.is_none_or(f64::is_finite);
     let line = line.trim_matches(|c: char| c.is_whitespace() || c == '\0');
     if line.is_empty() {
         return None;
@@ -109,17 +111,17 @@ pub fn parse_line(line: &str, counts: &mut LineCounts) -> Option<Sample> {
     if line.contains("UFFDSCOPE-STALE") {
         counts.stale_markers += 1;
     }
-    if let Some(s) = parse_guestperf(line) {
+    if let Some(s) = parse_guestperf(line).filter(finite) {
         counts.guestperf += 1;
         return Some(s);
     }
     if line.starts_with('{') {
-        if let Some(s) = parse_json(line) {
+        if let Some(s) = parse_json(line).filter(finite) {
             counts.json += 1;
             return Some(s);
         }
     }
-    if let Some(s) = parse_plain(line) {
+    if let Some(s) = parse_plain(line).filter(finite) {
         counts.plain += 1;
         return Some(s);
     }

@@ -565,7 +565,7 @@ impl Engine {
             self.watermark = ts;
         }
         self.settle(sink, false);
-        if self.watermark > self.last_prune + RETAIN_NS / 64 {
+        if self.watermark > self.last_prune.saturating_add(RETAIN_NS / 64) {
             let cutoff = self.watermark.saturating_sub(RETAIN_NS);
             self.reads.prune(cutoff);
             self.requests.prune(cutoff);

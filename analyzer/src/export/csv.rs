@@ -70,6 +70,8 @@ impl<W: Write> Csv<W> {
 }
 
 impl<W: Write> Consumer for Csv<W> {
+    type Error = io::Error;
+
     fn record(&mut self, _: &Record, _: &Derived, _: At<'_>) -> io::Result<()> {
         Ok(())
     }

@@ -67,6 +67,15 @@ fn json_str(o: &mut String, s: &str) {
     o.push('"');
 }
 
+/// Appends a JSON number; `null` for a value JSON cannot hold (inf, NaN).
+fn json_f64(o: &mut String, v: f64) {
+    if v.is_finite() {
+        let _ = write!(o, "{v}");
+    } else {
+        o.push_str("null");
+    }
+}
+
 /// Appends ns as µs with three decimals (exact: no float rounding).
 fn push_us(o: &mut String, ns: i128) {
     let sign = if ns < 0 { "-" } else { "" };
@@ -102,6 +111,18 @@ fn role_order(role: Role) -> i64 {
         Role::Preempt => 2,
         Role::Vcpu => 3,
         Role::Other => 4,
+    }
+}
+
+/// Why the export ends before the trace does, when it does: the name of an
+/// instant at the last exported moment.
+fn incomplete(summary: &Summary) -> Option<String> {
+    if summary.damage.is_some() {
+        Some("trace damaged here: the rest is not exported".to_owned())
+    } else if let Some(n) = summary.stopped_at_limit {
+        Some(format!("export stopped after {n} records (--max-events)"))
+    } else {
+        (!summary.complete).then(|| "trace cut here: no end note (recording cut)".to_owned())
     }
 }
 
@@ -201,7 +222,9 @@ impl<W: Write> Perfetto<W> {
         let o = &mut self.ev;
         o.push_str(r#","args":{"#);
         json_str(o, key);
-        let _ = write!(o, ":{value}}}");
+        o.push(':');
+        json_f64(o, value);
+        o.push('}');
         self.end()
     }
 
@@ -280,7 +303,8 @@ impl<W: Write> Perfetto<W> {
         if start >= ts {
             return Ok(());
         }
-        let mut args = format!(r#""dur_ms":{}"#, sample.dur_ms);
+        let mut args = String::from(r#""dur_ms":"#);
+        json_f64(&mut args, sample.dur_ms);
         if let Some(cpu) = sample.cpu {
             let _ = write!(args, r#","cpu":{cpu}"#);
         }
@@ -443,10 +467,14 @@ impl<W: Write> Perfetto<W> {
     }
 
     /// Names every track and closes the JSON.
-    fn finish(&mut self, engine: &Engine, meta: &TraceMeta) -> io::Result<()> {
+    fn finish(&mut self, engine: &Engine, meta: &TraceMeta, summary: &Summary) -> io::Result<()> {
         let pid = self.pid;
         if let Some(d) = self.drops {
             self.counter("ring-buffer drops", self.last_ts, "dropped", d as f64)?;
+        }
+        if let Some(end) = incomplete(summary) {
+            self.notes_seen = true;
+            self.instant(&end, "note", pid, NOTES_TID, self.last_ts, "")?;
         }
         self.metadata(
             "process_name",
@@ -512,6 +540,8 @@ impl<W: Write> Perfetto<W> {
 }
 
 impl<W: Write> Consumer for Perfetto<W> {
+    type Error = io::Error;
+
     fn record(&mut self, rec: &Record, derived: &Derived, at: At<'_>) -> io::Result<()> {
         let ts = rec.ts();
         self.origin = at.origin;
@@ -673,7 +703,7 @@ pub fn export<R: Read, W: Write>(
     head.push('\n');
     p.out.write_all(head.as_bytes())?;
     let (engine, summary) = drive::drive(reader, &mut p, limits)?;
-    p.finish(&engine, &meta)?;
+    p.finish(&engine, &meta, &summary)?;
     Ok(summary)
 }
 
@@ -688,6 +718,16 @@ mod tests {
         assert_eq!(o, r#""a\"b\\c\nd\u0001<script>""#);
         let v: serde_json::Value = serde_json::from_str(&o).expect("valid JSON string");
         assert_eq!(v, "a\"b\\c\nd\u{1}<script>");
+    }
+
+    #[test]
+    fn numbers_json_cannot_hold_are_null() {
+        let mut o = String::new();
+        for v in [1.5, f64::INFINITY, f64::NAN, -0.25] {
+            json_f64(&mut o, v);
+            o.push(' ');
+        }
+        assert_eq!(o, "1.5 null null -0.25 ");
     }
 
     #[test]

@@ -234,17 +234,18 @@ fn blocktime(o: &mut String, r: &Report) {
 }
 
 fn guest(o: &mut String, r: &Report, view: &View<'_>) {
-    let Some(g) = &r.guest else { return };
+    let (Some(g), Some(gf)) = (&r.guest, &view.guest) else {
+        return;
+    };
     let _ = writeln!(
         o,
         "**Guest**: {} samples, baseline {} ms ({}), correlation with vCPU blocking {}, alignment {}{}.",
         g.samples,
         num(g.baseline_ms),
         escape(g.baseline_from),
-        g.correlation.map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}")),
+        gf.correlation,
         escape(&g.alignment),
-        g.offset_ms
-            .map_or_else(String::new, |o| format!(" (offset {o:.0} ms)"))
+        gf.offset
     );
     let _ = writeln!(o);
     if g.spikes.is_empty() {
@@ -342,6 +343,10 @@ mod tests {
         );
         assert_eq!(escape("**bold** [l](u)"), "\\*\\*bold\\*\\* \\[l\\](u)");
         assert_eq!(escape("two\nlines"), "two lines");
+        assert_eq!(
+            escape("a\u{1b}[2J\u{7}\0\u{9b}b"),
+            "a\u{fffd}\\[2J\u{fffd}\u{fffd}\u{fffd}b"
+        );
         assert_eq!(escape("CPU 0/TCG"), "CPU 0/TCG");
     }
 

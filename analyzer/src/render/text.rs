@@ -255,27 +255,24 @@ fn network(o: &mut String, r: &Report) {
 }
 
 fn guest(o: &mut String, r: &Report, view: &View<'_>) {
-    let Some(g) = &r.guest else { return };
+    let (Some(g), Some(gf)) = (&r.guest, &view.guest) else {
+        return;
+    };
     heading(o, "Guest");
     let _ = writeln!(
         o,
-        "{} samples ({} guestperf, {} plain, {} json, {} other lines); alignment: {}{}",
+        "{} samples ({}); alignment: {}{}",
         g.samples,
-        g.lines.guestperf,
-        g.lines.plain,
-        g.lines.json,
-        g.lines.unknown,
+        gf.lines,
         escape(&g.alignment),
-        g.offset_ms
-            .map_or_else(String::new, |o| format!(" (offset {o:.0} ms)"))
+        gf.offset
     );
     let _ = writeln!(
         o,
         "baseline {} ({}), correlation with vCPU blocking {}",
         with_unit(g.baseline_ms, " ms"),
         g.baseline_from,
-        g.correlation
-            .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}"))
+        gf.correlation
     );
     if !g.spikes.is_empty() {
         let _ = writeln!(

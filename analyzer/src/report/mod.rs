@@ -64,6 +64,13 @@ pub struct TraceSection {
     pub damage: Option<String>,
     /// How the recording ended, as the recorder noted it.
     pub end: Option<String>,
+    /// The recorder's end note was read: the recording was closed, not cut
+    /// (recorder killed, file cut at a frame boundary), and the whole trace
+    /// was analyzed.
+    pub complete: bool,
+    /// The pass stopped after this many records (`--max-events`); not in the JSON.
+    #[serde(skip)]
+    pub stopped_at_limit: Option<u64>,
 }
 
 /// Stage percentiles in µs.

@@ -12,9 +12,10 @@ use crate::engine::lifecycle::Stage;
 use crate::report::{Report, StagePercentiles, ThreadRow};
 use uffdscope_trace::record::Role;
 
-/// A figure with 3 significant-ish digits (`1234`, `12.3`, `1.23`), or `n/a`.
+/// A figure with 3 significant-ish digits (`1234`, `12.3`, `1.23`), or `n/a`
+/// (also for a figure that is not finite).
 pub fn num(v: Option<f64>) -> String {
-    match v {
+    match v.filter(|x| x.is_finite()) {
         Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
         Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
         Some(x) => format!("{x:.2}"),
@@ -22,9 +23,10 @@ pub fn num(v: Option<f64>) -> String {
     }
 }
 
-/// A share (0..=1) as a whole percentage; a non-zero share under 1% is `<1%`.
+/// A share (0..=1) as a whole percentage; a non-zero share under 1% is `<1%`;
+/// `n/a` when unknown or not finite.
 pub fn pct(v: Option<f64>) -> String {
-    match v {
+    match v.filter(|x| x.is_finite()) {
         Some(x) if x > 0.0 && x < 0.01 => "<1%".to_owned(),
         Some(x) => format!("{:.0}%", x * 100.0),
         None => "n/a".to_owned(),
@@ -55,6 +57,17 @@ pub struct AfterSpikes {
     pub blocked_ms: f64,
 }
 
+/// The guest section's summary figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFigures {
+    /// Lines by kind: `N guestperf, N plain, N json, N other lines`.
+    pub lines: String,
+    /// ` (offset N ms)` when the guest clock offset is known, else empty.
+    pub offset: String,
+    /// Correlation of interval duration with vCPU blocking, 2 decimals, or `n/a`.
+    pub correlation: String,
+}
+
 /// The figures every renderer shows.
 #[derive(Debug)]
 pub struct View<'a> {
@@ -69,6 +82,7 @@ pub struct View<'a> {
     pub after_spikes: Option<AfterSpikes>,
     /// Which figures are only upper bounds, when some are.
     pub bounded: Option<String>,
+    pub guest: Option<GuestFigures>,
 }
 
 impl<'a> View<'a> {
@@ -97,6 +111,19 @@ impl<'a> View<'a> {
                     "{n} of {} faults ran again at a moment the trace did not see: their wake stage and blocked time are upper bounds",
                     r.faults.count
                 )
+            }),
+            guest: r.guest.as_ref().map(|g| GuestFigures {
+                lines: format!(
+                    "{} guestperf, {} plain, {} json, {} other lines",
+                    g.lines.guestperf, g.lines.plain, g.lines.json, g.lines.unknown
+                ),
+                offset: g
+                    .offset_ms
+                    .map_or_else(String::new, |o| format!(" (offset {o:.0} ms)")),
+                correlation: g
+                    .correlation
+                    .filter(|c| c.is_finite())
+                    .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}")),
             }),
         }
     }
@@ -198,6 +225,8 @@ mod tests {
         assert_eq!(pct(Some(0.0)), "0%");
         assert_eq!(pct(Some(0.926)), "93%");
         assert_eq!(pct(None), "n/a");
+        assert_eq!(pct(Some(f64::NAN)), "n/a");
+        assert_eq!(num(Some(f64::INFINITY)), "n/a");
         assert_eq!(with_unit(Some(2.0), " ms"), "2.00 ms");
         assert_eq!(with_unit(None, " ms"), "n/a");
     }

@@ -31,5 +31,9 @@ mod tests {
             "&lt;script&gt;alert(&quot;x&amp;&#39;y&quot;)&lt;/script&gt;"
         );
         assert_eq!(escape("CPU 0/TCG"), "CPU 0/TCG");
+        assert_eq!(
+            escape("a\u{1b}[2J\u{7}\0\u{9b}b"),
+            "a\u{fffd}[2J\u{fffd}\u{fffd}\u{fffd}b"
+        );
     }
 }

@@ -360,23 +360,20 @@ pub(super) fn network(o: &mut String, r: &Report) {
 }
 
 pub(super) fn guest(o: &mut String, r: &Report, view: &View<'_>) {
-    let Some(g) = &r.guest else { return };
+    let (Some(g), Some(gf)) = (&r.guest, &view.guest) else {
+        return;
+    };
     o.push_str(r#"<section id="guest"><h2>Guest spikes</h2>"#);
     let _ = write!(
         o,
-        r#"<p class="note">{} samples ({} guestperf, {} plain, {} JSON, {} other lines) · alignment {}{} · baseline {} ({}) · correlation of interval duration with vCPU blocking {}</p>"#,
+        r#"<p class="note">{} samples ({}) · alignment {}{} · baseline {} ({}) · correlation of interval duration with vCPU blocking {}</p>"#,
         g.samples,
-        g.lines.guestperf,
-        g.lines.plain,
-        g.lines.json,
-        g.lines.unknown,
+        gf.lines,
         escape(&g.alignment),
-        g.offset_ms
-            .map_or_else(String::new, |v| format!(" (offset {v:.0} ms)")),
+        gf.offset,
         dur_ms(g.baseline_ms),
         escape(&g.baseline_from.replace('_', " ")),
-        g.correlation
-            .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}"))
+        gf.correlation
     );
     if g.spikes.is_empty() {
         o.push_str("<p>No interval exceeded the spike threshold.</p></section>");
