@@ -12,11 +12,15 @@ use crate::engine::blocktime::{self, QemuBlocktime};
 use crate::engine::guest::{self, LineCounts, Sample};
 use crate::engine::lifecycle::{Engine, Fault, Resolution, Stage, ThreadFacts};
 use crate::engine::network::Network;
-use crate::engine::stats::{FaultStats, CURVE_QUANTILES};
-use crate::inputs::qmp::QmpFacts;
+use crate::engine::network_split::{NetworkSplitStats, NetworkSplitter};
+use crate::engine::qemu_latency::{LatencyReplay, Log2Buckets};
+use crate::engine::stats::{FaultStats, Hist, CURVE_QUANTILES};
+use crate::inputs::qmp::{QemuLatency, QmpFacts};
 use crate::report::{
-    Blocktime, Bounded, FaultSection, NetworkSection, QemuSection, QemuView, Report, SlowFault,
-    StatusChange, Target, ThreadRow, Timeline, TraceSection, SCHEMA,
+    findings, Blocktime, Bounded, BytesPercentiles, ChannelEndpoint, FaultSection,
+    MigrationContext, NetworkSection, NetworkSplitSection, NetworkSplitShare, QemuLatencySection,
+    QemuSection, QemuView, Report, SlowFault, StatusChange, Target, ThreadRow, Timeline,
+    TraceSection, SCHEMA,
 };
 use uffdscope_trace::record::{IoctlOp, Record, Role, UffdMsg};
 use uffdscope_trace::{TraceError, TraceReader};
@@ -67,6 +71,10 @@ struct Qmp {
     postcopy_active_ns: Option<u64>,
     completed_ns: Option<u64>,
     seen: bool,
+    /// QEMU 10.1's latency figures, the latest reported.
+    latency: Option<QemuLatency>,
+    capabilities: Option<BTreeMap<String, bool>>,
+    parameters: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Qmp {
@@ -80,6 +88,15 @@ impl Qmp {
         }
         if let Some(v) = &facts.vcpu_blocktime_ms {
             self.vcpu_blocktime_ms = Some(v.clone());
+        }
+        if facts.latency.is_some() {
+            self.latency.clone_from(&facts.latency);
+        }
+        if facts.capabilities.is_some() {
+            self.capabilities.clone_from(&facts.capabilities);
+        }
+        if facts.parameters.is_some() {
+            self.parameters.clone_from(&facts.parameters);
         }
         if let Some(status) = &facts.status {
             match self.statuses.last_mut() {
@@ -98,6 +115,9 @@ impl Qmp {
         }
     }
 }
+
+/// Distinct page sizes a report lists (4 KiB, 2 MiB, 1 GiB, and a spare).
+const MAX_PAGE_SIZES: usize = 4;
 
 #[derive(Default)]
 struct Pass {
@@ -119,6 +139,18 @@ struct Pass {
     perf: BTreeMap<(u32, String), (u64, u64)>,
     /// Sleeps whose switch-in was not traced ([`uffdscope_trace::record::Sleep::run_is_bound`]).
     bound_wakes: u64,
+    /// Sleeps the kernel flagged as KVM async page faults.
+    kvm_async: u64,
+    /// The network stage of requested faults taken apart.
+    split: NetworkSplitter,
+    split_stats: NetworkSplitStats,
+    /// The network stage of the faults the split covers.
+    split_network: Hist,
+    /// QEMU 10.1's latency accounting replayed, and the service latency in its buckets.
+    qemu_latency: LatencyReplay,
+    service_log2: Log2Buckets,
+    /// Distinct lengths of successful placements (page sizes), at most a few.
+    page_sizes: std::collections::BTreeSet<u64>,
 }
 
 impl Pass {
@@ -200,7 +232,18 @@ impl Consumer for Pass {
                     self.guest_samples.push(s);
                 }
             }
-            Record::Sleep(sl) if sl.run_is_bound() => self.bound_wakes += 1,
+            Record::Sleep(sl) => {
+                self.bound_wakes += u64::from(sl.run_is_bound());
+                self.kvm_async += u64::from(sl.kernel.is_some_and(|k| k.flags.kvm_async()));
+            }
+            Record::UffdIoctl(io)
+                if matches!(io.op, IoctlOp::Copy | IoctlOp::ZeroPage)
+                    && io.ret == 0
+                    && io.len.is_power_of_two()
+                    && self.page_sizes.len() < MAX_PAGE_SIZES =>
+            {
+                self.page_sizes.insert(io.len);
+            }
             Record::Perf(p) => {
                 let e = self
                     .perf
@@ -211,6 +254,7 @@ impl Consumer for Pass {
             _ => {}
         }
         self.network.push(rec, &derived.return_path);
+        self.split.push(rec);
         self.push_qemu_blocktime(rec, at.engine);
         Ok(())
     }
@@ -218,6 +262,16 @@ impl Consumer for Pass {
     fn fault(&mut self, f: &Fault, _: At<'_>) -> Result<(), Infallible> {
         let vcpu = self.vcpu_set.contains(&f.tid);
         self.stats.add(f, vcpu, self.vcpu_set.len());
+        if let Some(split) = self.split.split(f) {
+            self.split_stats.add(&split);
+            if let Some(ns) = f.stage_ns(Stage::Network) {
+                self.split_network.record(ns);
+            }
+        }
+        self.qemu_latency.add(f, vcpu);
+        if let Some(ns) = f.service_ns() {
+            self.service_log2.add(ns);
+        }
         Ok(())
     }
 
@@ -380,23 +434,86 @@ fn build_report(run: &Run<'_>, path: &str, opts: &Options) -> Report {
     if guest.as_ref().is_some_and(|g| g.lines.stale_markers > 0) {
         warnings.push("the guest reported stale pages (UFFDSCOPE-STALE lines)".to_owned());
     }
-    Report {
+    let network = NetworkSection {
+        channels: run
+            .pass
+            .network
+            .report(|tid| run.engine.threads.get(&tid).map(ThreadFacts::role)),
+    };
+    let mut report = Report {
         schema: SCHEMA,
         trace: trace_section(run, path),
         faults: fault_section(run, t0),
         threads: thread_rows(run),
-        blocktime_ms: blocktime,
-        network: NetworkSection {
-            channels: run
-                .pass
-                .network
-                .report(|tid| run.engine.threads.get(&tid).map(ThreadFacts::role)),
+        context: context_section(run, &network, blocktime.vcpus),
+        qemu_latency: QemuLatencySection {
+            reported: run.pass.qmp.latency.clone(),
+            replay: run.pass.qemu_latency.figures(&vcpu_tids),
+            service_dist: run.pass.service_log2.clone(),
         },
+        blocktime_ms: blocktime,
+        network,
         guest,
         qemu,
         warnings,
         timeline: timeline(run, t0),
+        findings: Vec::new(),
+    };
+    report.findings = findings::findings(&report);
+    report
+}
+
+fn context_section(run: &Run<'_>, network: &NetworkSection, vcpus: usize) -> MigrationContext {
+    let qmp = &run.pass.qmp;
+    MigrationContext {
+        qemu_version: run.meta.qemu_version.clone(),
+        capabilities: qmp.capabilities.clone(),
+        parameters: qmp.parameters.clone(),
+        page_sizes: run.pass.page_sizes.iter().copied().collect(),
+        vcpus,
+        channels: network
+            .channels
+            .iter()
+            .map(|c| ChannelEndpoint {
+                role: c.role,
+                local: c.local.clone(),
+                remote: c.remote.clone(),
+            })
+            .collect(),
     }
+}
+
+fn network_split_share(pass: &Pass) -> NetworkSplitShare {
+    let t = &pass.split_stats.totals;
+    let share = |i: usize| t.shares().map(|s| (s[i] * 1000.0).round() / 1000.0);
+    NetworkSplitShare {
+        wire: share(0),
+        behind_stream: share(1),
+        rest: share(2),
+        paused: share(3),
+        of_ms: ms(t.network),
+    }
+}
+
+fn network_split_section(pass: &Pass) -> (NetworkSplitSection, BytesPercentiles) {
+    let s = &pass.split_stats;
+    let bytes = s.behind_stream_bytes.percentiles();
+    // The histogram keeps ns-scaled µs; bytes went in as "ns", so scale back.
+    let back = |v: Option<f64>| v.map(|us| (us * 1000.0).round());
+    (
+        NetworkSplitSection {
+            wire: s.wire.percentiles().into(),
+            behind_stream: s.behind_stream.percentiles().into(),
+            rest: s.rest.percentiles().into(),
+            paused: s.paused.percentiles().into(),
+            network: pass.split_network.percentiles().into(),
+        },
+        BytesPercentiles {
+            p50: back(bytes.p50),
+            p99: back(bytes.p99),
+            max: back(bytes.max),
+        },
+    )
 }
 
 /// Warnings about what the trace lacks: drops, damage, faults without entry.
@@ -508,6 +625,7 @@ fn stage_shares(s: &FaultStats) -> BTreeMap<String, Option<f64>> {
 
 fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
     let (s, engine) = (&run.pass.stats, run.engine);
+    let (split, bytes) = network_split_section(run.pass);
     FaultSection {
         count: s.count,
         by_resolution: Resolution::ALL
@@ -540,6 +658,10 @@ fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
         bounded: Bounded {
             wake: (run.version >= 2).then_some(run.pass.bound_wakes),
         },
+        network_split_us: split,
+        behind_stream_bytes: bytes,
+        network_split_share: network_split_share(run.pass),
+        kvm_async: (run.version >= 2).then_some(run.pass.kvm_async),
     }
 }
 

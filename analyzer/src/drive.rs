@@ -151,7 +151,7 @@ pub(crate) fn drive<R: Read, C: Consumer>(
                 _ => Vec::new(),
             },
             qmp: match rec {
-                Record::Qmp(q) => qmp::parse(&q.json),
+                Record::Qmp(q) => qmp::parse(&q.kind, &q.json),
                 _ => None,
             },
         };

@@ -5,10 +5,14 @@
 //!   out on, as it stood when the request was sent;
 //! - `behind_stream`: the bytes that arrived on the page's channel between the
 //!   request and the placement (`sock:sock_recv_length`), divided by that
-//!   channel's throughput over the [`RATE_WINDOW_NS`] before the placement —
-//!   the time the page spent queued behind the background stream;
+//!   channel's throughput while it was delivering (over the [`RATE_WINDOW_NS`]
+//!   before the placement, pauses left out) — the time the page spent queued
+//!   behind the background stream;
 //! - `rest`: what is left of the network stage (the source, and whatever the
-//!   destination cannot see).
+//!   destination cannot see); within it,
+//! - `paused`: the time the page's channel received nothing at all (gaps of at
+//!   least [`PAUSE_MIN_NS`]): the source was not sending — a bandwidth limit
+//!   pausing the stream between bursts, or a busy source.
 //!
 //! The parts are clamped so that they add up to the network stage, in that
 //! order of trust: the wire first, then the queue, the rest last. A part the
@@ -28,6 +32,9 @@ use uffdscope_trace::record::{Direction, Record};
 pub const RETAIN_NS: u64 = crate::engine::lifecycle::RETAIN_NS;
 /// The window over which a channel's throughput is measured.
 pub const RATE_WINDOW_NS: u64 = 1_000_000_000;
+/// A gap between two receives at least this long is a pause of the stream,
+/// not the spacing of a busy one (a busy channel delivers every few µs).
+pub const PAUSE_MIN_NS: u64 = 1_000_000;
 
 /// One requested fault's network stage, taken apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,14 +44,23 @@ pub struct NetworkSplit {
     pub rest_ns: Option<u64>,
     /// Bytes that arrived on the page's channel between request and placement.
     pub behind_stream_bytes: Option<u64>,
+    /// Within `rest`: the time the page's channel received nothing.
+    pub paused_ns: Option<u64>,
+}
+
+/// One receive on a socket, with running totals up to and including it.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    ts: u64,
+    bytes: u64,
+    /// Summed gaps of at least [`PAUSE_MIN_NS`] before this arrival.
+    paused: u64,
 }
 
 /// A socket's recent history: cumulative bytes received, and RTT samples.
 #[derive(Debug, Default)]
 struct SocketHistory {
-    /// (time, bytes received up to and including that time).
-    received: VecDeque<(u64, u64)>,
-    total_received: u64,
+    received: VecDeque<Arrival>,
     /// (time, srtt µs).
     srtt: VecDeque<(u64, u32)>,
 }
@@ -52,7 +68,7 @@ struct SocketHistory {
 impl SocketHistory {
     fn prune(&mut self, before: u64) {
         // Keep one entry at or before the cut, as the base of later queries.
-        while self.received.len() > 1 && self.received[1].0 < before {
+        while self.received.len() > 1 && self.received[1].ts < before {
             self.received.pop_front();
         }
         while self.srtt.len() > 1 && self.srtt[1].0 < before {
@@ -60,24 +76,68 @@ impl SocketHistory {
         }
     }
 
-    /// Bytes received up to `ts`; `None` when the history does not reach back
-    /// that far (pruned, or the socket was not seen yet).
-    fn received_at(&self, ts: u64) -> Option<u64> {
-        let first = self.received.front()?;
-        if ts < first.0 {
-            return None;
-        }
-        let i = self.received.partition_point(|&(t, _)| t <= ts);
-        Some(self.received[i - 1].1)
+    fn arrive(&mut self, ts: u64, len: u64) {
+        let (bytes, paused) = match self.received.back() {
+            Some(last) => {
+                let gap = ts.saturating_sub(last.ts);
+                let pause = if gap >= PAUSE_MIN_NS { gap } else { 0 };
+                (
+                    last.bytes.saturating_add(len),
+                    last.paused.saturating_add(pause),
+                )
+            }
+            None => (len, 0),
+        };
+        self.received.push_back(Arrival { ts, bytes, paused });
     }
 
-    /// The receive rate (bytes/ns) over the window before `end`.
-    fn rate_before(&self, end: u64) -> Option<f64> {
-        let first = self.received.front()?.0;
+    /// The last arrival at or before `ts`; `None` when the history does not
+    /// reach back that far (pruned, or the socket was not seen yet).
+    fn at(&self, ts: u64) -> Option<Arrival> {
+        if ts < self.received.front()?.ts {
+            return None;
+        }
+        let i = self.received.partition_point(|a| a.ts <= ts);
+        Some(self.received[i - 1])
+    }
+
+    /// Bytes received in `(from, to]`.
+    fn bytes_between(&self, from: u64, to: u64) -> Option<u64> {
+        Some(self.at(to)?.bytes - self.at(from)?.bytes)
+    }
+
+    /// Time in `[from, to]` during which nothing arrived, counting only
+    /// gaps of at least [`PAUSE_MIN_NS`] (clipped to the interval).
+    fn paused_between(&self, from: u64, to: u64) -> Option<u64> {
+        let before = self.at(from)?;
+        let last = self.at(to)?;
+        let i = self.received.partition_point(|a| a.ts <= from);
+        let pause_at = |gap: u64| if gap >= PAUSE_MIN_NS { gap } else { 0 };
+        let (head, inner) = match self.received.get(i).filter(|a| a.ts <= to) {
+            // The gap that spans `from` counts from `from` on.
+            Some(first) => (
+                pause_at(first.ts - before.ts).min(first.ts - from),
+                last.paused - first.paused,
+            ),
+            None => (0, 0),
+        };
+        let tail_gap = to - last.ts.max(from);
+        let tail = if to - last.ts >= PAUSE_MIN_NS {
+            tail_gap
+        } else {
+            0
+        };
+        Some(head + inner + tail)
+    }
+
+    /// The receive rate (bytes/ns) while the channel was delivering, over
+    /// the window before `end`.
+    fn busy_rate_before(&self, end: u64) -> Option<f64> {
+        let first = self.received.front()?.ts;
         let start = end.saturating_sub(RATE_WINDOW_NS).max(first);
-        let span = end.checked_sub(start).filter(|&s| s > 0)?;
-        let bytes = self.received_at(end)? - self.received_at(start)?;
-        Some(bytes as f64 / span as f64)
+        let busy = (end - start).checked_sub(self.paused_between(start, end)?)?;
+        let bytes = self.bytes_between(start, end)?;
+        (busy > 0).then(|| bytes as f64 / busy as f64)
     }
 
     /// The last RTT sample at or before `ts`, else the first one after it
@@ -134,8 +194,7 @@ impl NetworkSplitter {
                     Direction::Recv => {
                         note_use(&mut uses.recv, l.ts, l.sk, cut);
                         let s = self.sockets.entry(l.sk).or_default();
-                        s.total_received = s.total_received.saturating_add(l.len as u64);
-                        s.received.push_back((l.ts, s.total_received));
+                        s.arrive(l.ts, l.len as u64);
                         s.prune(cut);
                     }
                     Direction::Send => note_use(&mut uses.send, l.ts, l.sk, cut),
@@ -174,13 +233,14 @@ impl NetworkSplitter {
             .and_then(|s| s.srtt_around(requested, placed))
             .map(|us| u64::from(us) * 1000);
         let history = channel.and_then(|sk| self.sockets.get(&sk));
-        let bytes = history.and_then(|s| Some(s.received_at(placed)? - s.received_at(requested)?));
-        let queued = match (bytes, history.and_then(|s| s.rate_before(placed))) {
+        let bytes = history.and_then(|s| s.bytes_between(requested, placed));
+        let queued = match (bytes, history.and_then(|s| s.busy_rate_before(placed))) {
             (Some(0), _) => Some(0),
             (Some(b), Some(rate)) if rate > 0.0 => Some((b as f64 / rate) as u64),
             _ => None,
         };
-        Some(apportion(network, wire, queued, bytes))
+        let paused = history.and_then(|s| s.paused_between(requested, placed));
+        Some(apportion(network, wire, queued, bytes, paused))
     }
 }
 
@@ -191,6 +251,7 @@ fn apportion(
     wire: Option<u64>,
     queued: Option<u64>,
     bytes: Option<u64>,
+    paused: Option<u64>,
 ) -> NetworkSplit {
     let wire_ns = wire.map(|w| w.min(network));
     let behind_stream_ns = queued.map(|q| q.min(network - wire_ns.unwrap_or(0)));
@@ -203,6 +264,7 @@ fn apportion(
         behind_stream_ns,
         rest_ns,
         behind_stream_bytes: bytes,
+        paused_ns: rest_ns.zip(paused).map(|(rest, p)| p.min(rest)),
     }
 }
 
@@ -212,8 +274,32 @@ pub struct NetworkSplitStats {
     pub wire: Hist,
     pub behind_stream: Hist,
     pub rest: Hist,
+    pub paused: Hist,
     /// Bytes, recorded as if they were ns (the histogram is unit-free).
     pub behind_stream_bytes: Hist,
+    /// Summed ns over the faults whose every part is known: where the
+    /// network time of all requested faults went, slow ones weighing most.
+    pub totals: SplitTotals,
+}
+
+/// Summed parts of the network stage, ns.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SplitTotals {
+    pub network: u64,
+    pub wire: u64,
+    pub behind_stream: u64,
+    pub rest: u64,
+    pub paused: u64,
+}
+
+impl SplitTotals {
+    /// Each part's share of the network time; `None` without any.
+    pub fn shares(&self) -> Option<[f64; 4]> {
+        (self.network > 0).then(|| {
+            [self.wire, self.behind_stream, self.rest, self.paused]
+                .map(|part| part as f64 / self.network as f64)
+        })
+    }
 }
 
 impl NetworkSplitStats {
@@ -222,12 +308,23 @@ impl NetworkSplitStats {
             (&mut self.wire, s.wire_ns),
             (&mut self.behind_stream, s.behind_stream_ns),
             (&mut self.rest, s.rest_ns),
+            (&mut self.paused, s.paused_ns),
             (&mut self.behind_stream_bytes, s.behind_stream_bytes),
         ];
         for (hist, value) in parts {
             if let Some(v) = value {
                 hist.record(v);
             }
+        }
+        if let (Some(w), Some(q), Some(r), Some(p)) =
+            (s.wire_ns, s.behind_stream_ns, s.rest_ns, s.paused_ns)
+        {
+            let t = &mut self.totals;
+            t.network = t.network.saturating_add(w + q + r);
+            t.wire = t.wire.saturating_add(w);
+            t.behind_stream = t.behind_stream.saturating_add(q);
+            t.rest = t.rest.saturating_add(r);
+            t.paused = t.paused.saturating_add(p);
         }
     }
 }
@@ -296,10 +393,11 @@ mod tests {
         }
     }
 
-    /// A stream of 1 MB/ms (1 GB/s) on the main channel for 2 s.
+    /// A stream of 1 MB/ms (1 GB/s, 100 kB every 100 µs) on the main
+    /// channel for 2 s.
     fn stream(s: &mut NetworkSplitter) {
-        for ms in 0..2000 {
-            s.push(&recv(ms * MS, LISTEN, SK_MAIN, 1_000_000));
+        for step in 0..20_000 {
+            s.push(&recv(step * MS / 10, LISTEN, SK_MAIN, 100_000));
         }
     }
 
@@ -317,6 +415,7 @@ mod tests {
         assert_eq!(split.wire_ns, Some(2 * MS));
         assert_eq!(split.behind_stream_ns, Some(88 * MS));
         assert_eq!(split.rest_ns, Some(0));
+        assert_eq!(split.paused_ns, Some(0));
         let sum = split.wire_ns.unwrap() + split.behind_stream_ns.unwrap() + split.rest_ns.unwrap();
         assert_eq!(sum, f.stage_ns(Stage::Network).unwrap());
     }
@@ -342,6 +441,35 @@ mod tests {
         assert_eq!(split.behind_stream_bytes, Some(0));
         assert_eq!(split.behind_stream_ns, Some(0));
         assert_eq!(split.rest_ns, Some(MS - 300_000));
+    }
+
+    /// A rate-limited stream: 6 MB bursts at 1 GB/s every 100 ms, silent in
+    /// between. A page requested just after a burst waits for the next one.
+    #[test]
+    fn a_page_that_waits_for_the_next_burst_waits_at_the_source() {
+        let mut s = NetworkSplitter::default();
+        s.push(&probe(0, SK_MAIN, 100));
+        for burst in 0..20u64 {
+            for step in 0..60 {
+                let ts = burst * 100 * MS + step * MS / 10;
+                s.push(&recv(ts, LISTEN, SK_MAIN, 100_000));
+            }
+        }
+        // The burst at 1000 ms ends at 1005.9 ms; requested at 1006 ms and
+        // placed first thing in the burst at 1100 ms.
+        s.push(&send(1006 * MS, FAULT, SK_MAIN));
+        let f = requested(1006 * MS, 1100 * MS + 50_000, LISTEN);
+        let split = s.split(&f).unwrap();
+        assert_eq!(split.behind_stream_bytes, Some(100_000));
+        // 100 kB at the busy rate of about 1 MB/ms (a burst's first 100 kB
+        // arrives after its pause): about 0.1 ms behind the stream.
+        let behind = split.behind_stream_ns.unwrap();
+        assert!((97_000..=100_000).contains(&behind), "{behind}");
+        assert_eq!(split.wire_ns, Some(100_000));
+        assert_eq!(split.rest_ns, Some(94 * MS + 50_000 - 100_000 - behind));
+        // The channel was silent from the request to the burst (94 ms): all
+        // of the rest, once the wire and the queue are taken out.
+        assert_eq!(split.paused_ns, split.rest_ns);
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! Not validated against a real QEMU 10.1 (none on this host): the semantics
 //! follow the QAPI schema and the upstream change that introduced them.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use crate::engine::lifecycle::Fault;
@@ -72,7 +74,7 @@ impl Mean {
 /// QEMU 10.1's accounting, replayed fault by fault.
 #[derive(Debug, Default)]
 pub struct LatencyReplay {
-    per_vcpu: Vec<Mean>,
+    per_vcpu: HashMap<u32, Mean>,
     non_vcpu: Mean,
     dist: Log2Buckets,
 }
@@ -105,38 +107,40 @@ impl LatencyReplay {
         f.place_end_ts?.checked_sub(start)
     }
 
-    /// Adds a fault of the vCPU with CPU index `vcpu` (`None`: not a vCPU).
-    pub fn add(&mut self, f: &Fault, vcpu: Option<usize>) {
+    /// Adds a fault; `vcpu` says whether its thread is a vCPU.
+    pub fn add(&mut self, f: &Fault, vcpu: bool) {
         let Some(ns) = Self::qemu_interval_ns(f) else {
             return;
         };
         self.dist.add(ns);
-        match vcpu {
-            Some(i) => {
-                if self.per_vcpu.len() <= i {
-                    self.per_vcpu.resize(i + 1, Mean::default());
-                }
-                self.per_vcpu[i].add(ns);
-            }
-            None => self.non_vcpu.add(ns),
+        if vcpu {
+            self.per_vcpu.entry(f.tid).or_default().add(ns);
+        } else {
+            self.non_vcpu.add(ns);
         }
     }
 
-    /// The figures, for `vcpus` vCPUs (at least as many as were seen).
-    pub fn figures(&self, vcpus: usize) -> LatencyFigures {
+    /// The figures, with vCPUs in `vcpu_order` (QEMU's CPU index order).
+    /// A vCPU thread not in the order counts with the non-vCPU threads.
+    pub fn figures(&self, vcpu_order: &[u32]) -> LatencyFigures {
         let mut all = self.non_vcpu;
-        for m in &self.per_vcpu {
+        let mut non_vcpu = self.non_vcpu;
+        for (tid, m) in &self.per_vcpu {
             all.total_ns = all.total_ns.saturating_add(m.total_ns);
             all.count += m.count;
+            if !vcpu_order.contains(tid) {
+                non_vcpu.total_ns = non_vcpu.total_ns.saturating_add(m.total_ns);
+                non_vcpu.count += m.count;
+            }
         }
-        let mut vcpu_latency_ns: Vec<Option<u64>> = self.per_vcpu.iter().map(|m| m.ns()).collect();
-        if vcpu_latency_ns.len() < vcpus {
-            vcpu_latency_ns.resize(vcpus, None);
-        }
+        let vcpu_latency_ns = vcpu_order
+            .iter()
+            .map(|tid| self.per_vcpu.get(tid).and_then(|m| m.ns()))
+            .collect();
         LatencyFigures {
             latency_ns: all.ns(),
             vcpu_latency_ns,
-            non_vcpu_latency_ns: self.non_vcpu.ns(),
+            non_vcpu_latency_ns: non_vcpu.ns(),
             dist: self.dist.clone(),
             faults: all.count,
         }
@@ -150,9 +154,9 @@ mod tests {
 
     const US: u64 = 1000;
 
-    fn fault(read: Option<u64>, request: Option<u64>, already: bool, end: u64) -> Fault {
+    fn fault(tid: u32, read: Option<u64>, request: Option<u64>, already: bool, end: u64) -> Fault {
         Fault {
-            tid: 1,
+            tid,
             page: 0x1000,
             resolution: Resolution::Requested,
             entry_ts: Some(1),
@@ -187,18 +191,21 @@ mod tests {
         let mut r = LatencyReplay::default();
         // Own request at 100 µs, copy returned at 400 µs: 300 µs.
         r.add(
-            &fault(Some(50 * US), Some(100 * US), false, 400 * US),
-            Some(0),
+            &fault(100, Some(50 * US), Some(100 * US), false, 400 * US),
+            true,
         );
         // Another vCPU on a page already requested: from its read.
-        r.add(&fault(Some(200 * US), None, true, 400 * US), Some(1));
+        r.add(&fault(101, Some(200 * US), None, true, 400 * US), true);
         // Never read: invisible to QEMU.
-        r.add(&fault(None, None, false, 400 * US), Some(1));
+        r.add(&fault(101, None, None, false, 400 * US), true);
         // Read, but no request (the page was arriving): not a remote fault.
-        r.add(&fault(Some(10 * US), None, false, 400 * US), Some(1));
+        r.add(&fault(101, Some(10 * US), None, false, 400 * US), true);
         // The main thread.
-        r.add(&fault(Some(10 * US), Some(20 * US), false, 1020 * US), None);
-        let f = r.figures(3);
+        r.add(
+            &fault(1, Some(10 * US), Some(20 * US), false, 1020 * US),
+            false,
+        );
+        let f = r.figures(&[100, 101, 102]);
         assert_eq!(f.faults, 3);
         assert_eq!(
             f.vcpu_latency_ns,
@@ -214,7 +221,7 @@ mod tests {
 
     #[test]
     fn nothing_counted_is_unknown_not_zero() {
-        let f = LatencyReplay::default().figures(2);
+        let f = LatencyReplay::default().figures(&[1, 2]);
         assert_eq!(f.latency_ns, None);
         assert_eq!(f.vcpu_latency_ns, vec![None, None]);
         assert_eq!(f.non_vcpu_latency_ns, None);

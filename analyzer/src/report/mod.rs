@@ -2,6 +2,7 @@
 //! Renderers (text, markdown, HTML) read this model through [`view`], which
 //! decides what they show; nothing else decides numbers.
 
+pub mod findings;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,78 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// Faults and blocked time over the trace, for plots; `None` without faults.
     pub timeline: Option<Timeline>,
+    /// Why faults were slow and what to try ([`findings`]), most severe first.
+    pub findings: Vec<findings::Finding>,
+    /// QEMU 10.1's latency figures: reported by QEMU, and replayed here.
+    pub qemu_latency: QemuLatencySection,
+    /// What a bug report needs to say about the migration.
+    pub context: MigrationContext,
+}
+
+/// The network stage of requested faults taken apart
+/// ([`crate::engine::network_split`]); each part over the faults where it is
+/// known. `wire + behind_stream + rest` is each fault's network stage;
+/// `paused` is the part of `rest` during which the page's channel received
+/// nothing; `network` is the whole stage of the same faults.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct NetworkSplitSection {
+    pub wire: StagePercentiles,
+    pub behind_stream: StagePercentiles,
+    pub rest: StagePercentiles,
+    pub paused: StagePercentiles,
+    pub network: StagePercentiles,
+}
+
+/// Shares of summed network time ([`NetworkSplitSection`]'s parts).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct NetworkSplitShare {
+    pub wire: Option<f64>,
+    pub behind_stream: Option<f64>,
+    pub rest: Option<f64>,
+    pub paused: Option<f64>,
+    /// The summed network time the shares are of, ms.
+    pub of_ms: f64,
+}
+
+/// Byte counts at a few percentiles.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BytesPercentiles {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// QEMU 10.1's post-copy latency accounting, as a 10.1 destination reports
+/// it and as replayed over this trace ([`crate::engine::qemu_latency`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct QemuLatencySection {
+    /// From `query-migrate`; `None` when QEMU did not report them (before 10.1).
+    pub reported: Option<crate::inputs::qmp::QemuLatency>,
+    pub replay: crate::engine::qemu_latency::LatencyFigures,
+    /// uffdscope's service latency of every fault, in QEMU's 24 log2 µs buckets.
+    pub service_dist: crate::engine::qemu_latency::Log2Buckets,
+}
+
+/// The migration's set-up, as far as the trace tells it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationContext {
+    pub qemu_version: Option<String>,
+    /// `query-migrate-capabilities`, when the recorder asked.
+    pub capabilities: Option<BTreeMap<String, bool>>,
+    /// `query-migrate-parameters`, when the recorder asked.
+    pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Lengths of the placements seen (4096, or huge pages), smallest first.
+    pub page_sizes: Vec<u64>,
+    pub vcpus: usize,
+    pub channels: Vec<ChannelEndpoint>,
+}
+
+/// One migration channel's endpoints.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelEndpoint {
+    pub role: crate::engine::network::ChannelRole,
+    pub local: String,
+    pub remote: String,
 }
 
 /// Faults and blocked time in fixed-width bins from the trace start.
@@ -119,6 +192,16 @@ pub struct FaultSection {
     pub slowest: Vec<SlowFault>,
     /// Faults whose figures are upper bounds, by what is bounded.
     pub bounded: Bounded,
+    /// The network stage of requested faults taken apart.
+    pub network_split_us: NetworkSplitSection,
+    /// Bytes that arrived ahead of a requested page on its channel.
+    pub behind_stream_bytes: BytesPercentiles,
+    /// Each part's share of the summed network time of the requested faults
+    /// whose parts are all known (`null` without any).
+    pub network_split_share: NetworkSplitShare,
+    /// Faults that were KVM async page faults (a kworker waited); `None`
+    /// when the trace format cannot say (version 1).
+    pub kvm_async: Option<u64>,
 }
 
 /// Counts of faults with a figure that is only an upper bound.
