@@ -1,0 +1,605 @@
+//! A recording session: discover the target, attach the BPF programs, drain
+//! the ring buffer on a timer, fold in QMP samples and guest-console lines,
+//! and stream everything into a trace file until told to stop, the target
+//! exits, or the duration runs out.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use uffdscope_trace::record::{Drops, Note, ProcessInfo, Record};
+use uffdscope_trace::{TraceMeta, TraceWriter};
+
+use crate::bpf::{AttachOutcome, BpfConfig, BpfError, BpfTracer};
+use crate::convert::Records;
+use crate::discover::{self, DiscoverError};
+
+mod peers;
+mod scan;
+
+use peers::Peers;
+use scan::ProcScan;
+
+/// What to record and how.
+#[derive(Debug, Clone)]
+pub struct RecordConfig {
+    pub pid: u32,
+    pub output: PathBuf,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// QMP socket of the destination QEMU: samples `query-migrate`.
+    pub qmp: Option<PathBuf>,
+    /// Guest serial log file or unix socket to stamp and store.
+    pub guest_console: Option<PathBuf>,
+    pub ring_bytes: u32,
+    /// How often the ring buffer is drained.
+    pub drain_interval: Duration,
+    /// How often QMP is sampled.
+    pub qmp_interval: Duration,
+    /// Created (empty, must not exist) once everything is attached and the
+    /// trace header is written, so a harness can start the migration without
+    /// racing the recorder.
+    pub ready_file: Option<PathBuf>,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            pid: 0,
+            output: PathBuf::new(),
+            duration: None,
+            qmp: None,
+            guest_console: None,
+            ring_bytes: crate::bpf::DEFAULT_RING_BYTES,
+            drain_interval: Duration::from_millis(20),
+            qmp_interval: Duration::from_millis(100),
+            ready_file: None,
+        }
+    }
+}
+
+/// Why recording could not start or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(
+        "uffdscope record must run as root (it loads BPF programs); try: sudo uffdscope record ..."
+    )]
+    NotRoot,
+    #[error(transparent)]
+    Discover(#[from] DiscoverError),
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error(
+        "cannot create {path}: {source} (the output file must not exist; it is never overwritten)"
+    )]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the ready file {path}: {source} (it must not exist)")]
+    ReadyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why a recording ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// SIGINT/SIGTERM or the caller's stop flag.
+    Stopped,
+    /// The target process exited.
+    TargetExited,
+    /// `--duration` elapsed.
+    Duration,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Stopped => "stopped by signal",
+            StopReason::TargetExited => "target exited",
+            StopReason::Duration => "duration elapsed",
+        }
+    }
+}
+
+/// Live figures for a status line.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub elapsed: Duration,
+    pub events: u64,
+    pub events_per_s: f64,
+    pub faults: u64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub drops: u64,
+    pub bad_records: u64,
+}
+
+/// The live status line: elapsed, events/s, faults, p50/p99 so far, drops.
+pub fn status_line(p: &Progress) -> String {
+    let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.0}µs"));
+    format!(
+        "{:>6.1}s  {:>9.0} ev/s  {} events  {} faults  p50 {}  p99 {}  drops {}{}",
+        p.elapsed.as_secs_f64(),
+        p.events_per_s,
+        p.events,
+        p.faults,
+        us(p.p50_us),
+        us(p.p99_us),
+        p.drops,
+        if p.bad_records > 0 {
+            format!("  undecodable {}", p.bad_records)
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// What a finished recording produced.
+#[derive(Debug, Clone)]
+pub struct RecordSummary {
+    pub path: PathBuf,
+    pub stop: StopReason,
+    pub events: u64,
+    pub faults: u64,
+    pub drops: u64,
+    pub bytes: u64,
+    pub attached: Vec<String>,
+    pub not_attached: Vec<String>,
+}
+
+pub(crate) fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or_else(|_| nix::sys::time::TimeSpec::new(0, 0));
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+fn realtime_offset_ns() -> i64 {
+    let real = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+        .map_or(0, |t| t.tv_sec() * 1_000_000_000 + t.tv_nsec());
+    real - monotonic_ns() as i64
+}
+
+fn uname() -> (String, String) {
+    match nix::sys::utsname::uname() {
+        Ok(u) => (
+            u.nodename().to_string_lossy().into_owned(),
+            u.release().to_string_lossy().into_owned(),
+        ),
+        Err(_) => ("unknown".into(), "unknown".into()),
+    }
+}
+
+/// Ring-buffer records turned into trace records, with the running figures
+/// the status line shows.
+#[derive(Default)]
+struct Drained {
+    pending: Vec<Record>,
+    service: crate::live_stats::LiveLatency,
+    faults: u64,
+    /// Records that did not decode or convert.
+    bad: u64,
+}
+
+impl Drained {
+    /// Drains every waiting record into `out`.
+    fn drain(
+        &mut self,
+        ring: &mut crate::bpf::RingDrain,
+        out: &mut Writer,
+    ) -> Result<(), RecordError> {
+        ring.drain(|r| {
+            match r
+                .map_err(|_| ())
+                .and_then(|ev| Records::try_from(&ev).map_err(|_| ()))
+            {
+                Ok(Records(recs)) => {
+                    for rec in recs {
+                        if let Record::Sleep(s) = &rec {
+                            self.faults += 1;
+                            if let Some(f) = &s.fault {
+                                self.service.record(s.woken_ts.saturating_sub(f.ts));
+                            }
+                        }
+                        self.pending.push(rec);
+                    }
+                }
+                Err(()) => self.bad += 1,
+            }
+        });
+        for rec in self.pending.drain(..) {
+            out.push(&rec)?;
+        }
+        Ok(())
+    }
+}
+
+struct Writer {
+    w: TraceWriter<std::fs::File>,
+    path: PathBuf,
+    events: u64,
+}
+
+impl Writer {
+    fn push(&mut self, r: &Record) -> Result<(), RecordError> {
+        self.events += 1;
+        self.w.push(r).map_err(|source| RecordError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn push_all(&mut self, recs: impl IntoIterator<Item = Record>) -> Result<(), RecordError> {
+        recs.into_iter().try_for_each(|r| self.push(&r))
+    }
+
+    fn flush(&mut self) -> Result<(), RecordError> {
+        self.w.flush_frame().map_err(|source| RecordError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Records `cfg.pid` until `stop` is set, the target exits or the duration
+/// elapses. `progress` is called about twice a second.
+pub fn record(
+    cfg: &RecordConfig,
+    stop: &AtomicBool,
+    mut progress: impl FnMut(&Progress),
+) -> Result<RecordSummary, RecordError> {
+    let mut session = Session::setup(cfg)?;
+    loop {
+        if let Some(reason) = session.tick(stop, &mut progress)? {
+            return session.finish(reason);
+        }
+    }
+}
+
+/// How often the session re-reads `/proc` and the drop counter.
+const RESCAN_EVERY: Duration = Duration::from_millis(500);
+/// How often a frame is closed, so a killed recorder leaves a readable trace.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How often `progress` is called.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// One recording in progress: [`Session::setup`] attaches and writes the
+/// trace's head, [`Session::tick`] drains once, [`Session::finish`] writes
+/// the tail.
+pub struct Session<'c> {
+    cfg: &'c RecordConfig,
+    tracer: BpfTracer,
+    ring: crate::bpf::RingDrain,
+    out: Writer,
+    peers: Peers,
+    scan: ProcScan,
+    drained: Drained,
+    attached: Vec<String>,
+    not_attached: Vec<String>,
+    last_drops: u64,
+    started: Instant,
+    last_scan: Instant,
+    last_flush: Instant,
+    last_progress: Instant,
+    events_at_progress: u64,
+}
+
+/// `category:name` of the attached tracepoints, and of the others with why.
+fn attach_lists(tracer: &BpfTracer) -> (Vec<String>, Vec<String>) {
+    let (attached, not_attached): (Vec<_>, Vec<_>) = tracer
+        .attach_status()
+        .iter()
+        .partition(|s| s.outcome == AttachOutcome::Attached);
+    (
+        attached.iter().map(|s| s.tracepoint.to_string()).collect(),
+        not_attached
+            .iter()
+            .map(|s| format!("{} ({:?})", s.tracepoint, s.outcome))
+            .collect(),
+    )
+}
+
+impl<'c> Session<'c> {
+    /// Discovers the target, attaches the BPF programs, starts the peers,
+    /// writes the trace's header and discovery records, and creates the
+    /// ready file.
+    pub fn setup(cfg: &'c RecordConfig) -> Result<Self, RecordError> {
+        if !is_root() {
+            return Err(RecordError::NotRoot);
+        }
+        let start_ns = monotonic_ns();
+        // Discover first, so a wrong pid fails before BPF work; attach before
+        // creating the output, so a failure leaves no empty file.
+        let proc_info = discover::process(cfg.pid, start_ns)?;
+        let mut bpf_cfg = BpfConfig::new(vec![cfg.pid]);
+        bpf_cfg.ring_bytes = cfg.ring_bytes;
+        bpf_cfg.wakeup_bytes = u64::from(cfg.ring_bytes / 4);
+        let mut tracer = BpfTracer::load(&bpf_cfg)?;
+        let ring = tracer.take_ring()?;
+        let (attached, not_attached) = attach_lists(&tracer);
+        let peers = Peers::start(
+            cfg.qmp.as_deref(),
+            cfg.qmp_interval,
+            cfg.guest_console.as_deref(),
+        );
+        let meta = trace_meta(cfg, start_ns, &proc_info, &peers, &attached, &not_attached);
+        let w = TraceWriter::create(&cfg.output, &meta).map_err(|source| RecordError::Output {
+            path: cfg.output.clone(),
+            source,
+        })?;
+        let now = Instant::now();
+        let mut session = Session {
+            cfg,
+            tracer,
+            ring,
+            out: Writer {
+                w,
+                path: cfg.output.clone(),
+                events: 0,
+            },
+            peers,
+            scan: ProcScan::default(),
+            drained: Drained::default(),
+            attached,
+            not_attached,
+            last_drops: 0,
+            started: now,
+            last_scan: now,
+            last_flush: now,
+            last_progress: now,
+            events_at_progress: 0,
+        };
+        session.write_head(proc_info, start_ns)?;
+        if let Some(path) = &cfg.ready_file {
+            uffdscope_trace::create_exclusive(path).map_err(|source| RecordError::ReadyFile {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        session.started = Instant::now();
+        Ok(session)
+    }
+
+    /// The process, its threads, ranges and sockets, and the start note.
+    fn write_head(&mut self, proc_info: ProcessInfo, start_ns: u64) -> Result<(), RecordError> {
+        self.out.push(&Record::Process(proc_info))?;
+        let mut head = Vec::new();
+        self.scan.first(self.cfg.pid, start_ns, &mut head)?;
+        self.out.push_all(head)?;
+        let not_attached = if self.not_attached.is_empty() {
+            String::new()
+        } else {
+            format!("; not attached: {}", self.not_attached.join(", "))
+        };
+        self.out.push(&Record::Note(Note {
+            ts: start_ns,
+            kind: "start".into(),
+            text: format!(
+                "recording pid {}; {} tracepoints attached{not_attached}",
+                self.cfg.pid,
+                self.attached.len(),
+            ),
+        }))?;
+        self.out.flush()
+    }
+
+    /// One turn: wait for the drain timer, drain the ring and the peers,
+    /// rescan and flush when due, report progress. Returns why the recording
+    /// ends, once it does.
+    pub fn tick(
+        &mut self,
+        stop: &AtomicBool,
+        progress: &mut impl FnMut(&Progress),
+    ) -> Result<Option<StopReason>, RecordError> {
+        let reason = if stop.load(Ordering::Relaxed) {
+            Some(StopReason::Stopped)
+        } else if self
+            .cfg
+            .duration
+            .is_some_and(|d| self.started.elapsed() >= d)
+        {
+            Some(StopReason::Duration)
+        } else {
+            None
+        };
+        // Drain timer: never wake per event (ARCHITECTURE.md, "How each
+        // moment of a fault is observed"); the kernel only forces a wake-up
+        // when the ring fills past the threshold.
+        let _ = self.ring.wait(self.cfg.drain_interval);
+        self.drained.drain(&mut self.ring, &mut self.out)?;
+        while let Ok(rec) = self.peers.rx.try_recv() {
+            self.out.push(&rec)?;
+        }
+        if self.last_scan.elapsed() >= RESCAN_EVERY || reason.is_some() {
+            self.rescan()?;
+        }
+        if self.last_flush.elapsed() >= FLUSH_EVERY {
+            self.out.flush()?;
+            self.last_flush = Instant::now();
+        }
+        if self.last_progress.elapsed() >= PROGRESS_EVERY {
+            progress(&self.progress());
+        }
+        if reason.is_some() {
+            return Ok(reason);
+        }
+        if !discover::alive(self.cfg.pid) {
+            // One more pass drains what the target emitted before exiting.
+            let _ = self.ring.wait(Duration::from_millis(1));
+            self.drained.drain(&mut self.ring, &mut self.out)?;
+            return Ok(Some(StopReason::TargetExited));
+        }
+        Ok(None)
+    }
+
+    /// Threads and sockets that appeared, a perf sample, new drops.
+    fn rescan(&mut self) -> Result<(), RecordError> {
+        self.last_scan = Instant::now();
+        let now = monotonic_ns();
+        let mut found = Vec::new();
+        self.scan
+            .again(self.cfg.pid, now, &mut self.tracer, &mut found);
+        self.out.push_all(found)?;
+        if let Ok(d) = self.tracer.drops() {
+            if d != self.last_drops {
+                self.last_drops = d;
+                self.out.push(&Record::Drops(Drops { ts: now, total: d }))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The figures for the status line since the last call.
+    fn progress(&mut self) -> Progress {
+        let dt = self.last_progress.elapsed().as_secs_f64();
+        let p = Progress {
+            elapsed: self.started.elapsed(),
+            events: self.out.events,
+            events_per_s: (self.out.events - self.events_at_progress) as f64 / dt,
+            faults: self.drained.faults,
+            p50_us: self.drained.service.quantile_us(0.5),
+            p99_us: self.drained.service.quantile_us(0.99),
+            drops: self.last_drops,
+            bad_records: self.drained.bad,
+        };
+        self.events_at_progress = self.out.events;
+        self.last_progress = Instant::now();
+        p
+    }
+
+    /// Stops the peers, writes the final drops, counters and end note, and
+    /// closes the trace.
+    pub fn finish(mut self, stop: StopReason) -> Result<RecordSummary, RecordError> {
+        self.peers.stop();
+        while let Ok(rec) = self.peers.rx.try_recv() {
+            self.out.push(&rec)?;
+        }
+        let end = monotonic_ns();
+        let counters = self.tracer.counters().ok();
+        let drops = counters.as_ref().map_or(self.last_drops, |c| c.drops);
+        self.out.push(&Record::Drops(Drops {
+            ts: end,
+            total: drops,
+        }))?;
+        if let Some(c) = &counters {
+            self.out.push(&Record::Note(Note {
+                ts: end,
+                kind: "counters".into(),
+                text: format!(
+                    "read_eagain {} map_full {} sock_eagain {} sleep_other {} undecodable {}",
+                    c.read_eagain, c.map_full, c.sock_eagain, c.sleep_other, self.drained.bad
+                ),
+            }))?;
+        }
+        self.out.push(&Record::Note(Note {
+            ts: end,
+            kind: "end".into(),
+            text: stop.as_str().into(),
+        }))?;
+        let Writer { w, path, events } = self.out;
+        let bytes = w.bytes_written();
+        w.finish().map_err(|source| RecordError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        let bytes = std::fs::metadata(&path).map_or(bytes, |m| m.len());
+        Ok(RecordSummary {
+            path,
+            stop,
+            events,
+            faults: self.drained.faults,
+            drops,
+            bytes,
+            attached: self.attached,
+            not_attached: self.not_attached,
+        })
+    }
+}
+
+/// The trace header: host, kernel, clocks, target, QEMU version, what is
+/// attached.
+fn trace_meta(
+    cfg: &RecordConfig,
+    start_ns: u64,
+    proc_info: &ProcessInfo,
+    peers: &Peers,
+    attached: &[String],
+    not_attached: &[String],
+) -> TraceMeta {
+    let (host, kernel) = uname();
+    let mut extra = serde_json::Map::new();
+    extra.insert("not_attached".into(), serde_json::json!(not_attached));
+    extra.insert(
+        "is_qemu".into(),
+        serde_json::json!(discover::is_qemu(proc_info)),
+    );
+    TraceMeta {
+        tool: format!("uffdscope {}", env!("CARGO_PKG_VERSION")),
+        host,
+        kernel,
+        realtime_offset_ns: realtime_offset_ns(),
+        start_ns,
+        target_pid: cfg.pid,
+        target_comm: proc_info.comm.clone(),
+        target_cmdline: proc_info.cmdline.clone(),
+        qemu_version: peers.qemu_version.clone(),
+        features: attached.to_vec(),
+        extra,
+    }
+}
+
+/// A default output name in the current directory: `uffdscope-PID-YYYYmmdd-HHMMSS.trace`.
+pub fn default_output(pid: u32) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, mo, d, h, mi, s) = civil(secs);
+    Path::new(".").join(format!(
+        "uffdscope-{pid}-{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}.trace"
+    ))
+}
+
+/// UTC calendar fields of a Unix time (Howard Hinnant's days-from-civil inverse).
+fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(civil(1_795_651_200), (2026, 11, 26, 0, 0, 0));
+    }
+}
