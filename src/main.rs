@@ -297,7 +297,7 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    if uffdscope_tracer::bpf::scan_proc_fds(pid).is_ok_and(|f| f.uffd.is_empty()) {
+    if uffdscope_tracer::discover::scan_proc_fds(pid).is_ok_and(|f| f.uffd.is_empty()) {
         eprintln!(
             "uffdscope: pid {pid} has no userfaultfd yet; waiting for one (QEMU creates it at the switch to post-copy)"
         );

@@ -240,6 +240,56 @@ pub fn uffd_ranges(pid: u32, ts: u64) -> Result<Vec<UffdRange>, DiscoverError> {
     Ok(out)
 }
 
+/// fds found in `/proc/PID/fd`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcFds {
+    /// `anon_inode:[userfaultfd]` fds.
+    pub uffd: Vec<u32>,
+    /// `socket:[inode]` fds, with the inode.
+    pub sockets: Vec<(u32, u64)>,
+}
+
+/// Lists the uffd and socket fds of a process from `/proc/PID/fd`. fds that
+/// close during the scan are skipped.
+pub fn scan_proc_fds(tgid: u32) -> Result<ProcFds, DiscoverError> {
+    let dir = PathBuf::from(format!("/proc/{tgid}/fd"));
+    let entries = fs::read_dir(&dir).map_err(|source| DiscoverError::Proc {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut out = ProcFds::default();
+    for entry in entries {
+        let entry = entry.map_err(|source| DiscoverError::Proc {
+            path: dir.clone(),
+            source,
+        })?;
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // The fd may close between readdir and readlink: not an error.
+        let Ok(link) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy();
+        if link == "anon_inode:[userfaultfd]" {
+            out.uffd.push(fd);
+        } else if let Some(inode) = link
+            .strip_prefix("socket:[")
+            .and_then(|s| s.strip_suffix(']'))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            out.sockets.push((fd, inode));
+        }
+    }
+    out.uffd.sort_unstable();
+    out.sockets.sort_unstable();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +335,17 @@ mod tests {
             process(u32::MAX - 1, 0),
             Err(DiscoverError::PidGone(_))
         ));
+    }
+
+    #[test]
+    fn scans_own_fds() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let fds = scan_proc_fds(std::process::id()).expect("scan /proc/self/fd");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener) as u32;
+        assert!(
+            fds.sockets.iter().any(|&(f, _)| f == fd),
+            "socket fd {fd} not found in {fds:?}"
+        );
+        assert!(fds.uffd.is_empty(), "no uffd expected: {fds:?}");
     }
 }

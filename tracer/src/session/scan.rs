@@ -42,7 +42,7 @@ impl ProcScan {
                 .into_iter()
                 .map(Record::UffdRange),
         );
-        if let Ok(fds) = crate::bpf::scan_proc_fds(pid) {
+        if let Ok(fds) = discover::scan_proc_fds(pid) {
             for s in discover::sockets(pid, &fds.sockets, now) {
                 self.known_socks.insert(s.inode);
                 out.push(Record::Socket(s));
@@ -69,7 +69,7 @@ impl ProcScan {
             }
         }
         out.extend(self.counters.sample(now).into_iter().map(Record::Perf));
-        let Ok(fds) = crate::bpf::scan_proc_fds(pid) else {
+        let Ok(fds) = discover::scan_proc_fds(pid) else {
             return;
         };
         for &(fd, _) in &fds.sockets {
