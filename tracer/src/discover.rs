@@ -15,12 +15,26 @@ use uffdscope_trace::record::{ProcessInfo, Role, SocketInfo, ThreadInfo, UffdRan
 pub enum DiscoverError {
     #[error("process {0} does not exist (has it exited? check the pid with `pgrep -a qemu`)")]
     PidGone(u32),
-    #[error("cannot read {path}: {source} (run as root)")]
+    #[error("cannot read {path}: {source}{}", proc_hint(source))]
     Proc { path: PathBuf, source: io::Error },
     #[error("no running QEMU has -name {0:?} (list them with `pgrep -a qemu`)")]
     NoSuchQemu(String),
     #[error("several QEMU processes have -name {name:?}: pids {pids:?}; use --pid")]
     AmbiguousQemu { name: String, pids: Vec<u32> },
+}
+
+/// What to do about a `/proc` read that failed, in the terms of what failed.
+fn proc_hint(source: &io::Error) -> &'static str {
+    match source.kind() {
+        io::ErrorKind::PermissionDenied if nix::unistd::geteuid().is_root() => {
+            " (refused even to root: the kernel's ptrace access check denies it; \
+             the process may be non-dumpable, in another user namespace or container, \
+             or protected by a security module)"
+        }
+        io::ErrorKind::PermissionDenied => " (run as root)",
+        io::ErrorKind::NotFound => " (has the process exited?)",
+        _ => "",
+    }
 }
 
 fn read(path: PathBuf, pid: u32) -> Result<String, DiscoverError> {

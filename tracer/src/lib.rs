@@ -8,6 +8,7 @@ pub mod console;
 pub mod convert;
 #[cfg(target_os = "linux")]
 pub mod discover;
+pub mod escape;
 pub mod live_stats;
 #[cfg(target_os = "linux")]
 pub mod perf;

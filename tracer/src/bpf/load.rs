@@ -40,6 +40,10 @@ pub struct BpfConfig {
 
 /// Default ring size: 16 MiB.
 pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+/// Smallest ring: one page.
+pub const MIN_RING_BYTES: u32 = 4096;
+/// Largest ring: 1 GiB.
+pub const MAX_RING_BYTES: u32 = 1 << 30;
 
 impl BpfConfig {
     /// Defaults for the given targets: 16 MiB ring, wake-up at a quarter full,
@@ -50,6 +54,18 @@ impl BpfConfig {
             ring_bytes: DEFAULT_RING_BYTES,
             wakeup_bytes: u64::from(DEFAULT_RING_BYTES / 4),
             tcp_probe_interval: Duration::from_millis(1),
+        }
+    }
+
+    /// `bytes` as a ring size: a power of two from [`MIN_RING_BYTES`] to
+    /// [`MAX_RING_BYTES`] (`--ring-mb` 1 to 1024).
+    pub fn ring_size(bytes: u64) -> Result<u32, BpfError> {
+        match u32::try_from(bytes) {
+            Ok(b) if b.is_power_of_two() && (MIN_RING_BYTES..=MAX_RING_BYTES).contains(&b) => Ok(b),
+            _ => Err(BpfError::Config(format!(
+                "ring buffer size {bytes} bytes ({} MiB) is not a power of two from 4 KiB to 1 GiB (--ring-mb 1 to 1024)",
+                bytes >> 20
+            ))),
         }
     }
 
@@ -67,12 +83,7 @@ impl BpfConfig {
         if let Some(t) = self.targets.iter().find(|&&t| t == 0) {
             return Err(BpfError::Config(format!("target pid {t} is not a process")));
         }
-        if !self.ring_bytes.is_power_of_two() || self.ring_bytes < 4096 {
-            return Err(BpfError::Config(format!(
-                "ring buffer size {} is not a power of two of at least 4096 bytes",
-                self.ring_bytes
-            )));
-        }
+        Self::ring_size(u64::from(self.ring_bytes))?;
         if self.wakeup_bytes > u64::from(self.ring_bytes) {
             return Err(BpfError::Config(format!(
                 "wake-up threshold {} is larger than the ring ({} bytes)",

@@ -26,7 +26,10 @@ pub use formats::{
     compare_format, find_tracefs, parse_format, probe_tracepoints, probe_tracepoints_at,
     FormatCheck, ParsedField, TracepointProbe,
 };
-pub use load::{AttachOutcome, AttachStatus, BpfConfig, BpfTracer, Counters, DEFAULT_RING_BYTES};
+pub use load::{
+    AttachOutcome, AttachStatus, BpfConfig, BpfTracer, Counters, DEFAULT_RING_BYTES,
+    MAX_RING_BYTES, MIN_RING_BYTES,
+};
 pub use ring::{DrainCount, RingDrain};
 pub use stats::ProgramStats;
 

@@ -3,90 +3,25 @@
 //! and stream everything into a trace file until told to stop, the target
 //! exits, or the duration runs out.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use uffdscope_trace::record::{Drops, Note, ProcessInfo, Record};
 use uffdscope_trace::{TraceMeta, TraceWriter};
 
-use crate::bpf::{AttachOutcome, BpfConfig, BpfError, BpfTracer};
+use crate::bpf::{AttachOutcome, BpfTracer};
 use crate::convert::Records;
-use crate::discover::{self, DiscoverError};
+use crate::discover;
 
+mod config;
 mod peers;
 mod scan;
 
+pub use config::{default_output, duration_from_secs, Preflight, RecordConfig, RecordError};
+
 use peers::Peers;
 use scan::ProcScan;
-
-/// What to record and how.
-#[derive(Debug, Clone)]
-pub struct RecordConfig {
-    pub pid: u32,
-    pub output: PathBuf,
-    /// Stop after this long.
-    pub duration: Option<Duration>,
-    /// QMP socket of the destination QEMU: samples `query-migrate`.
-    pub qmp: Option<PathBuf>,
-    /// Guest serial log file or unix socket to stamp and store.
-    pub guest_console: Option<PathBuf>,
-    pub ring_bytes: u32,
-    /// How often the ring buffer is drained.
-    pub drain_interval: Duration,
-    /// How often QMP is sampled.
-    pub qmp_interval: Duration,
-    /// Created (empty, must not exist) once everything is attached and the
-    /// trace header is written, so a harness can start the migration without
-    /// racing the recorder.
-    pub ready_file: Option<PathBuf>,
-}
-
-impl Default for RecordConfig {
-    fn default() -> Self {
-        Self {
-            pid: 0,
-            output: PathBuf::new(),
-            duration: None,
-            qmp: None,
-            guest_console: None,
-            ring_bytes: crate::bpf::DEFAULT_RING_BYTES,
-            drain_interval: Duration::from_millis(20),
-            qmp_interval: Duration::from_millis(100),
-            ready_file: None,
-        }
-    }
-}
-
-/// Why recording could not start or failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RecordError {
-    #[error(
-        "uffdscope record must run as root (it loads BPF programs); try: sudo uffdscope record ..."
-    )]
-    NotRoot,
-    #[error(transparent)]
-    Discover(#[from] DiscoverError),
-    #[error(transparent)]
-    Bpf(#[from] BpfError),
-    #[error(
-        "cannot create {path}: {source} (the output file must not exist; it is never overwritten)"
-    )]
-    Output {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot create the ready file {path}: {source} (it must not exist)")]
-    ReadyFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("writing {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
 
 /// Why a recording ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,10 +183,6 @@ impl Writer {
     }
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 /// Records `cfg.pid` until `stop` is set, the target exits or the duration
 /// elapses. `progress` is called about twice a second.
 pub fn record(
@@ -315,17 +246,12 @@ impl<'c> Session<'c> {
     /// writes the trace's header and discovery records, and creates the
     /// ready file.
     pub fn setup(cfg: &'c RecordConfig) -> Result<Self, RecordError> {
-        if !is_root() {
-            return Err(RecordError::NotRoot);
-        }
+        cfg.validate()?;
         let start_ns = monotonic_ns();
         // Discover first, so a wrong pid fails before BPF work; attach before
         // creating the output, so a failure leaves no empty file.
         let proc_info = discover::process(cfg.pid, start_ns)?;
-        let mut bpf_cfg = BpfConfig::new(vec![cfg.pid]);
-        bpf_cfg.ring_bytes = cfg.ring_bytes;
-        bpf_cfg.wakeup_bytes = u64::from(cfg.ring_bytes / 4);
-        let mut tracer = BpfTracer::load(&bpf_cfg)?;
+        let mut tracer = BpfTracer::load(&cfg.bpf_config()?)?;
         let ring = tracer.take_ring()?;
         let (attached, not_attached) = attach_lists(&tracer);
         let peers = Peers::start(
@@ -334,10 +260,8 @@ impl<'c> Session<'c> {
             cfg.guest_console.as_deref(),
         );
         let meta = trace_meta(cfg, start_ns, &proc_info, &peers, &attached, &not_attached);
-        let w = TraceWriter::create(&cfg.output, &meta).map_err(|source| RecordError::Output {
-            path: cfg.output.clone(),
-            source,
-        })?;
+        let w = TraceWriter::create(&cfg.output, &meta)
+            .map_err(|source| RecordError::create(&cfg.output, "-o", source))?;
         let now = Instant::now();
         let mut session = Session {
             cfg,
@@ -360,15 +284,32 @@ impl<'c> Session<'c> {
             last_progress: now,
             events_at_progress: 0,
         };
-        session.write_head(proc_info, start_ns)?;
-        if let Some(path) = &cfg.ready_file {
-            uffdscope_trace::create_exclusive(path).map_err(|source| RecordError::ReadyFile {
-                path: path.clone(),
-                source,
-            })?;
+        // From here on the output exists: a failure removes it, so no
+        // half-written trace is left to read as a recording.
+        if let Err(e) = session.start(proc_info, start_ns) {
+            session.abandon();
+            return Err(e);
         }
         session.started = Instant::now();
         Ok(session)
+    }
+
+    /// Writes the trace's head and creates the ready file.
+    fn start(&mut self, proc_info: ProcessInfo, start_ns: u64) -> Result<(), RecordError> {
+        self.write_head(proc_info, start_ns)?;
+        if let Some(path) = &self.cfg.ready_file {
+            uffdscope_trace::create_exclusive(path)
+                .map_err(|source| RecordError::create(path, "--ready-file", source))?;
+        }
+        Ok(())
+    }
+
+    /// Stops the peers and removes the output this run created.
+    fn abandon(mut self) {
+        self.peers.stop();
+        let path = self.out.path.clone();
+        drop(self.out);
+        let _ = std::fs::remove_file(path);
     }
 
     /// The process, its threads, ranges and sockets, and the start note.
@@ -556,50 +497,5 @@ fn trace_meta(
         qemu_version: peers.qemu_version.clone(),
         features: attached.to_vec(),
         extra,
-    }
-}
-
-/// A default output name in the current directory: `uffdscope-PID-YYYYmmdd-HHMMSS.trace`.
-pub fn default_output(pid: u32) -> PathBuf {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (y, mo, d, h, mi, s) = civil(secs);
-    Path::new(".").join(format!(
-        "uffdscope-{pid}-{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}.trace"
-    ))
-}
-
-/// UTC calendar fields of a Unix time (Howard Hinnant's days-from-civil inverse).
-fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
-        assert_eq!(civil(1_795_651_200), (2026, 11, 26, 0, 0, 0));
     }
 }
