@@ -296,9 +296,16 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         "uffdscope: recording pid {pid} into {} (Ctrl-C to stop)",
         cfg.output.display()
     );
-    let summary = session::record(&cfg, &STOP, |p| {
-        if live {
+    let summary = session::record(&cfg, &STOP, |update| match update {
+        session::Update::Progress(p) if live => {
             eprint!("\r\x1b[2K{}", session::status_line(p));
+        }
+        session::Update::Progress(_) => {}
+        session::Update::Notice(text) => {
+            if live {
+                eprint!("\r\x1b[2K");
+            }
+            eprintln!("uffdscope: {text}");
         }
     })
     .map_err(|e| RecordFailed(e.to_string()))?;

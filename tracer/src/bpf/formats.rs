@@ -8,6 +8,27 @@ use std::path::{Path, PathBuf};
 use super::catalogue::{FormatField, Tracepoint, TRACEPOINTS};
 use super::BpfError;
 
+/// Where tracefs belongs, and where [`find_or_mount_tracefs`] mounts it.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// The tracefs mount, mounting tracefs at [`TRACEFS`] when it is nowhere
+/// (a fresh host may boot without it; needs root). The flag is true when
+/// this call mounted it; the mount stays for later runs.
+pub fn find_or_mount_tracefs() -> Result<(PathBuf, bool), BpfError> {
+    if let Some(found) = find_tracefs() {
+        return Ok((found, false));
+    }
+    nix::mount::mount(
+        Some("nodev"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| BpfError::MountTracefs(std::io::Error::from(e)))?;
+    find_tracefs().map(|p| (p, true)).ok_or(BpfError::NoTracefs)
+}
+
 /// The tracefs mount: `/sys/kernel/tracing`, else the debugfs location.
 pub fn find_tracefs() -> Option<PathBuf> {
     ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]

@@ -23,8 +23,8 @@ pub mod stats;
 
 pub use catalogue::{FormatField, Need, Tracepoint, TRACEPOINTS};
 pub use formats::{
-    compare_format, find_tracefs, parse_format, probe_tracepoints, probe_tracepoints_at,
-    FormatCheck, ParsedField, TracepointProbe,
+    compare_format, find_or_mount_tracefs, find_tracefs, parse_format, probe_tracepoints,
+    probe_tracepoints_at, FormatCheck, ParsedField, TracepointProbe, TRACEFS,
 };
 pub use load::{
     AttachOutcome, AttachStatus, BpfConfig, BpfTracer, Counters, DEFAULT_RING_BYTES,
@@ -45,6 +45,12 @@ pub enum BpfError {
          mount it with: mount -t tracefs nodev /sys/kernel/tracing"
     )]
     NoTracefs,
+    /// tracefs was not mounted and mounting it failed.
+    #[error(
+        "tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {0} \
+         (mount it by hand: mount -t tracefs nodev /sys/kernel/tracing)"
+    )]
+    MountTracefs(#[source] io::Error),
     /// aya could not create the maps or parse the object.
     #[error("loading the BPF object failed (uffdscope record needs root, or CAP_BPF and CAP_PERFMON): {0}")]
     Object(#[source] Box<EbpfError>),

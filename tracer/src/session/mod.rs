@@ -11,15 +11,18 @@ use uffdscope_trace::record::{Drops, Note, ProcessInfo, Record};
 use uffdscope_trace::{TraceMeta, TraceWriter};
 
 use crate::bpf::{AttachOutcome, BpfTracer};
-use crate::convert::Records;
 use crate::discover;
+use crate::escape::for_terminal;
 
 mod config;
+mod drain;
 mod peers;
 mod scan;
 
 pub use config::{default_output, duration_from_secs, Preflight, RecordConfig, RecordError};
 
+pub use drain::BadRecords;
+use drain::{Alarm, Drained};
 use peers::Peers;
 use scan::ProcScan;
 
@@ -54,7 +57,18 @@ pub struct Progress {
     pub p50_us: Option<f64>,
     pub p99_us: Option<f64>,
     pub drops: u64,
-    pub bad_records: u64,
+    /// Ring records that did not become trace records, by why.
+    pub bad_records: BadRecords,
+}
+
+/// What a recording tells its caller while it runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Update<'a> {
+    /// Live figures, about twice a second.
+    Progress(&'a Progress),
+    /// Something the user should see now, one line, already escaped for a
+    /// terminal (a peer failed, tracefs was mounted, the ABI disagrees).
+    Notice(&'a str),
 }
 
 /// The live status line: elapsed, events/s, faults, p50/p99 so far, drops.
@@ -69,8 +83,12 @@ pub fn status_line(p: &Progress) -> String {
         us(p.p50_us),
         us(p.p99_us),
         p.drops,
-        if p.bad_records > 0 {
-            format!("  undecodable {}", p.bad_records)
+        if p.bad_records.total() > 0 {
+            format!(
+                "  undecodable {} ({})",
+                p.bad_records.total(),
+                p.bad_records.summary()
+            )
         } else {
             String::new()
         }
@@ -112,50 +130,6 @@ fn uname() -> (String, String) {
     }
 }
 
-/// Ring-buffer records turned into trace records, with the running figures
-/// the status line shows.
-#[derive(Default)]
-struct Drained {
-    pending: Vec<Record>,
-    service: crate::live_stats::LiveLatency,
-    faults: u64,
-    /// Records that did not decode or convert.
-    bad: u64,
-}
-
-impl Drained {
-    /// Drains every waiting record into `out`.
-    fn drain(
-        &mut self,
-        ring: &mut crate::bpf::RingDrain,
-        out: &mut Writer,
-    ) -> Result<(), RecordError> {
-        ring.drain(|r| {
-            match r
-                .map_err(|_| ())
-                .and_then(|ev| Records::try_from(&ev).map_err(|_| ()))
-            {
-                Ok(Records(recs)) => {
-                    for rec in recs {
-                        if let Record::Sleep(s) = &rec {
-                            self.faults += 1;
-                            if let Some(f) = &s.fault {
-                                self.service.record(s.woken_ts.saturating_sub(f.ts));
-                            }
-                        }
-                        self.pending.push(rec);
-                    }
-                }
-                Err(()) => self.bad += 1,
-            }
-        });
-        for rec in self.pending.drain(..) {
-            out.push(&rec)?;
-        }
-        Ok(())
-    }
-}
-
 struct Writer {
     w: TraceWriter<std::fs::File>,
     path: PathBuf,
@@ -184,16 +158,16 @@ impl Writer {
 }
 
 /// Records `cfg.pid` until `stop` is set, the target exits or the duration
-/// elapses. `progress` is called about twice a second.
+/// elapses, telling `on_update` how it goes.
 pub fn record(
     cfg: &RecordConfig,
     stop: &AtomicBool,
-    mut progress: impl FnMut(&Progress),
+    mut on_update: impl FnMut(Update<'_>),
 ) -> Result<RecordSummary, RecordError> {
-    let mut session = Session::setup(cfg)?;
+    let mut session = Session::setup(cfg, &mut on_update)?;
     loop {
-        if let Some(reason) = session.tick(stop, &mut progress)? {
-            return session.finish(reason);
+        if let Some(reason) = session.tick(stop, &mut on_update)? {
+            return session.finish(reason, &mut on_update);
         }
     }
 }
@@ -245,12 +219,22 @@ impl<'c> Session<'c> {
     /// Discovers the target, attaches the BPF programs, starts the peers,
     /// writes the trace's header and discovery records, and creates the
     /// ready file.
-    pub fn setup(cfg: &'c RecordConfig) -> Result<Self, RecordError> {
+    pub fn setup(
+        cfg: &'c RecordConfig,
+        on_update: &mut dyn FnMut(Update<'_>),
+    ) -> Result<Self, RecordError> {
         cfg.validate()?;
         let start_ns = monotonic_ns();
         // Discover first, so a wrong pid fails before BPF work; attach before
         // creating the output, so a failure leaves no empty file.
         let proc_info = discover::process(cfg.pid, start_ns)?;
+        let (tracefs, mounted) = crate::bpf::find_or_mount_tracefs()?;
+        if mounted {
+            on_update(Update::Notice(&format!(
+                "tracefs was not mounted: mounted it at {} (it stays mounted)",
+                tracefs.display()
+            )));
+        }
         let mut tracer = BpfTracer::load(&cfg.bpf_config()?)?;
         let ring = tracer.take_ring()?;
         let (attached, not_attached) = attach_lists(&tracer);
@@ -341,7 +325,7 @@ impl<'c> Session<'c> {
     pub fn tick(
         &mut self,
         stop: &AtomicBool,
-        progress: &mut impl FnMut(&Progress),
+        on_update: &mut dyn FnMut(Update<'_>),
     ) -> Result<Option<StopReason>, RecordError> {
         let reason = if stop.load(Ordering::Relaxed) {
             Some(StopReason::Stopped)
@@ -358,10 +342,8 @@ impl<'c> Session<'c> {
         // moment of a fault is observed"); the kernel only forces a wake-up
         // when the ring fills past the threshold.
         let _ = self.ring.wait(self.cfg.drain_interval);
-        self.drained.drain(&mut self.ring, &mut self.out)?;
-        while let Ok(rec) = self.peers.rx.try_recv() {
-            self.out.push(&rec)?;
-        }
+        self.drain_ring(on_update)?;
+        self.drain_peers(on_update)?;
         if self.last_scan.elapsed() >= RESCAN_EVERY || reason.is_some() {
             self.rescan()?;
         }
@@ -370,7 +352,7 @@ impl<'c> Session<'c> {
             self.last_flush = Instant::now();
         }
         if self.last_progress.elapsed() >= PROGRESS_EVERY {
-            progress(&self.progress());
+            on_update(Update::Progress(&self.progress()));
         }
         if reason.is_some() {
             return Ok(reason);
@@ -378,10 +360,38 @@ impl<'c> Session<'c> {
         if !discover::alive(self.cfg.pid) {
             // One more pass drains what the target emitted before exiting.
             let _ = self.ring.wait(Duration::from_millis(1));
-            self.drained.drain(&mut self.ring, &mut self.out)?;
+            self.drain_ring(on_update)?;
             return Ok(Some(StopReason::TargetExited));
         }
         Ok(None)
+    }
+
+    /// Moves what the ring holds into the trace; an ABI mismatch is said
+    /// loudly, once per kind, and noted in the trace.
+    fn drain_ring(&mut self, on_update: &mut dyn FnMut(Update<'_>)) -> Result<(), RecordError> {
+        self.drained.drain(&mut self.ring);
+        let (records, alarms) = self.drained.take();
+        for Alarm::AbiMismatch(text) in alarms {
+            on_update(Update::Notice(&format!("WARNING: {text}")));
+            self.out.push(&Record::Note(Note {
+                ts: monotonic_ns(),
+                kind: "abi_mismatch".into(),
+                text,
+            }))?;
+        }
+        self.out.push_all(records)
+    }
+
+    /// Moves what the peers sent into the trace; their notes (a QMP or
+    /// console failure) are also shown now.
+    fn drain_peers(&mut self, on_update: &mut dyn FnMut(Update<'_>)) -> Result<(), RecordError> {
+        while let Ok(rec) = self.peers.rx.try_recv() {
+            if let Record::Note(n) = &rec {
+                on_update(Update::Notice(&for_terminal(&n.text)));
+            }
+            self.out.push(&rec)?;
+        }
+        Ok(())
     }
 
     /// Threads and sockets that appeared, a perf sample, new drops.
@@ -412,7 +422,7 @@ impl<'c> Session<'c> {
             p50_us: self.drained.service.quantile_us(0.5),
             p99_us: self.drained.service.quantile_us(0.99),
             drops: self.last_drops,
-            bad_records: self.drained.bad,
+            bad_records: self.drained.bad.clone(),
         };
         self.events_at_progress = self.out.events;
         self.last_progress = Instant::now();
@@ -421,11 +431,13 @@ impl<'c> Session<'c> {
 
     /// Stops the peers, writes the final drops, counters and end note, and
     /// closes the trace.
-    pub fn finish(mut self, stop: StopReason) -> Result<RecordSummary, RecordError> {
+    pub fn finish(
+        mut self,
+        stop: StopReason,
+        on_update: &mut dyn FnMut(Update<'_>),
+    ) -> Result<RecordSummary, RecordError> {
         self.peers.stop();
-        while let Ok(rec) = self.peers.rx.try_recv() {
-            self.out.push(&rec)?;
-        }
+        self.drain_peers(on_update)?;
         let end = monotonic_ns();
         let counters = self.tracer.counters().ok();
         let drops = counters.as_ref().map_or(self.last_drops, |c| c.drops);
@@ -439,8 +451,19 @@ impl<'c> Session<'c> {
                 kind: "counters".into(),
                 text: format!(
                     "read_eagain {} map_full {} sock_eagain {} sleep_other {} undecodable {}",
-                    c.read_eagain, c.map_full, c.sock_eagain, c.sleep_other, self.drained.bad
+                    c.read_eagain,
+                    c.map_full,
+                    c.sock_eagain,
+                    c.sleep_other,
+                    self.drained.bad.total()
                 ),
+            }))?;
+        }
+        if self.drained.bad.total() > 0 {
+            self.out.push(&Record::Note(Note {
+                ts: end,
+                kind: "bad_records".into(),
+                text: self.drained.bad.to_json(),
             }))?;
         }
         self.out.push(&Record::Note(Note {
