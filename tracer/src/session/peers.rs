@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use uffdscope_trace::record::{GuestLine, Note, Qmp, Record};
 
@@ -47,7 +47,9 @@ impl Peers {
         }
         if let Some(path) = console {
             let (p, s, t) = (path.to_path_buf(), stop.clone(), tx.clone());
-            handles.push(thread::spawn(move || console_thread(&p, &s, &t)));
+            handles.push(thread::spawn(move || {
+                console_thread(&p, ConsoleCaps::default(), &s, &t);
+            }));
         }
         Peers {
             stop,
@@ -57,14 +59,26 @@ impl Peers {
         }
     }
 
-    /// Tells every peer to stop and waits for them.
+    /// Tells every peer to stop and waits for them, at most [`STOP_WAIT`]
+    /// in all: a peer stuck in a call that does not return is left behind
+    /// (it ends with the process) rather than holding the recording open.
     pub(super) fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + STOP_WAIT;
+        while Instant::now() < deadline && self.handles.iter().any(|h| !h.is_finished()) {
+            thread::sleep(Duration::from_millis(10));
+        }
         for h in self.handles.drain(..) {
-            let _ = h.join();
+            if h.is_finished() {
+                let _ = h.join();
+            }
         }
     }
 }
+
+/// How long [`Peers::stop`] waits for the peers: a QMP command in flight
+/// may take its whole reply timeout.
+const STOP_WAIT: Duration = Duration::from_secs(3);
 
 fn note(tx: &mpsc::Sender<Record>, kind: &str, text: String) {
     let _ = tx.send(Record::Note(Note {
@@ -136,7 +150,69 @@ fn qmp_thread(
     }
 }
 
-fn console_thread(path: &Path, stop: &AtomicBool, tx: &mpsc::Sender<Record>) {
+/// Limits on what the console follower stores.
+#[derive(Debug, Clone, Copy)]
+struct ConsoleCaps {
+    /// Bytes kept of one line; the rest is cut and counted.
+    line: usize,
+    /// Bytes kept in all; after that the console is no longer followed.
+    total: u64,
+}
+
+impl Default for ConsoleCaps {
+    fn default() -> Self {
+        ConsoleCaps {
+            line: 4096,
+            total: 16 << 20,
+        }
+    }
+}
+
+/// What the console follower kept and cut.
+#[derive(Debug, Default)]
+struct ConsoleTally {
+    kept: u64,
+    cut_bytes: u64,
+    cut_lines: u64,
+}
+
+impl ConsoleTally {
+    /// Cuts `text` to the line cap; false once the total cap is reached.
+    fn admit(&mut self, text: &mut String, caps: ConsoleCaps) -> bool {
+        if text.len() > caps.line {
+            let mut end = caps.line;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.cut_bytes += (text.len() - end) as u64;
+            self.cut_lines += 1;
+            text.truncate(end);
+        }
+        self.kept += text.len() as u64;
+        self.kept <= caps.total
+    }
+
+    /// The `console_cut` note's text, when anything was cut.
+    fn cut_note(&self, path: &Path, caps: ConsoleCaps, stopped: bool) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.cut_lines > 0 {
+            parts.push(format!(
+                "{} bytes cut from {} lines longer than {} bytes",
+                self.cut_bytes, self.cut_lines, caps.line
+            ));
+        }
+        if stopped {
+            parts.push(format!(
+                "stopped following after {} bytes (the limit is {})",
+                self.kept, caps.total
+            ));
+        }
+        (!parts.is_empty())
+            .then(|| format!("guest console {}: {}", path.display(), parts.join("; ")))
+    }
+}
+
+fn console_thread(path: &Path, caps: ConsoleCaps, stop: &AtomicBool, tx: &mpsc::Sender<Record>) {
     let mut follower = match ConsoleFollower::open(path, StartAt::End) {
         Ok(f) => f,
         Err(e) => {
@@ -145,24 +221,105 @@ fn console_thread(path: &Path, stop: &AtomicBool, tx: &mpsc::Sender<Record>) {
             return;
         }
     };
-    let line = |tx: &mpsc::Sender<Record>, l: crate::console::ConsoleLine| {
-        let _ = tx.send(Record::GuestLine(GuestLine {
-            ts: l.stamp.mono_ns,
-            text: l.text,
-        }));
+    let mut tally = ConsoleTally::default();
+    let mut full = false;
+    let send = |mut l: crate::console::ConsoleLine, tally: &mut ConsoleTally| {
+        let fits = tally.admit(&mut l.text, caps);
+        if fits {
+            let _ = tx.send(Record::GuestLine(GuestLine {
+                ts: l.stamp.mono_ns,
+                text: l.text,
+            }));
+        }
+        fits
     };
     while !stop.load(Ordering::Relaxed) {
         match follower.next_line(Duration::from_millis(50)) {
-            Ok(Some(l)) => line(tx, l),
+            Ok(Some(l)) => {
+                if !send(l, &mut tally) {
+                    full = true;
+                    break;
+                }
+            }
             Ok(None) => {}
             Err(e) => {
                 let text = format!("guest console {}: {e}", path.display());
                 note(tx, "console_end", text);
-                return;
+                break;
             }
         }
     }
-    if let Some(l) = follower.take_partial() {
-        line(tx, l);
+    if !full {
+        if let Some(l) = follower.take_partial() {
+            send(l, &mut tally);
+        }
+    }
+    if let Some(text) = tally.cut_note(path, caps, full) {
+        note(tx, "console_cut", text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_console(
+        path: &Path,
+        caps: ConsoleCaps,
+        stop_after: Duration,
+    ) -> (Vec<Record>, Duration) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let (p, s) = (path.to_path_buf(), stop.clone());
+        let started = Instant::now();
+        let h = thread::spawn(move || console_thread(&p, caps, &s, &tx));
+        thread::sleep(stop_after);
+        stop.store(true, Ordering::Relaxed);
+        h.join().expect("console thread");
+        (rx.into_iter().collect(), started.elapsed())
+    }
+
+    #[test]
+    fn a_fifo_without_writer_stops_when_told() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console.fifo");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let (records, took) =
+            run_console(&path, ConsoleCaps::default(), Duration::from_millis(100));
+        assert!(records.is_empty(), "{records:?}");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
+
+    #[test]
+    fn an_endless_console_is_capped_and_the_cut_is_noted() {
+        let caps = ConsoleCaps {
+            line: 100,
+            total: 1000,
+        };
+        let (records, _) = run_console(Path::new("/dev/zero"), caps, Duration::from_millis(300));
+        let lines = records
+            .iter()
+            .filter(|r| matches!(r, Record::GuestLine(_)))
+            .count();
+        assert_eq!(lines, 10, "1000 bytes in lines cut to 100");
+        let Some(Record::Note(n)) = records.last() else {
+            panic!("no note last: {records:?}");
+        };
+        assert_eq!(n.kind, "console_cut");
+        assert!(n.text.contains("stopped following"), "{}", n.text);
+        assert!(n.text.contains("cut from 11 lines"), "{}", n.text);
+    }
+
+    #[test]
+    fn a_missing_console_is_a_note() {
+        let (records, _) = run_console(
+            Path::new("/nonexistent/console"),
+            ConsoleCaps::default(),
+            Duration::from_millis(10),
+        );
+        assert!(
+            matches!(&records[..], [Record::Note(n)] if n.kind == "console_error" && n.text.contains("/nonexistent/console")),
+            "{records:?}"
+        );
     }
 }
