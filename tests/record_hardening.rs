@@ -1,0 +1,218 @@
+//! Root tier: `uffdscope record` (the real binary, real BPF) against hostile
+//! or absent peers — a guest console FIFO nobody writes, an endless console
+//! (`/dev/zero`), a missing or garbage-speaking QMP socket, a target whose
+//! name is a terminal escape — always ends on `--duration` or SIGINT, says
+//! what failed on stderr (escaped), and keeps it in the trace as notes.
+#![cfg(target_os = "linux")]
+
+use std::io::Write;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use uffdscope_fixtures::tier;
+use uffdscope_trace::record::Record;
+use uffdscope_trace::TraceReader;
+
+/// A target that sleeps, having named itself `name` (a process may rename
+/// only itself); the name is given to `printf` as its format.
+fn target(name: &str) -> Child {
+    let child = Command::new("sh")
+        .args([
+            "-c",
+            "printf \"$0\" > /proc/$$/comm; exec 1>&-; while :; do sleep 1; done",
+        ])
+        .arg(name)
+        .spawn()
+        .expect("spawn sh");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{}/comm", child.id())).is_ok_and(|c| c == "sh\n") {
+        assert!(
+            Instant::now() < deadline,
+            "the target did not rename itself"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+fn record(pid: u32, out: &Path, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_uffdscope"))
+        .args(["record", "-q", "--pid", &pid.to_string(), "-o"])
+        .arg(out)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn uffdscope record")
+}
+
+/// Waits for the recorder, failing after `limit`.
+fn wait(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("recorder still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("recorder output")
+}
+
+fn notes(trace: &Path) -> Vec<(String, String)> {
+    let mut reader = TraceReader::open(trace).expect("trace opens");
+    let mut out = Vec::new();
+    let damage = reader.for_each(|r| {
+        if let Record::Note(n) = r {
+            out.push((n.kind, n.text));
+        }
+    });
+    assert!(damage.is_none(), "damaged trace: {damage:?}");
+    out
+}
+
+#[test]
+fn silent_and_endless_peers_end_on_duration() {
+    if !tier::root_bpf("silent_and_endless_peers_end_on_duration") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("console.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let mut t = target("\\033]0;pwned\\007");
+    for (name, console) in [("fifo", fifo.as_path()), ("zero", Path::new("/dev/zero"))] {
+        let trace = dir.path().join(format!("{name}.trace"));
+        let qmp = dir.path().join("absent.qmp");
+        let rec = record(
+            t.id(),
+            &trace,
+            &[
+                "--duration",
+                "1",
+                "--guest-console",
+                console.to_str().expect("utf-8 path"),
+                "--qmp",
+                qmp.to_str().expect("utf-8 path"),
+            ],
+        );
+        let out = wait(rec, Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {stderr}");
+        assert!(
+            !stderr.contains('\x1b') && !stderr.contains('\x07'),
+            "{name}: raw escape on stderr: {stderr:?}"
+        );
+        assert!(
+            stderr.contains("\\e]0;pwned\\a"),
+            "{name}: target name not shown escaped: {stderr}"
+        );
+        assert!(
+            stderr.contains("cannot connect to QMP"),
+            "{name}: QMP failure not on stderr: {stderr}"
+        );
+        let kinds: Vec<String> = notes(&trace).into_iter().map(|n| n.0).collect();
+        assert!(kinds.iter().any(|k| k == "qmp_error"), "{name}: {kinds:?}");
+        assert_eq!(
+            kinds.last().map(String::as_str),
+            Some("end"),
+            "{name}: {kinds:?}"
+        );
+        if name == "zero" {
+            assert!(
+                kinds.iter().any(|k| k == "console_cut"),
+                "{name}: {kinds:?}"
+            );
+        }
+        let size = std::fs::metadata(&trace).expect("trace").len();
+        assert!(size < 64 << 20, "{name}: trace grew to {size} bytes");
+    }
+    let _ = t.kill();
+    let _ = t.wait();
+}
+
+#[test]
+fn sigint_ends_a_recording_with_a_silent_fifo_and_garbage_qmp() {
+    if !tier::root_bpf("sigint_ends_a_recording_with_a_silent_fifo_and_garbage_qmp") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("console.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let qmp = dir.path().join("garbage.qmp");
+    let listener = UnixListener::bind(&qmp).expect("bind the QMP socket");
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.write_all(b"\x1b[31mnot json\x07\n");
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    });
+    let mut t = target("plain");
+    let trace = dir.path().join("sigint.trace");
+    let rec = record(
+        t.id(),
+        &trace,
+        &[
+            "--guest-console",
+            fifo.to_str().expect("utf-8 path"),
+            "--qmp",
+            qmp.to_str().expect("utf-8 path"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&trace).map_or(0, |m| m.len()) < 64 {
+        assert!(Instant::now() < deadline, "recorder did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(rec.id()).expect("pid")),
+        nix::sys::signal::SIGINT,
+    )
+    .expect("SIGINT the recorder");
+    let out = wait(rec, Duration::from_secs(15));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("QMP") && stderr.contains("invalid JSON"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\x1b') && !stderr.contains('\x07'),
+        "raw escape on stderr: {stderr:?}"
+    );
+    let notes = notes(&trace);
+    assert!(notes.iter().any(|n| n.0 == "qmp_error"), "{notes:?}");
+    assert_eq!(
+        notes.last().map(|n| n.1.as_str()),
+        Some("stopped by signal")
+    );
+    let _ = t.kill();
+    let _ = t.wait();
+}
+
+#[test]
+fn a_failed_start_leaves_no_trace() {
+    if !tier::root_bpf("a_failed_start_leaves_no_trace") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ready = dir.path().join("ready");
+    std::fs::write(&ready, b"").expect("ready file");
+    let mut t = target("plain");
+    let trace = dir.path().join("never.trace");
+    let out = wait(
+        record(
+            t.id(),
+            &trace,
+            &["--ready-file", ready.to_str().expect("utf-8")],
+        ),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already exists"), "{stderr}");
+    assert!(!trace.exists(), "a failed start left {}", trace.display());
+    let _ = t.kill();
+    let _ = t.wait();
+}
