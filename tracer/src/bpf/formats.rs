@@ -124,7 +124,7 @@ pub(super) fn check_format(tracefs: &Path, tp: &Tracepoint) -> FormatCheck {
             dir.join("format").display()
         )]),
         Ok(text) => {
-            let problems = compare_format(tp.fields, &parse_format(&text));
+            let problems = compare_format(&tp.fields(), &parse_format(&text));
             if problems.is_empty() {
                 FormatCheck::Matches
             } else {
@@ -172,7 +172,7 @@ pub fn probe_tracepoints_at(tracefs: &Path) -> Vec<TracepointProbe> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bpf::catalogue::field;
+    use uffdscope_ebpf::layout::field;
 
     const PAGE_FAULT_USER: &str = "name: page_fault_user
 ID: 120
@@ -205,7 +205,7 @@ print fmt: \"address=%ps\", (void *)REC->address
             .iter()
             .find(|t| t.name == "page_fault_user")
             .expect("page_fault_user is in TRACEPOINTS");
-        assert!(compare_format(tp.fields, &fields).is_empty());
+        assert!(compare_format(&tp.fields(), &fields).is_empty());
     }
 
     #[test]
