@@ -216,3 +216,70 @@ fn a_failed_start_leaves_no_trace() {
     let _ = t.kill();
     let _ = t.wait();
 }
+
+/// Runs `uffdscope ARGS` in a private mount namespace where tracefs is not
+/// mounted (the host's mounts are untouched).
+fn without_tracefs(args: &[&str]) -> Output {
+    let script = "umount -l /sys/kernel/tracing 2>/dev/null; \
+                  umount -l /sys/kernel/debug 2>/dev/null; \
+                  test -e /sys/kernel/tracing/events && exit 97; \
+                  exec \"$@\"";
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(env!("CARGO_BIN_EXE_uffdscope"))
+        .args(args)
+        .output()
+        .expect("unshare (util-linux) runs");
+    assert_ne!(
+        out.status.code(),
+        Some(97),
+        "tracefs still mounted in the namespace"
+    );
+    out
+}
+
+#[test]
+fn record_and_check_mount_a_missing_tracefs() {
+    if !tier::root_bpf("record_and_check_mount_a_missing_tracefs") {
+        return;
+    }
+    let out = without_tracefs(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("was not mounted: mounted it at /sys/kernel/tracing"),
+        "{stdout}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("mounted.trace");
+    let mut t = target("plain");
+    let pid = t.id().to_string();
+    let trace_arg = trace.to_str().expect("utf-8 path");
+    let out = without_tracefs(&[
+        "record",
+        "-q",
+        "--pid",
+        &pid,
+        "--duration",
+        "0.5",
+        "-o",
+        trace_arg,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("tracefs was not mounted: mounted it at /sys/kernel/tracing"),
+        "{stderr}"
+    );
+    assert_eq!(notes(&trace).last().map(|n| n.0.as_str()), Some("end"));
+    let _ = t.kill();
+    let _ = t.wait();
+}
