@@ -15,9 +15,32 @@ use uffdscope_fixtures::tier;
 use uffdscope_trace::record::Record;
 use uffdscope_trace::TraceReader;
 
+/// A target process, killed when dropped (also when a test fails).
+struct Target(Child);
+
+impl Target {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A FIFO nobody writes to.
+fn fifo(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("console.fifo");
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    path
+}
+
 /// A target that sleeps, having named itself `name` (a process may rename
 /// only itself); the name is given to `printf` as its format.
-fn target(name: &str) -> Child {
+fn target(name: &str) -> Target {
     let child = Command::new("sh")
         .args([
             "-c",
@@ -34,7 +57,7 @@ fn target(name: &str) -> Child {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    child
+    Target(child)
 }
 
 fn record(pid: u32, out: &Path, extra: &[&str]) -> Child {
@@ -79,9 +102,8 @@ fn silent_and_endless_peers_end_on_duration() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let fifo = dir.path().join("console.fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
-    let mut t = target("\\033]0;pwned\\007");
+    let fifo = fifo(dir.path());
+    let t = target("\\033]0;pwned\\007");
     for (name, console) in [("fifo", fifo.as_path()), ("zero", Path::new("/dev/zero"))] {
         let trace = dir.path().join(format!("{name}.trace"));
         let qmp = dir.path().join("absent.qmp");
@@ -128,8 +150,6 @@ fn silent_and_endless_peers_end_on_duration() {
         let size = std::fs::metadata(&trace).expect("trace").len();
         assert!(size < 64 << 20, "{name}: trace grew to {size} bytes");
     }
-    let _ = t.kill();
-    let _ = t.wait();
 }
 
 #[test]
@@ -138,8 +158,7 @@ fn sigint_ends_a_recording_with_a_silent_fifo_and_garbage_qmp() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let fifo = dir.path().join("console.fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let fifo = fifo(dir.path());
     let qmp = dir.path().join("garbage.qmp");
     let listener = UnixListener::bind(&qmp).expect("bind the QMP socket");
     std::thread::spawn(move || {
@@ -148,7 +167,7 @@ fn sigint_ends_a_recording_with_a_silent_fifo_and_garbage_qmp() {
             std::thread::sleep(Duration::from_secs(60));
         }
     });
-    let mut t = target("plain");
+    let t = target("plain");
     let trace = dir.path().join("sigint.trace");
     let rec = record(
         t.id(),
@@ -187,8 +206,6 @@ fn sigint_ends_a_recording_with_a_silent_fifo_and_garbage_qmp() {
         notes.last().map(|n| n.1.as_str()),
         Some("stopped by signal")
     );
-    let _ = t.kill();
-    let _ = t.wait();
 }
 
 #[test]
@@ -199,7 +216,7 @@ fn a_failed_start_leaves_no_trace() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ready = dir.path().join("ready");
     std::fs::write(&ready, b"").expect("ready file");
-    let mut t = target("plain");
+    let t = target("plain");
     let trace = dir.path().join("never.trace");
     let out = wait(
         record(
@@ -213,8 +230,6 @@ fn a_failed_start_leaves_no_trace() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already exists"), "{stderr}");
     assert!(!trace.exists(), "a failed start left {}", trace.display());
-    let _ = t.kill();
-    let _ = t.wait();
 }
 
 /// Runs `uffdscope ARGS` in a private mount namespace where tracefs is not
@@ -260,7 +275,7 @@ fn record_and_check_mount_a_missing_tracefs() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let trace = dir.path().join("mounted.trace");
-    let mut t = target("plain");
+    let t = target("plain");
     let pid = t.id().to_string();
     let trace_arg = trace.to_str().expect("utf-8 path");
     let out = without_tracefs(&[
@@ -280,6 +295,4 @@ fn record_and_check_mount_a_missing_tracefs() {
         "{stderr}"
     );
     assert_eq!(notes(&trace).last().map(|n| n.0.as_str()), Some("end"));
-    let _ = t.kill();
-    let _ = t.wait();
 }
