@@ -277,16 +277,7 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         ready_file: args.ready_file.clone(),
         ..session::RecordConfig::default()
     };
-    let handler = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::Handler(on_signal),
-        nix::sys::signal::SaFlags::empty(),
-        nix::sys::signal::SigSet::empty(),
-    );
-    for sig in [nix::sys::signal::SIGINT, nix::sys::signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { nix::sys::signal::sigaction(sig, &handler) }
-            .context("installing signal handlers")?;
-    }
+    install_stop_handlers()?;
     let preflight = cfg.preflight().map_err(record_error)?;
     for warning in &preflight.warnings {
         eprintln!("uffdscope: {warning}");
@@ -312,6 +303,29 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     if live {
         eprintln!();
     }
+    print_summary(&summary);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT and SIGTERM set [`STOP`]: the recording then finishes its trace.
+#[cfg(target_os = "linux")]
+fn install_stop_handlers() -> anyhow::Result<()> {
+    let handler = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_signal),
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    for sig in [nix::sys::signal::SIGINT, nix::sys::signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { nix::sys::signal::sigaction(sig, &handler) }
+            .context("installing signal handlers")?;
+    }
+    Ok(())
+}
+
+/// What a finished recording wrote, and what to run next.
+#[cfg(target_os = "linux")]
+fn print_summary(summary: &uffdscope_tracer::session::RecordSummary) {
     eprintln!(
         "uffdscope: {}: {} events, {} faults, {} drops, {} bytes ({})",
         summary.path.display(),
@@ -321,6 +335,13 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         summary.bytes,
         summary.stop.as_str()
     );
+    if summary.bad_records.total() > 0 {
+        eprintln!(
+            "uffdscope: {} ring records could not be used ({})",
+            summary.bad_records.total(),
+            summary.bad_records.summary()
+        );
+    }
     if !summary.not_attached.is_empty() {
         eprintln!(
             "uffdscope: not measured (tracepoints unavailable): {}",
@@ -331,7 +352,6 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         "uffdscope: next: uffdscope report {}",
         summary.path.display()
     );
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(target_os = "linux")]

@@ -106,6 +106,8 @@ pub struct RecordSummary {
     pub bytes: u64,
     pub attached: Vec<String>,
     pub not_attached: Vec<String>,
+    /// Ring records that did not become trace records, by why.
+    pub bad_records: BadRecords,
 }
 
 pub(crate) fn monotonic_ns() -> u64 {
@@ -487,6 +489,7 @@ impl<'c> Session<'c> {
             bytes,
             attached: self.attached,
             not_attached: self.not_attached,
+            bad_records: self.drained.bad,
         })
     }
 }
