@@ -214,22 +214,30 @@ fn a_failed_start_leaves_no_trace() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
+    let t = target("plain");
+    // Refused by the pre-flight: nothing is created.
     let ready = dir.path().join("ready");
     std::fs::write(&ready, b"").expect("ready file");
-    let t = target("plain");
     let trace = dir.path().join("never.trace");
+    let ready_arg = ready.to_str().expect("utf-8 path");
     let out = wait(
-        record(
-            t.id(),
-            &trace,
-            &["--ready-file", ready.to_str().expect("utf-8")],
-        ),
+        record(t.id(), &trace, &["--ready-file", ready_arg]),
         Duration::from_secs(30),
     );
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already exists"), "{stderr}");
-    assert!(!trace.exists(), "a failed start left {}", trace.display());
+    assert!(!trace.exists(), "a refused start left {}", trace.display());
+    // Failing after the trace was created (the ready file is the trace
+    // itself, so creating it fails): the trace is removed again.
+    let same = dir.path().join("same.trace");
+    let same_arg = same.to_str().expect("utf-8 path");
+    let out = wait(
+        record(t.id(), &same, &["--ready-file", same_arg]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(!same.exists(), "a failed start left {}", same.display());
 }
 
 /// Runs `uffdscope ARGS` in a private mount namespace where tracefs is not
