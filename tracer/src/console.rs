@@ -28,6 +28,9 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// (`/dev/zero`, a flooding pipe) cannot keep the caller from its deadline.
 const READ_BUDGET: usize = 1 << 20;
 
+/// Longest wait for a console socket's listener to accept.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Longest sleep between looks at a followed file when inotify is silent.
 const FILE_POLL: Duration = Duration::from_millis(50);
 
@@ -223,10 +226,13 @@ impl ConsoleFollower {
 
     /// Connects to a unix stream socket (QEMU `-chardev socket,server=on`).
     pub fn connect_socket(path: &Path) -> Result<Self, ConsoleError> {
-        let stream = UnixStream::connect(path).map_err(|source| ConsoleError::Connect {
-            path: path.to_owned(),
-            source,
-        })?;
+        let stream =
+            crate::unix_connect::connect_unix(path, CONNECT_TIMEOUT).map_err(|source| {
+                ConsoleError::Connect {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
         Ok(Self {
             path: path.to_owned(),
             source: Source::Socket(stream),

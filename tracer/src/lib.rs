@@ -15,3 +15,4 @@ pub mod perf;
 pub mod qmp;
 #[cfg(target_os = "linux")]
 pub mod session;
+pub mod unix_connect;
