@@ -85,16 +85,18 @@ impl BadRecords {
 /// the status line shows.
 #[derive(Default)]
 pub(super) struct Drained {
-    pending: Vec<Record>,
-    alarms: Vec<Alarm>,
+    /// Trace records not written yet (kept between drains for its capacity).
+    pub(super) pending: Vec<Record>,
+    /// Alarms not said yet.
+    pub(super) alarms: Vec<Alarm>,
     pub(super) service: crate::live_stats::LiveLatency,
     pub(super) faults: u64,
     pub(super) bad: BadRecords,
 }
 
 impl Drained {
-    /// Decodes and converts every waiting record; the trace records and the
-    /// alarms raised are then taken with [`Self::take`].
+    /// Decodes and converts every waiting record into [`Self::pending`],
+    /// raising [`Self::alarms`].
     pub(super) fn drain(&mut self, ring: &mut RingDrain) {
         ring.drain(|r| match r {
             Err(e) => {
@@ -117,14 +119,6 @@ impl Drained {
                 }
             },
         });
-    }
-
-    /// The records and alarms of the last drains.
-    pub(super) fn take(&mut self) -> (Vec<Record>, Vec<Alarm>) {
-        (
-            std::mem::take(&mut self.pending),
-            std::mem::take(&mut self.alarms),
-        )
     }
 }
 

@@ -372,8 +372,7 @@ impl<'c> Session<'c> {
     /// loudly, once per kind, and noted in the trace.
     fn drain_ring(&mut self, on_update: &mut dyn FnMut(Update<'_>)) -> Result<(), RecordError> {
         self.drained.drain(&mut self.ring);
-        let (records, alarms) = self.drained.take();
-        for Alarm::AbiMismatch(text) in alarms {
+        for Alarm::AbiMismatch(text) in self.drained.alarms.drain(..) {
             on_update(Update::Notice(&format!("WARNING: {text}")));
             self.out.push(&Record::Note(Note {
                 ts: monotonic_ns(),
@@ -381,7 +380,10 @@ impl<'c> Session<'c> {
                 text,
             }))?;
         }
-        self.out.push_all(records)
+        for rec in self.drained.pending.drain(..) {
+            self.out.push(&rec)?;
+        }
+        Ok(())
     }
 
     /// Moves what the peers sent into the trace; their notes (a QMP or
