@@ -302,6 +302,16 @@ extern "C" fn on_signal(_: i32) {
     STOP.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// A usage error (exit code 1) or a recording that could not start (3).
+#[cfg(target_os = "linux")]
+fn record_error(e: uffdscope_tracer::session::RecordError) -> anyhow::Error {
+    if e.is_usage() {
+        anyhow::Error::new(e)
+    } else {
+        RecordFailed(e.to_string()).into()
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
@@ -312,17 +322,11 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         (None, Some(name)) => discover::find_qemu(name).map_err(|e| RecordFailed(e.to_string()))?,
         (None, None) => unreachable!("clap requires --pid or --qemu"),
     };
-    if !args.ring_mb.is_power_of_two() || args.ring_mb > 1024 {
-        anyhow::bail!(
-            "--ring-mb must be a power of two up to 1024, not {}",
-            args.ring_mb
-        );
-    }
-    let duration = match args.duration {
-        Some(d) if d.is_finite() && d > 0.0 => Some(std::time::Duration::from_secs_f64(d)),
-        Some(d) => anyhow::bail!("--duration must be a positive number of seconds, not {d}"),
-        None => None,
-    };
+    let duration = args
+        .duration
+        .map(session::duration_from_secs)
+        .transpose()
+        .map_err(record_error)?;
     let cfg = session::RecordConfig {
         pid,
         output: args
@@ -332,10 +336,43 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         duration,
         qmp: args.qmp.clone(),
         guest_console: args.guest_console.clone(),
-        ring_bytes: args.ring_mb << 20,
+        ring_bytes: u64::from(args.ring_mb) << 20,
         ready_file: args.ready_file.clone(),
         ..session::RecordConfig::default()
     };
+    install_stop_handlers()?;
+    let preflight = cfg.preflight().map_err(record_error)?;
+    for warning in &preflight.warnings {
+        eprintln!("uffdscope: {warning}");
+    }
+    let live = !args.quiet && std::io::stderr().is_terminal();
+    eprintln!(
+        "uffdscope: recording pid {pid} into {} (Ctrl-C to stop)",
+        cfg.output.display()
+    );
+    let summary = session::record(&cfg, &STOP, |update| match update {
+        session::Update::Progress(p) if live => {
+            eprint!("\r\x1b[2K{}", session::status_line(p));
+        }
+        session::Update::Progress(_) => {}
+        session::Update::Notice(text) => {
+            if live {
+                eprint!("\r\x1b[2K");
+            }
+            eprintln!("uffdscope: {text}");
+        }
+    })
+    .map_err(|e| RecordFailed(e.to_string()))?;
+    if live {
+        eprintln!();
+    }
+    print_summary(&summary);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT and SIGTERM set [`STOP`]: the recording then finishes its trace.
+#[cfg(target_os = "linux")]
+fn install_stop_handlers() -> anyhow::Result<()> {
     let handler = nix::sys::signal::SigAction::new(
         nix::sys::signal::SigHandler::Handler(on_signal),
         nix::sys::signal::SaFlags::empty(),
@@ -346,39 +383,12 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         unsafe { nix::sys::signal::sigaction(sig, &handler) }
             .context("installing signal handlers")?;
     }
-    let target = discover::process(pid, 0).map_err(|e| RecordFailed(e.to_string()))?;
-    if !discover::is_qemu(&target) {
-        eprintln!(
-            "uffdscope: pid {pid} ({}) is not QEMU: recording its userfaultfd faults without QEMU-specific roles",
-            target.comm
-        );
-    }
-    if std::fs::symlink_metadata(&cfg.output).is_ok() {
-        return Err(RecordFailed(format!(
-            "{} already exists; uffdscope never overwrites a file: choose another -o",
-            cfg.output.display()
-        ))
-        .into());
-    }
-    if uffdscope_tracer::bpf::scan_proc_fds(pid).is_ok_and(|f| f.uffd.is_empty()) {
-        eprintln!(
-            "uffdscope: pid {pid} has no userfaultfd yet; waiting for one (QEMU creates it at the switch to post-copy)"
-        );
-    }
-    let live = !args.quiet && std::io::stderr().is_terminal();
-    eprintln!(
-        "uffdscope: recording pid {pid} into {} (Ctrl-C to stop)",
-        cfg.output.display()
-    );
-    let summary = session::record(&cfg, &STOP, |p| {
-        if live {
-            eprint!("\r\x1b[2K{}", session::status_line(p));
-        }
-    })
-    .map_err(|e| RecordFailed(e.to_string()))?;
-    if live {
-        eprintln!();
-    }
+    Ok(())
+}
+
+/// What a finished recording wrote, and what to run next.
+#[cfg(target_os = "linux")]
+fn print_summary(summary: &uffdscope_tracer::session::RecordSummary) {
     eprintln!(
         "uffdscope: {}: {} events, {} faults, {} drops, {} bytes ({})",
         summary.path.display(),
@@ -388,6 +398,13 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         summary.bytes,
         summary.stop.as_str()
     );
+    if summary.bad_records.total() > 0 {
+        eprintln!(
+            "uffdscope: {} ring records could not be used ({})",
+            summary.bad_records.total(),
+            summary.bad_records.summary()
+        );
+    }
     if !summary.not_attached.is_empty() {
         eprintln!(
             "uffdscope: not measured (tracepoints unavailable): {}",
@@ -398,7 +415,6 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         "uffdscope: next: uffdscope report {}",
         summary.path.display()
     );
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(target_os = "linux")]

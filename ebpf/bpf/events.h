@@ -4,8 +4,9 @@
  *
  * Every record the kernel side emits on the ring buffer, every key of a map
  * that userspace writes, and every read-only global that userspace patches
- * before load is defined here. The Rust mirror lives in ebpf/src/abi.rs and
- * asserts the size of every struct; change both together.
+ * before load is defined here. The Rust mirror lives in ebpf/src/abi.rs;
+ * ebpf/src/generated.rs, generated from this header, holds the ioctl numbers
+ * and asserts every field offset and struct size of the mirror.
  *
  * Rules: fixed-width fields only, explicit padding (no implicit holes), no
  * bool, every struct a multiple of 8 bytes. All timestamps are

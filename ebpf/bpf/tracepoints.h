@@ -4,9 +4,11 @@
  * attaches to, copied field by field from
  * /sys/kernel/tracing/events/<cat>/<name>/format on Linux 6.18. Classic
  * (perf-event) tracepoint programs receive exactly this record, so no CO-RE is
- * needed; the offsets are pinned by the _Static_asserts below, and
- * `uffdscope check` compares the fields it relies on against the running
- * kernel's format files (tracer/src/bpf.rs, FORMAT_FIELDS).
+ * needed; the offsets are pinned by the _Static_asserts below. These structs
+ * are the one source of the layouts: ebpf/src/generated.rs is generated from
+ * them (ebpf/tests/generated.rs), the tracer's catalogue
+ * (tracer/src/bpf/catalogue.rs) names the fields each program reads, and
+ * `uffdscope check` compares those against the running kernel's format files.
  */
 #ifndef UFFDSCOPE_TRACEPOINTS_H
 #define UFFDSCOPE_TRACEPOINTS_H
@@ -85,7 +87,7 @@ struct tp_sched_process_exit {
 /* syscalls:sys_enter_* : every argument is an 8-byte slot from offset 16 */
 struct tp_sys_enter {
 	struct tp_common c;
-	__s32 syscall_nr;
+	__s32 __syscall_nr;
 	__u32 pad;
 	__u64 args[6];
 };
@@ -93,7 +95,7 @@ struct tp_sys_enter {
 /* syscalls:sys_exit_* */
 struct tp_sys_exit {
 	struct tp_common c;
-	__s32 syscall_nr;
+	__s32 __syscall_nr;
 	__u32 pad;
 	__s64 ret;
 };

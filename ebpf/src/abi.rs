@@ -1,7 +1,9 @@
 //! The Rust mirror of `bpf/events.h`: record structs, kinds, flags, ioctl
-//! numbers and map-key helpers. Each struct is `#[repr(C)]`, made of
-//! fixed-width integers only, and has its size asserted at compile time, so a
-//! drift from the C header fails the build rather than misreading records.
+//! numbers and map-key helpers. Each struct is `#[repr(C)]` and made of
+//! fixed-width integers only; the offset of every field and the size of every
+//! struct are asserted at compile time from the header itself
+//! ([`crate::generated`]), so a drift from the C header fails the build
+//! rather than misreading records.
 
 use std::mem::size_of;
 
@@ -16,30 +18,33 @@ pub const SEND_CAPTURE: usize = 64;
 /// Length of a kernel task name.
 pub const COMM_LEN: usize = 16;
 
-/// userfaultfd ioctl numbers, as the kernel's UAPI header defines them.
+/// userfaultfd ioctl numbers, as the kernel's UAPI header defines them
+/// (taken from `events.h` through [`crate::generated::ioctl`]).
 pub mod ioctl {
+    use crate::generated::ioctl as h;
+
     /// `USERFAULTFD_IOC_NEW`, on `/dev/userfaultfd`; returns a new uffd.
-    pub const USERFAULTFD_IOC_NEW: u32 = 0x0000_aa00;
+    pub const USERFAULTFD_IOC_NEW: u32 = h::USERFAULTFD_IOC_NEW;
     /// `UFFDIO_REGISTER` {start, len, mode, ioctls(out)}.
-    pub const REGISTER: u32 = 0xc020_aa00;
+    pub const REGISTER: u32 = h::UFFDIO_REGISTER;
     /// `UFFDIO_UNREGISTER` {start, len}.
-    pub const UNREGISTER: u32 = 0x8010_aa01;
+    pub const UNREGISTER: u32 = h::UFFDIO_UNREGISTER;
     /// `UFFDIO_WAKE` {start, len}.
-    pub const WAKE: u32 = 0x8010_aa02;
+    pub const WAKE: u32 = h::UFFDIO_WAKE;
     /// `UFFDIO_COPY` {dst, src, len, mode, copy(out)}.
-    pub const COPY: u32 = 0xc028_aa03;
+    pub const COPY: u32 = h::UFFDIO_COPY;
     /// `UFFDIO_ZEROPAGE` {start, len, mode, zeropage(out)}.
-    pub const ZEROPAGE: u32 = 0xc020_aa04;
+    pub const ZEROPAGE: u32 = h::UFFDIO_ZEROPAGE;
     /// `UFFDIO_MOVE` {dst, src, len, mode, move(out)}.
-    pub const MOVE: u32 = 0xc028_aa05;
+    pub const MOVE: u32 = h::UFFDIO_MOVE;
     /// `UFFDIO_WRITEPROTECT` {start, len, mode}.
-    pub const WRITEPROTECT: u32 = 0xc018_aa06;
+    pub const WRITEPROTECT: u32 = h::UFFDIO_WRITEPROTECT;
     /// `UFFDIO_CONTINUE` {start, len, mode, mapped(out)}.
-    pub const CONTINUE: u32 = 0xc020_aa07;
+    pub const CONTINUE: u32 = h::UFFDIO_CONTINUE;
     /// `UFFDIO_POISON` {start, len, mode, updated(out)}.
-    pub const POISON: u32 = 0xc020_aa08;
+    pub const POISON: u32 = h::UFFDIO_POISON;
     /// `UFFDIO_API` {api, features(in/out), ioctls(out)}.
-    pub const API: u32 = 0xc018_aa3f;
+    pub const API: u32 = h::UFFDIO_API;
 
     /// The ioctl's name, for display.
     pub fn name(cmd: u32) -> Option<&'static str> {
@@ -603,16 +608,3 @@ pub struct KvmAsyncPf {
     /// Guest frame number.
     pub gfn: u64,
 }
-
-const _: () = assert!(size_of::<Hdr>() == 16);
-const _: () = assert!(size_of::<FaultWake>() == 112);
-const _: () = assert!(size_of::<UffdMsg>() == UFFD_MSG_SIZE);
-const _: () = assert!(size_of::<UffdRead>() == 296);
-const _: () = assert!(size_of::<UffdIoctl>() == 88);
-const _: () = assert!(size_of::<UffdFd>() == 32);
-const _: () = assert!(size_of::<Send>() == 120);
-const _: () = assert!(size_of::<SockLen>() == 40);
-const _: () = assert!(size_of::<TcpProbe>() == 72);
-const _: () = assert!(size_of::<TcpRetrans>() == 40);
-const _: () = assert!(size_of::<Thread>() == 48);
-const _: () = assert!(size_of::<KvmAsyncPf>() == 48);

@@ -3,6 +3,9 @@
 //! - [`OBJECT`]: the committed `uffdscope.bpf.o`, 8-byte aligned, ready for
 //!   `aya::EbpfLoader::load`.
 //! - [`abi`]: the record structs, kinds and constants of `events.h`.
+//! - [`generated`]: the ioctl numbers and tracepoint layouts generated from
+//!   the C headers, and the offset checks of every record field;
+//! - [`layout`]: tracepoint context layouts;
 //! - [`decode()`]: safe decoding of ring-buffer records into [`RawEvent`].
 //!
 //! This crate is portable: it only holds bytes and plain data, so a trace can
@@ -10,6 +13,9 @@
 
 pub mod abi;
 mod decode;
+#[rustfmt::skip]
+pub mod generated;
+pub mod layout;
 
 pub use decode::{decode, decode_hdr, DecodeError, RawEvent};
 

@@ -118,6 +118,8 @@ impl IoctlOp {
     pub const CMD_ZEROPAGE: u32 = 0xc020_aa04;
     pub const CMD_WRITEPROTECT: u32 = 0xc018_aa06;
     pub const CMD_CONTINUE: u32 = 0xc020_aa07;
+    /// `USERFAULTFD_IOC_NEW`, on `/dev/userfaultfd` rather than a uffd.
+    pub const CMD_USERFAULTFD_IOC_NEW: u32 = 0x0000_aa00;
 
     pub fn from_cmd(cmd: u32) -> IoctlOp {
         match cmd {

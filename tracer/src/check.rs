@@ -96,54 +96,86 @@ pub fn run() -> Vec<Line> {
             "not available (not needed: uffdscope uses tracepoints only)"
         },
     ));
-    match bpf::find_tracefs() {
-        Some(p) => out.push(line(Status::Ok, "tracefs", p.display().to_string())),
-        None => {
-            out.push(line(
-                Status::Fail,
-                "tracefs",
-                "not mounted: mount -t tracefs nodev /sys/kernel/tracing",
-            ));
-            return out;
-        }
-    }
-    match bpf::probe_tracepoints() {
-        Ok(probes) => {
-            for p in probes {
-                let tp = p.tracepoint;
-                let (status, detail) = match (&p.format, tp.need) {
-                    (FormatCheck::Matches, _) => (Status::Ok, format!("present; {}", tp.purpose)),
-                    (FormatCheck::Absent, Need::Required) => (
-                        Status::Fail,
-                        format!("missing, required for: {}", tp.purpose),
-                    ),
-                    (FormatCheck::Absent, Need::Optional) => (
-                        Status::Warn,
-                        format!("missing: will not measure {}", tp.purpose),
-                    ),
-                    (FormatCheck::Differs(d), Need::Required) => (
-                        Status::Fail,
-                        format!(
-                            "unknown layout ({}), required for: {}",
-                            d.join("; "),
-                            tp.purpose
-                        ),
-                    ),
-                    (FormatCheck::Differs(d), Need::Optional) => (
-                        Status::Warn,
-                        format!(
-                            "unknown layout ({}): will not measure {}",
-                            d.join("; "),
-                            tp.purpose
-                        ),
-                    ),
-                };
-                out.push(line(status, format!("tracepoint {tp}"), detail));
-            }
-        }
-        Err(e) => out.push(line(Status::Fail, "tracepoints", e.to_string())),
-    }
+    let Some(tracefs) = tracefs_line(root, &mut out) else {
+        return out;
+    };
+    out.extend(
+        bpf::probe_tracepoints_at(&tracefs)
+            .iter()
+            .map(tracepoint_line),
+    );
     out
+}
+
+/// One tracepoint's line: present with the expected layout, or what will
+/// not be measured (or cannot be recorded) without it.
+fn tracepoint_line(p: &bpf::TracepointProbe) -> Line {
+    let tp = p.tracepoint;
+    let (status, detail) = match (&p.format, tp.need) {
+        (FormatCheck::Matches, _) => (Status::Ok, format!("present; {}", tp.purpose)),
+        (FormatCheck::Absent, Need::Required) => (
+            Status::Fail,
+            format!("missing, required for: {}", tp.purpose),
+        ),
+        (FormatCheck::Absent, Need::Optional) => (
+            Status::Warn,
+            format!("missing: will not measure {}", tp.purpose),
+        ),
+        (FormatCheck::Differs(d), Need::Required) => (
+            Status::Fail,
+            format!(
+                "unknown layout ({}), required for: {}",
+                d.join("; "),
+                tp.purpose
+            ),
+        ),
+        (FormatCheck::Differs(d), Need::Optional) => (
+            Status::Warn,
+            format!(
+                "unknown layout ({}): will not measure {}",
+                d.join("; "),
+                tp.purpose
+            ),
+        ),
+    };
+    line(status, format!("tracepoint {tp}"), detail)
+}
+
+/// The tracefs line. As root an unmounted tracefs is mounted, as `record`
+/// would; without root the line says that `record` will mount it.
+fn tracefs_line(root: bool, out: &mut Vec<Line>) -> Option<std::path::PathBuf> {
+    if let Some(p) = bpf::find_tracefs() {
+        out.push(line(Status::Ok, "tracefs", p.display().to_string()));
+        return Some(p);
+    }
+    if !root {
+        out.push(line(
+            Status::Fail,
+            "tracefs",
+            format!(
+                "not mounted; `uffdscope record` (as root) mounts it at {}",
+                bpf::TRACEFS
+            ),
+        ));
+        return None;
+    }
+    match bpf::find_or_mount_tracefs() {
+        Ok((p, _)) => {
+            out.push(line(
+                Status::Ok,
+                "tracefs",
+                format!(
+                    "was not mounted: mounted it at {} (as record would)",
+                    p.display()
+                ),
+            ));
+            Some(p)
+        }
+        Err(e) => {
+            out.push(line(Status::Fail, "tracefs", e.to_string()));
+            None
+        }
+    }
 }
 
 /// True when recording can work.

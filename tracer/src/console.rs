@@ -24,6 +24,13 @@ use std::time::{Duration, Instant};
 /// never sends a newline cannot grow memory without bound.
 pub const MAX_LINE: usize = 64 * 1024;
 
+/// Most bytes one look at a followed file reads, so an endless source
+/// (`/dev/zero`, a flooding pipe) cannot keep the caller from its deadline.
+const READ_BUDGET: usize = 1 << 20;
+
+/// Longest wait for a console socket's listener to accept.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Longest sleep between looks at a followed file when inotify is silent.
 const FILE_POLL: Duration = Duration::from_millis(50);
 
@@ -136,6 +143,16 @@ fn inotify_watch(path: &Path) -> Option<OwnedFd> {
     (wd >= 0).then_some(owned)
 }
 
+/// Opens `path` for reading without blocking: opening a FIFO with no writer
+/// returns at once instead of waiting for one.
+fn open_nonblocking(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
 /// Waits until `fd` is readable or `timeout` passes; true when readable.
 fn wait_readable(fd: i32, timeout: Duration) -> bool {
     let mut pfd = libc::pollfd {
@@ -176,7 +193,7 @@ impl ConsoleFollower {
             path: path.to_owned(),
             source,
         };
-        let mut file = File::open(path).map_err(open_err)?;
+        let mut file = open_nonblocking(path).map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
         let mut skip_to_newline = false;
         let offset = match start {
@@ -209,10 +226,13 @@ impl ConsoleFollower {
 
     /// Connects to a unix stream socket (QEMU `-chardev socket,server=on`).
     pub fn connect_socket(path: &Path) -> Result<Self, ConsoleError> {
-        let stream = UnixStream::connect(path).map_err(|source| ConsoleError::Connect {
-            path: path.to_owned(),
-            source,
-        })?;
+        let stream =
+            crate::unix_connect::connect_unix(path, CONNECT_TIMEOUT).map_err(|source| {
+                ConsoleError::Connect {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
         Ok(Self {
             path: path.to_owned(),
             source: Source::Socket(stream),
@@ -346,8 +366,9 @@ impl ConsoleFollower {
                 .map_err(read_err)?;
         }
         let mut got = false;
+        let mut budget = READ_BUDGET;
         let mut buf = [0u8; 16384];
-        loop {
+        while budget > 0 {
             let n = match state.file.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -357,6 +378,7 @@ impl ConsoleFollower {
             };
             let stamp = HostStamp::now();
             state.offset += n as u64;
+            budget = budget.saturating_sub(n);
             got = true;
             push_into(pending, skip_to_newline, ready, &buf[..n], stamp);
         }
@@ -374,7 +396,7 @@ impl ConsoleFollower {
         if meta.ino() == state.ino {
             return Ok(());
         }
-        let file = File::open(&self.path).map_err(|source| ConsoleError::Open {
+        let file = open_nonblocking(&self.path).map_err(|source| ConsoleError::Open {
             path: self.path.clone(),
             source,
         })?;
@@ -588,5 +610,40 @@ mod tests {
             err.to_string().contains("/nonexistent/uffdscope/console"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn fifo_without_writer_does_not_block() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console.fifo");
+        nix::unistd::mkfifo(
+            &path,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .expect("mkfifo");
+        let started = Instant::now();
+        let mut f =
+            ConsoleFollower::open(&path, StartAt::End).expect("open a FIFO without a writer");
+        assert!(f.next_line(SHORT).expect("read").is_none());
+        assert!(
+            started.elapsed() < WAIT,
+            "opening and reading a FIFO blocked"
+        );
+        let mut w = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("writer");
+        w.write_all(b"late\n").expect("write");
+        assert_eq!(text(&mut f), "late");
+    }
+
+    #[test]
+    fn endless_source_returns_within_the_wait() {
+        let mut f = ConsoleFollower::open(Path::new("/dev/zero"), StartAt::End).expect("open");
+        let started = Instant::now();
+        // Every look reads at most READ_BUDGET bytes: a line comes back.
+        let line = f.next_line(SHORT).expect("read").expect("a 64 KiB piece");
+        assert_eq!(line.text.len(), MAX_LINE);
+        assert!(started.elapsed() < WAIT);
     }
 }

@@ -15,12 +15,26 @@ use uffdscope_trace::record::{ProcessInfo, Role, SocketInfo, ThreadInfo, UffdRan
 pub enum DiscoverError {
     #[error("process {0} does not exist (has it exited? check the pid with `pgrep -a qemu`)")]
     PidGone(u32),
-    #[error("cannot read {path}: {source} (run as root)")]
+    #[error("cannot read {path}: {source}{}", proc_hint(source))]
     Proc { path: PathBuf, source: io::Error },
     #[error("no running QEMU has -name {0:?} (list them with `pgrep -a qemu`)")]
     NoSuchQemu(String),
     #[error("several QEMU processes have -name {name:?}: pids {pids:?}; use --pid")]
     AmbiguousQemu { name: String, pids: Vec<u32> },
+}
+
+/// What to do about a `/proc` read that failed, in the terms of what failed.
+fn proc_hint(source: &io::Error) -> &'static str {
+    match source.kind() {
+        io::ErrorKind::PermissionDenied if nix::unistd::geteuid().is_root() => {
+            " (refused even to root: the kernel's ptrace access check denies it; \
+             the process may be non-dumpable, in another user namespace or container, \
+             or protected by a security module)"
+        }
+        io::ErrorKind::PermissionDenied => " (run as root)",
+        io::ErrorKind::NotFound => " (has the process exited?)",
+        _ => "",
+    }
 }
 
 fn read(path: PathBuf, pid: u32) -> Result<String, DiscoverError> {
@@ -240,6 +254,56 @@ pub fn uffd_ranges(pid: u32, ts: u64) -> Result<Vec<UffdRange>, DiscoverError> {
     Ok(out)
 }
 
+/// fds found in `/proc/PID/fd`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcFds {
+    /// `anon_inode:[userfaultfd]` fds.
+    pub uffd: Vec<u32>,
+    /// `socket:[inode]` fds, with the inode.
+    pub sockets: Vec<(u32, u64)>,
+}
+
+/// Lists the uffd and socket fds of a process from `/proc/PID/fd`. fds that
+/// close during the scan are skipped.
+pub fn scan_proc_fds(tgid: u32) -> Result<ProcFds, DiscoverError> {
+    let dir = PathBuf::from(format!("/proc/{tgid}/fd"));
+    let entries = fs::read_dir(&dir).map_err(|source| DiscoverError::Proc {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut out = ProcFds::default();
+    for entry in entries {
+        let entry = entry.map_err(|source| DiscoverError::Proc {
+            path: dir.clone(),
+            source,
+        })?;
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // The fd may close between readdir and readlink: not an error.
+        let Ok(link) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy();
+        if link == "anon_inode:[userfaultfd]" {
+            out.uffd.push(fd);
+        } else if let Some(inode) = link
+            .strip_prefix("socket:[")
+            .and_then(|s| s.strip_suffix(']'))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            out.sockets.push((fd, inode));
+        }
+    }
+    out.uffd.sort_unstable();
+    out.sockets.sort_unstable();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +349,17 @@ mod tests {
             process(u32::MAX - 1, 0),
             Err(DiscoverError::PidGone(_))
         ));
+    }
+
+    #[test]
+    fn scans_own_fds() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let fds = scan_proc_fds(std::process::id()).expect("scan /proc/self/fd");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener) as u32;
+        assert!(
+            fds.sockets.iter().any(|&(f, _)| f == fd),
+            "socket fd {fd} not found in {fds:?}"
+        );
+        assert!(fds.uffd.is_empty(), "no uffd expected: {fds:?}");
     }
 }

@@ -8,9 +8,11 @@ pub mod console;
 pub mod convert;
 #[cfg(target_os = "linux")]
 pub mod discover;
+pub mod escape;
 pub mod live_stats;
 #[cfg(target_os = "linux")]
 pub mod perf;
 pub mod qmp;
 #[cfg(target_os = "linux")]
 pub mod session;
+pub mod unix_connect;

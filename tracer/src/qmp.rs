@@ -122,7 +122,8 @@ impl QmpClient {
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
         let deadline = Instant::now() + timeout;
         let stream = loop {
-            match UnixStream::connect(path) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match crate::unix_connect::connect_unix(path, left) {
                 Ok(s) => break s,
                 Err(e)
                     if Instant::now() < deadline
