@@ -116,6 +116,58 @@ impl Qmp {
     }
 }
 
+/// Recorder notes that say something was missing or cut while recording,
+/// with how each is introduced in a warning.
+const WARNING_NOTES: [(&str, &str); 6] = [
+    ("qmp_error", "QMP"),
+    ("console_error", "guest console"),
+    ("console_end", "guest console"),
+    ("console_cut", "guest console"),
+    ("bad_records", "kernel records that did not decode"),
+    ("abi_mismatch", "the BPF object and the tracer disagree"),
+];
+/// Notes of one kind shown in full; the rest are counted.
+const NOTES_SHOWN: usize = 3;
+
+/// The recorder's notes of the [`WARNING_NOTES`] kinds, a few of each kept.
+#[derive(Default)]
+struct RecorderNotes {
+    kept: Vec<(usize, String)>,
+    more: [u64; WARNING_NOTES.len()],
+}
+
+impl RecorderNotes {
+    fn push(&mut self, kind: &str, text: &str) {
+        let Some(i) = WARNING_NOTES.iter().position(|(k, _)| *k == kind) else {
+            return;
+        };
+        if self.kept.iter().filter(|(k, _)| *k == i).count() < NOTES_SHOWN {
+            self.kept.push((i, text.to_owned()));
+        } else {
+            self.more[i] += 1;
+        }
+    }
+
+    fn warnings(&self) -> impl Iterator<Item = String> + '_ {
+        let kept = self
+            .kept
+            .iter()
+            .map(|(i, text)| format!("while recording, {}: {text}", WARNING_NOTES[*i].1));
+        let more = self
+            .more
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| {
+                format!(
+                    "while recording, {}: {n} more notes like these",
+                    WARNING_NOTES[i].1
+                )
+            });
+        kept.chain(more)
+    }
+}
+
 /// Distinct page sizes a report lists (4 KiB, 2 MiB, 1 GiB, and a spare).
 const MAX_PAGE_SIZES: usize = 4;
 
@@ -149,6 +201,8 @@ struct Pass {
     /// QEMU 10.1's latency accounting replayed, and the service latency in its buckets.
     qemu_latency: LatencyReplay,
     service_log2: Log2Buckets,
+    /// The recorder's notes that every report must show.
+    recorder_notes: RecorderNotes,
     /// Distinct lengths of successful placements (page sizes), at most a few.
     page_sizes: std::collections::BTreeSet<u64>,
 }
@@ -225,6 +279,7 @@ impl Consumer for Pass {
         match rec {
             Record::Drops(d) => self.drops = self.drops.max(d.total),
             Record::Note(n) if n.kind == "end" => self.end = Some(n.text.clone()),
+            Record::Note(n) => self.recorder_notes.push(&n.kind, &n.text),
             Record::Qmp(q) => self.qmp.push(q.ts, derived.qmp.as_ref()),
             Record::GuestLine(g) => {
                 if let Some(mut s) = guest::parse_line(&g.text, &mut self.guest_counts) {
@@ -519,7 +574,7 @@ fn network_split_section(pass: &Pass) -> (NetworkSplitSection, BytesPercentiles)
 /// Warnings about what the trace lacks: drops, damage, faults without entry.
 fn warnings(run: &Run<'_>) -> Vec<String> {
     let (pass, s) = (run.pass, &run.pass.stats);
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = pass.recorder_notes.warnings().collect();
     if pass.drops > 0 {
         warnings.push(format!(
             "the kernel dropped {} events (ring buffer full): fault counts and stages are incomplete",

@@ -407,6 +407,13 @@ pub struct Qmp {
     pub json: String,
 }
 
+impl Qmp {
+    /// The reply to `query-migrate-capabilities`, asked once at start.
+    pub const CAPABILITIES: &'static str = "query-migrate-capabilities";
+    /// The reply to `query-migrate-parameters`, asked once at start.
+    pub const PARAMETERS: &'static str = "query-migrate-parameters";
+}
+
 /// A guest console line with its host arrival time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestLine {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
+use uffdscope_trace::record::Qmp;
 
 /// What one QMP reply or event says, as far as uffdscope reads it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -66,15 +67,12 @@ fn capabilities(v: &Value) -> Option<BTreeMap<String, bool>> {
     (!caps.is_empty()).then_some(caps)
 }
 
-/// The recorder's kind for a `query-migrate-parameters` reply.
-pub const PARAMETERS_KIND: &str = "query-migrate-parameters";
-
 /// Parses a reply (`{"return": {...}}`) or an event (`{"data": {...}}`) of
 /// the recorder's record `kind`; `None` when the text is not JSON.
 pub fn parse(kind: &str, json: &str) -> Option<QmpFacts> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
     let v = v.get("return").unwrap_or(&v);
-    if kind == PARAMETERS_KIND {
+    if kind == Qmp::PARAMETERS {
         return Some(QmpFacts {
             parameters: v.as_object().cloned(),
             ..QmpFacts::default()
@@ -163,7 +161,7 @@ mod tests {
         assert_eq!(c.get("postcopy-ram"), Some(&true));
         assert_eq!(c.get("postcopy-preempt"), Some(&false));
         let params = r#"{"return":{"max-postcopy-bandwidth":67108864,"multifd-channels":2}}"#;
-        let f = parse(PARAMETERS_KIND, params).expect("json");
+        let f = parse(Qmp::PARAMETERS, params).expect("json");
         assert_eq!(
             f.parameters
                 .and_then(|p| p.get("multifd-channels").cloned()),

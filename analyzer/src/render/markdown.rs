@@ -46,6 +46,7 @@ pub fn render_markdown(r: &Report) -> String {
     faults(&mut o, r, &view);
     threads(&mut o, &view);
     blocktime(&mut o, r);
+    let _ = writeln!(o, "{}\n", escape(&view.qemu_latency));
     guest(&mut o, r, &view);
     slowest(&mut o, r);
     let t = &r.trace;
@@ -88,6 +89,24 @@ fn header(o: &mut String, r: &Report, view: &View<'_>) {
             .map_or_else(String::new, |e| format!(" · ended: {}", escape(e)))
     );
     let _ = writeln!(o);
+    let _ = writeln!(o, "Setup: {}", escape(&view.context));
+    let _ = writeln!(o);
+    findings(o, view);
+}
+
+fn findings(o: &mut String, view: &View<'_>) {
+    if view.findings.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "#### Findings");
+    let _ = writeln!(o);
+    for f in view.findings {
+        let knob = f
+            .knob
+            .map_or_else(String::new, |k| format!(" *Try:* {}.", escape(k)));
+        let _ = writeln!(o, "- **`{}`** {}{knob}", f.rule, escape(&f.text));
+    }
+    let _ = writeln!(o);
 }
 
 fn faults(o: &mut String, r: &Report, view: &View<'_>) {
@@ -127,6 +146,22 @@ fn faults(o: &mut String, r: &Report, view: &View<'_>) {
             p.count,
             row.share.map_or_else(String::new, |s| pct(Some(s)))
         );
+        if row.stage == Stage::Network {
+            for part in &view.network_split {
+                let p = part.p;
+                let _ = writeln!(
+                    o,
+                    "| ↳ {} | {} | {} | {} | {} | {} | {} |",
+                    part.label.trim(),
+                    num(p.p50),
+                    num(p.p90),
+                    num(p.p99),
+                    num(p.max),
+                    p.count,
+                    part.share.map_or_else(String::new, |s| pct(Some(s)))
+                );
+            }
+        }
     }
     for (name, p) in [("**service**", &f.service_us), ("blocked", &f.blocked_us)] {
         let _ = writeln!(

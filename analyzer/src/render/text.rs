@@ -37,7 +37,7 @@ pub fn render_text(r: &Report) -> String {
     header(&mut o, r, &view);
     faults(&mut o, r, &view);
     threads(&mut o, &view);
-    blocktime(&mut o, r);
+    blocktime(&mut o, r, &view);
     network(&mut o, r);
     guest(&mut o, r, &view);
     slowest(&mut o, r);
@@ -77,8 +77,24 @@ fn header(o: &mut String, r: &Report, view: &View<'_>) {
             .as_ref()
             .map_or(String::new(), |e| format!(", ended: {}", escape(e)))
     );
+    let _ = writeln!(o, "setup    {}", escape(&view.context));
     let _ = writeln!(o);
     let _ = writeln!(o, "{}", escape(&view.headline));
+    let _ = writeln!(o);
+    findings(o, view);
+}
+
+fn findings(o: &mut String, view: &View<'_>) {
+    if view.findings.is_empty() {
+        return;
+    }
+    heading(o, "Findings");
+    for f in view.findings {
+        let _ = writeln!(o, "* [{}] {}", f.rule, escape(&f.text));
+        if let Some(knob) = f.knob {
+            let _ = writeln!(o, "  try: {knob}");
+        }
+    }
     let _ = writeln!(o);
 }
 
@@ -131,6 +147,18 @@ fn faults(o: &mut String, r: &Report, view: &View<'_>) {
         let p = row.p;
         let figures = [p.p50, p.p90, p.p99, p.max];
         stage_line(o, row.stage.as_str(), figures, p.count, row.share);
+        if row.stage == Stage::Network {
+            for part in &view.network_split {
+                let p = part.p;
+                stage_line(
+                    o,
+                    part.label,
+                    [p.p50, p.p90, p.p99, p.max],
+                    p.count,
+                    part.share,
+                );
+            }
+        }
     }
     for (name, p) in [("service", &f.service_us), ("blocked", &f.blocked_us)] {
         stage_line(o, name, [p.p50, p.p90, p.p99, p.max], p.count, None);
@@ -140,6 +168,12 @@ fn faults(o: &mut String, r: &Report, view: &View<'_>) {
         "stages add up to the service latency for {} of {} faults with a known entry",
         f.stage_sum_consistent, f.with_service
     );
+    if !view.network_split.is_empty() {
+        let _ = writeln!(
+            o,
+            "indented: the network stage of requested faults taken apart (wire RTT, behind the stream's bytes, the rest, of it the channel paused); shares of their summed network time"
+        );
+    }
     if let Some(b) = &view.bounded {
         let _ = writeln!(o, "{b}");
     }
@@ -181,7 +215,7 @@ fn threads(o: &mut String, view: &View<'_>) {
     let _ = writeln!(o);
 }
 
-fn blocktime(o: &mut String, r: &Report) {
+fn blocktime(o: &mut String, r: &Report, view: &View<'_>) {
     let bt = &r.blocktime_ms;
     heading(o, "vCPU blocktime");
     let _ = writeln!(
@@ -228,6 +262,7 @@ fn blocktime(o: &mut String, r: &Report) {
             let _ = writeln!(o, "migration: {}", tl.join(" → "));
         }
     }
+    let _ = writeln!(o, "{}", escape(&view.qemu_latency));
     let _ = writeln!(o);
 }
 

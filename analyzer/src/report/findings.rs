@@ -7,6 +7,7 @@
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use crate::engine::guest::{Phase, Spike};
 use crate::engine::network::ChannelRole;
 use crate::report::{Report, StagePercentiles};
 use uffdscope_trace::record::Role;
@@ -370,8 +371,15 @@ fn qemu_counter_drift(r: &Report) -> Option<Finding> {
 /// A spike explained at least this much counts as explained.
 pub const SPIKE_EXPLAINED_SHARE: f64 = 0.5;
 
-fn spikes(r: &Report, explained: bool) -> Option<(usize, usize, &crate::engine::guest::Spike)> {
-    let all = &r.guest.as_ref()?.spikes;
+fn spikes(r: &Report, explained: bool) -> Option<(usize, usize, &Spike)> {
+    // After the migration completed no page was missing: not post-copy's.
+    let all: Vec<&Spike> = r
+        .guest
+        .as_ref()?
+        .spikes
+        .iter()
+        .filter(|s| s.phase != Phase::After)
+        .collect();
     let chosen: Vec<_> = all
         .iter()
         .filter(|s| (s.explained >= SPIKE_EXPLAINED_SHARE) == explained)

@@ -9,6 +9,7 @@ use std::fmt::Write;
 use crate::analysis::vcpu_index;
 use crate::engine::guest::{Phase, Spike};
 use crate::engine::lifecycle::Stage;
+use crate::report::findings::Finding;
 use crate::report::{Report, StagePercentiles, ThreadRow};
 use uffdscope_trace::record::Role;
 
@@ -83,6 +84,26 @@ pub struct View<'a> {
     /// Which figures are only upper bounds, when some are.
     pub bounded: Option<String>,
     pub guest: Option<GuestFigures>,
+    /// Why faults were slow, most severe first (shown right after the warnings).
+    pub findings: &'a [Finding],
+    /// The migration's set-up in one line.
+    pub context: String,
+    /// The network stage of requested faults taken apart, as sub-rows of the
+    /// stage table; empty when no requested fault had a known split.
+    pub network_split: Vec<SplitRow>,
+    /// QEMU 10.1's latency figures: replayed, and reported when QEMU did.
+    pub qemu_latency: String,
+}
+
+/// A part of the network stage of requested faults.
+#[derive(Debug, Clone, Copy)]
+pub struct SplitRow {
+    /// ` wire`, ` behind` (the stream), ` rest`, `  paused` (a part of rest),
+    /// indented under the network stage.
+    pub label: &'static str,
+    pub p: StagePercentiles,
+    /// Share of the requested faults' summed network time.
+    pub share: Option<f64>,
 }
 
 impl<'a> View<'a> {
@@ -125,8 +146,140 @@ impl<'a> View<'a> {
                     .filter(|c| c.is_finite())
                     .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}")),
             }),
+            findings: &r.findings,
+            context: context_line(r),
+            network_split: split_rows(r),
+            qemu_latency: qemu_latency_line(r),
         }
     }
+}
+
+fn split_rows(r: &Report) -> Vec<SplitRow> {
+    let (p, share) = (&r.faults.network_split_us, &r.faults.network_split_share);
+    let measured = [p.wire, p.behind_stream, p.rest]
+        .iter()
+        .any(|part| part.count > 0);
+    if !measured {
+        return Vec::new();
+    }
+    vec![
+        SplitRow {
+            label: " wire",
+            p: p.wire,
+            share: share.wire,
+        },
+        SplitRow {
+            label: " behind",
+            p: p.behind_stream,
+            share: share.behind_stream,
+        },
+        SplitRow {
+            label: " rest",
+            p: p.rest,
+            share: share.rest,
+        },
+        SplitRow {
+            label: "  paused",
+            p: p.paused,
+            share: share.paused,
+        },
+    ]
+}
+
+/// `QEMU 7.2.22 · postcopy-ram, postcopy-blocktime on · max-postcopy-bandwidth
+/// 64 MiB/s · pages 4 KiB · 1 vCPU · return_path 127.0.0.1:37489 ↔ ...`
+fn context_line(r: &Report) -> String {
+    let c = &r.context;
+    let mut parts = vec![format!(
+        "QEMU {}",
+        c.qemu_version.as_deref().unwrap_or("version unknown")
+    )];
+    match &c.capabilities {
+        Some(caps) => {
+            let on: Vec<&str> = caps
+                .iter()
+                .filter(|(_, on)| **on)
+                .map(|(k, _)| k.as_str())
+                .collect();
+            parts.push(if on.is_empty() {
+                "no capability on".to_owned()
+            } else {
+                format!("{} on", on.join(", "))
+            });
+        }
+        None => parts.push("capabilities not recorded".to_owned()),
+    }
+    if let Some(params) = &c.parameters {
+        for key in CONTEXT_PARAMETERS {
+            if let Some(v) = params.get(key) {
+                parts.push(format!("{key} {}", parameter(key, v)));
+            }
+        }
+    }
+    let sizes: Vec<String> = c.page_sizes.iter().map(|&b| bytes(b)).collect();
+    if !sizes.is_empty() {
+        parts.push(format!("pages {}", sizes.join(" + ")));
+    }
+    parts.push(format!(
+        "{} vCPU{}",
+        c.vcpus,
+        if c.vcpus == 1 { "" } else { "s" }
+    ));
+    for ch in &c.channels {
+        parts.push(format!("{} {} ↔ {}", ch.role.as_str(), ch.local, ch.remote));
+    }
+    parts.join(" · ")
+}
+
+/// The migration parameters a context line names, when QEMU reported them.
+const CONTEXT_PARAMETERS: [&str; 5] = [
+    "max-bandwidth",
+    "max-postcopy-bandwidth",
+    "multifd-channels",
+    "downtime-limit",
+    "postcopy-preempt-break-huge",
+];
+
+fn parameter(key: &str, v: &serde_json::Value) -> String {
+    match v.as_u64() {
+        Some(0) if key.ends_with("bandwidth") => "unlimited".to_owned(),
+        Some(n) if key.ends_with("bandwidth") => format!("{}/s", bytes(n)),
+        _ => v.to_string(),
+    }
+}
+
+/// 4096 → `4 KiB`, 2097152 → `2 MiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    UNITS
+        .iter()
+        .find(|(size, _)| n >= *size && n.is_multiple_of(*size))
+        .map_or_else(
+            || format!("{n} B"),
+            |(size, unit)| format!("{} {unit}", n / size),
+        )
+}
+
+/// QEMU 10.1's figures: the replay always, QEMU's own when it reported them.
+fn qemu_latency_line(r: &Report) -> String {
+    let q = &r.qemu_latency;
+    let ms = |ns: Option<u64>| with_unit(ns.map(|n| n as f64 / 1e6), " ms");
+    let mut s = format!(
+        "QEMU 10.1 post-copy latency, replayed over the trace: mean {} over {} faults that needed a page request",
+        ms(q.replay.latency_ns),
+        q.replay.faults
+    );
+    let per: Vec<String> = q.replay.vcpu_latency_ns.iter().map(|v| ms(*v)).collect();
+    if !per.is_empty() {
+        let _ = write!(s, " (per vCPU {})", per.join(", "));
+    }
+    match &q.reported {
+        Some(rep) => {
+            let _ = write!(s, "; reported by QEMU: mean {}", ms(rep.latency_ns));
+        }
+        None => s.push_str("; QEMU did not report it (before 10.1, or postcopy-blocktime off)"),
+    }
+    s
 }
 
 fn stage_rows(r: &Report) -> Vec<StageRow> {

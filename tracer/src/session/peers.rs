@@ -88,6 +88,23 @@ fn note(tx: &mpsc::Sender<Record>, kind: &str, text: String) {
     }));
 }
 
+/// The migration's capabilities and parameters, asked once: every report
+/// states them, since a bug report is of little use without them.
+fn record_setup(client: &mut QmpClient, tx: &mpsc::Sender<Record>) {
+    for command in [Qmp::CAPABILITIES, Qmp::PARAMETERS] {
+        match client.execute(command, None) {
+            Ok(v) => {
+                let _ = tx.send(Record::Qmp(Qmp {
+                    ts: monotonic_ns(),
+                    kind: command.into(),
+                    json: v.to_string(),
+                }));
+            }
+            Err(e) => note(tx, "qmp_error", format!("{command} failed: {e}")),
+        }
+    }
+}
+
 /// Samples `query-migrate` and forwards QMP events until `stop`, then reads
 /// QEMU's final blocktime figures.
 fn qmp_thread(
@@ -110,6 +127,7 @@ fn qmp_thread(
         }
     };
     let _ = version_tx.send(client.qemu_version());
+    record_setup(&mut client, tx);
     let mut last = None;
     loop {
         let stopping = stop.load(Ordering::Relaxed);

@@ -18,7 +18,7 @@ use crate::engine::lifecycle::Stage;
 use crate::report::view::{num, View};
 use crate::report::Report;
 use plots::{guest_plot, latency_plot, timeline_plot};
-use tables::{blocktime, cards, guest, network, slowest, stages, threads};
+use tables::{blocktime, cards, findings, guest, network, slowest, stages, threads};
 use uffdscope_trace::record::Role;
 
 fn stage_color(stage: Stage) -> &'static str {
@@ -56,6 +56,7 @@ header h1{margin:0;font-size:22px;font-weight:650;letter-spacing:-.01em}
 header .path{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px;color:var(--muted);word-break:break-all}
 header .meta{color:var(--muted);font-size:13px;margin-top:4px}
 .warn{background:#fff1f0;border:1px solid #f3b7b3;border-left:5px solid var(--bad);border-radius:6px;padding:10px 14px;margin:14px 0 0;font-weight:650;color:#8a1f1b}
+.findings li{margin:6px 0}.knob{color:var(--muted)}tr.sub td{font-size:12px}
 .headline{font-size:16px;background:var(--card);border:1px solid var(--line);border-radius:8px;padding:14px 18px;margin:18px 0}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(140px,1fr));gap:12px;margin:0 0 8px}
 .card{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:12px 14px}
@@ -142,6 +143,8 @@ pub fn render_html(r: &Report) -> String {
         let _ = write!(o, r#"<div class="warn">⚠ {}</div>"#, escape(w));
     }
     let _ = write!(o, r#"<p class="headline">{}</p>"#, escape(&view.headline));
+    let _ = write!(o, r#"<p class="note">Setup: {}</p>"#, escape(&view.context));
+    findings(&mut o, &view);
     cards(&mut o, r);
     stages(&mut o, r, &view);
     latency_plot(&mut o, r);
@@ -149,6 +152,7 @@ pub fn render_html(r: &Report) -> String {
     timeline_plot(&mut o, r);
     guest(&mut o, r, &view);
     blocktime(&mut o, r);
+    let _ = write!(o, r#"<p class="note">{}</p>"#, escape(&view.qemu_latency));
     threads(&mut o, &view);
     network(&mut o, r);
     slowest(&mut o, r);

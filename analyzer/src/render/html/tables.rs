@@ -106,6 +106,57 @@ pub(super) fn cards(o: &mut String, r: &Report) {
     o.push_str("</div>");
 }
 
+/// What each part of the network stage of requested faults covers.
+fn split_help(label: &str) -> &'static str {
+    match label.trim() {
+        "wire" => "the request socket's smoothed RTT",
+        "behind" => "bytes that arrived first on the page's channel ÷ its throughput",
+        "rest" => "the source, and what the destination cannot see",
+        _ => "of the rest: the page's channel received nothing",
+    }
+}
+
+/// Sub-rows of the network stage: its parts for requested faults, with
+/// shares of their summed network time.
+fn network_split_rows(o: &mut String, view: &View<'_>) {
+    for part in &view.network_split {
+        let p = part.p;
+        let _ = write!(
+            o,
+            r#"<tr class="sub"><td class="l">&nbsp;&nbsp;↳ {}</td><td class="l" style="color:var(--muted)">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            part.label.trim(),
+            split_help(part.label),
+            dur_us(p.p50),
+            dur_us(p.p90),
+            dur_us(p.p99),
+            dur_us(p.max),
+            p.count,
+            part.share.map_or_else(String::new, |s| pct(Some(s)))
+        );
+    }
+}
+
+/// The findings, first thing after the headline.
+pub(super) fn findings(o: &mut String, view: &View<'_>) {
+    if view.findings.is_empty() {
+        return;
+    }
+    o.push_str(r#"<section id="findings"><h2>Findings</h2><ul class="findings">"#);
+    for f in view.findings {
+        let _ = write!(
+            o,
+            "<li><code>{}</code> {}{}</li>",
+            escape(f.rule),
+            escape(&f.text),
+            f.knob.map_or_else(String::new, |k| format!(
+                r#"<br><span class="knob">Try: {}</span>"#,
+                escape(k)
+            ))
+        );
+    }
+    o.push_str("</ul></section>");
+}
+
 pub(super) fn stages(o: &mut String, r: &Report, view: &View<'_>) {
     let f = &r.faults;
     o.push_str(r#"<section id="stages"><h2>Where the time went</h2>"#);
@@ -178,6 +229,9 @@ pub(super) fn stages(o: &mut String, r: &Report, view: &View<'_>) {
             p.count,
             share.map_or_else(String::new, |s| pct(Some(s)))
         );
+        if stage == Stage::Network {
+            network_split_rows(o, view);
+        }
     }
     for (name, help, p) in [
         ("service", "fault entry → woken", &f.service_us),
