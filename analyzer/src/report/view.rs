@@ -186,8 +186,9 @@ fn split_rows(r: &Report) -> Vec<SplitRow> {
     ]
 }
 
-/// `QEMU 7.2.22 · postcopy-ram, postcopy-blocktime on · max-postcopy-bandwidth
-/// 64 MiB/s · pages 4 KiB · 1 vCPU · return_path 127.0.0.1:37489 ↔ ...`
+/// `QEMU 7.2.22 · postcopy-blocktime, postcopy-ram on · this QEMU's
+/// max-bandwidth 128 MiB/s, multifd-channels 2 · pages 4 KiB · 1 vCPU ·
+/// return_path 127.0.0.1:37489 ↔ ...`
 fn context_line(r: &Report) -> String {
     let c = &r.context;
     let mut parts = vec![format!(
@@ -210,10 +211,14 @@ fn context_line(r: &Report) -> String {
         None => parts.push("capabilities not recorded".to_owned()),
     }
     if let Some(params) = &c.parameters {
-        for key in CONTEXT_PARAMETERS {
-            if let Some(v) = params.get(key) {
-                parts.push(format!("{key} {}", parameter(key, v)));
-            }
+        // The recorder asks the QEMU it traces: a destination's bandwidth
+        // limits are its own, not the source's.
+        let named: Vec<String> = CONTEXT_PARAMETERS
+            .iter()
+            .filter_map(|key| Some(format!("{key} {}", parameter(key, params.get(*key)?))))
+            .collect();
+        if !named.is_empty() {
+            parts.push(format!("this QEMU's {}", named.join(", ")));
         }
     }
     let sizes: Vec<String> = c.page_sizes.iter().map(|&b| bytes(b)).collect();
