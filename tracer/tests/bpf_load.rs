@@ -378,11 +378,37 @@ fn parse_kv(s: &str) -> BTreeMap<String, i64> {
         .collect()
 }
 
+/// What the self-contained workload did, as it reported it, and what the
+/// BPF side recorded of it.
+struct Observed {
+    pid: u32,
+    events: Vec<RawEvent>,
+    result: BTreeMap<String, i64>,
+    fault_tid: u32,
+    handler_tid: u32,
+    r1: u64,
+    r2: u64,
+    /// Every page of both registered regions.
+    pages: BTreeSet<u64>,
+}
+
 #[test]
 fn bpf_load_and_join() {
     if std::env::var_os(CHILD_ENV).is_some() || !tier::root_bpf("bpf_load_and_join") {
         return;
     }
+    let o = run_workload_traced();
+    check_fault_wakes(&o);
+    check_reads(&o);
+    check_ioctls(&o);
+    check_fd_lifecycle(&o);
+    check_sends(&o);
+    check_threads(&o);
+}
+
+/// Spawns the child workload, loads and attaches the tracer to it, lets it
+/// run, and drains every record it produced.
+fn run_workload_traced() -> Observed {
     let exe = std::env::current_exe().expect("current_exe");
     let child = Command::new(exe)
         .args([
@@ -414,36 +440,7 @@ fn bpf_load_and_join() {
 
     let cfg = BpfConfig::new(vec![pid]);
     let mut tracer = BpfTracer::load(&cfg).unwrap_or_else(|e| panic!("BpfTracer::load: {e}"));
-    for st in tracer.attach_status() {
-        println!(
-            "{:<40} {:?} {:?}",
-            st.tracepoint.to_string(),
-            st.tracepoint.need,
-            st.outcome
-        );
-        if st.tracepoint.need == Need::Required {
-            assert_eq!(st.outcome, AttachOutcome::Attached, "{}", st.tracepoint);
-        }
-    }
-    // Every tracepoint the object uses exists on the hosts this runs on
-    // (6.x with kvm loaded); an optional one missing here is worth a look.
-    let not_attached: Vec<_> = tracer
-        .attach_status()
-        .iter()
-        .filter(|s| s.outcome != AttachOutcome::Attached)
-        .map(|s| format!("{}: {:?}", s.tracepoint, s.outcome))
-        .collect();
-    assert!(
-        not_attached.is_empty() || std::env::var_os("UFFDSCOPE_ALLOW_MISSING_OPTIONAL").is_some(),
-        "optional tracepoints not attached: {not_attached:?}"
-    );
-    assert_eq!(tracer.attach_status().len(), TRACEPOINTS.len());
-    let seeded = tracer.uffd_fds().expect("read uffd fd map");
-    assert_eq!(
-        seeded.len(),
-        1,
-        "uffd A should be seeded from /proc: {seeded:?}"
-    );
+    check_attached(&tracer);
     let mut ring = tracer.take_ring().expect("take ring");
 
     child
@@ -498,10 +495,60 @@ fn bpf_load_and_join() {
         .map(|i| r1 + (i * PAGE) as u64)
         .chain((0..R2_PAGES).map(|i| r2 + (i * PAGE) as u64))
         .collect();
-    let total = R1_PAGES + R2_PAGES;
+    Observed {
+        pid,
+        events,
+        result,
+        fault_tid,
+        handler_tid,
+        r1,
+        r2,
+        pages,
+    }
+}
 
-    // Joined fault/wake records: one per page, for the faulting thread, woken
-    // by the handler's UFFDIO_COPY of that page.
+/// Every tracepoint attached, and the uffd that existed before attach seeded.
+fn check_attached(tracer: &BpfTracer) {
+    for st in tracer.attach_status() {
+        println!(
+            "{:<40} {:?} {:?}",
+            st.tracepoint.to_string(),
+            st.tracepoint.need,
+            st.outcome
+        );
+        if st.tracepoint.need == Need::Required {
+            assert_eq!(st.outcome, AttachOutcome::Attached, "{}", st.tracepoint);
+        }
+    }
+    // Every tracepoint the object uses exists on the hosts this runs on
+    // (6.x with kvm loaded); an optional one missing here is worth a look.
+    let not_attached: Vec<_> = tracer
+        .attach_status()
+        .iter()
+        .filter(|s| s.outcome != AttachOutcome::Attached)
+        .map(|s| format!("{}: {:?}", s.tracepoint, s.outcome))
+        .collect();
+    assert!(
+        not_attached.is_empty() || std::env::var_os("UFFDSCOPE_ALLOW_MISSING_OPTIONAL").is_some(),
+        "optional tracepoints not attached: {not_attached:?}"
+    );
+    assert_eq!(tracer.attach_status().len(), TRACEPOINTS.len());
+    let seeded = tracer.uffd_fds().expect("read uffd fd map");
+    assert_eq!(
+        seeded.len(),
+        1,
+        "uffd A should be seeded from /proc: {seeded:?}"
+    );
+}
+
+/// One joined fault/wake record per page, for the faulting thread, woken by
+/// the handler's UFFDIO_COPY of that page.
+fn check_fault_wakes(o: &Observed) {
+    let events = &o.events;
+    let fault_tid = o.fault_tid;
+    let handler_tid = o.handler_tid;
+    let pages = &o.pages;
+    let total = R1_PAGES + R2_PAGES;
     let wakes: Vec<&abi::FaultWake> = events
         .iter()
         .filter_map(|e| match e {
@@ -560,9 +607,16 @@ fn bpf_load_and_join() {
             .all(|e| !matches!(e, RawEvent::FaultWake(w) if w.hdr.tid != fault_tid)),
         "fault_wake for another thread"
     );
+}
 
-    // uffd reads by the handler: one 32-byte PAGEFAULT message per page, with
-    // the faulting thread's id.
+/// uffd reads by the handler: one 32-byte PAGEFAULT message per page, with
+/// the faulting thread's id.
+fn check_reads(o: &Observed) {
+    let events = &o.events;
+    let fault_tid = o.fault_tid;
+    let handler_tid = o.handler_tid;
+    let pages = &o.pages;
+    let total = R1_PAGES + R2_PAGES;
     let reads: Vec<&abi::UffdRead> = events
         .iter()
         .filter_map(|e| match e {
@@ -582,9 +636,16 @@ fn bpf_load_and_join() {
         assert!(r.enter_ts <= r.hdr.ts, "{r:?}");
         read_pages.insert(m.address());
     }
-    assert_eq!(read_pages, pages, "uffd messages cover every page");
+    assert_eq!(&read_pages, pages, "uffd messages cover every page");
+}
 
-    // ioctl records.
+/// The handler's COPY per page, both REGISTERs, and UFFDIO_API on A and B.
+fn check_ioctls(o: &Observed) {
+    let events = &o.events;
+    let handler_tid = o.handler_tid;
+    let pages = &o.pages;
+    let total = R1_PAGES + R2_PAGES;
+    let (r1, r2) = (o.r1, o.r2);
     let ioctls: Vec<&abi::UffdIoctl> = events
         .iter()
         .filter_map(|e| match e {
@@ -607,7 +668,7 @@ fn bpf_load_and_join() {
         assert!(c.enter_ts <= c.hdr.ts, "{c:?}");
         copy_pages.insert(c.start);
     }
-    assert_eq!(copy_pages, pages, "UFFDIO_COPY covers every page");
+    assert_eq!(&copy_pages, pages, "UFFDIO_COPY covers every page");
     let registers: BTreeSet<(u64, u64)> = ioctls
         .iter()
         .filter(|i| i.cmd == ioctl::REGISTER)
@@ -634,9 +695,13 @@ fn bpf_load_and_join() {
         );
         assert_ne!(a.result as u64 & UFFD_FEATURE_THREAD_ID, 0, "{a:?}");
     }
+}
 
-    // uffd fd lifecycle: B from the syscall, C from /dev/userfaultfd (when
-    // the device exists) and then closed.
+/// uffd fd lifecycle: B from the syscall, C from /dev/userfaultfd (when the
+/// device exists) and then closed.
+fn check_fd_lifecycle(o: &Observed) {
+    let events = &o.events;
+    let (pid, result) = (o.pid, &o.result);
     let fd_events: Vec<(u32, u32)> = events
         .iter()
         .filter_map(|e| match e {
@@ -655,8 +720,12 @@ fn bpf_load_and_join() {
         println!("/dev/userfaultfd missing: USERFAULTFD_IOC_NEW not exercised");
     }
     assert_eq!(fd_events, want, "uffd fd events");
+}
 
-    // Sends, with their payloads.
+/// Sends with their payloads, and socket byte counts for the TCP traffic.
+fn check_sends(o: &Observed) {
+    let events = &o.events;
+    let result = &o.result;
     let sends: Vec<(u16, u32, Vec<u8>, i64)> = events
         .iter()
         .filter_map(|e| match e {
@@ -709,8 +778,14 @@ fn bpf_load_and_join() {
         received, 50,
         "bytes received per sock_recv_length: {sock_lens:?}"
     );
+}
 
-    // Threads: both workers appear with their names.
+/// Both workers appear with their names, as new threads, and the process exits.
+fn check_threads(o: &Observed) {
+    let events = &o.events;
+    let fault_tid = o.fault_tid;
+    let handler_tid = o.handler_tid;
+    let pid = o.pid;
     let named: BTreeMap<u32, String> = events
         .iter()
         .filter_map(|e| match e {
