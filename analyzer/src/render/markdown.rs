@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use crate::engine::lifecycle::Stage;
 use crate::report::view::{self, num, View};
-use crate::report::Report;
+use crate::report::{Report, StagePercentiles};
 
 /// Rows kept per table before "… and N more".
 const MAX_THREADS: usize = 12;
@@ -134,32 +134,10 @@ fn faults(o: &mut String, r: &Report, view: &View<'_>) {
     let _ = writeln!(o, "| stage (µs) | p50 | p90 | p99 | max | count | share |");
     let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|");
     for row in &view.stages {
-        let p = row.p;
-        let _ = writeln!(
-            o,
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            row.stage.as_str(),
-            num(p.p50),
-            num(p.p90),
-            num(p.p99),
-            num(p.max),
-            p.count,
-            row.share.map_or_else(String::new, |s| pct(Some(s)))
-        );
+        stage_row(o, row.stage.as_str(), &row.p, row.share);
         if row.stage == Stage::Network {
             for part in &view.network_split {
-                let p = part.p;
-                let _ = writeln!(
-                    o,
-                    "| ↳ {} | {} | {} | {} | {} | {} | {} |",
-                    part.label.trim(),
-                    num(p.p50),
-                    num(p.p90),
-                    num(p.p99),
-                    num(p.max),
-                    p.count,
-                    part.share.map_or_else(String::new, |s| pct(Some(s)))
-                );
+                stage_row(o, &format!("↳ {}", part.label.trim()), &part.p, part.share);
             }
         }
     }
@@ -178,6 +156,20 @@ fn faults(o: &mut String, r: &Report, view: &View<'_>) {
         let _ = writeln!(o, "\n{}", escape(b));
     }
     let _ = writeln!(o);
+}
+
+/// One row of the stage table: p50, p90, p99, max, count, share.
+fn stage_row(o: &mut String, name: &str, p: &StagePercentiles, share: Option<f64>) {
+    let _ = writeln!(
+        o,
+        "| {name} | {} | {} | {} | {} | {} | {} |",
+        num(p.p50),
+        num(p.p90),
+        num(p.p99),
+        num(p.max),
+        p.count,
+        share.map_or_else(String::new, |s| pct(Some(s)))
+    );
 }
 
 fn threads(o: &mut String, view: &View<'_>) {
