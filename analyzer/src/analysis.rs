@@ -111,14 +111,16 @@ struct Pass {
 }
 
 impl Pass {
+    /// Brings the vCPU set up to date with the threads whose facts changed.
     fn refresh_vcpus(&mut self) {
-        self.vcpu_set = self
-            .engine
-            .threads
-            .iter()
-            .filter(|(_, t)| t.role() == Role::Vcpu)
-            .map(|(&tid, _)| tid)
-            .collect();
+        let set = &mut self.vcpu_set;
+        self.engine.take_role_changes(|tid, role| {
+            if role == Role::Vcpu {
+                set.insert(tid);
+            } else {
+                set.remove(&tid);
+            }
+        });
     }
 
     /// Feeds QEMU's blocktime replay: message reads and the placing ioctls.

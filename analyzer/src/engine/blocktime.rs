@@ -41,7 +41,8 @@
 //! accounting under `page_request_mutex`). With one vCPU that shows
 //! as `postcopy-blocktime` < `postcopy-vcpu-blocktime`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 
 use crate::engine::lifecycle::PageHasher;
@@ -90,9 +91,11 @@ pub struct QemuBlocktime {
     /// instead of at the placing thread's next ioctl (what it does on a busy
     /// host): the variant that shows what the preemption race costs.
     close_at_exit: bool,
-    /// Events sorted by time. Records arrive nearly in time order, so an
-    /// insertion lands at or near the back (cheaper than a heap).
-    queue: VecDeque<Event>,
+    /// Events in time order: those that arrive in order are appended to
+    /// `in_order` (O(1)), the others go to the `late` heap (O(log n)); the
+    /// replay takes the smaller front of the two.
+    in_order: VecDeque<Event>,
+    late: BinaryHeap<Reverse<Event>>,
     seq: u64,
     /// Per placing thread: its last placement (page, ioctl exit), whose end
     /// waits for the thread's next ioctl.
@@ -133,16 +136,33 @@ impl QemuBlocktime {
     fn push(&mut self, ts: u64, kind: u8, addr: u64, tid: u32) {
         self.seq += 1;
         let ev = (ts, kind, self.seq, addr, tid);
-        // Nearly sorted input: look for the place from the back, a few steps
-        // at most; fall back to a binary search for a far-off record.
-        let mut at = self.queue.len();
-        while at > 0 && self.queue.len() - at < 16 && self.queue[at - 1] > ev {
-            at -= 1;
+        if self.in_order.back().is_none_or(|last| *last <= ev) {
+            self.in_order.push_back(ev);
+        } else {
+            self.late.push(Reverse(ev));
         }
-        if at > 0 && self.queue[at - 1] > ev {
-            at = self.queue.partition_point(|e| *e <= ev);
+    }
+
+    /// The earliest queued event.
+    fn front(&self) -> Option<Event> {
+        match (self.in_order.front(), self.late.peek()) {
+            (Some(a), Some(Reverse(b))) => Some(*a.min(b)),
+            (a, b) => a.copied().or(b.map(|r| r.0)),
         }
-        self.queue.insert(at, ev);
+    }
+
+    /// Removes the earliest queued event.
+    fn pop_front(&mut self) -> Option<Event> {
+        let from_late = match (self.in_order.front(), self.late.peek()) {
+            (Some(a), Some(Reverse(b))) => b < a,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if from_late {
+            self.late.pop().map(|r| r.0)
+        } else {
+            self.in_order.pop_front()
+        }
     }
 
     /// A page-fault message for `addr` from thread `ptid`, read at `ts`.
@@ -178,7 +198,7 @@ impl QemuBlocktime {
     /// vCPUs and which pages were placed when.
     pub fn advance(&mut self, ctx: &Ctx<'_>) {
         let upto = self.watermark.saturating_sub(LAG_NS);
-        if self.queue.front().is_some_and(|e| e.0 <= upto) {
+        if self.front().is_some_and(|e| e.0 <= upto) {
             self.drain(upto, ctx);
         }
     }
@@ -193,11 +213,11 @@ impl QemuBlocktime {
     }
 
     fn drain(&mut self, upto: u64, ctx: &Ctx<'_>) {
-        while let Some(&(ts, kind, _, addr, tid)) = self.queue.front() {
+        while let Some((ts, kind, _, addr, tid)) = self.front() {
             if ts > upto {
                 break;
             }
-            self.queue.pop_front();
+            self.pop_front();
             if kind == BEGIN {
                 self.begin(ts, addr, tid, ctx);
             } else {

@@ -328,6 +328,8 @@ pub struct ThreadFacts {
     /// process's main thread (which faults while loading device state), or
     /// the vCPUs are known by name and this is not one of them.
     pub not_vcpu: bool,
+    /// Changed since the last [`Engine::take_role_changes`].
+    changed: bool,
 }
 
 impl ThreadFacts {
@@ -380,6 +382,8 @@ pub struct Engine {
     /// The last uffd message each reader thread read (for base learning).
     last_read: HashMap<u32, (u64, u64)>,
     pub threads: BTreeMap<u32, ThreadFacts>,
+    /// Threads whose facts changed since the last role hand-over.
+    changed: Vec<u32>,
     /// The traced process (its main thread is never a vCPU).
     pid: Option<u32>,
     /// Some thread is named as a vCPU: behaviour no longer makes vCPUs.
@@ -415,6 +419,7 @@ impl Engine {
             last_read: HashMap::new(),
             ranges: Vec::new(),
             threads: BTreeMap::new(),
+            changed: Vec::new(),
             pid: None,
             named_vcpus: false,
             watermark: 0,
@@ -456,13 +461,31 @@ impl Engine {
         &self.block_base
     }
 
-    /// The facts of `tid`, created with what is already known about it.
+    /// The facts of `tid`, created with what is already known about it, and
+    /// marked as changed.
     fn facts(&mut self, tid: u32) -> &mut ThreadFacts {
         let not_vcpu = self.named_vcpus || self.pid == Some(tid);
-        self.threads.entry(tid).or_insert_with(|| ThreadFacts {
+        let facts = self.threads.entry(tid).or_insert_with(|| ThreadFacts {
             not_vcpu,
             ..ThreadFacts::default()
-        })
+        });
+        if !facts.changed {
+            facts.changed = true;
+            self.changed.push(tid);
+        }
+        facts
+    }
+
+    /// Hands `f` the current role of every thread whose facts changed since
+    /// the last call: keeps a caller's view of the roles (the vCPU set)
+    /// current in O(changes) instead of O(threads).
+    pub fn take_role_changes(&mut self, mut f: impl FnMut(u32, Role)) {
+        for tid in self.changed.drain(..) {
+            if let Some(facts) = self.threads.get_mut(&tid) {
+                facts.changed = false;
+                f(tid, facts.role());
+            }
+        }
     }
 
     /// Feeds one record; resolved faults go to `sink`.
@@ -470,8 +493,8 @@ impl Engine {
         match rec {
             Record::Process(p) => {
                 self.pid = Some(p.pid);
-                if let Some(f) = self.threads.get_mut(&p.pid) {
-                    f.not_vcpu = true;
+                if self.threads.contains_key(&p.pid) {
+                    self.facts(p.pid).not_vcpu = true;
                 }
             }
             Record::Thread(t) => {
@@ -482,9 +505,14 @@ impl Engine {
                     r => Some(r),
                 });
                 if facts.named_role == Some(Role::Vcpu) && !self.named_vcpus {
+                    // Once per trace: every thread's role may change.
                     self.named_vcpus = true;
-                    for f in self.threads.values_mut() {
+                    for (&tid, f) in &mut self.threads {
                         f.not_vcpu = f.named_role != Some(Role::Vcpu);
+                        if !f.changed {
+                            f.changed = true;
+                            self.changed.push(tid);
+                        }
                     }
                 }
             }
