@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Serialize;
-use smallvec::SmallVec;
 
 use crate::inputs::rp::{self, RpMessage};
 use uffdscope_trace::record::{IoctlOp, Record, Role, Sleep, UffdIoctl, UffdMsg};
@@ -166,6 +165,7 @@ impl Fault {
 /// An entry in an [`AddrIndex`].
 #[derive(Debug, Clone, Copy)]
 struct Entry<T> {
+    start: u64,
     ts: u64,
     len: u64,
     seq: u64,
@@ -197,15 +197,23 @@ impl std::hash::Hasher for PageHasher {
 
 type PageMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PageHasher>>;
 
+/// Single-page entries are bucketed by this many address bits: 16 pages
+/// (64 KiB). Placements, reads and requests of neighbouring pages come in
+/// runs (the background stream places pages in address order), so
+/// consecutive inserts and prunes touch one bucket that is already in cache,
+/// where a map keyed by page would miss the cache on almost every record.
+const BUCKET_SHIFT: u32 = 16;
+
 /// Address-keyed index of ranges with age-based pruning in O(removed).
 ///
 /// Single-page entries (the common case: one 4 KiB page read, requested or
-/// placed) live in a hash map by page; longer ranges (huge pages, multi-page
-/// requests) in an ordered map. A FIFO in insertion order, which is close to
-/// time order, drives pruning.
+/// placed) live in buckets of neighbouring pages, each in insertion order;
+/// longer ranges (huge pages, multi-page requests) in an ordered map. A FIFO
+/// in insertion order, which is close to time order, drives pruning: a
+/// pruned page entry is always at the front of its bucket.
 #[derive(Debug)]
 struct AddrIndex<T> {
-    pages: PageMap<SmallVec<[Entry<T>; 1]>>,
+    buckets: PageMap<VecDeque<Entry<T>>>,
     big: BTreeMap<(u64, u64), Entry<T>>,
     fifo: VecDeque<(u64, u64, u64)>,
     seq: u64,
@@ -215,7 +223,7 @@ struct AddrIndex<T> {
 impl<T: Copy> AddrIndex<T> {
     fn new() -> Self {
         Self {
-            pages: PageMap::default(),
+            buckets: PageMap::default(),
             big: BTreeMap::new(),
             fifo: VecDeque::new(),
             seq: 0,
@@ -235,13 +243,17 @@ impl<T: Copy> AddrIndex<T> {
         let len = len.max(1);
         self.seq += 1;
         let e = Entry {
+            start,
             ts,
             len,
             seq: self.seq,
             value,
         };
         if Self::is_page(start, len) {
-            self.pages.entry(start).or_default().push(e);
+            self.buckets
+                .entry(start >> BUCKET_SHIFT)
+                .or_default()
+                .push_back(e);
         } else {
             self.max_len = self.max_len.max(len);
             self.big.insert((start, self.seq), e);
@@ -253,10 +265,14 @@ impl<T: Copy> AddrIndex<T> {
     fn covering(&self, addr: u64) -> impl Iterator<Item = (u64, &Entry<T>)> {
         let page = addr & !(PAGE - 1);
         let small = self
-            .pages
-            .get(&page)
+            .buckets
+            .get(&(page >> BUCKET_SHIFT))
             .into_iter()
-            .flat_map(move |v| v.iter().map(move |e| (page, e)));
+            .flat_map(move |v| {
+                v.iter()
+                    .filter(move |e| e.start == page)
+                    .map(move |e| (page, e))
+            });
         let lo = addr.saturating_sub(self.max_len - 1);
         let big = (!self.big.is_empty())
             .then(|| {
@@ -270,16 +286,21 @@ impl<T: Copy> AddrIndex<T> {
         small.chain(big)
     }
 
-    /// Single-page entries starting in `[lo, hi)` (page-aligned), with their start.
+    /// Single-page entries starting in `[lo, hi)`, with their start, in no
+    /// particular order. Visits the buckets the range spans, or every bucket
+    /// when there are fewer: O(what is indexed) however long the range.
     fn starting_in(&self, lo: u64, hi: u64) -> impl Iterator<Item = (u64, &Entry<T>)> {
-        let first = lo & !(PAGE - 1);
-        (0..hi.saturating_sub(first).div_ceil(PAGE)).flat_map(move |i| {
-            let page = first + i * PAGE;
-            self.pages
-                .get(&page)
-                .into_iter()
-                .flat_map(move |v| v.iter().map(move |e| (page, e)))
-        })
+        let in_range = move |e: &&Entry<T>| e.start >= lo && e.start < hi;
+        let (first, last) = (lo >> BUCKET_SHIFT, hi.saturating_sub(1) >> BUCKET_SHIFT);
+        let spanned = if hi > lo { last - first + 1 } else { 0 };
+        let by_range = (spanned <= self.buckets.len() as u64)
+            .then(|| (first..first + spanned).filter_map(|b| self.buckets.get(&b)));
+        let by_bucket = (spanned > self.buckets.len() as u64).then(|| self.buckets.values());
+        by_range
+            .into_iter()
+            .flatten()
+            .chain(by_bucket.into_iter().flatten())
+            .flat_map(move |v| v.iter().filter(in_range).map(|e| (e.start, e)))
     }
 
     fn prune(&mut self, cutoff: u64) {
@@ -288,13 +309,17 @@ impl<T: Copy> AddrIndex<T> {
                 break;
             }
             self.fifo.pop_front();
-            if let Some(v) = self.pages.get_mut(&start) {
-                v.retain(|e| e.seq != seq);
-                if v.is_empty() {
-                    self.pages.remove(&start);
+            let key = start >> BUCKET_SHIFT;
+            match self.buckets.get_mut(&key) {
+                Some(v) if v.front().is_some_and(|e| e.seq == seq) => {
+                    v.pop_front();
+                    if v.is_empty() {
+                        self.buckets.remove(&key);
+                    }
                 }
-            } else {
-                self.big.remove(&(start, seq));
+                _ => {
+                    self.big.remove(&(start, seq));
+                }
             }
         }
     }
@@ -683,9 +708,9 @@ impl Engine {
                 self.requests.len(),
                 self.placements.len(),
                 self.unplaced_requests.len(),
-                self.reads.pages.len(),
-                self.requests.pages.len(),
-                self.placements.pages.len()
+                self.reads.buckets.len(),
+                self.requests.buckets.len(),
+                self.placements.buckets.len()
             );
         }
         self.settle(sink, true);
