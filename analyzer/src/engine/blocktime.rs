@@ -75,6 +75,66 @@ pub struct Ctx<'a> {
     pub vcpus: usize,
 }
 
+/// Events in time order, for records that arrive roughly in time order.
+///
+/// Events are bucketed by time (about 1 ms per bucket, unsorted: O(1) per
+/// event); a bucket is sorted once when the replay reaches it. An event for
+/// a bucket already being replayed (older than the replay lag) goes to a
+/// heap. Every operation is O(log n) at worst, whatever the order of input.
+#[derive(Debug, Default)]
+struct EventQueue {
+    buckets: BTreeMap<u64, Vec<Event>>,
+    /// The sorted bucket being replayed, and its key.
+    current: VecDeque<Event>,
+    current_key: Option<u64>,
+    late: BinaryHeap<Reverse<Event>>,
+}
+
+impl EventQueue {
+    const BUCKET_SHIFT: u32 = 20;
+
+    fn push(&mut self, ev: Event) {
+        let key = ev.0 >> Self::BUCKET_SHIFT;
+        if self.current_key.is_some_and(|c| key <= c) {
+            self.late.push(Reverse(ev));
+        } else {
+            self.buckets.entry(key).or_default().push(ev);
+        }
+    }
+
+    /// Removes and returns the earliest event if it is at or before `upto`.
+    fn pop_upto(&mut self, upto: u64) -> Option<Event> {
+        if self.current.is_empty() {
+            if let Some(entry) = self.buckets.first_entry() {
+                if *entry.key() <= upto >> Self::BUCKET_SHIFT {
+                    let (key, mut bucket) = entry.remove_entry();
+                    bucket.sort_unstable();
+                    self.current = bucket.into();
+                    self.current_key = Some(key);
+                }
+            }
+        }
+        let from_late = match (self.current.front(), self.late.peek()) {
+            (Some(a), Some(Reverse(b))) => b < a,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        let front = if from_late {
+            self.late.peek().map(|r| r.0)
+        } else {
+            self.current.front().copied()
+        };
+        if front.is_none_or(|e| e.0 > upto) {
+            return None;
+        }
+        if from_late {
+            self.late.pop().map(|r| r.0)
+        } else {
+            self.current.pop_front()
+        }
+    }
+}
+
 /// One vCPU's slot (`vcpu_addr`, `page_fault_vcpu_time`).
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
@@ -91,11 +151,8 @@ pub struct QemuBlocktime {
     /// instead of at the placing thread's next ioctl (what it does on a busy
     /// host): the variant that shows what the preemption race costs.
     close_at_exit: bool,
-    /// Events in time order: those that arrive in order are appended to
-    /// `in_order` (O(1)), the others go to the `late` heap (O(log n)); the
-    /// replay takes the smaller front of the two.
-    in_order: VecDeque<Event>,
-    late: BinaryHeap<Reverse<Event>>,
+    /// Events waiting to be replayed, in time order.
+    queue: EventQueue,
     seq: u64,
     /// Per placing thread: its last placement (page, ioctl exit), whose end
     /// waits for the thread's next ioctl.
@@ -135,34 +192,7 @@ impl QemuBlocktime {
 
     fn push(&mut self, ts: u64, kind: u8, addr: u64, tid: u32) {
         self.seq += 1;
-        let ev = (ts, kind, self.seq, addr, tid);
-        if self.in_order.back().is_none_or(|last| *last <= ev) {
-            self.in_order.push_back(ev);
-        } else {
-            self.late.push(Reverse(ev));
-        }
-    }
-
-    /// The earliest queued event.
-    fn front(&self) -> Option<Event> {
-        match (self.in_order.front(), self.late.peek()) {
-            (Some(a), Some(Reverse(b))) => Some(*a.min(b)),
-            (a, b) => a.copied().or(b.map(|r| r.0)),
-        }
-    }
-
-    /// Removes the earliest queued event.
-    fn pop_front(&mut self) -> Option<Event> {
-        let from_late = match (self.in_order.front(), self.late.peek()) {
-            (Some(a), Some(Reverse(b))) => b < a,
-            (None, Some(_)) => true,
-            _ => false,
-        };
-        if from_late {
-            self.late.pop().map(|r| r.0)
-        } else {
-            self.in_order.pop_front()
-        }
+        self.queue.push((ts, kind, self.seq, addr, tid));
     }
 
     /// A page-fault message for `addr` from thread `ptid`, read at `ts`.
@@ -198,9 +228,7 @@ impl QemuBlocktime {
     /// vCPUs and which pages were placed when.
     pub fn advance(&mut self, ctx: &Ctx<'_>) {
         let upto = self.watermark.saturating_sub(LAG_NS);
-        if self.front().is_some_and(|e| e.0 <= upto) {
-            self.drain(upto, ctx);
-        }
+        self.drain(upto, ctx);
     }
 
     /// Replays everything left; each thread's last placement ends at its exit.
@@ -213,11 +241,7 @@ impl QemuBlocktime {
     }
 
     fn drain(&mut self, upto: u64, ctx: &Ctx<'_>) {
-        while let Some((ts, kind, _, addr, tid)) = self.front() {
-            if ts > upto {
-                break;
-            }
-            self.pop_front();
+        while let Some((ts, kind, _, addr, tid)) = self.queue.pop_upto(upto) {
             if kind == BEGIN {
                 self.begin(ts, addr, tid, ctx);
             } else {
