@@ -609,7 +609,7 @@ impl Engine {
             self.watermark = ts;
         }
         self.settle(sink, false);
-        if self.watermark > self.last_prune + RETAIN_NS / 64 {
+        if self.watermark > self.last_prune.saturating_add(RETAIN_NS / 64) {
             let cutoff = self.watermark.saturating_sub(RETAIN_NS);
             self.reads.prune(cutoff);
             self.requests.prune(cutoff);
@@ -743,7 +743,7 @@ impl Engine {
             .min_by_key(|(_, e)| e.value.enter_ts)
             .map(|(start, e)| (start, e.value, e.len));
         let window_start = entry.map_or(s.blocked_ts, |f| f.ts);
-        let place_range = placement.map_or((page, page + PAGE), |(start, _, len)| {
+        let place_range = placement.map_or((page, page.saturating_add(PAGE)), |(start, _, len)| {
             (start, start.saturating_add(len.max(PAGE)))
         });
         let place_ts = placement.map(|(_, p, _)| p.enter_ts);
