@@ -141,11 +141,11 @@ fn a_million_thread_records_are_linear() {
     assert_eq!(r.blocktime_ms.vcpus, 0);
 }
 
-/// Used to take 25 s and more: each out-of-order read was inserted into the
+/// Used to take minutes: each out-of-order read was inserted into the
 /// middle of QEMU's blocktime replay queue (O(n) moves each).
 #[test]
-fn two_hundred_thousand_out_of_order_reads_are_replayed_in_n_log_n() {
-    let n = 200_000u64;
+fn half_a_million_out_of_order_reads_are_replayed_in_n_log_n() {
+    let n = 500_000u64;
     let base = 10_000_000_000u64;
     // Alternately from both ends towards the middle: every insertion lands
     // in the middle of what is queued.
