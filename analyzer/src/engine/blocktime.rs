@@ -88,18 +88,33 @@ struct EventQueue {
     current: VecDeque<Event>,
     current_key: Option<u64>,
     late: BinaryHeap<Reverse<Event>>,
+    /// Emptied buffers, reused for new buckets (no regrowth per bucket).
+    spare: Vec<Vec<Event>>,
 }
 
 impl EventQueue {
     const BUCKET_SHIFT: u32 = 20;
+    /// Emptied buffers kept for reuse.
+    const SPARE: usize = 64;
 
     fn push(&mut self, ev: Event) {
         let key = ev.0 >> Self::BUCKET_SHIFT;
         if self.current_key.is_some_and(|c| key <= c) {
             self.late.push(Reverse(ev));
-        } else {
-            self.buckets.entry(key).or_default().push(ev);
+            return;
         }
+        // Most events belong to the newest bucket.
+        if let Some(mut newest) = self.buckets.last_entry() {
+            if *newest.key() == key {
+                newest.get_mut().push(ev);
+                return;
+            }
+        }
+        let spare = &mut self.spare;
+        self.buckets
+            .entry(key)
+            .or_insert_with(|| spare.pop().unwrap_or_default())
+            .push(ev);
     }
 
     /// Removes and returns the earliest event if it is at or before `upto`.
@@ -109,7 +124,10 @@ impl EventQueue {
                 if *entry.key() <= upto >> Self::BUCKET_SHIFT {
                     let (key, mut bucket) = entry.remove_entry();
                     bucket.sort_unstable();
-                    self.current = bucket.into();
+                    let done = std::mem::replace(&mut self.current, bucket.into());
+                    if self.spare.len() < Self::SPARE {
+                        self.spare.push(Vec::from(done));
+                    }
                     self.current_key = Some(key);
                 }
             }
