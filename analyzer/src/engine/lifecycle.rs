@@ -765,20 +765,24 @@ impl Engine {
         };
         let read_ts = read.map(|(ts, _)| ts);
         let limit = place_ts.unwrap_or(s.woken_ts);
-        let requests: Vec<(u64, u32)> = self
+        let (mut requested, mut already_requested, mut request) = (false, false, None);
+        for (ts, tid) in self
             .requests
             .covering(page)
             .map(|(_, e)| (e.ts, e.value))
             .filter(|&(ts, _)| ts <= limit)
-            .collect();
-        let already_requested = requests.iter().any(|&(ts, _)| ts < window_start);
-        let request =
-            read_ts.and_then(|r| requests.iter().copied().filter(|&(ts, _)| ts >= r).min());
+        {
+            requested = true;
+            already_requested |= ts < window_start;
+            if read_ts.is_some_and(|r| ts >= r) && request.is_none_or(|m| (ts, tid) < m) {
+                request = Some((ts, tid));
+            }
+        }
         let resolution = match placement.map_or(s.wake_op, |(_, p, _)| p.op) {
             IoctlOp::ZeroPage => Resolution::ZeroPage,
             IoctlOp::Wake => Resolution::WakeOnly,
             IoctlOp::Continue => Resolution::Continue,
-            IoctlOp::Copy if !requests.is_empty() => Resolution::Requested,
+            IoctlOp::Copy if requested => Resolution::Requested,
             IoctlOp::Copy => Resolution::Background,
             _ => Resolution::Unknown,
         };
