@@ -41,11 +41,10 @@
 //! accounting under `page_request_mutex`). With one vCPU that shows
 //! as `postcopy-blocktime` < `postcopy-vcpu-blocktime`.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
+use std::collections::BTreeMap;
 
-use crate::engine::lifecycle::PageHasher;
+use crate::engine::lifecycle::TidMap;
+use crate::engine::queue::TimeQueue;
 
 /// How far behind the newest record events are replayed: records of different
 /// threads reach the trace slightly out of order, and an end's time is only
@@ -59,11 +58,6 @@ const PAGE: u64 = 4096;
 const END: u8 = 0;
 const BEGIN: u8 = 1;
 
-/// A queued event: (ts, kind, seq, address, thread).
-type Event = (u64, u8, u64, u64, u32);
-
-type TidMap<V> = HashMap<u32, V, BuildHasherDefault<PageHasher>>;
-
 /// What the replay needs to know from the rest of the analysis.
 pub struct Ctx<'a> {
     /// Whether a thread is a vCPU (QEMU's `get_mem_fault_cpu_index`).
@@ -73,84 +67,6 @@ pub struct Ctx<'a> {
     pub placed_by: &'a dyn Fn(u64, u64) -> bool,
     /// How many vCPUs there are (QEMU's `smp.cpus`).
     pub vcpus: usize,
-}
-
-/// Events in time order, for records that arrive roughly in time order.
-///
-/// Events are bucketed by time (about 1 ms per bucket, unsorted: O(1) per
-/// event); a bucket is sorted once when the replay reaches it. An event for
-/// a bucket already being replayed (older than the replay lag) goes to a
-/// heap. Every operation is O(log n) at worst, whatever the order of input.
-#[derive(Debug, Default)]
-struct EventQueue {
-    buckets: BTreeMap<u64, Vec<Event>>,
-    /// The sorted bucket being replayed, and its key.
-    current: VecDeque<Event>,
-    current_key: Option<u64>,
-    late: BinaryHeap<Reverse<Event>>,
-    /// Emptied buffers, reused for new buckets (no regrowth per bucket).
-    spare: Vec<Vec<Event>>,
-}
-
-impl EventQueue {
-    const BUCKET_SHIFT: u32 = 20;
-    /// Emptied buffers kept for reuse.
-    const SPARE: usize = 64;
-
-    fn push(&mut self, ev: Event) {
-        let key = ev.0 >> Self::BUCKET_SHIFT;
-        if self.current_key.is_some_and(|c| key <= c) {
-            self.late.push(Reverse(ev));
-            return;
-        }
-        // Most events belong to the newest bucket.
-        if let Some(mut newest) = self.buckets.last_entry() {
-            if *newest.key() == key {
-                newest.get_mut().push(ev);
-                return;
-            }
-        }
-        let spare = &mut self.spare;
-        self.buckets
-            .entry(key)
-            .or_insert_with(|| spare.pop().unwrap_or_default())
-            .push(ev);
-    }
-
-    /// Removes and returns the earliest event if it is at or before `upto`.
-    fn pop_upto(&mut self, upto: u64) -> Option<Event> {
-        if self.current.is_empty() {
-            if let Some(entry) = self.buckets.first_entry() {
-                if *entry.key() <= upto >> Self::BUCKET_SHIFT {
-                    let (key, mut bucket) = entry.remove_entry();
-                    bucket.sort_unstable();
-                    let done = std::mem::replace(&mut self.current, bucket.into());
-                    if self.spare.len() < Self::SPARE {
-                        self.spare.push(Vec::from(done));
-                    }
-                    self.current_key = Some(key);
-                }
-            }
-        }
-        let from_late = match (self.current.front(), self.late.peek()) {
-            (Some(a), Some(Reverse(b))) => b < a,
-            (None, Some(_)) => true,
-            _ => false,
-        };
-        let front = if from_late {
-            self.late.peek().map(|r| r.0)
-        } else {
-            self.current.front().copied()
-        };
-        if front.is_none_or(|e| e.0 > upto) {
-            return None;
-        }
-        if from_late {
-            self.late.pop().map(|r| r.0)
-        } else {
-            self.current.pop_front()
-        }
-    }
 }
 
 /// One vCPU's slot (`vcpu_addr`, `page_fault_vcpu_time`).
@@ -170,7 +86,8 @@ pub struct QemuBlocktime {
     /// host): the variant that shows what the preemption race costs.
     close_at_exit: bool,
     /// Events waiting to be replayed, in time order.
-    queue: EventQueue,
+    /// Events by time, each (kind, seq, address, thread).
+    queue: TimeQueue<(u8, u64, u64, u32)>,
     seq: u64,
     /// Per placing thread: its last placement (page, ioctl exit), whose end
     /// waits for the thread's next ioctl.
@@ -210,7 +127,7 @@ impl QemuBlocktime {
 
     fn push(&mut self, ts: u64, kind: u8, addr: u64, tid: u32) {
         self.seq += 1;
-        self.queue.push((ts, kind, self.seq, addr, tid));
+        self.queue.push(ts, (kind, self.seq, addr, tid));
     }
 
     /// A page-fault message for `addr` from thread `ptid`, read at `ts`.
@@ -259,7 +176,7 @@ impl QemuBlocktime {
     }
 
     fn drain(&mut self, upto: u64, ctx: &Ctx<'_>) {
-        while let Some((ts, kind, _, addr, tid)) = self.queue.pop_upto(upto) {
+        while let Some((ts, (kind, _, addr, tid))) = self.queue.pop_upto(upto) {
             if kind == BEGIN {
                 self.begin(ts, addr, tid, ctx);
             } else {

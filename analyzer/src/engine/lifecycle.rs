@@ -193,9 +193,15 @@ impl std::hash::Hasher for PageHasher {
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .rotate_left(29);
     }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
 }
 
 type PageMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PageHasher>>;
+/// A map keyed by thread id, with the fast hasher.
+pub(crate) type TidMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<PageHasher>>;
 
 /// Single-page entries are bucketed by this many address bits: 16 pages
 /// (64 KiB). Placements, reads and requests of neighbouring pages come in
@@ -405,7 +411,7 @@ pub struct Engine {
     /// Registered uffd ranges (start, len): RAMBlocks start at one.
     ranges: Vec<(u64, u64)>,
     /// The last uffd message each reader thread read (for base learning).
-    last_read: HashMap<u32, (u64, u64)>,
+    last_read: TidMap<(u64, u64)>,
     pub threads: BTreeMap<u32, ThreadFacts>,
     /// Threads whose facts changed since the last role hand-over.
     changed: Vec<u32>,
@@ -441,7 +447,7 @@ impl Engine {
             block_base: HashMap::new(),
             base_votes: HashMap::new(),
             unplaced_requests: Vec::new(),
-            last_read: HashMap::new(),
+            last_read: TidMap::default(),
             ranges: Vec::new(),
             threads: BTreeMap::new(),
             changed: Vec::new(),

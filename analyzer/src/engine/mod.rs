@@ -6,4 +6,5 @@ pub mod blocktime;
 pub mod guest;
 pub mod lifecycle;
 pub mod network;
+pub mod queue;
 pub mod stats;

@@ -3,12 +3,13 @@
 //! blocked-time bins for guest correlation.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::engine::lifecycle::{Fault, Resolution, Stage};
+use crate::engine::lifecycle::{Fault, Resolution, Stage, TidMap};
+use crate::engine::queue::TimeQueue;
 
 /// A latency histogram in nanoseconds.
 #[derive(Debug, Clone)]
@@ -104,12 +105,13 @@ pub struct ThreadStats {
 /// time during which every vCPU was blocked at once (QEMU's `postcopy-blocktime`).
 ///
 /// Intervals arrive in the order of their ends, roughly; their starts can lag by
-/// up to the longest interval. Boundaries are buffered in a heap and swept once
-/// the stream is that far (plus a margin) past them.
+/// up to the longest interval. Boundaries (time, then -1 for an end before +1
+/// for a start, then thread) are queued and swept once the stream is that far
+/// (plus a margin) past them.
 #[derive(Debug, Default)]
 pub struct Sweep {
-    heap: BinaryHeap<Reverse<(u64, i8, u32)>>,
-    down: HashSet<u32>,
+    boundaries: TimeQueue<(i8, u32)>,
+    down: TidMap<()>,
     pub per_vcpu_ns: BTreeMap<u32, u64>,
     pub all_down_ns: u64,
     all_down_since: Option<u64>,
@@ -128,8 +130,8 @@ impl Sweep {
         }
         let sum = self.per_vcpu_ns.entry(tid).or_default();
         *sum = sum.saturating_add(end - start);
-        self.heap.push(Reverse((end, -1, tid)));
-        self.heap.push(Reverse((start, 1, tid)));
+        self.boundaries.push(end, (-1, tid));
+        self.boundaries.push(start, (1, tid));
         self.latest = self.latest.max(end);
         self.longest = self.longest.max(end - start);
         self.drain(
@@ -140,13 +142,9 @@ impl Sweep {
     }
 
     fn drain(&mut self, upto: u64, vcpus: usize) {
-        while let Some(&Reverse((t, delta, tid))) = self.heap.peek() {
-            if t > upto {
-                break;
-            }
-            self.heap.pop();
+        while let Some((t, (delta, tid))) = self.boundaries.pop_upto(upto) {
             if delta > 0 {
-                self.down.insert(tid);
+                self.down.insert(tid, ());
                 if vcpus > 0 && self.down.len() >= vcpus && self.all_down_since.is_none() {
                     self.all_down_since = Some(t);
                 }
@@ -178,7 +176,7 @@ impl Sweep {
 /// timestamps) is left out and counted in [`Bins::unbinned`].
 #[derive(Debug, Default)]
 pub struct Bins {
-    per_tid: HashMap<u32, (u64, Vec<(u32, u32)>)>,
+    per_tid: TidMap<(u64, Vec<(u32, u32)>)>,
     /// Current bin width; 0 means [`Bins::BIN_NS`].
     width_ns: u64,
     /// Bins held over all threads.
