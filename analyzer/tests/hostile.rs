@@ -165,3 +165,21 @@ fn half_a_million_out_of_order_reads_are_replayed_in_n_log_n() {
     assert_eq!(r.faults.messages_read, n);
     assert_eq!(r.faults.count, 1);
 }
+
+/// Used to take minutes: each fault earlier than all before it shifted the
+/// thread's whole array of time bins.
+#[test]
+fn ever_earlier_faults_do_not_shift_the_bins_each_time() {
+    let n = 300_000u64;
+    let t0 = 400_000_000_000u64;
+    let records: Vec<Record> = (0..n)
+        .map(|i| {
+            let t = t0 - i * 1_000_000;
+            sleep(t, t + 10_000, t + 20_000, 4096)
+        })
+        .collect();
+    let r = report(&records);
+    assert_eq!(r.faults.count, n);
+    let timeline = r.timeline.expect("faults make a timeline");
+    assert_eq!(timeline.faults.iter().sum::<u64>(), n);
+}

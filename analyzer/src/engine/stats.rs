@@ -152,7 +152,8 @@ impl Sweep {
                 self.down.remove(&tid);
                 if self.down.len() < vcpus {
                     if let Some(since) = self.all_down_since.take() {
-                        self.all_down_ns = self.all_down_ns.saturating_add(t - since);
+                        // A boundary later than the margin allows can come after `since`.
+                        self.all_down_ns = self.all_down_ns.saturating_add(t.saturating_sub(since));
                     }
                 }
             }
@@ -287,13 +288,21 @@ impl Bins {
         }
         let w = self.width_ns();
         let (first, last) = Self::bin_range(start, end, w);
+        let room = Self::MAX_TOTAL_BINS - self.total;
         let (base, bins) = self.per_tid.entry(tid).or_insert((first, Vec::new()));
         let before = bins.len() as u64;
         if first < *base {
-            // Rare: an earlier fault than the first seen; shift the array.
-            let shift = (*base - first) as usize;
+            // An earlier fault than the first seen: shift the array, with as
+            // much slack again (within the bounds), so that a stream of ever
+            // earlier faults costs amortized O(1) moves, not O(bins) each.
+            let span = *base + before - first;
+            let slack = before
+                .min(first)
+                .min(Self::MAX_BINS - span.min(Self::MAX_BINS))
+                .min(room.saturating_sub(span - before));
+            let shift = (*base - first + slack) as usize;
             bins.splice(0..0, std::iter::repeat_n((0, 0), shift));
-            *base = first;
+            *base = first - slack;
         }
         let need = (last - *base + 1) as usize;
         if bins.len() < need {
