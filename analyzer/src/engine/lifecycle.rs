@@ -202,6 +202,8 @@ impl std::hash::Hasher for PageHasher {
 type PageMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PageHasher>>;
 /// A map keyed by thread id, with the fast hasher.
 pub(crate) type TidMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<PageHasher>>;
+/// A set of thread ids, with the fast hasher.
+pub(crate) type TidSet = std::collections::HashSet<u32, std::hash::BuildHasherDefault<PageHasher>>;
 
 /// Single-page entries are bucketed by this many address bits: 16 pages
 /// (64 KiB). Placements, reads and requests of neighbouring pages come in

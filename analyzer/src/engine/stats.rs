@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::engine::lifecycle::{Fault, Resolution, Stage, TidMap};
+use crate::engine::lifecycle::{Fault, Resolution, Stage, TidMap, TidSet};
 use crate::engine::queue::TimeQueue;
 
 /// A latency histogram in nanoseconds.
@@ -111,7 +111,7 @@ pub struct ThreadStats {
 #[derive(Debug, Default)]
 pub struct Sweep {
     boundaries: TimeQueue<(i8, u32)>,
-    down: TidMap<()>,
+    down: TidSet,
     pub per_vcpu_ns: BTreeMap<u32, u64>,
     pub all_down_ns: u64,
     all_down_since: Option<u64>,
@@ -144,7 +144,7 @@ impl Sweep {
     fn drain(&mut self, upto: u64, vcpus: usize) {
         while let Some((t, (delta, tid))) = self.boundaries.pop_upto(upto) {
             if delta > 0 {
-                self.down.insert(tid, ());
+                self.down.insert(tid);
                 if vcpus > 0 && self.down.len() >= vcpus && self.all_down_since.is_none() {
                     self.all_down_since = Some(t);
                 }
