@@ -183,3 +183,31 @@ fn ever_earlier_faults_do_not_shift_the_bins_each_time() {
     let timeline = r.timeline.expect("faults make a timeline");
     assert_eq!(timeline.faults.iter().sum::<u64>(), n);
 }
+
+/// Used to take minutes: with one range of 2^60 bytes indexed, finding the
+/// placements covering an address scanned every multi-page placement below it.
+#[test]
+fn one_huge_placement_does_not_make_every_lookup_scan_all_ranges() {
+    let n = 100_000u64;
+    let t = 1_000_000_000u64;
+    let mut records = vec![
+        sleep(t - 30_000, t - 20_000, t - 10_000, 4096),
+        copy(t, t + 100, 0, 1 << 60),
+    ];
+    for i in 0..n {
+        let ts = t + 1_000 + i * 1_000;
+        records.push(copy(ts, ts + 100, PAGE_ADDR + i * 0x4000, 0x2000));
+    }
+    let reads_at = PAGE_ADDR + n * 0x4000;
+    for i in 0..n {
+        let ts = t + 1_000 + (n + i) * 1_000;
+        records.push(read(ts, reads_at + i * 4096));
+    }
+    let r = report(&records);
+    assert_eq!(r.faults.messages_read, n);
+    assert_eq!(r.faults.count, 1);
+    assert_eq!(
+        r.blocktime_ms.qemu_view.faults, 0,
+        "the huge range had placed every page read"
+    );
+}

@@ -216,26 +216,32 @@ const BUCKET_SHIFT: u32 = 16;
 ///
 /// Single-page entries (the common case: one 4 KiB page read, requested or
 /// placed) live in buckets of neighbouring pages, each in insertion order;
-/// longer ranges (huge pages, multi-page requests) in an ordered map. A FIFO
+/// longer ranges (huge pages, multi-page requests) in ordered maps, one per
+/// power-of-two length class, so that finding the ranges covering an address
+/// scans only ranges of similar length that start near it (one huge range
+/// does not make every lookup scan all the others). A FIFO
 /// in insertion order, which is close to time order, drives pruning: a
 /// pruned page entry is always at the front of its bucket.
 #[derive(Debug)]
 struct AddrIndex<T> {
     buckets: PageMap<VecDeque<Entry<T>>>,
-    big: BTreeMap<(u64, u64), Entry<T>>,
+    /// Ranges longer than a page by length class (`len <= 1 << class`),
+    /// keyed by (start, seq).
+    big: [BTreeMap<(u64, u64), Entry<T>>; 65],
+    /// Classes that hold ranges, one bit each.
+    big_classes: u128,
     fifo: VecDeque<(u64, u64, u64)>,
     seq: u64,
-    max_len: u64,
 }
 
 impl<T: Copy> AddrIndex<T> {
     fn new() -> Self {
         Self {
             buckets: PageMap::default(),
-            big: BTreeMap::new(),
+            big: std::array::from_fn(|_| BTreeMap::new()),
+            big_classes: 0,
             fifo: VecDeque::new(),
             seq: 0,
-            max_len: PAGE,
         }
     }
 
@@ -263,8 +269,9 @@ impl<T: Copy> AddrIndex<T> {
                 .or_default()
                 .push_back(e);
         } else {
-            self.max_len = self.max_len.max(len);
-            self.big.insert((start, self.seq), e);
+            let class = Self::class(len);
+            self.big[class].insert((start, self.seq), e);
+            self.big_classes |= 1 << class;
         }
         self.fifo.push_back((ts, start, self.seq));
     }
@@ -281,17 +288,32 @@ impl<T: Copy> AddrIndex<T> {
                     .filter(move |e| e.start == page)
                     .map(move |e| (page, e))
             });
-        let lo = addr.saturating_sub(self.max_len - 1);
-        let big = (!self.big.is_empty())
-            .then(|| {
-                self.big
+        small.chain(self.big_covering(addr))
+    }
+
+    /// The length class of a range: the smallest `c` with `len <= 1 << c`.
+    fn class(len: u64) -> usize {
+        (64 - (len - 1).leading_zeros()) as usize
+    }
+
+    /// Long ranges containing `addr`, in (start, insertion) order.
+    fn big_covering(&self, addr: u64) -> Vec<(u64, &Entry<T>)> {
+        if self.big_classes == 0 {
+            return Vec::new();
+        }
+        let mut found: Vec<(u64, &Entry<T>)> = Vec::new();
+        for class in (0..65).filter(|c| self.big_classes & (1 << c) != 0) {
+            let reach = 1u64.checked_shl(class as u32).map_or(u64::MAX, |r| r - 1);
+            let lo = addr.saturating_sub(reach);
+            found.extend(
+                self.big[class]
                     .range((lo, 0)..=(addr, u64::MAX))
-                    .filter(move |((start, _), e)| start.saturating_add(e.len) > addr)
-                    .map(|((start, _), e)| (*start, e))
-            })
-            .into_iter()
-            .flatten();
-        small.chain(big)
+                    .filter(|((start, _), e)| start.saturating_add(e.len) > addr)
+                    .map(|((start, _), e)| (*start, e)),
+            );
+        }
+        found.sort_unstable_by_key(|(start, e)| (*start, e.seq));
+        found
     }
 
     /// Single-page entries starting in `[lo, hi)`, with their start, in no
@@ -311,6 +333,19 @@ impl<T: Copy> AddrIndex<T> {
             .flat_map(move |v| v.iter().filter(in_range).map(|e| (e.start, e)))
     }
 
+    fn remove_big(&mut self, start: u64, seq: u64) {
+        for class in 0..65 {
+            if self.big_classes & (1 << class) != 0
+                && self.big[class].remove(&(start, seq)).is_some()
+            {
+                if self.big[class].is_empty() {
+                    self.big_classes &= !(1 << class);
+                }
+                return;
+            }
+        }
+    }
+
     fn prune(&mut self, cutoff: u64) {
         while let Some(&(ts, start, seq)) = self.fifo.front() {
             if ts >= cutoff {
@@ -325,9 +360,7 @@ impl<T: Copy> AddrIndex<T> {
                         self.buckets.remove(&key);
                     }
                 }
-                _ => {
-                    self.big.remove(&(start, seq));
-                }
+                _ => self.remove_big(start, seq),
             }
         }
     }
