@@ -1,7 +1,7 @@
 //! A time-ordered queue for streams that arrive nearly in time order (the
-//! trace's records of different threads interleave a little out of order):
-//! the replay of QEMU's blocktime and the vCPU blocked-interval sweep both
-//! take events out in exact order once the stream is far enough past them.
+//! trace's records of different threads interleave a little out of order),
+//! such as the events of QEMU's blocktime replay, taken out in exact order
+//! once the stream is far enough past them.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};

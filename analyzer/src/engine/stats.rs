@@ -3,13 +3,12 @@
 //! blocked-time bins for guest correlation.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::engine::lifecycle::{Fault, Resolution, Stage, TidMap, TidSet};
-use crate::engine::queue::TimeQueue;
 
 /// A latency histogram in nanoseconds.
 #[derive(Debug, Clone)]
@@ -106,11 +105,11 @@ pub struct ThreadStats {
 ///
 /// Intervals arrive in the order of their ends, roughly; their starts can lag by
 /// up to the longest interval. Boundaries (time, then -1 for an end before +1
-/// for a start, then thread) are queued and swept once the stream is that far
-/// (plus a margin) past them.
+/// for a start, then thread) are buffered in a heap and swept once the stream
+/// is that far (plus a margin) past them.
 #[derive(Debug, Default)]
 pub struct Sweep {
-    boundaries: TimeQueue<(i8, u32)>,
+    heap: BinaryHeap<Reverse<(u64, i8, u32)>>,
     down: TidSet,
     pub per_vcpu_ns: BTreeMap<u32, u64>,
     pub all_down_ns: u64,
@@ -130,8 +129,8 @@ impl Sweep {
         }
         let sum = self.per_vcpu_ns.entry(tid).or_default();
         *sum = sum.saturating_add(end - start);
-        self.boundaries.push(end, (-1, tid));
-        self.boundaries.push(start, (1, tid));
+        self.heap.push(Reverse((end, -1, tid)));
+        self.heap.push(Reverse((start, 1, tid)));
         self.latest = self.latest.max(end);
         self.longest = self.longest.max(end - start);
         self.drain(
@@ -142,7 +141,11 @@ impl Sweep {
     }
 
     fn drain(&mut self, upto: u64, vcpus: usize) {
-        while let Some((t, (delta, tid))) = self.boundaries.pop_upto(upto) {
+        while let Some(&Reverse((t, delta, tid))) = self.heap.peek() {
+            if t > upto {
+                break;
+            }
+            self.heap.pop();
             if delta > 0 {
                 self.down.insert(tid);
                 if vcpus > 0 && self.down.len() >= vcpus && self.all_down_since.is_none() {
