@@ -22,6 +22,8 @@ pub struct TimeQueue<T> {
     late: BinaryHeap<Reverse<(u64, T)>>,
     /// Emptied buffers, reused for new buckets (no regrowth per bucket).
     spare: Vec<Vec<(u64, T)>>,
+    /// No item is earlier than this: most calls find nothing due in O(1).
+    floor: u64,
 }
 
 impl<T> Default for TimeQueue<T> {
@@ -32,6 +34,7 @@ impl<T> Default for TimeQueue<T> {
             current_key: None,
             late: BinaryHeap::new(),
             spare: Vec::new(),
+            floor: u64::MAX,
         }
     }
 }
@@ -43,6 +46,7 @@ impl<T: Ord + Copy> TimeQueue<T> {
 
     pub fn push(&mut self, time: u64, rest: T) {
         let item = (time, rest);
+        self.floor = self.floor.min(time);
         let key = time >> Self::BUCKET_SHIFT;
         if self.current_key.is_some_and(|c| key <= c) {
             self.late.push(Reverse(item));
@@ -64,6 +68,9 @@ impl<T: Ord + Copy> TimeQueue<T> {
 
     /// Removes and returns the earliest item if its time is at or before `upto`.
     pub fn pop_upto(&mut self, upto: u64) -> Option<(u64, T)> {
+        if self.floor > upto {
+            return None;
+        }
         if self.current.is_empty() {
             self.open_next(upto);
         }
@@ -77,8 +84,20 @@ impl<T: Ord + Copy> TimeQueue<T> {
         } else {
             self.current.front().copied()
         };
-        if front.is_none_or(|(time, _)| time > upto) {
-            return None;
+        match front {
+            Some((time, _)) if time <= upto => self.floor = time,
+            _ => {
+                // Nothing due: the earliest item is the front, or in the
+                // first bucket not yet opened.
+                let unopened = self.buckets.keys().next().map(|k| k << Self::BUCKET_SHIFT);
+                self.floor = front
+                    .map(|f| f.0)
+                    .into_iter()
+                    .chain(unopened)
+                    .min()
+                    .unwrap_or(u64::MAX);
+                return None;
+            }
         }
         if from_late {
             self.late.pop().map(|r| r.0)

@@ -396,6 +396,9 @@ pub struct FaultStats {
     pub ours: Sweep,
     pub bins: Bins,
     pub slowest: Vec<Fault>,
+    /// The least key among `slowest` once it is full: faults at or below it
+    /// cannot enter.
+    slowest_floor: u64,
     pub first_fault_ts: Option<u64>,
     pub last_fault_ts: Option<u64>,
 }
@@ -456,6 +459,9 @@ impl FaultStats {
 
     fn keep_slowest(&mut self, f: &Fault) {
         let key = |f: &Fault| f.service_ns().or(f.blocked_ns()).unwrap_or(0);
+        if self.slowest.len() == Self::KEEP_SLOWEST && key(f) <= self.slowest_floor {
+            return;
+        }
         if self.slowest.len() < Self::KEEP_SLOWEST {
             self.slowest.push(f.clone());
         } else if let Some((i, min)) = self
@@ -468,6 +474,9 @@ impl FaultStats {
             if key(f) > min {
                 self.slowest[i] = f.clone();
             }
+        }
+        if self.slowest.len() == Self::KEEP_SLOWEST {
+            self.slowest_floor = self.slowest.iter().map(key).min().unwrap_or(0);
         }
     }
 
