@@ -23,6 +23,11 @@ fn report(records: &[Record]) -> Report {
     analyze(reader, "hostile", &Options::default())
 }
 
+/// The report of a trace of `n` records made by `record` from their index.
+fn report_of_each(n: u64, record: impl Fn(u64) -> Record) -> Report {
+    report(&(0..n).map(record).collect::<Vec<_>>())
+}
+
 fn sleep(blocked_ts: u64, woken_ts: u64, run_ts: u64, wake_len: u64) -> Record {
     Record::Sleep(Sleep {
         tid: VCPU,
@@ -136,17 +141,14 @@ fn a_placement_of_two_to_the_60_bytes_is_resolved_without_walking_it() {
 /// every thread record (O(threads²)).
 #[test]
 fn a_million_thread_records_are_linear() {
-    let records: Vec<Record> = (0..1_000_000u32)
-        .map(|i| {
-            Record::Thread(ThreadInfo {
-                ts: 1_000 + u64::from(i),
-                tid: 10_000 + i,
-                name: "worker".to_owned(),
-                role: Role::Other,
-            })
+    let r = report_of_each(1_000_000, |i| {
+        Record::Thread(ThreadInfo {
+            ts: 1_000 + i,
+            tid: 10_000 + i as u32,
+            name: "worker".to_owned(),
+            role: Role::Other,
         })
-        .collect();
-    let r = report(&records);
+    });
     assert_eq!(r.threads.len(), 1_000_000);
     assert_eq!(r.blocktime_ms.vcpus, 0);
 }
@@ -182,13 +184,10 @@ fn half_a_million_out_of_order_reads_are_replayed_in_n_log_n() {
 fn ever_earlier_faults_do_not_shift_the_bins_each_time() {
     let n = 300_000u64;
     let t0 = 400_000_000_000u64;
-    let records: Vec<Record> = (0..n)
-        .map(|i| {
-            let t = t0 - i * 1_000_000;
-            sleep(t, t + 10_000, t + 20_000, 4096)
-        })
-        .collect();
-    let r = report(&records);
+    let r = report_of_each(n, |i| {
+        let t = t0 - i * 1_000_000;
+        sleep(t, t + 10_000, t + 20_000, 4096)
+    });
     assert_eq!(r.faults.count, n);
     let timeline = r.timeline.expect("faults make a timeline");
     assert_eq!(timeline.faults.iter().sum::<u64>(), n);
