@@ -2,13 +2,13 @@
 //! lifecycle engine, statistics, network and QMP accumulators, then assembles
 //! the report model.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
 use crate::engine::blocktime::{self, QemuBlocktime};
 use crate::engine::guest::{self, LineCounts, Sample};
-use crate::engine::lifecycle::{Engine, Fault, Resolution, Stage};
+use crate::engine::lifecycle::{Engine, Fault, Resolution, Stage, TidSet};
 use crate::engine::network::Network;
 use crate::engine::stats::{FaultStats, CURVE_QUANTILES};
 use crate::report::{
@@ -101,7 +101,7 @@ struct Pass {
     guest_counts: LineCounts,
     vcpu_names: BTreeMap<u32, String>,
     /// Threads that are vCPUs, as known so far.
-    vcpu_set: HashSet<u32>,
+    vcpu_set: TidSet,
     /// QEMU's blocktime accounting replayed over the trace, and the variant
     /// closing placements at the ioctl exit.
     qemu_bt: QemuBlocktime,
@@ -259,7 +259,7 @@ pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) 
         guest_samples: Vec::new(),
         guest_counts: LineCounts::default(),
         vcpu_names: BTreeMap::new(),
-        vcpu_set: HashSet::new(),
+        vcpu_set: TidSet::default(),
         qemu_bt: QemuBlocktime::new(),
         qemu_bt_exit: QemuBlocktime::closing_at_exit(),
         perf: BTreeMap::new(),
