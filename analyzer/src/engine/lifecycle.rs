@@ -172,38 +172,16 @@ struct Entry<T> {
     value: T,
 }
 
-/// A fast hasher for page addresses (multiplicative; keys are not adversarial
-/// in a way that matters: the worst case is a slower analysis).
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct PageHasher(u64);
+/// Maps keyed by page addresses and thread ids hash with foldhash, seeded
+/// at random per process: fast, and a crafted trace cannot aim thousands of
+/// keys at one bucket to make every lookup a scan (traces are untrusted).
+type FastState = foldhash::fast::RandomState;
 
-impl std::hash::Hasher for PageHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0 ^ v)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29);
-    }
-
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-}
-
-type PageMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PageHasher>>;
+type PageMap<V> = HashMap<u64, V, FastState>;
 /// A map keyed by thread id, with the fast hasher.
-pub(crate) type TidMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<PageHasher>>;
+pub(crate) type TidMap<V> = HashMap<u32, V, FastState>;
 /// A set of thread ids, with the fast hasher.
-pub(crate) type TidSet = std::collections::HashSet<u32, std::hash::BuildHasherDefault<PageHasher>>;
+pub(crate) type TidSet = std::collections::HashSet<u32, FastState>;
 
 /// Single-page entries are bucketed by this many address bits: 16 pages
 /// (64 KiB). Placements, reads and requests of neighbouring pages come in
