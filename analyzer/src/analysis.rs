@@ -2,7 +2,7 @@
 //! statistics, network, QMP and QEMU-blocktime accumulators with each record
 //! and fault, then assembles the report model ([`crate::report`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::Read;
 use std::path::Path;
@@ -10,7 +10,7 @@ use std::path::Path;
 use crate::drive::{self, At, Consumer, Derived, Limits, Summary};
 use crate::engine::blocktime::{self, QemuBlocktime};
 use crate::engine::guest::{self, LineCounts, Sample};
-use crate::engine::lifecycle::{Engine, Fault, Resolution, Stage, ThreadFacts};
+use crate::engine::lifecycle::{Engine, Fault, Resolution, Stage, ThreadFacts, TidSet};
 use crate::engine::network::Network;
 use crate::engine::network_split::{NetworkSplitStats, NetworkSplitter};
 use crate::engine::qemu_latency::{LatencyReplay, Log2Buckets};
@@ -182,7 +182,7 @@ struct Pass {
     guest_samples: Vec<Sample>,
     guest_counts: LineCounts,
     /// Threads that are vCPUs, as known so far.
-    vcpu_set: HashSet<u32>,
+    vcpu_set: TidSet,
     /// QEMU's blocktime accounting replayed over the trace, and the variant
     /// closing placements at the ioctl exit.
     qemu_bt: QemuBlocktime,
@@ -216,17 +216,8 @@ impl Pass {
         }
     }
 
-    fn refresh_vcpus(&mut self, engine: &Engine) {
-        self.vcpu_set = engine
-            .threads
-            .iter()
-            .filter(|(_, t)| t.role() == Role::Vcpu)
-            .map(|(&tid, _)| tid)
-            .collect();
-    }
-
     fn blocktime_ctx<'a>(
-        set: &'a HashSet<u32>,
+        set: &'a TidSet,
         engine: &'a Engine,
     ) -> (impl Fn(u32) -> bool + 'a, impl Fn(u64, u64) -> bool + 'a) {
         (
@@ -330,20 +321,12 @@ impl Consumer for Pass {
         Ok(())
     }
 
-    fn taken(&mut self, rec: &Record, engine: &Engine) {
-        // Roles change with names, and with a thread's first sleep.
-        let refresh = match rec {
-            Record::Thread(_) | Record::Process(_) => true,
-            Record::Sleep(sl) => !self.vcpu_set.contains(&sl.tid),
-            _ => false,
-        };
-        if refresh {
-            self.refresh_vcpus(engine);
+    fn role_changed(&mut self, tid: u32, role: Role) {
+        if role == Role::Vcpu {
+            self.vcpu_set.insert(tid);
+        } else {
+            self.vcpu_set.remove(&tid);
         }
-    }
-
-    fn finishing(&mut self, engine: &Engine) {
-        self.refresh_vcpus(engine);
     }
 }
 

@@ -13,7 +13,7 @@ use std::io::Read;
 use crate::engine::lifecycle::{Engine, Fault};
 use crate::inputs::qmp::{self, QmpFacts};
 use crate::inputs::rp::{ReturnPath, RpMessage};
-use uffdscope_trace::record::Record;
+use uffdscope_trace::record::{Record, Role};
 use uffdscope_trace::{TraceError, TraceReader};
 
 /// What the driver read out of one record, handed to the consumer with it.
@@ -42,10 +42,9 @@ pub(crate) trait Consumer {
     fn record(&mut self, rec: &Record, derived: &Derived, at: At<'_>) -> Result<(), Self::Error>;
     /// A fault the engine resolved.
     fn fault(&mut self, fault: &Fault, at: At<'_>) -> Result<(), Self::Error>;
-    /// The same record, after the engine took it (and resolved faults).
-    fn taken(&mut self, _rec: &Record, _engine: &Engine) {}
-    /// The last record was taken; the faults still open follow.
-    fn finishing(&mut self, _engine: &Engine) {}
+    /// A thread's role changed (a name, or its first sleep, said more), after
+    /// the engine took the record that changed it and handed its faults on.
+    fn role_changed(&mut self, _tid: u32, _role: Role) {}
 }
 
 /// The time origin of every output: the timestamp of the trace's first
@@ -162,7 +161,7 @@ pub(crate) fn drive<R: Read, C: Consumer>(
             summary.faults += 1;
             consumer.fault(&f, At { engine, origin })?;
         }
-        consumer.taken(rec, engine);
+        engine.take_role_changes(|tid, role| consumer.role_changed(tid, role));
         Ok(())
     };
     // `for_each` cannot stop early: after a consumer error or at the limit,
@@ -191,7 +190,7 @@ pub(crate) fn drive<R: Read, C: Consumer>(
     if let Some(e) = failed {
         return Err(e);
     }
-    consumer.finishing(&engine);
+    engine.take_role_changes(|tid, role| consumer.role_changed(tid, role));
     engine.finish(&mut |f| resolved.push(f));
     let at = At {
         engine: &engine,

@@ -330,7 +330,19 @@ impl<'a> Decoder<'a> {
         Ok(b)
     }
 
+    #[inline]
     fn uv(&mut self) -> Result<u64, CodecError> {
+        // Most values (deltas, small ids) fit one byte.
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.uv_long()
+    }
+
+    fn uv_long(&mut self) -> Result<u64, CodecError> {
         let start = self.pos;
         let mut v = 0u64;
         for shift in (0..70).step_by(7) {

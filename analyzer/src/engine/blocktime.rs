@@ -41,10 +41,10 @@
 //! accounting under `page_request_mutex`). With one vCPU that shows
 //! as `postcopy-blocktime` < `postcopy-vcpu-blocktime`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
+use std::collections::BTreeMap;
 
-use crate::engine::lifecycle::PageHasher;
+use crate::engine::lifecycle::TidMap;
+use crate::engine::queue::TimeQueue;
 
 /// How far behind the newest record events are replayed: records of different
 /// threads reach the trace slightly out of order, and an end's time is only
@@ -57,11 +57,6 @@ const PAGE: u64 = 4096;
 // first (QEMU sets the received bitmap before a later begin checks it).
 const END: u8 = 0;
 const BEGIN: u8 = 1;
-
-/// A queued event: (ts, kind, seq, address, thread).
-type Event = (u64, u8, u64, u64, u32);
-
-type TidMap<V> = HashMap<u32, V, BuildHasherDefault<PageHasher>>;
 
 /// What the replay needs to know from the rest of the analysis.
 pub struct Ctx<'a> {
@@ -90,9 +85,9 @@ pub struct QemuBlocktime {
     /// instead of at the placing thread's next ioctl (what it does on a busy
     /// host): the variant that shows what the preemption race costs.
     close_at_exit: bool,
-    /// Events sorted by time. Records arrive nearly in time order, so an
-    /// insertion lands at or near the back (cheaper than a heap).
-    queue: VecDeque<Event>,
+    /// Events waiting to be replayed, in time order.
+    /// Events by time, each (kind, seq, address, thread).
+    queue: TimeQueue<(u8, u64, u64, u32)>,
     seq: u64,
     /// Per placing thread: its last placement (page, ioctl exit), whose end
     /// waits for the thread's next ioctl.
@@ -132,17 +127,7 @@ impl QemuBlocktime {
 
     fn push(&mut self, ts: u64, kind: u8, addr: u64, tid: u32) {
         self.seq += 1;
-        let ev = (ts, kind, self.seq, addr, tid);
-        // Nearly sorted input: look for the place from the back, a few steps
-        // at most; fall back to a binary search for a far-off record.
-        let mut at = self.queue.len();
-        while at > 0 && self.queue.len() - at < 16 && self.queue[at - 1] > ev {
-            at -= 1;
-        }
-        if at > 0 && self.queue[at - 1] > ev {
-            at = self.queue.partition_point(|e| *e <= ev);
-        }
-        self.queue.insert(at, ev);
+        self.queue.push(ts, (kind, self.seq, addr, tid));
     }
 
     /// A page-fault message for `addr` from thread `ptid`, read at `ts`.
@@ -178,9 +163,7 @@ impl QemuBlocktime {
     /// vCPUs and which pages were placed when.
     pub fn advance(&mut self, ctx: &Ctx<'_>) {
         let upto = self.watermark.saturating_sub(LAG_NS);
-        if self.queue.front().is_some_and(|e| e.0 <= upto) {
-            self.drain(upto, ctx);
-        }
+        self.drain(upto, ctx);
     }
 
     /// Replays everything left; each thread's last placement ends at its exit.
@@ -193,11 +176,7 @@ impl QemuBlocktime {
     }
 
     fn drain(&mut self, upto: u64, ctx: &Ctx<'_>) {
-        while let Some(&(ts, kind, _, addr, tid)) = self.queue.front() {
-            if ts > upto {
-                break;
-            }
-            self.queue.pop_front();
+        while let Some((ts, (kind, _, addr, tid))) = self.queue.pop_upto(upto) {
             if kind == BEGIN {
                 self.begin(ts, addr, tid, ctx);
             } else {

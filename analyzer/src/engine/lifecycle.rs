@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Serialize;
-use smallvec::SmallVec;
 
 use crate::inputs::rp::{ReturnPath, RpMessage};
 use uffdscope_trace::record::{IoctlOp, Record, Role, Sleep, UffdIoctl, UffdMsg};
@@ -170,60 +169,61 @@ impl Fault {
 /// An entry in an [`AddrIndex`].
 #[derive(Debug, Clone, Copy)]
 struct Entry<T> {
+    start: u64,
     ts: u64,
     len: u64,
     seq: u64,
     value: T,
 }
 
-/// A fast hasher for page addresses (multiplicative; keys are not adversarial
-/// in a way that matters: the worst case is a slower analysis).
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct PageHasher(u64);
+/// Maps keyed by page addresses and thread ids hash with foldhash, seeded
+/// at random per process: fast, and a crafted trace cannot aim thousands of
+/// keys at one bucket to make every lookup a scan (traces are untrusted).
+type FastState = foldhash::fast::RandomState;
 
-impl std::hash::Hasher for PageHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
+type PageMap<V> = HashMap<u64, V, FastState>;
+/// A map keyed by thread id, with the fast hasher.
+pub(crate) type TidMap<V> = HashMap<u32, V, FastState>;
+/// A set of thread ids, with the fast hasher.
+pub(crate) type TidSet = std::collections::HashSet<u32, FastState>;
 
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0 ^ v)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29);
-    }
-}
-
-type PageMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PageHasher>>;
+/// Single-page entries are bucketed by this many address bits: 16 pages
+/// (64 KiB). Placements, reads and requests of neighbouring pages come in
+/// runs (the background stream places pages in address order), so
+/// consecutive inserts and prunes touch one bucket that is already in cache,
+/// where a map keyed by page would miss the cache on almost every record.
+const BUCKET_SHIFT: u32 = 16;
 
 /// Address-keyed index of ranges with age-based pruning in O(removed).
 ///
 /// Single-page entries (the common case: one 4 KiB page read, requested or
-/// placed) live in a hash map by page; longer ranges (huge pages, multi-page
-/// requests) in an ordered map. A FIFO in insertion order, which is close to
-/// time order, drives pruning.
+/// placed) live in buckets of neighbouring pages, each in insertion order;
+/// longer ranges (huge pages, multi-page requests) in ordered maps, one per
+/// power-of-two length class, so that finding the ranges covering an address
+/// scans only ranges of similar length that start near it (one huge range
+/// does not make every lookup scan all the others). A FIFO
+/// in insertion order, which is close to time order, drives pruning: a
+/// pruned page entry is always at the front of its bucket.
 #[derive(Debug)]
 struct AddrIndex<T> {
-    pages: PageMap<SmallVec<[Entry<T>; 1]>>,
-    big: BTreeMap<(u64, u64), Entry<T>>,
+    buckets: PageMap<VecDeque<Entry<T>>>,
+    /// Ranges longer than a page by length class (`len <= 1 << class`),
+    /// keyed by (start, seq).
+    big: [BTreeMap<(u64, u64), Entry<T>>; 65],
+    /// Classes that hold ranges, one bit each.
+    big_classes: u128,
     fifo: VecDeque<(u64, u64, u64)>,
     seq: u64,
-    max_len: u64,
 }
 
 impl<T: Copy> AddrIndex<T> {
     fn new() -> Self {
         Self {
-            pages: PageMap::default(),
-            big: BTreeMap::new(),
+            buckets: PageMap::default(),
+            big: std::array::from_fn(|_| BTreeMap::new()),
+            big_classes: 0,
             fifo: VecDeque::new(),
             seq: 0,
-            max_len: PAGE,
         }
     }
 
@@ -239,16 +239,21 @@ impl<T: Copy> AddrIndex<T> {
         let len = len.max(1);
         self.seq += 1;
         let e = Entry {
+            start,
             ts,
             len,
             seq: self.seq,
             value,
         };
         if Self::is_page(start, len) {
-            self.pages.entry(start).or_default().push(e);
+            self.buckets
+                .entry(start >> BUCKET_SHIFT)
+                .or_default()
+                .push_back(e);
         } else {
-            self.max_len = self.max_len.max(len);
-            self.big.insert((start, self.seq), e);
+            let class = Self::class(len);
+            self.big[class].insert((start, self.seq), e);
+            self.big_classes |= 1 << class;
         }
         self.fifo.push_back((ts, start, self.seq));
     }
@@ -257,33 +262,70 @@ impl<T: Copy> AddrIndex<T> {
     fn covering(&self, addr: u64) -> impl Iterator<Item = (u64, &Entry<T>)> {
         let page = addr & !(PAGE - 1);
         let small = self
-            .pages
-            .get(&page)
+            .buckets
+            .get(&(page >> BUCKET_SHIFT))
             .into_iter()
-            .flat_map(move |v| v.iter().map(move |e| (page, e)));
-        let lo = addr.saturating_sub(self.max_len - 1);
-        let big = (!self.big.is_empty())
-            .then(|| {
-                self.big
-                    .range((lo, 0)..=(addr, u64::MAX))
-                    .filter(move |((start, _), e)| start.saturating_add(e.len) > addr)
-                    .map(|((start, _), e)| (*start, e))
-            })
-            .into_iter()
-            .flatten();
-        small.chain(big)
+            .flat_map(move |v| {
+                v.iter()
+                    .filter(move |e| e.start == page)
+                    .map(move |e| (page, e))
+            });
+        small.chain(self.big_covering(addr))
     }
 
-    /// Single-page entries starting in `[lo, hi)` (page-aligned), with their start.
+    /// The length class of a range: the smallest `c` with `len <= 1 << c`.
+    fn class(len: u64) -> usize {
+        (64 - (len - 1).leading_zeros()) as usize
+    }
+
+    /// Long ranges containing `addr`, in (start, insertion) order.
+    fn big_covering(&self, addr: u64) -> Vec<(u64, &Entry<T>)> {
+        if self.big_classes == 0 {
+            return Vec::new();
+        }
+        let mut found: Vec<(u64, &Entry<T>)> = Vec::new();
+        for class in (0..65).filter(|c| self.big_classes & (1 << c) != 0) {
+            let reach = 1u64.checked_shl(class as u32).map_or(u64::MAX, |r| r - 1);
+            let lo = addr.saturating_sub(reach);
+            found.extend(
+                self.big[class]
+                    .range((lo, 0)..=(addr, u64::MAX))
+                    .filter(|((start, _), e)| start.saturating_add(e.len) > addr)
+                    .map(|((start, _), e)| (*start, e)),
+            );
+        }
+        found.sort_unstable_by_key(|(start, e)| (*start, e.seq));
+        found
+    }
+
+    /// Single-page entries starting in `[lo, hi)`, with their start, in no
+    /// particular order. Visits the buckets the range spans, or every bucket
+    /// when there are fewer: O(what is indexed) however long the range.
     fn starting_in(&self, lo: u64, hi: u64) -> impl Iterator<Item = (u64, &Entry<T>)> {
-        let first = lo & !(PAGE - 1);
-        (0..hi.saturating_sub(first).div_ceil(PAGE)).flat_map(move |i| {
-            let page = first + i * PAGE;
-            self.pages
-                .get(&page)
-                .into_iter()
-                .flat_map(move |v| v.iter().map(move |e| (page, e)))
-        })
+        let in_range = move |e: &&Entry<T>| e.start >= lo && e.start < hi;
+        let (first, last) = (lo >> BUCKET_SHIFT, hi.saturating_sub(1) >> BUCKET_SHIFT);
+        let spanned = if hi > lo { last - first + 1 } else { 0 };
+        let by_range = (spanned <= self.buckets.len() as u64)
+            .then(|| (first..first + spanned).filter_map(|b| self.buckets.get(&b)));
+        let by_bucket = (spanned > self.buckets.len() as u64).then(|| self.buckets.values());
+        by_range
+            .into_iter()
+            .flatten()
+            .chain(by_bucket.into_iter().flatten())
+            .flat_map(move |v| v.iter().filter(in_range).map(|e| (e.start, e)))
+    }
+
+    fn remove_big(&mut self, start: u64, seq: u64) {
+        for class in 0..65 {
+            if self.big_classes & (1 << class) != 0
+                && self.big[class].remove(&(start, seq)).is_some()
+            {
+                if self.big[class].is_empty() {
+                    self.big_classes &= !(1 << class);
+                }
+                return;
+            }
+        }
     }
 
     fn prune(&mut self, cutoff: u64) {
@@ -292,13 +334,15 @@ impl<T: Copy> AddrIndex<T> {
                 break;
             }
             self.fifo.pop_front();
-            if let Some(v) = self.pages.get_mut(&start) {
-                v.retain(|e| e.seq != seq);
-                if v.is_empty() {
-                    self.pages.remove(&start);
+            let key = start >> BUCKET_SHIFT;
+            match self.buckets.get_mut(&key) {
+                Some(v) if v.front().is_some_and(|e| e.seq == seq) => {
+                    v.pop_front();
+                    if v.is_empty() {
+                        self.buckets.remove(&key);
+                    }
                 }
-            } else {
-                self.big.remove(&(start, seq));
+                _ => self.remove_big(start, seq),
             }
         }
     }
@@ -332,6 +376,8 @@ pub struct ThreadFacts {
     /// process's main thread (which faults while loading device state), or
     /// the vCPUs are known by name and this is not one of them.
     pub not_vcpu: bool,
+    /// Changed since the last [`Engine::take_role_changes`].
+    changed: bool,
 }
 
 impl ThreadFacts {
@@ -383,8 +429,10 @@ pub struct Engine {
     /// Registered uffd ranges (start, len): RAMBlocks start at one.
     ranges: Vec<(u64, u64)>,
     /// The last uffd message each reader thread read (for base learning).
-    last_read: HashMap<u32, (u64, u64)>,
+    last_read: TidMap<(u64, u64)>,
     pub threads: BTreeMap<u32, ThreadFacts>,
+    /// Threads whose facts changed since the last role hand-over.
+    changed: Vec<u32>,
     /// The traced process (its main thread is never a vCPU).
     pid: Option<u32>,
     /// Some thread is named as a vCPU: behaviour no longer makes vCPUs.
@@ -417,9 +465,10 @@ impl Engine {
             block_base: HashMap::new(),
             base_votes: HashMap::new(),
             unplaced_requests: Vec::new(),
-            last_read: HashMap::new(),
+            last_read: TidMap::default(),
             ranges: Vec::new(),
             threads: BTreeMap::new(),
+            changed: Vec::new(),
             pid: None,
             named_vcpus: false,
             watermark: 0,
@@ -461,13 +510,31 @@ impl Engine {
         &self.block_base
     }
 
-    /// The facts of `tid`, created with what is already known about it.
+    /// The facts of `tid`, created with what is already known about it, and
+    /// marked as changed.
     fn facts(&mut self, tid: u32) -> &mut ThreadFacts {
         let not_vcpu = self.named_vcpus || self.pid == Some(tid);
-        self.threads.entry(tid).or_insert_with(|| ThreadFacts {
+        let facts = self.threads.entry(tid).or_insert_with(|| ThreadFacts {
             not_vcpu,
             ..ThreadFacts::default()
-        })
+        });
+        if !facts.changed {
+            facts.changed = true;
+            self.changed.push(tid);
+        }
+        facts
+    }
+
+    /// Hands `f` the current role of every thread whose facts changed since
+    /// the last call: keeps a caller's view of the roles (the vCPU set)
+    /// current in O(changes) instead of O(threads).
+    pub fn take_role_changes(&mut self, mut f: impl FnMut(u32, Role)) {
+        for tid in self.changed.drain(..) {
+            if let Some(facts) = self.threads.get_mut(&tid) {
+                facts.changed = false;
+                f(tid, facts.role());
+            }
+        }
     }
 
     /// Feeds one record; resolved faults go to `sink`.
@@ -490,8 +557,8 @@ impl Engine {
         match rec {
             Record::Process(p) => {
                 self.pid = Some(p.pid);
-                if let Some(f) = self.threads.get_mut(&p.pid) {
-                    f.not_vcpu = true;
+                if self.threads.contains_key(&p.pid) {
+                    self.facts(p.pid).not_vcpu = true;
                 }
             }
             Record::Thread(t) => {
@@ -502,9 +569,14 @@ impl Engine {
                     r => Some(r),
                 });
                 if facts.named_role == Some(Role::Vcpu) && !self.named_vcpus {
+                    // Once per trace: every thread's role may change.
                     self.named_vcpus = true;
-                    for f in self.threads.values_mut() {
+                    for (&tid, f) in &mut self.threads {
                         f.not_vcpu = f.named_role != Some(Role::Vcpu);
+                        if !f.changed {
+                            f.changed = true;
+                            self.changed.push(tid);
+                        }
                     }
                 }
             }
@@ -661,9 +733,9 @@ impl Engine {
                 self.requests.len(),
                 self.placements.len(),
                 self.unplaced_requests.len(),
-                self.reads.pages.len(),
-                self.requests.pages.len(),
-                self.placements.pages.len()
+                self.reads.buckets.len(),
+                self.requests.buckets.len(),
+                self.placements.buckets.len()
             );
         }
         self.settle(sink, true);
@@ -696,7 +768,7 @@ impl Engine {
             .min_by_key(|(_, e)| e.value.enter_ts)
             .map(|(start, e)| (start, e.value, e.len));
         let window_start = entry.map_or(s.blocked_ts, |f| f.ts);
-        let place_range = placement.map_or((page, page + PAGE), |(start, _, len)| {
+        let place_range = placement.map_or((page, page.saturating_add(PAGE)), |(start, _, len)| {
             (start, start.saturating_add(len.max(PAGE)))
         });
         let place_ts = placement.map(|(_, p, _)| p.enter_ts);
@@ -718,20 +790,24 @@ impl Engine {
         };
         let read_ts = read.map(|(ts, _)| ts);
         let limit = place_ts.unwrap_or(s.woken_ts);
-        let requests: Vec<(u64, u32)> = self
+        let (mut requested, mut already_requested, mut request) = (false, false, None);
+        for (ts, tid) in self
             .requests
             .covering(page)
             .map(|(_, e)| (e.ts, e.value))
             .filter(|&(ts, _)| ts <= limit)
-            .collect();
-        let already_requested = requests.iter().any(|&(ts, _)| ts < window_start);
-        let request =
-            read_ts.and_then(|r| requests.iter().copied().filter(|&(ts, _)| ts >= r).min());
+        {
+            requested = true;
+            already_requested |= ts < window_start;
+            if read_ts.is_some_and(|r| ts >= r) && request.is_none_or(|m| (ts, tid) < m) {
+                request = Some((ts, tid));
+            }
+        }
         let resolution = match placement.map_or(s.wake_op, |(_, p, _)| p.op) {
             IoctlOp::ZeroPage => Resolution::ZeroPage,
             IoctlOp::Wake => Resolution::WakeOnly,
             IoctlOp::Continue => Resolution::Continue,
-            IoctlOp::Copy if !requests.is_empty() => Resolution::Requested,
+            IoctlOp::Copy if requested => Resolution::Requested,
             IoctlOp::Copy => Resolution::Background,
             _ => Resolution::Unknown,
         };

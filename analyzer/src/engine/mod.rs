@@ -8,4 +8,5 @@ pub mod lifecycle;
 pub mod network;
 pub mod network_split;
 pub mod qemu_latency;
+pub mod queue;
 pub mod stats;

@@ -3,12 +3,12 @@
 //! blocked-time bins for guest correlation.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::engine::lifecycle::{Fault, Resolution, Stage};
+use crate::engine::lifecycle::{Fault, Resolution, Stage, TidMap, TidSet};
 
 /// A latency histogram in nanoseconds.
 #[derive(Debug, Clone)]
@@ -104,12 +104,13 @@ pub struct ThreadStats {
 /// time during which every vCPU was blocked at once (QEMU's `postcopy-blocktime`).
 ///
 /// Intervals arrive in the order of their ends, roughly; their starts can lag by
-/// up to the longest interval. Boundaries are buffered in a heap and swept once
-/// the stream is that far (plus a margin) past them.
+/// up to the longest interval. Boundaries (time, then -1 for an end before +1
+/// for a start, then thread) are buffered in a heap and swept once the stream
+/// is that far (plus a margin) past them.
 #[derive(Debug, Default)]
 pub struct Sweep {
     heap: BinaryHeap<Reverse<(u64, i8, u32)>>,
-    down: HashSet<u32>,
+    down: TidSet,
     pub per_vcpu_ns: BTreeMap<u32, u64>,
     pub all_down_ns: u64,
     all_down_since: Option<u64>,
@@ -126,7 +127,8 @@ impl Sweep {
         if end <= start {
             return;
         }
-        *self.per_vcpu_ns.entry(tid).or_default() += end - start;
+        let sum = self.per_vcpu_ns.entry(tid).or_default();
+        *sum = sum.saturating_add(end - start);
         self.heap.push(Reverse((end, -1, tid)));
         self.heap.push(Reverse((start, 1, tid)));
         self.latest = self.latest.max(end);
@@ -153,7 +155,8 @@ impl Sweep {
                 self.down.remove(&tid);
                 if self.down.len() < vcpus {
                     if let Some(since) = self.all_down_since.take() {
-                        self.all_down_ns += t - since;
+                        // A boundary later than the margin allows can come after `since`.
+                        self.all_down_ns = self.all_down_ns.saturating_add(t.saturating_sub(since));
                     }
                 }
             }
@@ -170,20 +173,29 @@ impl Sweep {
 /// from each thread's first fault (faults cluster in the post-copy phase).
 ///
 /// Bins start 1 ms wide; when a thread's span would need more than
-/// [`Bins::MAX_BINS`] of them, every thread's bins are merged in pairs (2 ms,
-/// 4 ms, ...), so memory stays bounded however long the trace is.
+/// [`Bins::MAX_BINS`] of them, or all threads together more than
+/// [`Bins::MAX_TOTAL_BINS`], every thread's bins are merged in pairs (2 ms,
+/// 4 ms, ...), so memory stays bounded however long the trace is. A fault
+/// that would not fit even at the widest bin (a span of weeks: damaged
+/// timestamps) is left out and counted in [`Bins::unbinned`].
 #[derive(Debug, Default)]
 pub struct Bins {
-    per_tid: HashMap<u32, (u64, Vec<(u32, u32)>)>,
+    per_tid: TidMap<(u64, Vec<(u32, u32)>)>,
     /// Current bin width; 0 means [`Bins::BIN_NS`].
     width_ns: u64,
+    /// Bins held over all threads.
+    total: u64,
+    /// Faults left out because no bin width could hold their span.
+    pub unbinned: u64,
 }
 
 impl Bins {
     /// The finest (initial) bin width.
     pub const BIN_NS: u64 = 1_000_000;
     /// Bins per thread before the width doubles (8 bytes each).
-    pub const MAX_BINS: usize = 1 << 21;
+    pub const MAX_BINS: u64 = 1 << 21;
+    /// Bins over all threads before the width doubles (64 MiB).
+    pub const MAX_TOTAL_BINS: u64 = 1 << 23;
     /// Widest bin: blocked ns per bin must fit a u32.
     const MAX_WIDTH_NS: u64 = 1 << 31;
 
@@ -196,12 +208,21 @@ impl Bins {
         }
     }
 
+    /// The first and last bin of the interval `[start, end)` at width `w`
+    /// (a bin for `start` even when the interval is empty).
+    fn bin_range(start: u64, end: u64, w: u64) -> (u64, u64) {
+        let last = if end > start {
+            (end - 1) / w
+        } else {
+            start / w
+        };
+        (start / w, last)
+    }
+
     /// Halves the resolution of every thread's bins.
     fn coarsen(&mut self) {
         let w = self.width_ns();
-        if w >= Self::MAX_WIDTH_NS {
-            return;
-        }
+        let mut total = 0u64;
         for (base, bins) in self.per_tid.values_mut() {
             let new_base = *base / 2;
             let mut merged = vec![
@@ -217,46 +238,86 @@ impl Bins {
             }
             *base = new_base;
             *bins = merged;
+            total += bins.len() as u64;
         }
+        self.total = total;
         self.width_ns = w * 2;
     }
 
-    pub fn add(&mut self, tid: u32, start: u64, end: u64) {
+    /// Coarsens until `[start, end)` of `tid` fits the bounds; `false` when
+    /// it cannot fit even at the widest bin.
+    fn make_room(&mut self, tid: u32, start: u64, end: u64) -> bool {
+        // Decide before coarsening, so a hopeless span costs the others nothing.
+        let (mut lo, mut hi) = (start, end.saturating_sub(1).max(start));
+        if let Some((base, bins)) = self.per_tid.get(&tid) {
+            let w = self.width_ns();
+            lo = lo.min(base * w);
+            hi = hi.max((base + bins.len() as u64).saturating_mul(w) - 1);
+        }
+        if hi / Self::MAX_WIDTH_NS - lo / Self::MAX_WIDTH_NS + 1 > Self::MAX_BINS {
+            return false;
+        }
         loop {
             let w = self.width_ns();
-            let first = start / w;
-            let last = (end.max(start + 1) - 1) / w;
-            let span = self
-                .per_tid
-                .get(&tid)
-                .map_or(last - first + 1, |(base, bins)| {
-                    (base + bins.len() as u64).max(last + 1) - (*base).min(first)
-                });
-            if span as usize <= Self::MAX_BINS || w >= Self::MAX_WIDTH_NS {
-                break;
+            let (span, growth) = self.growth(tid, start, end, w);
+            if span <= Self::MAX_BINS && self.total + growth <= Self::MAX_TOTAL_BINS {
+                return true;
+            }
+            if w >= Self::MAX_WIDTH_NS {
+                return false;
             }
             self.coarsen();
         }
-        let w = self.width_ns();
-        let first = start / w;
-        let (base, bins) = self.per_tid.entry(tid).or_insert((first, Vec::new()));
-        if first < *base {
-            // Rare: an earlier fault than the first seen; shift the array.
-            let shift = (*base - first) as usize;
-            bins.splice(0..0, std::iter::repeat_n((0, 0), shift));
-            *base = first;
+    }
+
+    /// The span `tid`'s bins would cover with `[start, end)` added at width
+    /// `w`, and how many bins that adds.
+    fn growth(&self, tid: u32, start: u64, end: u64, w: u64) -> (u64, u64) {
+        let (first, last) = Self::bin_range(start, end, w);
+        match self.per_tid.get(&tid) {
+            Some((base, bins)) => {
+                let len = bins.len() as u64;
+                let span = (base + len).max(last + 1) - (*base).min(first);
+                (span, span - len)
+            }
+            None => (last - first + 1, last - first + 1),
         }
-        let last = (end.max(start + 1) - 1) / w;
+    }
+
+    pub fn add(&mut self, tid: u32, start: u64, end: u64) {
+        if !self.make_room(tid, start, end) {
+            self.unbinned += 1;
+            return;
+        }
+        let w = self.width_ns();
+        let (first, last) = Self::bin_range(start, end, w);
+        let room = Self::MAX_TOTAL_BINS - self.total;
+        let (base, bins) = self.per_tid.entry(tid).or_insert((first, Vec::new()));
+        let before = bins.len() as u64;
+        if first < *base {
+            // An earlier fault than the first seen: shift the array, with as
+            // much slack again (within the bounds), so that a stream of ever
+            // earlier faults costs amortized O(1) moves, not O(bins) each.
+            let span = *base + before - first;
+            let slack = before
+                .min(first)
+                .min(Self::MAX_BINS - span.min(Self::MAX_BINS))
+                .min(room.saturating_sub(span - before));
+            let shift = (*base - first + slack) as usize;
+            bins.splice(0..0, std::iter::repeat_n((0, 0), shift));
+            *base = first - slack;
+        }
         let need = (last - *base + 1) as usize;
         if bins.len() < need {
             bins.resize(need, (0, 0));
         }
+        self.total += bins.len() as u64 - before;
         let slot = &mut bins[(first - *base) as usize].1;
         *slot = slot.saturating_add(1);
         let mut t = start;
         while t < end {
             let bin = t / w;
-            let bin_end = ((bin + 1) * w).min(end);
+            let bin_end = (bin * w).saturating_add(w).min(end);
             let slot = &mut bins[(bin - *base) as usize].0;
             *slot = slot.saturating_add((bin_end - t) as u32);
             t = bin_end;
@@ -302,7 +363,7 @@ impl Bins {
                     continue;
                 };
                 let b0 = bin * w;
-                let b1 = b0 + w;
+                let b1 = b0.saturating_add(w);
                 let overlap = b1.min(end).saturating_sub(b0.max(start));
                 // Prorate partial bins: blocked time is spread evenly within a bin.
                 blocked += (u128::from(ns) * u128::from(overlap) / u128::from(w)) as u64;
@@ -335,6 +396,9 @@ pub struct FaultStats {
     pub ours: Sweep,
     pub bins: Bins,
     pub slowest: Vec<Fault>,
+    /// The least key among `slowest` once it is full: faults at or below it
+    /// cannot enter.
+    slowest_floor: u64,
     pub first_fault_ts: Option<u64>,
     pub last_fault_ts: Option<u64>,
 }
@@ -376,7 +440,7 @@ impl FaultStats {
         let t = self.per_thread.entry(f.tid).or_default();
         t.faults += 1;
         if let Some(ns) = f.blocked_ns() {
-            t.blocked_ns += ns;
+            t.blocked_ns = t.blocked_ns.saturating_add(ns);
         }
         if let Some(ns) = service {
             t.service.record(ns);
@@ -395,6 +459,9 @@ impl FaultStats {
 
     fn keep_slowest(&mut self, f: &Fault) {
         let key = |f: &Fault| f.service_ns().or(f.blocked_ns()).unwrap_or(0);
+        if self.slowest.len() == Self::KEEP_SLOWEST && key(f) <= self.slowest_floor {
+            return;
+        }
         if self.slowest.len() < Self::KEEP_SLOWEST {
             self.slowest.push(f.clone());
         } else if let Some((i, min)) = self
@@ -407,6 +474,9 @@ impl FaultStats {
             if key(f) > min {
                 self.slowest[i] = f.clone();
             }
+        }
+        if self.slowest.len() == Self::KEEP_SLOWEST {
+            self.slowest_floor = self.slowest.iter().map(key).min().unwrap_or(0);
         }
     }
 
@@ -436,13 +506,47 @@ mod tests {
     #[test]
     fn bins_coarsen_instead_of_growing_without_bound() {
         let mut b = Bins::default();
-        let span_ms = (Bins::MAX_BINS as u64) * 3;
+        let span_ms = Bins::MAX_BINS * 3;
         b.add(1, 0, 1_000_000);
         b.add(1, span_ms * 1_000_000, span_ms * 1_000_000 + 500_000);
         assert_eq!(b.width_ns(), 4_000_000);
-        assert!(b.per_tid[&1].1.len() <= Bins::MAX_BINS);
+        assert!(b.per_tid[&1].1.len() as u64 <= Bins::MAX_BINS);
         // Totals survive the merge.
         assert_eq!(b.window(Some(1), 0, u64::MAX / 2), (1_500_000, 2));
+    }
+
+    #[test]
+    fn bins_take_timestamps_at_the_end_of_the_clock() {
+        let mut b = Bins::default();
+        b.add(1, u64::MAX - 5_000_000, u64::MAX);
+        b.add(1, u64::MAX - 1, u64::MAX);
+        b.add(2, u64::MAX, u64::MAX);
+        assert_eq!(b.unbinned, 0);
+        assert_eq!(b.window(None, u64::MAX - 10_000_000, u64::MAX).1, 3);
+    }
+
+    #[test]
+    fn a_span_no_bin_width_can_hold_is_left_out_not_allocated() {
+        let mut b = Bins::default();
+        b.add(1, 0, 1 << 62);
+        b.add(2, 1_000, 2_000);
+        b.add(2, 1 << 62, (1 << 62) + 1_000);
+        assert_eq!(b.unbinned, 2);
+        assert!(b.total <= Bins::MAX_TOTAL_BINS);
+        assert_eq!(b.window(Some(2), 0, 1_000_000_000), (1_000, 1));
+    }
+
+    #[test]
+    fn many_threads_share_one_bound() {
+        let mut b = Bins::default();
+        let span = Bins::MAX_BINS * Bins::BIN_NS;
+        for tid in 0..8 {
+            b.add(tid, 0, 1);
+            b.add(tid, span - 1, span);
+        }
+        assert!(b.total <= Bins::MAX_TOTAL_BINS, "{}", b.total);
+        assert_eq!(b.width_ns(), 2 * Bins::BIN_NS);
+        assert_eq!(b.window(None, 0, span).1, 16);
     }
 
     #[test]
