@@ -269,3 +269,49 @@ fn damaged_trace_still_gives_closed_json() {
     assert!(summary.damage.is_some());
     assert_eq!(text.lines().count() as u64, summary.faults + 1);
 }
+
+/// On the committed real trace, requested faults carry the network stage's
+/// parts, and wire + behind_stream + rest is each fault's network stage.
+#[test]
+fn csv_rows_take_the_network_stage_apart() {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/data/qemu-7.2-tcg-postcopy-1vcpu.trace");
+    let (text, _) = csv(&std::fs::read(path).expect("committed trace"));
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).expect(name);
+    let (network, wire, behind, rest, res) = (
+        col("network_ns"),
+        col("wire_ns"),
+        col("behind_stream_ns"),
+        col("rest_ns"),
+        col("resolution"),
+    );
+    let mut split = 0;
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').collect();
+        let num = |i: usize| cells[i].parse::<u64>().ok();
+        if let (Some(w), Some(b), Some(r)) = (num(wire), num(behind), num(rest)) {
+            assert_eq!(cells[res], "requested", "{line}");
+            assert_eq!(Some(w + b + r), num(network), "{line}");
+            split += 1;
+        }
+    }
+    assert!(
+        split > 500,
+        "only {split} rows with the network stage taken apart"
+    );
+}
+
+/// The Perfetto network slices of requested faults carry the same parts.
+#[test]
+fn perfetto_network_slices_carry_the_parts() {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/data/qemu-7.2-tcg-postcopy-1vcpu.trace");
+    let (v, _) = perfetto(&std::fs::read(path).expect("committed trace"));
+    let with_parts = events(&v)
+        .iter()
+        .filter(|e| e["name"] == "network" && e["args"]["behind_stream_us"].is_number())
+        .count();
+    assert!(with_parts > 500, "{with_parts} network slices with parts");
+}

@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 
 use crate::drive::{self, At, Consumer, Derived, Limits, Origin, Summary};
 use crate::engine::lifecycle::{Fault, Stage};
+use crate::engine::network_split::NetworkSplitter;
 use uffdscope_trace::record::Record;
 use uffdscope_trace::TraceReader;
 
@@ -14,11 +15,14 @@ use uffdscope_trace::TraceReader;
 pub const HEADER: &str =
     "tid,page,resolution,already_requested,reader_tid,requester_tid,waker_tid,place_len,\
 t_entry_ns,t_blocked_ns,t_read_ns,t_request_ns,t_place_ns,t_place_end_ns,t_woken_ns,t_run_ns,\
-queue_ns,request_ns,network_ns,place_ns,wake_ns,service_ns,blocked_ns";
+queue_ns,request_ns,network_ns,place_ns,wake_ns,service_ns,blocked_ns,\
+wire_ns,behind_stream_ns,rest_ns,paused_ns,behind_stream_bytes";
 
 struct Csv<W: Write> {
     out: W,
     line: String,
+    /// Takes the network stage of requested faults apart.
+    split: NetworkSplitter,
 }
 
 fn cell<T: std::fmt::Display>(line: &mut String, v: Option<T>) {
@@ -64,6 +68,16 @@ impl<W: Write> Csv<W> {
         }
         cell(l, f.service_ns());
         cell(l, f.blocked_ns());
+        let split = self.split.split(f).unwrap_or_default();
+        for part in [
+            split.wire_ns,
+            split.behind_stream_ns,
+            split.rest_ns,
+            split.paused_ns,
+            split.behind_stream_bytes,
+        ] {
+            cell(l, part);
+        }
         l.push('\n');
         self.out.write_all(l.as_bytes())
     }
@@ -72,7 +86,8 @@ impl<W: Write> Csv<W> {
 impl<W: Write> Consumer for Csv<W> {
     type Error = io::Error;
 
-    fn record(&mut self, _: &Record, _: &Derived, _: At<'_>) -> io::Result<()> {
+    fn record(&mut self, rec: &Record, _: &Derived, _: At<'_>) -> io::Result<()> {
+        self.split.push(rec);
         Ok(())
     }
 
@@ -92,6 +107,7 @@ pub fn export<R: Read, W: Write>(
     let mut csv = Csv {
         out,
         line: String::with_capacity(256),
+        split: NetworkSplitter::default(),
     };
     csv.out.write_all(HEADER.as_bytes())?;
     csv.out.write_all(b"\n")?;
@@ -110,6 +126,7 @@ mod tests {
         let mut csv = Csv {
             out: Vec::new(),
             line: String::new(),
+            split: NetworkSplitter::default(),
         };
         let f = Fault {
             tid: 7,
@@ -133,7 +150,7 @@ mod tests {
         let row = String::from_utf8(csv.out).expect("utf8");
         assert_eq!(
             row,
-            "7,0x7000,background,false,,,9,4096,,1000,,,4000,4500,4400,5000,,,,400,600,,4000\n"
+            "7,0x7000,background,false,,,9,4096,,1000,,,4000,4500,4400,5000,,,,400,600,,4000,,,,,\n"
         );
         assert_eq!(
             row.trim_end().split(',').count(),

@@ -29,6 +29,7 @@ use std::io::{self, Read, Write};
 use crate::drive::{self, At, Consumer, Derived, Limits, Origin, Summary};
 use crate::engine::guest::{self, LineCounts};
 use crate::engine::lifecycle::{Engine, Fault};
+use crate::engine::network_split::NetworkSplitter;
 use crate::inputs::rp::RpMessage;
 use uffdscope_trace::record::{IoctlOp, Record, Role};
 use uffdscope_trace::{TraceMeta, TraceReader};
@@ -146,6 +147,8 @@ struct Perfetto<W: Write> {
     notes_seen: bool,
     last_status: Option<String>,
     drops: Option<u64>,
+    /// Takes the network stage of requested faults apart (its slice's args).
+    split: NetworkSplitter,
 }
 
 impl<W: Write> Perfetto<W> {
@@ -418,6 +421,17 @@ impl<W: Write> Perfetto<W> {
             ("place", f.place_ts, Some(f.woken_ts)),
             ("wake", Some(f.woken_ts), f.run_ts),
         ];
+        let network_args = self.split.split(f).map_or_else(String::new, |p| {
+            format!(
+                r#""wire_us":{},"behind_stream_us":{},"rest_us":{},"paused_us":{},"behind_stream_bytes":{}"#,
+                us(p.wire_ns),
+                us(p.behind_stream_ns),
+                us(p.rest_ns),
+                us(p.paused_ns),
+                p.behind_stream_bytes
+                    .map_or_else(|| "null".to_owned(), |b| b.to_string())
+            )
+        });
         // Siblings must not overlap and must stay inside the fault slice.
         let mut cursor = start;
         for (name, from, to) in bounds {
@@ -429,7 +443,12 @@ impl<W: Write> Perfetto<W> {
             if e < s {
                 continue;
             }
-            self.slice(name, "stage", pid, f.tid, s, e, "")?;
+            let args = if name == "network" {
+                network_args.as_str()
+            } else {
+                ""
+            };
+            self.slice(name, "stage", pid, f.tid, s, e, args)?;
             cursor = e;
         }
         // Flow points sit just inside the slices they bind to.
@@ -543,6 +562,7 @@ impl<W: Write> Consumer for Perfetto<W> {
     type Error = io::Error;
 
     fn record(&mut self, rec: &Record, derived: &Derived, at: At<'_>) -> io::Result<()> {
+        self.split.push(rec);
         let ts = rec.ts();
         self.origin = at.origin;
         self.last_ts = self.last_ts.max(ts);
@@ -683,6 +703,7 @@ pub fn export<R: Read, W: Write>(
         notes_seen: false,
         last_status: None,
         drops: None,
+        split: NetworkSplitter::default(),
     };
     let mut head = String::from(r#"{"displayTimeUnit":"ns","otherData":{"exporter":"#);
     json_str(&mut head, concat!("uffdscope ", env!("CARGO_PKG_VERSION")));
