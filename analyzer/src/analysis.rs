@@ -7,10 +7,12 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::engine::blocktime::{self, QemuBlocktime};
-use crate::engine::guest::{self, LineCounts, Sample};
+use crate::engine::guest;
 use crate::engine::lifecycle::{Engine, Fault, Resolution, Stage};
 use crate::engine::network::Network;
 use crate::engine::stats::{FaultStats, CURVE_QUANTILES};
+use crate::inputs::guest_log::GuestLog;
+use crate::inputs::validate::Boundary;
 use crate::report::{
     Blocktime, FaultSection, NetworkSection, QemuSection, QemuView, Report, SlowFault,
     StatusChange, Target, ThreadRow, Timeline, TraceSection, SCHEMA,
@@ -21,8 +23,9 @@ use uffdscope_trace::{TraceError, TraceReader};
 /// What the user asked of the analysis.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// A guest log captured outside the trace (lines without host stamps).
-    pub guest_log: Option<String>,
+    /// A guest log captured outside the trace (lines without host stamps),
+    /// read with [`crate::inputs::guest_log::read`].
+    pub guest_log: Option<GuestLog>,
     /// Guest clock minus host realtime, ms.
     pub guest_offset_ms: Option<f64>,
 }
@@ -97,8 +100,8 @@ struct Pass {
     last_ts: Option<u64>,
     drops: u64,
     end: Option<String>,
-    guest_samples: Vec<Sample>,
-    guest_counts: LineCounts,
+    /// The guest lines recorded in the trace.
+    guest: GuestLog,
     vcpu_names: BTreeMap<u32, String>,
     /// Threads that are vCPUs, as known so far.
     vcpu_set: HashSet<u32>,
@@ -171,10 +174,7 @@ impl Pass {
             Record::Note(n) if n.kind == "end" => self.end = Some(n.text.clone()),
             Record::Qmp(q) => self.qmp.push(q.ts, &q.json),
             Record::GuestLine(g) => {
-                if let Some(mut s) = guest::parse_line(&g.text, &mut self.guest_counts) {
-                    s.host_arrival_ns = Some(g.ts);
-                    self.guest_samples.push(s);
-                }
+                self.guest.push_line(&g.text, Some(g.ts));
             }
             Record::Thread(t) if Role::from_thread_name(&t.name) == Some(Role::Vcpu) => {
                 self.vcpu_names.insert(t.tid, t.name.clone());
@@ -254,15 +254,19 @@ pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) 
         last_ts: None,
         drops: 0,
         end: None,
-        guest_samples: Vec::new(),
-        guest_counts: LineCounts::default(),
+        guest: GuestLog::default(),
         vcpu_names: BTreeMap::new(),
         vcpu_set: HashSet::new(),
         qemu_bt: QemuBlocktime::new(),
         qemu_bt_exit: QemuBlocktime::closing_at_exit(),
         perf: BTreeMap::new(),
     };
-    let damage = reader.for_each(|rec| pass.push(&rec));
+    let mut boundary = Boundary::new(reader.meta());
+    let damage = reader.for_each(|rec| {
+        if let Some(rec) = boundary.admit(rec) {
+            pass.push(&rec);
+        }
+    });
     pass.refresh_vcpus();
     let vcpus = pass.vcpu_set.len();
     {
@@ -283,16 +287,9 @@ pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) 
         pass.qemu_bt.finish(&ctx);
         pass.qemu_bt_exit.finish(&ctx);
     }
-    if let Some(log) = &opts.guest_log {
-        pass.guest_samples.clear();
-        pass.guest_counts = LineCounts::default();
-        for line in log.lines() {
-            if let Some(s) = guest::parse_line(line, &mut pass.guest_counts) {
-                pass.guest_samples.push(s);
-            }
-        }
-    }
-    build_report(&pass, reader.meta(), reader.version(), path, damage, opts)
+    let mut report = build_report(&pass, reader.meta(), reader.version(), path, damage, opts);
+    report.warnings.extend(boundary.warnings());
+    report
 }
 
 /// How much a thread's perf counter grew over the recording.
@@ -505,23 +502,20 @@ fn build_report(
             .map(|sum| (blocktime.qemu_view.vcpu_sum / sum * 1000.0).round() / 1000.0),
         remark: qemu_remark(&pass.qmp, &blocktime.qemu_view),
     });
-    let guest = (!pass.guest_samples.is_empty() || pass.guest_counts != LineCounts::default())
-        .then(|| {
-            let ctx = guest::Context {
-                bins: &s.bins,
-                vcpu_tids: &vcpu_tids,
-                realtime_offset_ns: meta.realtime_offset_ns,
-                switchover_ns: pass.qmp.postcopy_active_ns.or(s.first_fault_ts),
-                completed_ns: pass.qmp.completed_ns,
-                trace_start_ns: t0,
-            };
-            guest::correlate(
-                &pass.guest_samples,
-                pass.guest_counts.clone(),
-                &ctx,
-                opts.guest_offset_ms,
-            )
-        });
+    let log = opts.guest_log.as_ref().unwrap_or(&pass.guest);
+    warnings.extend(log.counts.warnings());
+    let guest = (!log.is_blank()).then(|| {
+        let ctx = guest::Context {
+            bins: &s.bins,
+            vcpu_tids: &vcpu_tids,
+            realtime_offset_ns: meta.realtime_offset_ns,
+            switchover_ns: pass.qmp.postcopy_active_ns.or(s.first_fault_ts),
+            completed_ns: pass.qmp.completed_ns,
+            trace_start_ns: t0,
+            faults_span: s.first_fault_ts.zip(s.last_fault_ts),
+        };
+        guest::correlate(log, &ctx, opts.guest_offset_ms)
+    });
     if guest.as_ref().is_some_and(|g| g.lines.stale_markers > 0) {
         warnings.push("the guest reported stale pages (UFFDSCOPE-STALE lines)".to_owned());
     }

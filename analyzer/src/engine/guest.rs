@@ -1,131 +1,16 @@
-//! Guest correlation (ARCHITECTURE.md, "Guest correlation"): parse the guest's write-latency lines,
-//! align the guest clock to the host, find the baseline and the spikes, and say
-//! how much of each spike vCPU blocking explains.
+//! Guest correlation (ARCHITECTURE.md, "Guest correlation"): align the guest's
+//! write-latency lines ([`crate::inputs::guest_log`]) to the host clock, find
+//! the baseline and the spikes, and say how much of each spike vCPU blocking
+//! explains. `O(n log n)` in the log's samples, plus the blocked-time lookups
+//! of the intervals near the faults.
+
+use std::collections::HashMap;
 
 use serde::Serialize;
 
 use crate::engine::stats::Bins;
-
-/// One guest measurement: an interval of `dur_ms` that ended at `end`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    /// Guest wall-clock ms at the end of the interval, when the line carries it.
-    pub guest_end_ms: Option<f64>,
-    /// Host monotonic ns at which the line arrived, when recorded live.
-    pub host_arrival_ns: Option<u64>,
-    pub dur_ms: f64,
-    /// Who printed it (`NAME (PID)` of guestperf), for per-thread grouping.
-    pub source: String,
-    /// Guest CPU the writer ran on, when the line names it (`.../cpuN`, `cpu=N`).
-    pub cpu: Option<u32>,
-}
-
-/// Counts of what a guest log contained.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct LineCounts {
-    pub guestperf: u64,
-    pub plain: u64,
-    pub json: u64,
-    pub unknown: u64,
-    /// Lines that flag stale pages in the guest (`UFFDSCOPE-STALE`).
-    pub stale_markers: u64,
-}
-
-fn parse_cpu(name: &str) -> Option<u32> {
-    let lower = name.to_ascii_lowercase();
-    let idx = lower.rfind("cpu")?;
-    let digits: String = lower[idx + 3..]
-        .trim_start_matches(['=', ' ', ':'])
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
-/// Parses `NAME (PID): INFO: <epoch>ms copied <x> GB in <dur>ms`.
-fn parse_guestperf(line: &str) -> Option<Sample> {
-    let (head, rest) = line.split_once(": INFO: ")?;
-    let (epoch, rest) = rest.trim().split_once("ms copied ")?;
-    let (_, dur) = rest.split_once(" in ")?;
-    let dur = dur.trim().strip_suffix("ms")?;
-    let epoch: f64 = epoch.trim().parse().ok()?;
-    let dur: f64 = dur.trim().parse().ok()?;
-    let name = head.split(" (").next().unwrap_or(head);
-    Some(Sample {
-        guest_end_ms: Some(epoch),
-        host_arrival_ns: None,
-        dur_ms: dur,
-        source: head.trim().to_owned(),
-        cpu: parse_cpu(name),
-    })
-}
-
-fn parse_plain(line: &str) -> Option<Sample> {
-    let mut it = line.split_whitespace();
-    let epoch: f64 = it.next()?.parse().ok()?;
-    let dur: f64 = it.next()?.parse().ok()?;
-    if it.next().is_some() {
-        return None;
-    }
-    Some(Sample {
-        guest_end_ms: Some(epoch),
-        host_arrival_ns: None,
-        dur_ms: dur,
-        source: "plain".to_owned(),
-        cpu: None,
-    })
-}
-
-fn parse_json(line: &str) -> Option<Sample> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let num = |keys: &[&str]| {
-        keys.iter()
-            .find_map(|k| v.get(*k).and_then(serde_json::Value::as_f64))
-    };
-    let dur = num(&["dur_ms", "value_ms", "latency_ms"])?;
-    let end = num(&["epoch_ms", "ts_ms", "end_ms"]);
-    let source = v
-        .get("name")
-        .or_else(|| v.get("thread"))
-        .and_then(|s| s.as_str())
-        .unwrap_or("json")
-        .to_owned();
-    let cpu = num(&["cpu"]).map(|c| c as u32);
-    Some(Sample {
-        guest_end_ms: end,
-        host_arrival_ns: None,
-        dur_ms: dur,
-        source,
-        cpu,
-    })
-}
-
-/// Parses one line in any supported format, updating `counts`.
-pub fn parse_line(line: &str, counts: &mut LineCounts) -> Option<Sample> {
-    let line = line.trim_matches(|c: char| c.is_whitespace() || c == '\0');
-    if line.is_empty() {
-        return None;
-    }
-    if line.contains("UFFDSCOPE-STALE") {
-        counts.stale_markers += 1;
-    }
-    if let Some(s) = parse_guestperf(line) {
-        counts.guestperf += 1;
-        return Some(s);
-    }
-    if line.starts_with('{') {
-        if let Some(s) = parse_json(line) {
-            counts.json += 1;
-            return Some(s);
-        }
-    }
-    if let Some(s) = parse_plain(line) {
-        counts.plain += 1;
-        return Some(s);
-    }
-    counts.unknown += 1;
-    None
-}
+pub use crate::inputs::guest_log::{parse_line, LineCounts, Sample};
+use crate::inputs::guest_log::{GuestLog, SampleRef};
 
 /// How guest time was put on the host's clock.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,6 +37,8 @@ pub struct Context<'a> {
     /// When the migration completed (QMP `completed`), host mono ns.
     pub completed_ns: Option<u64>,
     pub trace_start_ns: u64,
+    /// First fault entry and last fault end, host mono ns: where blocked time can be.
+    pub faults_span: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -218,44 +105,45 @@ pub struct GuestSection {
 }
 
 fn intervals(placed: &[Placed], ctx: &Context<'_>, threshold: Option<f64>) -> Vec<GuestInterval> {
-    let mut all: Vec<GuestInterval> = placed
-        .iter()
-        .map(|p| GuestInterval {
-            start_s: p.start_ns.saturating_sub(ctx.trace_start_ns) as f64 / 1e9,
-            dur_ms: p.dur_ms,
-            wall_ms: (p.end_ns - p.start_ns) as f64 / 1e6,
-            vcpu_tid: p.tid,
-            spike: threshold.is_some_and(|t| p.dur_ms > t),
-        })
-        .collect();
-    all.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
-    if all.len() <= MAX_INTERVALS {
-        return all;
+    let start_s = |p: &Placed| p.start_ns.saturating_sub(ctx.trace_start_ns) as f64 / 1e9;
+    let interval = |p: &Placed| GuestInterval {
+        start_s: start_s(p),
+        dur_ms: p.dur_ms,
+        wall_ms: (p.end_ns - p.start_ns) as f64 / 1e6,
+        vcpu_tid: p.tid,
+        spike: threshold.is_some_and(|t| p.dur_ms > t),
+    };
+    // Time order by index, so only the kept intervals are ever built.
+    let mut order: Vec<usize> = (0..placed.len()).collect();
+    order.sort_by(|&a, &b| start_s(&placed[a]).total_cmp(&start_s(&placed[b])));
+    if order.len() <= MAX_INTERVALS {
+        return order.iter().map(|&i| interval(&placed[i])).collect();
     }
     let buckets = MAX_INTERVALS / 2;
-    let first = all[0].start_s;
-    let span = (all[all.len() - 1].start_s - first).max(f64::MIN_POSITIVE);
-    let mut keep = vec![false; all.len()];
+    let at = |k: usize| &placed[order[k]];
+    let first = start_s(at(0));
+    let span = (start_s(at(order.len() - 1)) - first).max(f64::MIN_POSITIVE);
     let mut extremes: Vec<Option<(usize, usize)>> = vec![None; buckets];
-    for (i, iv) in all.iter().enumerate() {
-        let b = (((iv.start_s - first) / span) * (buckets - 1) as f64) as usize;
+    for k in 0..order.len() {
+        let p = at(k);
+        let b = (((start_s(p) - first) / span) * (buckets - 1) as f64) as usize;
         let slot = &mut extremes[b.min(buckets - 1)];
         *slot = Some(match *slot {
-            None => (i, i),
+            None => (k, k),
             Some((lo, hi)) => (
-                if iv.dur_ms < all[lo].dur_ms { i } else { lo },
-                if iv.dur_ms > all[hi].dur_ms { i } else { hi },
+                if p.dur_ms < at(lo).dur_ms { k } else { lo },
+                if p.dur_ms > at(hi).dur_ms { k } else { hi },
             ),
         });
     }
-    for (lo, hi) in extremes.into_iter().flatten() {
-        keep[lo] = true;
-        keep[hi] = true;
-    }
-    all.into_iter()
-        .zip(keep)
-        .filter_map(|(iv, k)| k.then_some(iv))
-        .collect()
+    let mut keep: Vec<usize> = extremes
+        .into_iter()
+        .flatten()
+        .flat_map(|(lo, hi)| [lo, hi])
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    keep.into_iter().map(|k| interval(at(k))).collect()
 }
 
 /// A sample placed on the host monotonic clock.
@@ -264,7 +152,8 @@ struct Placed {
     start_ns: u64,
     end_ns: u64,
     dur_ms: f64,
-    source: String,
+    /// The writer, as [`GuestLog::source_name`] numbers it.
+    source: u32,
     tid: Option<u32>,
 }
 
@@ -324,6 +213,25 @@ impl WallModel {
     }
 }
 
+/// One sample's interval on the host clock before rounding to ns.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    sample: usize,
+    start_ns: f64,
+    end_ns: f64,
+}
+
+/// Where a sample's line ended on the host monotonic clock.
+fn end_ns(s: &SampleRef<'_>, ctx: &Context<'_>, offset_ms: Option<f64>) -> Option<f64> {
+    match (s.host_arrival_ns, offset_ms, s.guest_end_ms) {
+        (Some(arrival), None, _) => Some(arrival as f64),
+        (_, Some(off), Some(guest_end)) => {
+            Some((guest_end - off) * 1e6 - ctx.realtime_offset_ns as f64)
+        }
+        _ => None,
+    }
+}
+
 /// Puts samples on the host monotonic clock. An interval runs from the
 /// previous line of the same source to this one (so both stress.c's "one line
 /// per GiB written" and per-pass lines scaled to ms/GiB give the true wall
@@ -331,72 +239,93 @@ impl WallModel {
 /// previous line: its wall time comes from the source's [`WallModel`],
 /// fitted on its consecutive lines (1 ms per printed ms for stress.c; the
 /// pass size in GiB for per-pass lines scaled to ms/GiB), or is `dur_ms`
-/// when unknown.
-fn place(samples: &[Sample], ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<Placed> {
-    let mut ends: Vec<(usize, f64)> = samples
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| {
-            let end_ns = match (s.host_arrival_ns, offset_ms, s.guest_end_ms) {
-                (Some(arrival), None, _) => arrival as f64,
-                (_, Some(off), Some(guest_end)) => {
-                    (guest_end - off) * 1e6 - ctx.realtime_offset_ns as f64
-                }
-                _ => return None,
-            };
-            Some((i, end_ns))
-        })
+/// when unknown. Spans come out grouped by writer (in name order), each
+/// writer's in time order. `O(n log n)`.
+fn chain(log: &GuestLog, ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<Span> {
+    let rank = source_ranks(log);
+    let mut ends: Vec<(usize, f64)> = (0..log.len())
+        .filter_map(|i| Some((i, end_ns(&log.get(i), ctx, offset_ms)?)))
         .collect();
     ends.sort_by(|a, b| {
-        samples[a.0]
-            .source
-            .cmp(&samples[b.0].source)
+        let (sa, sb) = (log.get(a.0).source, log.get(b.0).source);
+        rank[sa as usize]
+            .cmp(&rank[sb as usize])
             .then(a.1.total_cmp(&b.1))
     });
     // (printed ms, wall ns) of each writer's consecutive lines.
-    let mut pairs: std::collections::HashMap<&str, Vec<(f64, f64)>> =
-        std::collections::HashMap::new();
+    let mut pairs: HashMap<u32, Vec<(f64, f64)>> = HashMap::new();
     for w in ends.windows(2) {
-        let (a, b) = (&samples[w[0].0], &samples[w[1].0]);
+        let (a, b) = (log.get(w[0].0), log.get(w[1].0));
         if a.source == b.source && b.dur_ms > 0.0 && continues(w[0].1, w[1].1, b.dur_ms) {
             pairs
-                .entry(b.source.as_str())
+                .entry(b.source)
                 .or_default()
                 .push((b.dur_ms, w[1].1 - w[0].1));
         }
     }
-    let scale: std::collections::HashMap<&str, WallModel> = pairs
+    let scale: HashMap<u32, WallModel> = pairs
         .into_iter()
         .filter_map(|(src, p)| Some((src, WallModel::fit(&p)?)))
         .collect();
     let mut out = Vec::with_capacity(ends.len());
-    let mut prev: Option<(&str, f64)> = None;
+    let mut prev: Option<(u32, f64)> = None;
     for (i, end_ns) in ends {
-        let s = &samples[i];
+        let s = log.get(i);
         let own = end_ns
             - scale
-                .get(s.source.as_str())
+                .get(&s.source)
                 .map_or(s.dur_ms * 1e6, |m| m.wall_ns(s.dur_ms));
         let start_ns = match prev {
             // Consecutive lines of one writer: the gap is the interval.
             Some((src, p)) if src == s.source && continues(p, end_ns, s.dur_ms) => p,
             _ => own,
         };
-        prev = Some((&s.source, end_ns));
-        if start_ns < 0.0 || end_ns <= start_ns {
-            continue;
-        }
-        out.push(Placed {
-            start_ns: start_ns as u64,
-            end_ns: end_ns as u64,
-            dur_ms: s.dur_ms,
-            source: s.source.clone(),
-            tid: s
-                .cpu
-                .and_then(|c| ctx.vcpu_tids.get(c as usize).copied())
-                .or_else(|| (ctx.vcpu_tids.len() == 1).then(|| ctx.vcpu_tids[0])),
+        prev = Some((s.source, end_ns));
+        out.push(Span {
+            sample: i,
+            start_ns,
+            end_ns,
         });
     }
+    out
+}
+
+/// Each writer's position in name order (the order [`chain`] groups them in).
+fn source_ranks(log: &GuestLog) -> Vec<u32> {
+    let n = log.sources();
+    let mut by_name: Vec<u32> = (0..n as u32).collect();
+    by_name.sort_by(|&a, &b| log.source_name(a).cmp(log.source_name(b)));
+    let mut rank = vec![0u32; n];
+    for (r, &src) in by_name.iter().enumerate() {
+        rank[src as usize] = r as u32;
+    }
+    rank
+}
+
+/// The vCPU a sample's line names, else the only vCPU.
+fn vcpu_of(s: &SampleRef<'_>, ctx: &Context<'_>) -> Option<u32> {
+    s.cpu
+        .and_then(|c| ctx.vcpu_tids.get(c as usize).copied())
+        .or_else(|| (ctx.vcpu_tids.len() == 1).then(|| ctx.vcpu_tids[0]))
+}
+
+/// [`chain`]'s spans on the integer clock, in time order (by end); spans
+/// that would start before the clock's zero or are empty are left out.
+fn place(log: &GuestLog, ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<Placed> {
+    let mut out: Vec<Placed> = chain(log, ctx, offset_ms)
+        .into_iter()
+        .filter(|sp| sp.start_ns >= 0.0 && sp.end_ns > sp.start_ns)
+        .map(|sp| {
+            let s = log.get(sp.sample);
+            Placed {
+                start_ns: sp.start_ns as u64,
+                end_ns: sp.end_ns as u64,
+                dur_ms: s.dur_ms,
+                source: s.source,
+                tid: vcpu_of(&s, ctx),
+            }
+        })
+        .collect();
     out.sort_by_key(|p| p.end_ns);
     out
 }
@@ -457,13 +386,103 @@ fn correlation_of(placed: &[Placed], ctx: &Context<'_>) -> Option<f64> {
     pearson(&xs, &ys)
 }
 
+/// Guest intervals placed once, for trying many guest-clock offsets: a
+/// different offset moves every guest-clock interval by the same amount, so
+/// only the intervals that then overlap blocked time need looking at.
+struct OffsetSearch<'a> {
+    /// Spans at offset 0, by start.
+    spans: Vec<Span>,
+    /// The latest end among `spans[..=i]`.
+    max_end: Vec<f64>,
+    /// Prefix sums of the centred printed values and their squares.
+    sum_x: Vec<f64>,
+    sum_xx: Vec<f64>,
+    mean: f64,
+    /// Where blocked time can be: the faults' span widened by two bins.
+    blocked: (f64, f64),
+    log: &'a GuestLog,
+    ctx: &'a Context<'a>,
+}
+
+impl<'a> OffsetSearch<'a> {
+    fn new(log: &'a GuestLog, ctx: &'a Context<'a>) -> Option<Self> {
+        let (first, last) = ctx.faults_span?;
+        let margin = 2.0 * ctx.bins.width_ns() as f64;
+        let mut spans: Vec<Span> = chain(log, ctx, Some(0.0))
+            .into_iter()
+            .filter(|sp| sp.end_ns > sp.start_ns)
+            .collect();
+        spans.sort_by(|a, b| a.start_ns.total_cmp(&b.start_ns));
+        let dur = |sp: &Span| log.get(sp.sample).dur_ms;
+        let mean = spans.iter().map(dur).sum::<f64>() / spans.len().max(1) as f64;
+        let (mut sum_x, mut sum_xx, mut max_end) = (vec![0.0], vec![0.0], Vec::new());
+        for sp in &spans {
+            let x = dur(sp) - mean;
+            sum_x.push(sum_x[sum_x.len() - 1] + x);
+            sum_xx.push(sum_xx[sum_xx.len() - 1] + x * x);
+            max_end.push(max_end.last().map_or(sp.end_ns, |m: &f64| m.max(sp.end_ns)));
+        }
+        Some(Self {
+            spans,
+            max_end,
+            sum_x,
+            sum_xx,
+            mean,
+            blocked: (first as f64 - margin, last as f64 + margin),
+            log,
+            ctx,
+        })
+    }
+
+    /// Pearson's correlation of printed values with blocked time at
+    /// `offset_ms`. Intervals that miss blocked time count with none, so the
+    /// work is the intervals near the faults, not the whole log.
+    fn correlation(&self, offset_ms: f64) -> Option<f64> {
+        let shift = -offset_ms * 1e6;
+        // Spans starting before the clock's zero are not placed.
+        let first = self.spans.partition_point(|sp| sp.start_ns + shift < 0.0);
+        let n = self.spans.len() - first;
+        if n < 3 {
+            return None;
+        }
+        let sx = self.sum_x[self.spans.len()] - self.sum_x[first];
+        let sxx0 = self.sum_xx[self.spans.len()] - self.sum_xx[first];
+        let (lo, hi) = (self.blocked.0 - shift, self.blocked.1 - shift);
+        let (mut sy, mut syy, mut sxy) = (0.0, 0.0, 0.0);
+        let mut i = self.spans.partition_point(|sp| sp.start_ns < hi);
+        while i > first && self.max_end[i - 1] > lo {
+            i -= 1;
+            let sp = &self.spans[i];
+            if sp.end_ns <= lo {
+                continue;
+            }
+            let s = self.log.get(sp.sample);
+            let p = Placed {
+                start_ns: (sp.start_ns + shift) as u64,
+                end_ns: (sp.end_ns + shift) as u64,
+                dur_ms: s.dur_ms,
+                source: s.source,
+                tid: vcpu_of(&s, self.ctx),
+            };
+            let y = blocked_in(&p, self.ctx).0;
+            sy += y;
+            syy += y * y;
+            sxy += (s.dur_ms - self.mean) * y;
+        }
+        let n = n as f64;
+        let cov = sxy - sx * sy / n;
+        let (vx, vy) = (sxx0 - sx * sx / n, syy - sy * sy / n);
+        (vx > 0.0 && vy > 0.0).then(|| cov / (vx * vy).sqrt())
+    }
+}
+
 /// Searches guest-clock offsets for the best alignment of durations with blocked time.
-fn estimate_offset(samples: &[Sample], ctx: &Context<'_>) -> Option<(f64, f64)> {
+fn estimate_offset(log: &GuestLog, ctx: &Context<'_>) -> Option<(f64, f64)> {
+    let search = OffsetSearch::new(log, ctx)?;
     let guess = 0.0;
     let mut best: Option<(f64, f64)> = None;
     let consider = |off: f64, best: &mut Option<(f64, f64)>| {
-        let placed = place(samples, ctx, Some(off));
-        if let Some(c) = correlation_of(&placed, ctx) {
+        if let Some(c) = search.correlation(off) {
             if best.is_none_or(|(_, bc)| c > bc) {
                 *best = Some((off, c));
             }
@@ -482,21 +501,19 @@ fn estimate_offset(samples: &[Sample], ctx: &Context<'_>) -> Option<(f64, f64)> 
 
 /// Correlates guest samples with vCPU blocking.
 pub fn correlate(
-    samples: &[Sample],
-    counts: LineCounts,
+    log: &GuestLog,
     ctx: &Context<'_>,
     explicit_offset_ms: Option<f64>,
 ) -> GuestSection {
-    let arrival =
-        explicit_offset_ms.is_none() && samples.iter().all(|s| s.host_arrival_ns.is_some());
-    let alignment = if samples.is_empty() {
+    let arrival = explicit_offset_ms.is_none() && log.iter().all(|s| s.host_arrival_ns.is_some());
+    let alignment = if log.is_empty() {
         Alignment::None
     } else if arrival {
         Alignment::HostArrival
     } else if let Some(off) = explicit_offset_ms {
         Alignment::Explicit(off)
     } else {
-        match estimate_offset(samples, ctx) {
+        match estimate_offset(log, ctx) {
             Some((offset_ms, correlation)) => Alignment::Estimated {
                 offset_ms,
                 correlation,
@@ -511,7 +528,7 @@ pub fn correlate(
     let placed = if matches!(alignment, Alignment::None) {
         Vec::new()
     } else {
-        place(samples, ctx, offset)
+        place(log, ctx, offset)
     };
     let (mut before, baseline_from): (Vec<f64>, &'static str) = match ctx.switchover_ns {
         Some(sw) if placed.iter().any(|p| p.end_ns <= sw) => (
@@ -542,7 +559,7 @@ pub fn correlate(
                 dur_ms: p.dur_ms,
                 wall_ms,
                 excess_ms: excess,
-                source: p.source.clone(),
+                source: log.source_name(p.source).to_owned(),
                 vcpu_tid: tid,
                 blocked_ms,
                 faults,
@@ -558,8 +575,8 @@ pub fn correlate(
         Alignment::None => ("none".to_owned(), None),
     };
     GuestSection {
-        lines: counts,
-        samples: samples.len(),
+        lines: log.counts.clone(),
+        samples: log.len(),
         baseline_ms: baseline,
         baseline_from,
         spikes,
@@ -574,59 +591,21 @@ pub fn correlate(
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_stress_c_lines() {
-        let mut c = LineCounts::default();
-        let s = parse_line(
-            "stress (1): INFO: 1700000000123ms copied 1 GB in 00412ms",
-            &mut c,
-        )
-        .unwrap();
-        assert_eq!(s.guest_end_ms, Some(1_700_000_000_123.0));
-        assert!((s.dur_ms - 412.0).abs() < 1e-9);
-        assert_eq!(s.source, "stress (1)");
-        assert_eq!(c.guestperf, 1);
-        let s = parse_line(
-            "uffdscope-guest/cpu1 (00042): INFO: 000123ms copied 1 GB in 00007ms",
-            &mut c,
-        )
-        .unwrap();
-        assert_eq!(s.cpu, Some(1));
-    }
-
-    #[test]
-    fn parses_plain_and_json_and_counts_unknown() {
-        let mut c = LineCounts::default();
-        assert!(parse_line("1000 25.5", &mut c).is_some());
-        assert!(parse_line(r#"{"epoch_ms": 5, "dur_ms": 3, "cpu": 2}"#, &mut c).is_some());
-        assert!(parse_line("[    0.000000] Linux version 6.1", &mut c).is_none());
-        assert!(parse_line("UFFDSCOPE-STALE addr=0x1", &mut c).is_none());
-        assert_eq!(
-            c,
-            LineCounts {
-                guestperf: 0,
-                plain: 1,
-                json: 1,
-                unknown: 2,
-                stale_markers: 1
-            }
-        );
-    }
-
     const MS: u64 = 1_000_000;
 
     /// A writer's lines (host arrival ns, printed ms/GiB), as `record` stores them.
-    fn lines(points: &[(u64, f64)]) -> Vec<Sample> {
-        points
-            .iter()
-            .map(|&(at, dur)| Sample {
+    fn lines(points: &[(u64, f64)]) -> GuestLog {
+        let mut log = GuestLog::default();
+        for &(at, dur) in points {
+            log.push(&Sample {
                 guest_end_ms: None,
                 host_arrival_ns: Some(at),
                 dur_ms: dur,
                 source: "w/cpu0 (1)".to_owned(),
                 cpu: Some(0),
-            })
-            .collect()
+            });
+        }
+        log
     }
 
     #[test]
@@ -645,6 +624,7 @@ mod tests {
             switchover_ns: Some(t0 - 2_000 * MS),
             completed_ns: Some(t0 + 10 * MS),
             trace_start_ns: 0,
+            faults_span: None,
         };
         let placed = place(&lines(&pts), &ctx, None);
         let first = placed.iter().find(|p| p.end_ns == t0).expect("first line");
@@ -664,6 +644,7 @@ mod tests {
             switchover_ns: Some(t0 + 900 * MS),
             completed_ns: Some(t0 + 1_600 * MS),
             trace_start_ns: t0,
+            faults_span: None,
         };
         // 100 ms intervals at a 50 ms/GiB baseline (2 GiB per line), one
         // spike during post-copy and one after it.
@@ -676,7 +657,7 @@ mod tests {
             };
             pts.push((t0 + i * 100 * MS, dur));
         }
-        let g = correlate(&lines(&pts), LineCounts::default(), &ctx, None);
+        let g = correlate(&lines(&pts), &ctx, None);
         let phases: Vec<(u64, &str)> = g
             .spikes
             .iter()

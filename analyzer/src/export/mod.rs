@@ -9,6 +9,7 @@ pub mod perfetto;
 use std::io::{self, Read};
 
 use crate::engine::lifecycle::{Engine, Fault};
+use crate::inputs::validate::Boundary;
 use uffdscope_trace::record::Record;
 use uffdscope_trace::{TraceError, TraceMeta, TraceReader};
 
@@ -19,6 +20,8 @@ pub struct Summary {
     pub faults: u64,
     /// Why reading stopped early; everything before it was exported.
     pub damage: Option<TraceError>,
+    /// Records the validation boundary turned away, one line per kind.
+    pub warnings: Vec<String>,
 }
 
 /// Receives records and resolved faults in stream order.
@@ -50,7 +53,11 @@ pub(crate) fn drive<R: Read>(
         };
     // `for_each` cannot stop early: after a write error the remaining records
     // are decoded and skipped.
+    let mut boundary = Boundary::new(reader.meta());
     let damage = reader.for_each(|rec| {
+        let Some(rec) = boundary.admit(rec) else {
+            return;
+        };
         if failed.is_none() {
             records += 1;
             if let Err(e) = step(&rec, &mut engine, &mut resolved) {
@@ -72,6 +79,7 @@ pub(crate) fn drive<R: Read>(
             records,
             faults,
             damage,
+            warnings: boundary.warnings(),
         },
     ))
 }

@@ -1,4 +1,7 @@
-//! Parsers for what arrives from outside the kernel records: the QEMU
-//! return-path messages carried in socket payloads.
+//! What arrives from outside: the validation boundary every decoded record
+//! passes, the guest log reader, and the QEMU return-path messages carried in
+//! socket payloads.
 
+pub mod guest_log;
 pub mod rp;
+pub mod validate;
