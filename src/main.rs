@@ -202,7 +202,10 @@ fn trace_error_message(path: &Path, e: &TraceError) -> String {
 }
 
 /// Reads a guest log, streaming: its size does not matter, only its lines.
-fn read_guest_log(path: &Path) -> Result<guest_log::GuestLog, InputError> {
+fn read_guest_log(
+    path: &Path,
+    keep_from_ms: Option<f64>,
+) -> Result<guest_log::GuestLog, InputError> {
     let file = std::fs::File::open(path).map_err(|e| {
         let fix = match e.kind() {
             std::io::ErrorKind::NotFound => "check the path",
@@ -214,7 +217,11 @@ fn read_guest_log(path: &Path) -> Result<guest_log::GuestLog, InputError> {
             path.display()
         ))
     })?;
-    guest_log::read(std::io::BufReader::with_capacity(1 << 16, file)).map_err(|e| {
+    guest_log::read(
+        std::io::BufReader::with_capacity(1 << 16, file),
+        keep_from_ms,
+    )
+    .map_err(|e| {
         InputError(format!(
             "cannot read guest log {}: {e}: give a readable text file",
             path.display()
@@ -226,15 +233,20 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     if matches!(args.format, Format::Perfetto | Format::Csv) {
         return stream_export(args);
     }
+    let reader = open_trace(&args.trace)?;
     let guest_log = match &args.guest_log {
-        Some(p) => Some(read_guest_log(p)?),
+        Some(p) => {
+            let meta = reader.meta();
+            let from =
+                guest_log::keep_from_ms(meta.start_ns, meta.realtime_offset_ns, args.guest_offset);
+            Some(read_guest_log(p, from)?)
+        }
         None => None,
     };
     let opts = Options {
         guest_log,
         guest_offset_ms: args.guest_offset,
     };
-    let reader = open_trace(&args.trace)?;
     let report = analysis::analyze(reader, &args.trace.display().to_string(), &opts);
     let body = match args.format {
         Format::Text => uffdscope_analyzer::render::text::render_text(&report),

@@ -351,7 +351,7 @@ proptest! {
         lines in proptest::collection::vec(guest_text(), 0..40),
         offset in proptest::option::of(-100_000.0f64..100_000.0),
     ) {
-        let log = guest_log::read(lines.join("\n").as_bytes()).expect("reading memory");
+        let log = guest_log::read(lines.join("\n").as_bytes(), None).expect("reading memory");
         let bytes = write_all(&meta(T0), &records);
         let opts = Options { guest_log: Some(log), guest_offset_ms: offset };
         run_everything(&bytes, &opts)?;
@@ -361,7 +361,7 @@ proptest! {
     fn arbitrary_bytes_as_a_guest_log_never_panic(
         bytes in proptest::collection::vec(any::<u8>(), 0..400),
     ) {
-        let log = guest_log::read(&bytes[..]).expect("reading memory");
+        let log = guest_log::read(&bytes[..], None).expect("reading memory");
         let _ = log.counts.warnings();
     }
 }

@@ -4,8 +4,9 @@
 //! the guest correlation ([`crate::engine::guest`]).
 //!
 //! A log is untrusted input of any size: [`read`] streams it with a line
-//! length cap, keeps every readable line and counts the rest, and keeps at
-//! most [`MAX_SAMPLES`] samples, so its memory is bounded whatever it holds.
+//! length cap, counts every line, keeps the samples from shortly before the
+//! recording on, and at most [`MAX_SAMPLES`] of them, so its memory is
+//! bounded whatever it holds.
 //! Numbers are checked here once: every kept sample is finite and within the
 //! caps below.
 
@@ -63,6 +64,9 @@ pub struct LineCounts {
     /// Sample lines past [`MAX_SAMPLES`] or from writers past [`MAX_SOURCES`].
     #[serde(skip)]
     pub dropped: u64,
+    /// Sample lines from long before the recording (see [`keep_from_ms`]).
+    #[serde(skip)]
+    pub before_recording: u64,
     /// Where reading stopped early: a "line" ran past [`MAX_SKIP`] bytes.
     #[serde(skip)]
     pub stopped_at: Option<u64>,
@@ -202,6 +206,8 @@ pub struct GuestLog {
     samples: Vec<Kept>,
     sources: Vec<String>,
     index: HashMap<String, u32>,
+    /// Samples whose guest clock is earlier are not kept (see [`keep_from_ms`]).
+    keep_from_ms: Option<f64>,
     pub counts: LineCounts,
 }
 
@@ -242,6 +248,12 @@ impl GuestLog {
 
     /// Keeps a parsed sample (up to [`MAX_SAMPLES`]).
     pub fn push(&mut self, s: &Sample) {
+        if let (Some(from), Some(end)) = (self.keep_from_ms, s.guest_end_ms) {
+            if end < from {
+                self.counts.before_recording += 1;
+                return;
+            }
+        }
         if self.samples.len() >= MAX_SAMPLES {
             self.counts.dropped += 1;
             return;
@@ -335,6 +347,13 @@ impl LineCounts {
                 self.dropped
             ));
         }
+        if self.before_recording > 0 {
+            out.push(format!(
+                "{} guest samples from more than {} minutes before the recording started were not analyzed",
+                self.before_recording,
+                LOOKBACK_MS / 60_000.0
+            ));
+        }
         if let Some(at) = self.stopped_at {
             out.push(format!(
                 "stopped reading the guest log at byte {at}: no line break in {} MiB, so the rest is not a text log",
@@ -345,10 +364,38 @@ impl LineCounts {
     }
 }
 
-/// Reads a guest log from any input (a file, a pipe, a console capture).
-/// Only I/O errors fail; every readable line is kept and the rest counted.
-pub fn read(mut input: impl BufRead) -> io::Result<GuestLog> {
-    let mut log = GuestLog::default();
+/// How long before the recording's start (beyond the guest-clock offset
+/// search) guest samples are still kept: enough for a baseline.
+pub const LOOKBACK_MS: f64 = 10.0 * 60_000.0;
+/// The guest-clock offset search reaches this far either side of the guess.
+pub const OFFSET_SEARCH_MS: f64 = 60_200.0;
+
+/// The earliest guest-clock ms worth keeping for a recording that started at
+/// `start_ns` (monotonic; `realtime_offset_ns` to realtime), with the guest
+/// clock `offset_ms` ahead of the host (searched when `None`): samples from
+/// long before cannot line up with the trace, and a log of days would
+/// otherwise fill [`MAX_SAMPLES`] with them. `None` when the start is unknown.
+pub fn keep_from_ms(start_ns: u64, realtime_offset_ns: i64, offset_ms: Option<f64>) -> Option<f64> {
+    if start_ns == 0 {
+        return None;
+    }
+    let start_ms = (start_ns as f64 + realtime_offset_ns as f64) / 1e6;
+    let reach = if offset_ms.is_some() {
+        0.0
+    } else {
+        OFFSET_SEARCH_MS
+    };
+    Some(start_ms + offset_ms.unwrap_or(0.0) - reach - LOOKBACK_MS)
+}
+
+/// Reads a guest log from any input (a file, a pipe, a console capture),
+/// keeping samples from `keep_from_ms` on (guest clock; see [`keep_from_ms`]).
+/// Only I/O errors fail; every readable line is counted.
+pub fn read(mut input: impl BufRead, keep_from_ms: Option<f64>) -> io::Result<GuestLog> {
+    let mut log = GuestLog {
+        keep_from_ms,
+        ..GuestLog::default()
+    };
     let mut line = Vec::with_capacity(256);
     let mut offset = 0u64;
     loop {
@@ -497,7 +544,7 @@ mod tests {
         let mut input = b"1000 5\n\xff\xfe 7\n".to_vec();
         input.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
         input.extend_from_slice(b"\n2000 6\r\n3000 7");
-        let log = read(&input[..]).expect("reading memory");
+        let log = read(&input[..], None).expect("reading memory");
         let durs: Vec<f64> = log.iter().map(|s| s.dur_ms).collect();
         assert_eq!(durs, vec![5.0, 6.0, 7.0]);
         assert_eq!(log.counts.unreadable, 2);
@@ -508,7 +555,7 @@ mod tests {
     #[test]
     fn an_input_without_line_breaks_stops_after_the_skip_limit() {
         let zeros = io::BufReader::new(io::repeat(0));
-        let log = read(zeros).expect("reading zeros");
+        let log = read(zeros, None).expect("reading zeros");
         assert!(log.is_empty());
         let at = log.counts.stopped_at.expect("stopped");
         assert_eq!(at, 0);
@@ -525,5 +572,20 @@ mod tests {
         assert_eq!(log.counts.dropped, 3);
         let s = log.get(0);
         assert_eq!((s.source_name, s.guest_end_ms, s.cpu), ("w0", None, None));
+    }
+
+    #[test]
+    fn samples_from_long_before_the_recording_are_counted_not_kept() {
+        // Recording started at realtime 1_000_000 s; guest clock 2 s ahead.
+        let from = keep_from_ms(5_000_000_000, 999_995_000_000_000, Some(2_000.0));
+        assert_eq!(from, Some(1_000_002_000.0 - LOOKBACK_MS));
+        let searched = keep_from_ms(5_000_000_000, 999_995_000_000_000, None);
+        assert_eq!(searched, Some(1_000_000_000.0 - OFFSET_SEARCH_MS - LOOKBACK_MS));
+        assert_eq!(keep_from_ms(0, 5, None), None);
+        let at = |ms: f64| format!("{ms} 5\n");
+        let text = [at(1_000_002_000.0), at(1_000_002_000.0 - LOOKBACK_MS - 1.0)].concat();
+        let log = read(text.as_bytes(), from).expect("reading memory");
+        assert_eq!((log.len(), log.counts.before_recording), (1, 1));
+        assert_eq!(log.counts.plain, 2, "every line is still counted");
     }
 }
