@@ -195,7 +195,10 @@ fn trace_error_message(path: &Path, e: &TraceError) -> String {
             "{shown} is empty: the recording wrote nothing (stopped before it started?); record again"
         ),
         TraceError::TruncatedHeader if path.as_os_str() == "-" => format!(
-            "{shown}: {e}: pipe a whole trace in (`uffdscope report - < run.trace`)"
+            "{shown} is empty or ends inside the trace header: pipe a whole trace in (`uffdscope report - < run.trace`)"
+        ),
+        TraceError::TruncatedHeader => format!(
+            "{shown} ends inside the trace header: it is not a whole trace (copied while the recording started?); copy it again"
         ),
         _ => format!("{shown}: {e}"),
     }

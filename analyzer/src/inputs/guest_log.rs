@@ -580,7 +580,10 @@ mod tests {
         let from = keep_from_ms(5_000_000_000, 999_995_000_000_000, Some(2_000.0));
         assert_eq!(from, Some(1_000_002_000.0 - LOOKBACK_MS));
         let searched = keep_from_ms(5_000_000_000, 999_995_000_000_000, None);
-        assert_eq!(searched, Some(1_000_000_000.0 - OFFSET_SEARCH_MS - LOOKBACK_MS));
+        assert_eq!(
+            searched,
+            Some(1_000_000_000.0 - OFFSET_SEARCH_MS - LOOKBACK_MS)
+        );
         assert_eq!(keep_from_ms(0, 5, None), None);
         let at = |ms: f64| format!("{ms} 5\n");
         let text = [at(1_000_002_000.0), at(1_000_002_000.0 - LOOKBACK_MS - 1.0)].concat();
