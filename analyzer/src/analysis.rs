@@ -516,6 +516,12 @@ fn build_report(
         };
         guest::correlate(log, &ctx, opts.guest_offset_ms)
     });
+    if let Some(n) = guest.as_ref().map(|g| g.spikes_left_out).filter(|&n| n > 0) {
+        warnings.push(format!(
+            "{n} more guest spikes are not listed: the report keeps the {} with the most excess time",
+            guest::MAX_SPIKES
+        ));
+    }
     if guest.as_ref().is_some_and(|g| g.lines.stale_markers > 0) {
         warnings.push("the guest reported stale pages (UFFDSCOPE-STALE lines)".to_owned());
     }

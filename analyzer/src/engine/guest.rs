@@ -4,13 +4,11 @@
 //! explains. `O(n log n)` in the log's samples, plus the blocked-time lookups
 //! of the intervals near the faults.
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 
 use crate::engine::stats::Bins;
 pub use crate::inputs::guest_log::{parse_line, LineCounts, Sample};
-use crate::inputs::guest_log::{GuestLog, SampleRef};
+use crate::inputs::guest_log::{GuestLog, SampleRef, OFFSET_SEARCH_MS};
 
 /// How guest time was put on the host's clock.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,7 +94,12 @@ pub struct GuestSection {
     pub samples: usize,
     pub baseline_ms: Option<f64>,
     pub baseline_from: &'static str,
+    /// Intervals above the threshold, in time order; at most [`MAX_SPIKES`]
+    /// (those with the most excess).
     pub spikes: Vec<Spike>,
+    /// Spikes beyond [`MAX_SPIKES`], not listed.
+    #[serde(skip)]
+    pub spikes_left_out: usize,
     pub correlation: Option<f64>,
     pub alignment: String,
     pub offset_ms: Option<f64>,
@@ -110,7 +113,7 @@ fn intervals(placed: &[Placed], ctx: &Context<'_>, threshold: Option<f64>) -> Ve
         start_s: start_s(p),
         dur_ms: p.dur_ms,
         wall_ms: (p.end_ns - p.start_ns) as f64 / 1e6,
-        vcpu_tid: p.tid,
+        vcpu_tid: p.tid(),
         spike: threshold.is_some_and(|t| p.dur_ms > t),
     };
     // Time order by index, so only the kept intervals are ever built.
@@ -146,15 +149,25 @@ fn intervals(placed: &[Placed], ctx: &Context<'_>, threshold: Option<f64>) -> Ve
     keep.into_iter().map(|k| interval(at(k))).collect()
 }
 
-/// A sample placed on the host monotonic clock.
+/// A sample placed on the host monotonic clock. As large as a [`Span`], so
+/// placing reuses the spans' memory.
 #[derive(Debug, Clone)]
 struct Placed {
     start_ns: u64,
     end_ns: u64,
     dur_ms: f64,
-    /// The writer, as [`GuestLog::source_name`] numbers it.
-    source: u32,
-    tid: Option<u32>,
+    /// The sample's index in the [`GuestLog`].
+    sample: u32,
+    /// The vCPU it is about, [`NO_TID`] when unknown.
+    tid: u32,
+}
+
+const NO_TID: u32 = u32::MAX;
+
+impl Placed {
+    fn tid(&self) -> Option<u32> {
+        (self.tid != NO_TID).then_some(self.tid)
+    }
 }
 
 /// Whether the line after `prev_end_ns` of one writer, ending at `end_ns`,
@@ -216,9 +229,11 @@ impl WallModel {
 /// One sample's interval on the host clock before rounding to ns.
 #[derive(Debug, Clone, Copy)]
 struct Span {
-    sample: usize,
     start_ns: f64,
     end_ns: f64,
+    dur_ms: f64,
+    /// The sample's index in the [`GuestLog`] (below [`MAX_SAMPLES`]).
+    sample: u32,
 }
 
 /// Where a sample's line ended on the host monotonic clock.
@@ -243,51 +258,47 @@ fn end_ns(s: &SampleRef<'_>, ctx: &Context<'_>, offset_ms: Option<f64>) -> Optio
 /// writer's in time order. `O(n log n)`.
 fn chain(log: &GuestLog, ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<Span> {
     let rank = source_ranks(log);
-    let mut ends: Vec<(usize, f64)> = (0..log.len())
-        .filter_map(|i| Some((i, end_ns(&log.get(i), ctx, offset_ms)?)))
+    let mut spans: Vec<Span> = (0..log.len())
+        .filter_map(|i| {
+            let s = log.get(i);
+            Some(Span {
+                start_ns: f64::NAN,
+                end_ns: end_ns(&s, ctx, offset_ms)?,
+                dur_ms: s.dur_ms,
+                sample: i as u32,
+            })
+        })
         .collect();
-    ends.sort_by(|a, b| {
-        let (sa, sb) = (log.get(a.0).source, log.get(b.0).source);
-        rank[sa as usize]
-            .cmp(&rank[sb as usize])
-            .then(a.1.total_cmp(&b.1))
+    let source = |sp: &Span| log.get(sp.sample as usize).source;
+    spans.sort_by(|a, b| {
+        rank[source(a) as usize]
+            .cmp(&rank[source(b) as usize])
+            .then(a.end_ns.total_cmp(&b.end_ns))
     });
-    // (printed ms, wall ns) of each writer's consecutive lines.
-    let mut pairs: HashMap<u32, Vec<(f64, f64)>> = HashMap::new();
-    for w in ends.windows(2) {
-        let (a, b) = (log.get(w[0].0), log.get(w[1].0));
-        if a.source == b.source && b.dur_ms > 0.0 && continues(w[0].1, w[1].1, b.dur_ms) {
-            pairs
-                .entry(b.source)
-                .or_default()
-                .push((b.dur_ms, w[1].1 - w[0].1));
+    // (printed ms, wall ns) of one writer's consecutive lines.
+    let mut pairs: Vec<(f64, f64)> = Vec::new();
+    for writer in spans.chunk_by_mut(|a, b| source(a) == source(b)) {
+        pairs.clear();
+        for w in writer.windows(2) {
+            let dur_ms = w[1].dur_ms;
+            if dur_ms > 0.0 && continues(w[0].end_ns, w[1].end_ns, dur_ms) {
+                pairs.push((dur_ms, w[1].end_ns - w[0].end_ns));
+            }
+        }
+        let model = WallModel::fit(&pairs);
+        let mut prev: Option<f64> = None;
+        for sp in writer {
+            let dur_ms = sp.dur_ms;
+            let own = sp.end_ns - model.map_or(dur_ms * 1e6, |m| m.wall_ns(dur_ms));
+            sp.start_ns = match prev {
+                // Consecutive lines of one writer: the gap is the interval.
+                Some(p) if continues(p, sp.end_ns, dur_ms) => p,
+                _ => own,
+            };
+            prev = Some(sp.end_ns);
         }
     }
-    let scale: HashMap<u32, WallModel> = pairs
-        .into_iter()
-        .filter_map(|(src, p)| Some((src, WallModel::fit(&p)?)))
-        .collect();
-    let mut out = Vec::with_capacity(ends.len());
-    let mut prev: Option<(u32, f64)> = None;
-    for (i, end_ns) in ends {
-        let s = log.get(i);
-        let own = end_ns
-            - scale
-                .get(&s.source)
-                .map_or(s.dur_ms * 1e6, |m| m.wall_ns(s.dur_ms));
-        let start_ns = match prev {
-            // Consecutive lines of one writer: the gap is the interval.
-            Some((src, p)) if src == s.source && continues(p, end_ns, s.dur_ms) => p,
-            _ => own,
-        };
-        prev = Some((s.source, end_ns));
-        out.push(Span {
-            sample: i,
-            start_ns,
-            end_ns,
-        });
-    }
-    out
+    spans
 }
 
 /// Each writer's position in name order (the order [`chain`] groups them in).
@@ -315,15 +326,12 @@ fn place(log: &GuestLog, ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<Place
     let mut out: Vec<Placed> = chain(log, ctx, offset_ms)
         .into_iter()
         .filter(|sp| sp.start_ns >= 0.0 && sp.end_ns > sp.start_ns)
-        .map(|sp| {
-            let s = log.get(sp.sample);
-            Placed {
-                start_ns: sp.start_ns as u64,
-                end_ns: sp.end_ns as u64,
-                dur_ms: s.dur_ms,
-                source: s.source,
-                tid: vcpu_of(&s, ctx),
-            }
+        .map(|sp| Placed {
+            start_ns: sp.start_ns as u64,
+            end_ns: sp.end_ns as u64,
+            dur_ms: sp.dur_ms,
+            sample: sp.sample,
+            tid: vcpu_of(&log.get(sp.sample as usize), ctx).unwrap_or(NO_TID),
         })
         .collect();
     out.sort_by_key(|p| p.end_ns);
@@ -337,7 +345,7 @@ fn blocked_in(p: &Placed, ctx: &Context<'_>) -> (f64, u64, Option<u32>) {
         let (ns, n) = ctx.bins.window(Some(tid), p.start_ns, p.end_ns);
         (ns as f64 / 1e6, n, Some(tid))
     };
-    match p.tid {
+    match p.tid() {
         Some(tid) => pick(tid),
         None => ctx
             .vcpu_tids
@@ -386,6 +394,20 @@ fn correlation_of(placed: &[Placed], ctx: &Context<'_>) -> Option<f64> {
     pearson(&xs, &ys)
 }
 
+/// Most intervals near blocked time each tried offset looks at; beyond, a
+/// sample of them (the offset is a maximum of a correlation, which a sample
+/// of tens of thousands finds as well as millions do).
+const SEARCH_SAMPLES: usize = 20_000;
+
+/// A fixed bit mixer (splitmix64's finalizer): a reproducible pseudo-random
+/// choice of samples that does not follow the writers' interleaving.
+fn mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Guest intervals placed once, for trying many guest-clock offsets: a
 /// different offset moves every guest-clock interval by the same amount, so
 /// only the intervals that then overlap blocked time need looking at.
@@ -408,16 +430,28 @@ impl<'a> OffsetSearch<'a> {
     fn new(log: &'a GuestLog, ctx: &'a Context<'a>) -> Option<Self> {
         let (first, last) = ctx.faults_span?;
         let margin = 2.0 * ctx.bins.width_ns() as f64;
+        let blocked = (first as f64 - margin, last as f64 + margin);
         let mut spans: Vec<Span> = chain(log, ctx, Some(0.0))
             .into_iter()
             .filter(|sp| sp.end_ns > sp.start_ns)
             .collect();
+        // Every offset looks at the spans near blocked time; past
+        // SEARCH_SAMPLES of them, a fixed pseudo-random share stands for all.
+        let reach = OFFSET_SEARCH_MS * 1e6;
+        let near = spans
+            .iter()
+            .filter(|sp| sp.end_ns > blocked.0 - reach && sp.start_ns < blocked.1 + reach)
+            .count();
+        let keep_one_in = near.div_ceil(SEARCH_SAMPLES).max(1) as u64;
+        if keep_one_in > 1 {
+            spans.retain(|sp| mix(u64::from(sp.sample)).is_multiple_of(keep_one_in));
+            spans.shrink_to_fit();
+        }
         spans.sort_by(|a, b| a.start_ns.total_cmp(&b.start_ns));
-        let dur = |sp: &Span| log.get(sp.sample).dur_ms;
-        let mean = spans.iter().map(dur).sum::<f64>() / spans.len().max(1) as f64;
+        let mean = spans.iter().map(|sp| sp.dur_ms).sum::<f64>() / spans.len().max(1) as f64;
         let (mut sum_x, mut sum_xx, mut max_end) = (vec![0.0], vec![0.0], Vec::new());
         for sp in &spans {
-            let x = dur(sp) - mean;
+            let x = sp.dur_ms - mean;
             sum_x.push(sum_x[sum_x.len() - 1] + x);
             sum_xx.push(sum_xx[sum_xx.len() - 1] + x * x);
             max_end.push(max_end.last().map_or(sp.end_ns, |m: &f64| m.max(sp.end_ns)));
@@ -428,7 +462,7 @@ impl<'a> OffsetSearch<'a> {
             sum_x,
             sum_xx,
             mean,
-            blocked: (first as f64 - margin, last as f64 + margin),
+            blocked,
             log,
             ctx,
         })
@@ -456,18 +490,17 @@ impl<'a> OffsetSearch<'a> {
             if sp.end_ns <= lo {
                 continue;
             }
-            let s = self.log.get(sp.sample);
             let p = Placed {
                 start_ns: (sp.start_ns + shift) as u64,
                 end_ns: (sp.end_ns + shift) as u64,
-                dur_ms: s.dur_ms,
-                source: s.source,
-                tid: vcpu_of(&s, self.ctx),
+                dur_ms: sp.dur_ms,
+                sample: sp.sample,
+                tid: vcpu_of(&self.log.get(sp.sample as usize), self.ctx).unwrap_or(NO_TID),
             };
             let y = blocked_in(&p, self.ctx).0;
             sy += y;
             syy += y * y;
-            sxy += (s.dur_ms - self.mean) * y;
+            sxy += (sp.dur_ms - self.mean) * y;
         }
         let n = n as f64;
         let cov = sxy - sx * sy / n;
@@ -497,6 +530,58 @@ fn estimate_offset(log: &GuestLog, ctx: &Context<'_>) -> Option<(f64, f64)> {
         consider(center + f64::from(i) * 5.0, &mut best);
     }
     best
+}
+
+/// Most spikes a [`GuestSection`] lists.
+pub const MAX_SPIKES: usize = 1_000;
+
+/// The intervals above `threshold` as spikes, in time order: the
+/// [`MAX_SPIKES`] with the most excess wall time, and how many more there were.
+fn spikes(
+    placed: &[Placed],
+    log: &GuestLog,
+    ctx: &Context<'_>,
+    base: f64,
+    threshold: f64,
+) -> (Vec<Spike>, usize) {
+    // The excess in wall time: at `dur` ms/GB instead of `base`, this
+    // share of the interval was lost.
+    let excess_of = |p: &Placed| (p.end_ns - p.start_ns) as f64 / 1e6 * (1.0 - base / p.dur_ms);
+    let mut chosen: Vec<(f64, usize)> = placed
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.dur_ms > threshold)
+        .map(|(i, p)| (excess_of(p), i))
+        .collect();
+    let left_out = chosen.len().saturating_sub(MAX_SPIKES);
+    if left_out > 0 {
+        chosen.select_nth_unstable_by(MAX_SPIKES - 1, |a, b| {
+            b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+        });
+        chosen.truncate(MAX_SPIKES);
+        chosen.sort_unstable_by_key(|&(_, i)| i);
+    }
+    let spikes = chosen
+        .into_iter()
+        .map(|(excess, i)| {
+            let p = &placed[i];
+            let (blocked_ms, faults, tid) = blocked_in(p, ctx);
+            let wall_ms = (p.end_ns - p.start_ns) as f64 / 1e6;
+            Spike {
+                start: p.start_ns.saturating_sub(ctx.trace_start_ns) as f64 / 1e9,
+                dur_ms: p.dur_ms,
+                wall_ms,
+                excess_ms: excess,
+                source: log.get(p.sample as usize).source_name.to_owned(),
+                vcpu_tid: tid,
+                blocked_ms,
+                faults,
+                explained: (blocked_ms / excess).clamp(0.0, 1.0),
+                phase: phase(p.start_ns, p.end_ns, ctx),
+            }
+        })
+        .collect();
+    (spikes, left_out)
 }
 
 /// Correlates guest samples with vCPU blocking.
@@ -546,28 +631,10 @@ pub fn correlate(
     };
     let baseline = median(&mut before);
     let threshold = baseline.map(|base| (base * 1.5).max(base + 1.0));
-    let mut spikes = Vec::new();
-    if let (Some(base), Some(threshold)) = (baseline, threshold) {
-        for p in placed.iter().filter(|p| p.dur_ms > threshold) {
-            let (blocked_ms, faults, tid) = blocked_in(p, ctx);
-            // The excess in wall time: at `dur` ms/GB instead of `base`, this
-            // share of the interval was lost.
-            let wall_ms = (p.end_ns - p.start_ns) as f64 / 1e6;
-            let excess = wall_ms * (1.0 - base / p.dur_ms);
-            spikes.push(Spike {
-                start: p.start_ns.saturating_sub(ctx.trace_start_ns) as f64 / 1e9,
-                dur_ms: p.dur_ms,
-                wall_ms,
-                excess_ms: excess,
-                source: log.source_name(p.source).to_owned(),
-                vcpu_tid: tid,
-                blocked_ms,
-                faults,
-                explained: (blocked_ms / excess).clamp(0.0, 1.0),
-                phase: phase(p.start_ns, p.end_ns, ctx),
-            });
-        }
-    }
+    let (spikes, spikes_left_out) = match (baseline, threshold) {
+        (Some(base), Some(threshold)) => spikes(&placed, log, ctx, base, threshold),
+        _ => (Vec::new(), 0),
+    };
     let (alignment_name, offset_ms) = match alignment {
         Alignment::HostArrival => ("host_arrival".to_owned(), None),
         Alignment::Explicit(o) => ("explicit_offset".to_owned(), Some(o)),
@@ -580,6 +647,7 @@ pub fn correlate(
         baseline_ms: baseline,
         baseline_from,
         spikes,
+        spikes_left_out,
         correlation: correlation_of(&placed, ctx),
         alignment: alignment_name,
         offset_ms,
