@@ -158,6 +158,41 @@ fn many_guest_lines_inside_one_long_fault() {
     assert_eq!(blocked, 199);
 }
 
+/// 4 000 writers (the most a log may have is 4 096) whose first lines each
+/// span most of a 100 s fault: each interval's blocked time was summed bin by
+/// bin (100 000 bins each); 20 000 such lines took 85 s.
+#[test]
+fn many_long_guest_intervals_over_one_long_fault() {
+    let lines = 4_000u64;
+    let (blocked, woken) = (T0 + 1_000 * MS, T0 + 101_000 * MS);
+    let mut records = vec![vcpu(10)];
+    for i in 0..lines {
+        let ts = woken - 1_000 * MS + i * MS / 4;
+        records.push(Record::GuestLine(GuestLine {
+            ts,
+            text: format!(
+                "writer{i}/cpu0 (1): INFO: {}ms copied 1 GB in 99000ms",
+                EPOCH_MS + (ts - T0) / MS
+            ),
+        }));
+    }
+    records.push(copy(20, woken - MS, woken, PAGE, 4096));
+    records.push(sleep(10, blocked, woken, woken + MS, 4096));
+    let r = analyze_records(&records, &Options::default());
+    let g = r.guest.expect("a guest section");
+    assert_eq!(g.samples, lines as usize);
+    let spans: Vec<f64> = g.intervals.iter().map(|i| i.wall_ms).collect();
+    assert!(
+        spans.iter().all(|&w| (w - 99_000.0).abs() < 1.0),
+        "{spans:?}"
+    );
+    let c = g.correlation;
+    assert!(
+        c.is_none(),
+        "one printed value throughout: nothing to correlate, {c:?}"
+    );
+}
+
 /// A guest log of 100 000 lines without host stamps, so the guest clock's
 /// offset is searched: 6.2 s in a release build before (each offset placed
 /// the whole log again), and a 10 M-line log never finished.

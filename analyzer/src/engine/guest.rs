@@ -6,6 +6,8 @@
 
 use serde::Serialize;
 
+use std::collections::HashMap;
+
 use crate::engine::stats::Bins;
 pub use crate::inputs::guest_log::{parse_line, LineCounts, Sample};
 use crate::inputs::guest_log::{GuestLog, SampleRef, OFFSET_SEARCH_MS};
@@ -338,21 +340,97 @@ fn place(log: &GuestLog, ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<Place
     out
 }
 
-/// Blocked ms and faults of the sample's vCPU during its interval; without a
-/// known vCPU, the most-blocked vCPU's.
-fn blocked_in(p: &Placed, ctx: &Context<'_>) -> (f64, u64, Option<u32>) {
-    let pick = |tid: u32| {
-        let (ns, n) = ctx.bins.window(Some(tid), p.start_ns, p.end_ns);
-        (ns as f64 / 1e6, n, Some(tid))
-    };
-    match p.tid() {
-        Some(tid) => pick(tid),
-        None => ctx
-            .vcpu_tids
-            .iter()
-            .map(|&t| pick(t))
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .unwrap_or((0.0, 0, None)),
+/// The vCPUs' blocked time, summed over blocks of bins once, so that the
+/// blocked time of an interval of any length costs two partial blocks (one
+/// long fault under thousands of long guest intervals summed every interval
+/// bin by bin before). Sums whole bins exactly as [`Bins::window`] does.
+struct BlockedTime<'a> {
+    bins: &'a Bins,
+    vcpu_tids: &'a [u32],
+    block_ns: u64,
+    first_block: u64,
+    /// Per vCPU with blocked time: (ns, faults) before each block boundary.
+    cumulative: HashMap<u32, Vec<(u64, u64)>>,
+}
+
+impl<'a> BlockedTime<'a> {
+    /// Most blocks per vCPU.
+    const MAX_BLOCKS: u64 = 4096;
+    /// Fewest bins per block.
+    const MIN_BLOCK_BINS: u64 = 64;
+
+    fn new(ctx: &Context<'a>) -> Self {
+        let w = ctx.bins.width_ns();
+        let (first, last) = ctx.faults_span.unwrap_or((0, 0));
+        let span_bins = last.saturating_sub(first) / w + 1;
+        let block_ns = w * span_bins
+            .div_ceil(Self::MAX_BLOCKS)
+            .max(Self::MIN_BLOCK_BINS);
+        let first_block = first / block_ns;
+        let blocks = last / block_ns - first_block + 1;
+        let mut cumulative = HashMap::new();
+        for &tid in ctx.vcpu_tids {
+            let span = (first_block * block_ns, (last / block_ns + 1) * block_ns);
+            if ctx.faults_span.is_none() || ctx.bins.window(Some(tid), span.0, span.1) == (0, 0) {
+                continue;
+            }
+            let mut sums = Vec::with_capacity(blocks as usize + 1);
+            let mut total = (0u64, 0u64);
+            sums.push(total);
+            for b in first_block..first_block + blocks {
+                let (ns, n) = ctx.bins.window(Some(tid), b * block_ns, (b + 1) * block_ns);
+                total = (total.0 + ns, total.1 + n);
+                sums.push(total);
+            }
+            cumulative.insert(tid, sums);
+        }
+        Self {
+            bins: ctx.bins,
+            vcpu_tids: ctx.vcpu_tids,
+            block_ns,
+            first_block,
+            cumulative,
+        }
+    }
+
+    /// Blocked ns and faults started in `[start, end)` on `tid`, as
+    /// [`Bins::window`] counts them.
+    fn window(&self, tid: u32, start: u64, end: u64) -> (u64, u64) {
+        let Some(sums) = self.cumulative.get(&tid) else {
+            return (0, 0);
+        };
+        // Whole blocks inside the window, clamped to the indexed ones.
+        let (b1, b2) = (start.div_ceil(self.block_ns), end / self.block_ns);
+        if b1 >= b2 {
+            return self.bins.window(Some(tid), start, end);
+        }
+        let last = self.first_block + sums.len() as u64 - 1;
+        let index = |b: u64| (b.clamp(self.first_block, last) - self.first_block) as usize;
+        let (lo, hi) = (sums[index(b1)], sums[index(b2)]);
+        let head = self.bins.window(Some(tid), start, b1 * self.block_ns);
+        let tail = self.bins.window(Some(tid), b2 * self.block_ns, end);
+        (
+            head.0 + (hi.0 - lo.0) + tail.0,
+            head.1 + (hi.1 - lo.1) + tail.1,
+        )
+    }
+
+    /// Blocked ms and faults of the sample's vCPU during its interval;
+    /// without a known vCPU, the most-blocked vCPU's.
+    fn of(&self, p: &Placed) -> (f64, u64, Option<u32>) {
+        let pick = |tid: u32| {
+            let (ns, n) = self.window(tid, p.start_ns, p.end_ns);
+            (ns as f64 / 1e6, n, Some(tid))
+        };
+        match p.tid() {
+            Some(tid) => pick(tid),
+            None => self
+                .vcpu_tids
+                .iter()
+                .map(|&t| pick(t))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .unwrap_or((0.0, 0, None)),
+        }
     }
 }
 
@@ -388,9 +466,9 @@ fn median(v: &mut [f64]) -> Option<f64> {
     })
 }
 
-fn correlation_of(placed: &[Placed], ctx: &Context<'_>) -> Option<f64> {
+fn correlation_of(placed: &[Placed], blocked: &BlockedTime<'_>) -> Option<f64> {
     let xs: Vec<f64> = placed.iter().map(|p| p.dur_ms).collect();
-    let ys: Vec<f64> = placed.iter().map(|p| blocked_in(p, ctx).0).collect();
+    let ys: Vec<f64> = placed.iter().map(|p| blocked.of(p).0).collect();
     pearson(&xs, &ys)
 }
 
@@ -421,16 +499,17 @@ struct OffsetSearch<'a> {
     sum_xx: Vec<f64>,
     mean: f64,
     /// Where blocked time can be: the faults' span widened by two bins.
-    blocked: (f64, f64),
+    near: (f64, f64),
     log: &'a GuestLog,
     ctx: &'a Context<'a>,
+    blocked: &'a BlockedTime<'a>,
 }
 
 impl<'a> OffsetSearch<'a> {
-    fn new(log: &'a GuestLog, ctx: &'a Context<'a>) -> Option<Self> {
+    fn new(log: &'a GuestLog, ctx: &'a Context<'a>, blocked: &'a BlockedTime<'a>) -> Option<Self> {
         let (first, last) = ctx.faults_span?;
         let margin = 2.0 * ctx.bins.width_ns() as f64;
-        let blocked = (first as f64 - margin, last as f64 + margin);
+        let near = (first as f64 - margin, last as f64 + margin);
         let mut spans: Vec<Span> = chain(log, ctx, Some(0.0))
             .into_iter()
             .filter(|sp| sp.end_ns > sp.start_ns)
@@ -438,11 +517,11 @@ impl<'a> OffsetSearch<'a> {
         // Every offset looks at the spans near blocked time; past
         // SEARCH_SAMPLES of them, a fixed pseudo-random share stands for all.
         let reach = OFFSET_SEARCH_MS * 1e6;
-        let near = spans
+        let reachable = spans
             .iter()
-            .filter(|sp| sp.end_ns > blocked.0 - reach && sp.start_ns < blocked.1 + reach)
+            .filter(|sp| sp.end_ns > near.0 - reach && sp.start_ns < near.1 + reach)
             .count();
-        let keep_one_in = near.div_ceil(SEARCH_SAMPLES).max(1) as u64;
+        let keep_one_in = reachable.div_ceil(SEARCH_SAMPLES).max(1) as u64;
         if keep_one_in > 1 {
             spans.retain(|sp| mix(u64::from(sp.sample)).is_multiple_of(keep_one_in));
             spans.shrink_to_fit();
@@ -462,9 +541,10 @@ impl<'a> OffsetSearch<'a> {
             sum_x,
             sum_xx,
             mean,
-            blocked,
+            near,
             log,
             ctx,
+            blocked,
         })
     }
 
@@ -481,7 +561,7 @@ impl<'a> OffsetSearch<'a> {
         }
         let sx = self.sum_x[self.spans.len()] - self.sum_x[first];
         let sxx0 = self.sum_xx[self.spans.len()] - self.sum_xx[first];
-        let (lo, hi) = (self.blocked.0 - shift, self.blocked.1 - shift);
+        let (lo, hi) = (self.near.0 - shift, self.near.1 - shift);
         let (mut sy, mut syy, mut sxy) = (0.0, 0.0, 0.0);
         let mut i = self.spans.partition_point(|sp| sp.start_ns < hi);
         while i > first && self.max_end[i - 1] > lo {
@@ -497,7 +577,7 @@ impl<'a> OffsetSearch<'a> {
                 sample: sp.sample,
                 tid: vcpu_of(&self.log.get(sp.sample as usize), self.ctx).unwrap_or(NO_TID),
             };
-            let y = blocked_in(&p, self.ctx).0;
+            let y = self.blocked.of(&p).0;
             sy += y;
             syy += y * y;
             sxy += (sp.dur_ms - self.mean) * y;
@@ -510,8 +590,12 @@ impl<'a> OffsetSearch<'a> {
 }
 
 /// Searches guest-clock offsets for the best alignment of durations with blocked time.
-fn estimate_offset(log: &GuestLog, ctx: &Context<'_>) -> Option<(f64, f64)> {
-    let search = OffsetSearch::new(log, ctx)?;
+fn estimate_offset(
+    log: &GuestLog,
+    ctx: &Context<'_>,
+    blocked: &BlockedTime<'_>,
+) -> Option<(f64, f64)> {
+    let search = OffsetSearch::new(log, ctx, blocked)?;
     let guess = 0.0;
     let mut best: Option<(f64, f64)> = None;
     let consider = |off: f64, best: &mut Option<(f64, f64)>| {
@@ -541,6 +625,7 @@ fn spikes(
     placed: &[Placed],
     log: &GuestLog,
     ctx: &Context<'_>,
+    blocked: &BlockedTime<'_>,
     base: f64,
     threshold: f64,
 ) -> (Vec<Spike>, usize) {
@@ -565,7 +650,7 @@ fn spikes(
         .into_iter()
         .map(|(excess, i)| {
             let p = &placed[i];
-            let (blocked_ms, faults, tid) = blocked_in(p, ctx);
+            let (blocked_ms, faults, tid) = blocked.of(p);
             let wall_ms = (p.end_ns - p.start_ns) as f64 / 1e6;
             Spike {
                 start: p.start_ns.saturating_sub(ctx.trace_start_ns) as f64 / 1e9,
@@ -590,6 +675,7 @@ pub fn correlate(
     ctx: &Context<'_>,
     explicit_offset_ms: Option<f64>,
 ) -> GuestSection {
+    let blocked = BlockedTime::new(ctx);
     let arrival = explicit_offset_ms.is_none() && log.iter().all(|s| s.host_arrival_ns.is_some());
     let alignment = if log.is_empty() {
         Alignment::None
@@ -598,7 +684,7 @@ pub fn correlate(
     } else if let Some(off) = explicit_offset_ms {
         Alignment::Explicit(off)
     } else {
-        match estimate_offset(log, ctx) {
+        match estimate_offset(log, ctx, &blocked) {
             Some((offset_ms, correlation)) => Alignment::Estimated {
                 offset_ms,
                 correlation,
@@ -632,7 +718,7 @@ pub fn correlate(
     let baseline = median(&mut before);
     let threshold = baseline.map(|base| (base * 1.5).max(base + 1.0));
     let (spikes, spikes_left_out) = match (baseline, threshold) {
-        (Some(base), Some(threshold)) => spikes(&placed, log, ctx, base, threshold),
+        (Some(base), Some(threshold)) => spikes(&placed, log, ctx, &blocked, base, threshold),
         _ => (Vec::new(), 0),
     };
     let (alignment_name, offset_ms) = match alignment {
@@ -648,7 +734,7 @@ pub fn correlate(
         baseline_from,
         spikes,
         spikes_left_out,
-        correlation: correlation_of(&placed, ctx),
+        correlation: correlation_of(&placed, &blocked),
         alignment: alignment_name,
         offset_ms,
         intervals: intervals(&placed, ctx, threshold),
