@@ -37,7 +37,8 @@ pub struct Context<'a> {
     /// When the migration completed (QMP `completed`), host mono ns.
     pub completed_ns: Option<u64>,
     pub trace_start_ns: u64,
-    /// First fault entry and last fault end, host mono ns: where blocked time can be.
+    /// First fault entry and last fault end, host mono ns: every blocked
+    /// interval in `bins` lies inside. `None` when unknown.
     pub faults_span: Option<(u64, u64)>,
 }
 
@@ -349,8 +350,9 @@ struct BlockedTime<'a> {
     vcpu_tids: &'a [u32],
     block_ns: u64,
     first_block: u64,
-    /// Per vCPU with blocked time: (ns, faults) before each block boundary.
-    cumulative: HashMap<u32, Vec<(u64, u64)>>,
+    /// Per vCPU with blocked time: (ns, faults) before each block boundary;
+    /// `None` without a span of faults to index (every window sums bins).
+    cumulative: Option<HashMap<u32, Vec<(u64, u64)>>>,
 }
 
 impl<'a> BlockedTime<'a> {
@@ -361,7 +363,15 @@ impl<'a> BlockedTime<'a> {
 
     fn new(ctx: &Context<'a>) -> Self {
         let w = ctx.bins.width_ns();
-        let (first, last) = ctx.faults_span.unwrap_or((0, 0));
+        let Some((first, last)) = ctx.faults_span else {
+            return Self {
+                bins: ctx.bins,
+                vcpu_tids: ctx.vcpu_tids,
+                block_ns: w,
+                first_block: 0,
+                cumulative: None,
+            };
+        };
         let span_bins = last.saturating_sub(first) / w + 1;
         let block_ns = w * span_bins
             .div_ceil(Self::MAX_BLOCKS)
@@ -371,7 +381,7 @@ impl<'a> BlockedTime<'a> {
         let mut cumulative = HashMap::new();
         for &tid in ctx.vcpu_tids {
             let span = (first_block * block_ns, (last / block_ns + 1) * block_ns);
-            if ctx.faults_span.is_none() || ctx.bins.window(Some(tid), span.0, span.1) == (0, 0) {
+            if ctx.bins.window(Some(tid), span.0, span.1) == (0, 0) {
                 continue;
             }
             let mut sums = Vec::with_capacity(blocks as usize + 1);
@@ -389,14 +399,17 @@ impl<'a> BlockedTime<'a> {
             vcpu_tids: ctx.vcpu_tids,
             block_ns,
             first_block,
-            cumulative,
+            cumulative: Some(cumulative),
         }
     }
 
     /// Blocked ns and faults started in `[start, end)` on `tid`, as
     /// [`Bins::window`] counts them.
     fn window(&self, tid: u32, start: u64, end: u64) -> (u64, u64) {
-        let Some(sums) = self.cumulative.get(&tid) else {
+        let Some(cumulative) = &self.cumulative else {
+            return self.bins.window(Some(tid), start, end);
+        };
+        let Some(sums) = cumulative.get(&tid) else {
             return (0, 0);
         };
         // Whole blocks inside the window, clamped to the indexed ones.
@@ -841,5 +854,38 @@ mod tests {
         // Without a slow line there is nothing to separate: the ratio.
         let m = WallModel::fit(&pairs[..40]).expect("a model");
         assert!((m.wall_ns(40.0) - 13.0e6).abs() < 1.0, "{m:?}");
+    }
+
+    #[test]
+    fn blocked_time_by_blocks_sums_as_the_bins_do() {
+        let t0 = 10_000 * MS;
+        let mut b = Bins::default();
+        b.add(7, t0 + 3 * MS / 2, t0 + 900 * MS);
+        b.add(7, t0 + 1_000 * MS, t0 + 1_000 * MS + 1);
+        b.add(8, t0 + 2_000 * MS + 17, t0 + 2_400 * MS - 5);
+        let tids = [7, 8, 9];
+        let ctx = Context {
+            bins: &b,
+            vcpu_tids: &tids,
+            realtime_offset_ns: 0,
+            switchover_ns: None,
+            completed_ns: None,
+            trace_start_ns: t0,
+            faults_span: Some((t0 + MS, t0 + 2_400 * MS)),
+        };
+        let blocked = BlockedTime::new(&ctx);
+        let mut x = 1u64;
+        for _ in 0..20_000 {
+            x = mix(x);
+            let start = t0 - 100 * MS + x % (2_700 * MS);
+            let end = start + mix(x) % (1_500 * MS);
+            for tid in tids {
+                assert_eq!(
+                    blocked.window(tid, start, end),
+                    b.window(Some(tid), start, end),
+                    "{tid} {start} {end}"
+                );
+            }
+        }
     }
 }
