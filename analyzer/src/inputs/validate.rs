@@ -13,12 +13,14 @@
 //! - byte lengths of ioctls, registered ranges and wake ranges are at most
 //!   [`Boundary::MAX_LEN`], and `start + len` does not overflow;
 //! - every record about a thread names one (tid 0 is the idle task, never a
-//!   thread of the target).
+//!   thread of the target);
+//! - records arrive in time order within [`Boundary::MAX_LATE_NS`].
 //!
 //! A record breaking any of these is dropped whole (a fault built from half a
 //! record would be a guess); [`Boundary::warnings`] says how many of each kind
 //! were dropped, for the report's warnings.
 
+use crate::engine::stats::Sweep;
 use uffdscope_trace::record::Record;
 use uffdscope_trace::TraceMeta;
 
@@ -33,14 +35,17 @@ pub enum Rejection {
     TooLong,
     /// A record about thread id 0.
     NoThread,
+    /// A record more than [`Boundary::MAX_LATE_NS`] older than one before it.
+    Late,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 4] = [
+    const ALL: [Rejection; 5] = [
         Rejection::OutsideSpan,
         Rejection::Backwards,
         Rejection::TooLong,
         Rejection::NoThread,
+        Rejection::Late,
     ];
 
     fn index(self) -> usize {
@@ -63,6 +68,10 @@ impl Rejection {
                 Boundary::MAX_LEN >> 30
             ),
             Rejection::NoThread => "thread id 0".to_owned(),
+            Rejection::Late => format!(
+                "a time more than {} s before a record earlier in the file (out of order)",
+                Boundary::MAX_LATE_NS / 1_000_000_000
+            ),
         }
     }
 }
@@ -74,6 +83,8 @@ const DAY_NS: u64 = 86_400 * 1_000_000_000;
 pub struct Boundary {
     /// The recording's start, once known.
     anchor: Option<u64>,
+    /// The latest record time admitted so far.
+    latest: u64,
     rejected: [u64; Rejection::ALL.len()],
 }
 
@@ -87,10 +98,15 @@ impl Boundary {
     pub const AFTER_NS: u64 = 31 * DAY_NS;
     /// Longest byte range an ioctl, a registered range or a wake may cover.
     pub const MAX_LEN: u64 = 1 << 40;
+    /// How far out of order a record may arrive: the tracer's per-CPU
+    /// buffers interleave within milliseconds; the fault statistics sweep
+    /// ([`Sweep::MARGIN_NS`]) tolerates this much.
+    pub const MAX_LATE_NS: u64 = Sweep::MARGIN_NS;
 
     pub fn new(meta: &TraceMeta) -> Self {
         Self {
             anchor: (meta.start_ns > 0).then_some(meta.start_ns),
+            latest: 0,
             rejected: [0; Rejection::ALL.len()],
         }
     }
@@ -98,7 +114,10 @@ impl Boundary {
     /// The record if it may enter the analysis; `None` (counted) if not.
     pub fn admit(&mut self, rec: Record) -> Option<Record> {
         match self.check(&rec) {
-            Ok(()) => Some(rec),
+            Ok(()) => {
+                self.latest = self.latest.max(rec.ts());
+                Some(rec)
+            }
             Err(why) => {
                 self.rejected[why.index()] += 1;
                 None
@@ -130,10 +149,13 @@ impl Boundary {
         self.check_times(rec)?;
         check_order(rec)?;
         check_lengths(rec)?;
-        match thread_of(rec) {
-            Some(0) => Err(Rejection::NoThread),
-            _ => Ok(()),
+        if thread_of(rec) == Some(0) {
+            return Err(Rejection::NoThread);
         }
+        if rec.ts().saturating_add(Self::MAX_LATE_NS) < self.latest {
+            return Err(Rejection::Late);
+        }
+        Ok(())
     }
 
     fn check_times(&mut self, rec: &Record) -> Result<(), Rejection> {
@@ -289,13 +311,21 @@ mod tests {
         assert!(b.admit(sleep(T0, T0 + 10, Some(T0 + 5))).is_none());
         assert!(b.admit(ioctl(T0, T0 + 1, 1 << 60, 9)).is_none());
         assert!(b.admit(ioctl(T0, T0 + 1, 4096, 0)).is_none());
+        let step = Boundary::MAX_LATE_NS;
+        assert!(b.admit(ioctl(T0 + step, T0 + 2 * step, 4096, 9)).is_some());
+        assert!(
+            b.admit(ioctl(T0, T0 + step, 4096, 9)).is_some(),
+            "late within the margin"
+        );
+        assert!(
+            b.admit(ioctl(T0, T0 + step - 1, 4096, 9)).is_none(),
+            "too late"
+        );
         for why in Rejection::ALL {
-            assert_eq!(
-                b.rejected(why),
-                if why == Rejection::Backwards { 2 } else { 1 }
-            );
+            let expected = if why == Rejection::Backwards { 2 } else { 1 };
+            assert_eq!(b.rejected(why), expected, "{why:?}");
         }
-        assert_eq!(b.warnings().len(), 4, "{:?}", b.warnings());
+        assert_eq!(b.warnings().len(), 5, "{:?}", b.warnings());
         assert!(b.warnings()[0].starts_with("ignored 1 records with a timestamp"));
     }
 
