@@ -5,15 +5,17 @@
 //! 4 report written but the trace is incomplete (no end note: the recording
 //! was cut) or `--max-events` stopped the pass.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use uffdscope_analyzer::analysis::{self, AnalysisError, Options};
+use uffdscope_analyzer::analysis::{self, Options};
 use uffdscope_analyzer::drive::Limits;
+use uffdscope_analyzer::inputs::guest_log;
 use uffdscope_trace::create_exclusive;
+use uffdscope_trace::{TraceError, TraceReader};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -121,7 +123,8 @@ enum Format {
 
 #[derive(clap::Args, Debug)]
 struct ReportArgs {
-    /// The trace file written by `uffdscope record`.
+    /// The trace file written by `uffdscope record` (a pipe works; `-` reads
+    /// standard input).
     trace: PathBuf,
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value_t = Format::Text)]
@@ -134,7 +137,7 @@ struct ReportArgs {
     #[arg(long)]
     guest_log: Option<PathBuf>,
     /// Guest clock minus host realtime clock, in ms (otherwise estimated).
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = finite_ms)]
     guest_offset: Option<f64>,
     /// Read at most this many trace records (default: 16 per byte of the
     /// trace file, at least 1000000; recorded traces hold under 1 per byte).
@@ -187,15 +190,115 @@ fn incomplete_exit(
 #[error("{0}")]
 struct InputError(String);
 
+/// `--guest-offset`: a finite number of ms.
+fn finite_ms(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) => Err(format!(
+            "{v} is not a finite number of milliseconds (give e.g. 1500 or -250)"
+        )),
+        Err(e) => Err(format!(
+            "{e}: give a number of milliseconds, e.g. 1500 or -250"
+        )),
+    }
+}
+
+/// Opens the trace at `path` (a file or a pipe), or standard input for `-`.
+fn open_trace(path: &Path) -> Result<TraceReader<Box<dyn Read>>, InputError> {
+    let opened = if path.as_os_str() == "-" {
+        let stdin: Box<dyn Read> = Box::new(std::io::BufReader::new(std::io::stdin()));
+        TraceReader::new(stdin)
+    } else {
+        std::fs::File::open(path)
+            .and_then(|f| Ok((f.metadata()?, f)))
+            .map_err(|source| TraceError::Open {
+                path: path.to_path_buf(),
+                source,
+            })
+            .and_then(|(meta, file)| {
+                let input: Box<dyn Read> =
+                    Box::new(std::io::BufReader::with_capacity(1 << 16, file));
+                // A pipe's size is 0: unknown, not empty.
+                TraceReader::with_len(input, meta.is_file().then_some(meta.len()))
+            })
+    };
+    opened.map_err(|e| InputError(trace_error_message(path, &e)))
+}
+
+/// A trace that cannot be read, said with what to do about it.
+fn trace_error_message(path: &Path, e: &TraceError) -> String {
+    let shown = if path.as_os_str() == "-" {
+        "standard input".to_owned()
+    } else {
+        path.display().to_string()
+    };
+    let empty = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0);
+    match e {
+        TraceError::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            format!("{shown} does not exist: check the path (`uffdscope record -o FILE` writes traces)")
+        }
+        TraceError::Open { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            format!("cannot read {shown}: permission denied; traces are written mode 0600 by the recording user (root?): read it as that user or `chown` it")
+        }
+        TraceError::Open { source, .. } => format!("cannot open {shown}: {source}"),
+        _ if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) => {
+            format!("{shown} is a directory: give the trace file inside it")
+        }
+        TraceError::TruncatedHeader if empty => format!(
+            "{shown} is empty: the recording wrote nothing (stopped before it started?); record again"
+        ),
+        TraceError::TruncatedHeader if path.as_os_str() == "-" => format!(
+            "{shown} is empty or ends inside the trace header: pipe a whole trace in (`uffdscope report - < run.trace`)"
+        ),
+        TraceError::TruncatedHeader => format!(
+            "{shown} ends inside the trace header: it is not a whole trace (copied while the recording started?); copy it again"
+        ),
+        _ => format!("{shown}: {e}"),
+    }
+}
+
+/// Reads a guest log, streaming: its size does not matter, only its lines.
+fn read_guest_log(
+    path: &Path,
+    keep_from_ms: Option<f64>,
+) -> Result<guest_log::GuestLog, InputError> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        let fix = match e.kind() {
+            std::io::ErrorKind::NotFound => "check the path",
+            std::io::ErrorKind::PermissionDenied => "check its permissions",
+            _ => "give a readable text file",
+        };
+        InputError(format!(
+            "cannot read guest log {}: {e}: {fix}",
+            path.display()
+        ))
+    })?;
+    guest_log::read(
+        std::io::BufReader::with_capacity(1 << 16, file),
+        keep_from_ms,
+    )
+    .map_err(|e| {
+        InputError(format!(
+            "cannot read guest log {}: {e}: give a readable text file",
+            path.display()
+        ))
+    })
+}
+
 fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     if matches!(args.format, Format::Perfetto | Format::Csv) {
         return stream_export(args);
     }
+    let reader = open_trace(&args.trace)?;
     let guest_log = match &args.guest_log {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| InputError(format!("cannot read guest log {}: {e}", p.display())))?,
-        ),
+        Some(p) => {
+            let meta = reader.meta();
+            let from =
+                guest_log::keep_from_ms(meta.start_ns, meta.realtime_offset_ns, args.guest_offset);
+            Some(read_guest_log(p, from)?)
+        }
         None => None,
     };
     let opts = Options {
@@ -203,9 +306,7 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         guest_offset_ms: args.guest_offset,
         limits: args.limits(),
     };
-    let report = analysis::analyze_file(&args.trace, &opts).map_err(|e| match e {
-        AnalysisError::Trace(t) => InputError(format!("{}: {t}", args.trace.display())),
-    })?;
+    let report = analysis::analyze(reader, &args.trace.display().to_string(), &opts);
     let body = match args.format {
         Format::Text => uffdscope_analyzer::render::text::render_text(&report),
         Format::Json => {
@@ -249,8 +350,7 @@ fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
             "uffdscope: note: --guest-log and --guest-offset apply to the text, json, markdown and html reports; this export uses the guest lines recorded in the trace"
         );
     }
-    let mut reader = uffdscope_trace::TraceReader::open(&args.trace)
-        .map_err(|t| InputError(format!("{}: {t}", args.trace.display())))?;
+    let mut reader = open_trace(&args.trace)?;
     let (out, dest): (Box<dyn Write>, String) = match &args.output {
         Some(path) => (
             Box::new(create_exclusive(path).with_context(|| {
@@ -275,6 +375,9 @@ fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(anyhow::Error::new(e).context(format!("writing {dest}"))),
     };
+    for w in &summary.warnings {
+        eprintln!("uffdscope: {}: {w}", args.trace.display());
+    }
     if let Some(damage) = &summary.damage {
         eprintln!(
             "uffdscope: {}: damaged trace, exported the good part: {damage}",

@@ -9,12 +9,13 @@ use std::path::Path;
 
 use crate::drive::{self, At, Consumer, Derived, Limits, Summary};
 use crate::engine::blocktime::{self, QemuBlocktime};
-use crate::engine::guest::{self, LineCounts, Sample};
+use crate::engine::guest;
 use crate::engine::lifecycle::{Engine, Fault, Resolution, Stage, ThreadFacts, TidSet};
 use crate::engine::network::Network;
 use crate::engine::network_split::{NetworkSplitStats, NetworkSplitter};
 use crate::engine::qemu_latency::{LatencyReplay, Log2Buckets};
 use crate::engine::stats::{FaultStats, Hist, CURVE_QUANTILES};
+use crate::inputs::guest_log::GuestLog;
 use crate::inputs::qmp::{QemuLatency, QmpFacts};
 use crate::report::{
     findings, Blocktime, Bounded, BytesPercentiles, ChannelEndpoint, FaultSection,
@@ -28,8 +29,9 @@ use uffdscope_trace::{TraceError, TraceReader};
 /// What the user asked of the analysis.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// A guest log captured outside the trace (lines without host stamps).
-    pub guest_log: Option<String>,
+    /// A guest log captured outside the trace (lines without host stamps),
+    /// read with [`crate::inputs::guest_log::read`].
+    pub guest_log: Option<GuestLog>,
     /// Guest clock minus host realtime, ms.
     pub guest_offset_ms: Option<f64>,
     /// Bounds on the pass ([`Limits::for_file_size`] for a file).
@@ -179,8 +181,8 @@ struct Pass {
     first_ts: Option<u64>,
     drops: u64,
     end: Option<String>,
-    guest_samples: Vec<Sample>,
-    guest_counts: LineCounts,
+    /// The guest lines recorded in the trace.
+    guest: GuestLog,
     /// Threads that are vCPUs, as known so far.
     vcpu_set: TidSet,
     /// QEMU's blocktime accounting replayed over the trace, and the variant
@@ -273,10 +275,7 @@ impl Consumer for Pass {
             Record::Note(n) => self.recorder_notes.push(&n.kind, &n.text),
             Record::Qmp(q) => self.qmp.push(q.ts, derived.qmp.as_ref()),
             Record::GuestLine(g) => {
-                if let Some(mut s) = guest::parse_line(&g.text, &mut self.guest_counts) {
-                    s.host_arrival_ns = Some(g.ts);
-                    self.guest_samples.push(s);
-                }
+                self.guest.push_line(&g.text, Some(g.ts));
             }
             Record::Sleep(sl) => {
                 self.bound_wakes += u64::from(sl.run_is_bound());
@@ -375,15 +374,6 @@ pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) 
         pass.qemu_bt.finish(&ctx);
         pass.qemu_bt_exit.finish(&ctx);
     }
-    if let Some(log) = &opts.guest_log {
-        pass.guest_samples.clear();
-        pass.guest_counts = LineCounts::default();
-        for line in log.lines() {
-            if let Some(s) = guest::parse_line(line, &mut pass.guest_counts) {
-                pass.guest_samples.push(s);
-            }
-        }
-    }
     let run = Run {
         pass: &pass,
         engine: &engine,
@@ -467,11 +457,8 @@ fn build_report(run: &Run<'_>, path: &str, opts: &Options) -> Report {
     let vcpu_tids = vcpu_order(run.engine);
     let blocktime = blocktime_section(run, &vcpu_tids);
     let qemu = qemu_section(run, &blocktime.qemu_view, t0);
-    let guest = guest_section(run, &vcpu_tids, t0, opts);
     let mut warnings = warnings(run);
-    if guest.as_ref().is_some_and(|g| g.lines.stale_markers > 0) {
-        warnings.push("the guest reported stale pages (UFFDSCOPE-STALE lines)".to_owned());
-    }
+    let guest = guest_section(run, &vcpu_tids, t0, opts, &mut warnings);
     let network = NetworkSection {
         channels: run
             .pass
@@ -558,6 +545,8 @@ fn network_split_section(pass: &Pass) -> (NetworkSplitSection, BytesPercentiles)
 fn warnings(run: &Run<'_>) -> Vec<String> {
     let (pass, s) = (run.pass, &run.pass.stats);
     let mut warnings: Vec<String> = pass.recorder_notes.warnings().collect();
+    // Records the validation boundary turned away.
+    warnings.extend(run.summary.warnings.iter().cloned());
     if pass.drops > 0 {
         warnings.push(format!(
             "the kernel dropped {} events (ring buffer full): fault counts and stages are incomplete",
@@ -787,14 +776,19 @@ fn qemu_section(run: &Run<'_>, view: &QemuView, t0: u64) -> Option<QemuSection> 
     })
 }
 
+/// The guest section, from `--guest-log` when given, else from the guest
+/// lines in the trace; warnings about the log go to `warnings`.
 fn guest_section(
     run: &Run<'_>,
     vcpu_tids: &[u32],
     t0: u64,
     opts: &Options,
+    warnings: &mut Vec<String>,
 ) -> Option<guest::GuestSection> {
     let pass = run.pass;
-    if pass.guest_samples.is_empty() && pass.guest_counts == LineCounts::default() {
+    let log = opts.guest_log.as_ref().unwrap_or(&pass.guest);
+    warnings.extend(log.counts.warnings());
+    if log.is_blank() {
         return None;
     }
     let ctx = guest::Context {
@@ -804,13 +798,20 @@ fn guest_section(
         switchover_ns: pass.qmp.postcopy_active_ns.or(pass.stats.first_fault_ts),
         completed_ns: pass.qmp.completed_ns,
         trace_start_ns: t0,
+        faults_span: pass.stats.first_fault_ts.zip(pass.stats.last_fault_ts),
     };
-    Some(guest::correlate(
-        &pass.guest_samples,
-        pass.guest_counts.clone(),
-        &ctx,
-        opts.guest_offset_ms,
-    ))
+    let section = guest::correlate(log, &ctx, opts.guest_offset_ms);
+    if section.spikes_left_out > 0 {
+        warnings.push(format!(
+            "{} more guest spikes are not listed: the report keeps the {} with the most excess time",
+            section.spikes_left_out,
+            guest::MAX_SPIKES
+        ));
+    }
+    if section.lines.stale_markers > 0 {
+        warnings.push("the guest reported stale pages (UFFDSCOPE-STALE lines)".to_owned());
+    }
+    Some(section)
 }
 
 /// Most bins a [`Timeline`] gets; the width is the smallest 1-2-5 step that fits.

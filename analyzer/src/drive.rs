@@ -13,6 +13,7 @@ use std::io::Read;
 use crate::engine::lifecycle::{Engine, Fault};
 use crate::inputs::qmp::{self, QmpFacts};
 use crate::inputs::rp::{ReturnPath, RpMessage};
+use crate::inputs::validate::Boundary;
 use uffdscope_trace::record::{Record, Role};
 use uffdscope_trace::{TraceError, TraceReader};
 
@@ -121,6 +122,8 @@ pub struct Summary {
     /// The pass stopped at [`Limits::max_records`]: the rest was not read.
     pub stopped_at_limit: Option<u64>,
     pub origin: Origin,
+    /// Records the validation boundary turned away, one line per kind.
+    pub warnings: Vec<String>,
 }
 
 /// Runs the pass; returns the engine (for what it learned about threads)
@@ -141,7 +144,9 @@ pub(crate) fn drive<R: Read, C: Consumer>(
         last_ts: None,
         stopped_at_limit: None,
         origin: Origin(None),
+        warnings: Vec::new(),
     };
+    let mut boundary = Boundary::new(reader.meta());
     let mut failed: Option<C::Error> = None;
     let mut step = |rec: &Record, engine: &mut Engine, summary: &mut Summary| {
         let derived = Derived {
@@ -170,6 +175,9 @@ pub(crate) fn drive<R: Read, C: Consumer>(
         if failed.is_some() || summary.stopped_at_limit.is_some() {
             return;
         }
+        let Some(rec) = boundary.admit(rec) else {
+            return;
+        };
         if summary.records == limits.max_records {
             summary.stopped_at_limit = Some(limits.max_records);
             return;
@@ -187,6 +195,7 @@ pub(crate) fn drive<R: Read, C: Consumer>(
             failed = Some(e);
         }
     });
+    summary.warnings = boundary.warnings();
     if let Some(e) = failed {
         return Err(e);
     }

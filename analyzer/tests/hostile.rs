@@ -23,6 +23,13 @@ fn report(records: &[Record]) -> Report {
     analyze(reader, "hostile", &Options::default())
 }
 
+/// The validation boundary said it turned records away for `why`.
+fn ignored(r: &Report, why: &str) -> bool {
+    r.warnings
+        .iter()
+        .any(|w| w.starts_with("ignored") && w.contains(why))
+}
+
 /// The report of a trace of `n` records made by `record` from their index.
 fn report_of_each(n: u64, record: impl Fn(u64) -> Record) -> Report {
     report(&(0..n).map(record).collect::<Vec<_>>())
@@ -113,8 +120,10 @@ fn a_fault_lasting_two_to_the_62_ns_does_not_size_memory() {
         copy(span - 2_000, span - 1_000, PAGE_ADDR, 4096),
         sleep(1_000_000, span - 1_500, span, 4096),
     ]);
-    assert_eq!(r.faults.count, 1);
-    assert_eq!(r.faults.blocked_us.count, 1);
+    // The validation boundary turns the impossible times away, and says so;
+    // the bins' own bound (stats.rs) stays as a second line of defence.
+    assert_eq!(r.faults.count, 0);
+    assert!(ignored(&r, "timestamp"), "{:?}", r.warnings);
 }
 
 /// Used to hang: resolving the fault walked every page of the 2^60-byte
@@ -127,14 +136,11 @@ fn a_placement_of_two_to_the_60_bytes_is_resolved_without_walking_it() {
         copy(t - 5_000, t + 5_000, PAGE_ADDR, 1 << 60),
         sleep(t - 20_000, t, t + 1_000, 1 << 60),
     ]);
-    assert_eq!(r.faults.count, 1);
-    let stages = &r.faults.slowest[0].stages_us;
-    assert_eq!(
-        stages["queue"],
-        Some(10.001),
-        "the read inside the range joined"
-    );
-    assert_eq!(stages["network"], Some(5.0));
+    // The boundary turns the impossible lengths away (the index's own
+    // length classes are checked in `one_huge_placement_...` below).
+    assert_eq!(r.faults.count, 0);
+    assert_eq!(r.faults.messages_read, 1);
+    assert!(ignored(&r, "byte length"), "{:?}", r.warnings);
 }
 
 /// Used to run for hours: the vCPU set was recomputed from every thread on
@@ -188,9 +194,14 @@ fn ever_earlier_faults_do_not_shift_the_bins_each_time() {
         let t = t0 - i * 1_000_000;
         sleep(t, t + 10_000, t + 20_000, 4096)
     });
-    assert_eq!(r.faults.count, n);
+    // Sleeps more than 2 s older than one before them are turned away at the
+    // boundary; those within it still arrive ever earlier, and the count of
+    // both adds up.
+    assert!(ignored(&r, "out of order"), "{:?}", r.warnings);
+    let kept = r.faults.count;
+    assert!(kept >= 2_000, "{kept}");
     let timeline = r.timeline.expect("faults make a timeline");
-    assert_eq!(timeline.faults.iter().sum::<u64>(), n);
+    assert_eq!(timeline.faults.iter().sum::<u64>(), kept);
 }
 
 /// Used to take minutes: with one range of 2^60 bytes indexed (a wake, so it

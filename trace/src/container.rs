@@ -246,22 +246,23 @@ pub struct TraceReader<R: Read> {
 }
 
 impl TraceReader<BufReader<File>> {
-    /// Opens a trace file.
+    /// Opens a trace file, or a pipe.
     pub fn open(path: &Path) -> Result<Self, TraceError> {
         let file = File::open(path).map_err(|source| TraceError::Open {
             path: path.to_path_buf(),
             source,
         })?;
         let mut input = BufReader::with_capacity(1 << 16, file);
-        let len = input
+        let meta = input
             .get_mut()
             .metadata()
-            .map(|m| m.len())
             .map_err(|source| TraceError::Open {
                 path: path.to_path_buf(),
                 source,
             })?;
-        Self::with_len(input, Some(len))
+        // A pipe (`<(cat t)`, `/dev/stdin`) reports size 0: its length is
+        // unknown, not zero; the fixed caps still bound every allocation.
+        Self::with_len(input, meta.is_file().then_some(meta.len()))
     }
 }
 

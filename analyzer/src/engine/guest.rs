@@ -1,133 +1,16 @@
-//! Guest correlation (ARCHITECTURE.md, "Guest correlation"): parse the guest's write-latency lines,
-//! align the guest clock to the host, find the baseline and the spikes, and say
-//! how much of each spike vCPU blocking explains.
+//! Guest correlation (ARCHITECTURE.md, "Guest correlation"): align the guest's
+//! write-latency lines ([`crate::inputs::guest_log`]) to the host clock, find
+//! the baseline and the spikes, and say how much of each spike vCPU blocking
+//! explains. `O(n log n)` in the log's samples, plus the blocked-time lookups
+//! of the intervals near the faults.
 
 use serde::Serialize;
 
+use std::collections::HashMap;
+
 use crate::engine::stats::Bins;
-
-/// One guest measurement: an interval of `dur_ms` that ended at `end`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    /// Guest wall-clock ms at the end of the interval, when the line carries it.
-    pub guest_end_ms: Option<f64>,
-    /// Host monotonic ns at which the line arrived, when recorded live.
-    pub host_arrival_ns: Option<u64>,
-    pub dur_ms: f64,
-    /// Who printed it (`NAME (PID)` of guestperf), for per-thread grouping.
-    pub source: String,
-    /// Guest CPU the writer ran on, when the line names it (`.../cpuN`, `cpu=N`).
-    pub cpu: Option<u32>,
-}
-
-/// Counts of what a guest log contained.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct LineCounts {
-    pub guestperf: u64,
-    pub plain: u64,
-    pub json: u64,
-    pub unknown: u64,
-    /// Lines that flag stale pages in the guest (`UFFDSCOPE-STALE`).
-    pub stale_markers: u64,
-}
-
-fn parse_cpu(name: &str) -> Option<u32> {
-    let lower = name.to_ascii_lowercase();
-    let idx = lower.rfind("cpu")?;
-    let digits: String = lower[idx + 3..]
-        .trim_start_matches(['=', ' ', ':'])
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
-/// Parses `NAME (PID): INFO: <epoch>ms copied <x> GB in <dur>ms`.
-fn parse_guestperf(line: &str) -> Option<Sample> {
-    let (head, rest) = line.split_once(": INFO: ")?;
-    let (epoch, rest) = rest.trim().split_once("ms copied ")?;
-    let (_, dur) = rest.split_once(" in ")?;
-    let dur = dur.trim().strip_suffix("ms")?;
-    let epoch: f64 = epoch.trim().parse().ok()?;
-    let dur: f64 = dur.trim().parse().ok()?;
-    let name = head.split(" (").next().unwrap_or(head);
-    Some(Sample {
-        guest_end_ms: Some(epoch),
-        host_arrival_ns: None,
-        dur_ms: dur,
-        source: head.trim().to_owned(),
-        cpu: parse_cpu(name),
-    })
-}
-
-fn parse_plain(line: &str) -> Option<Sample> {
-    let mut it = line.split_whitespace();
-    let epoch: f64 = it.next()?.parse().ok()?;
-    let dur: f64 = it.next()?.parse().ok()?;
-    if it.next().is_some() {
-        return None;
-    }
-    Some(Sample {
-        guest_end_ms: Some(epoch),
-        host_arrival_ns: None,
-        dur_ms: dur,
-        source: "plain".to_owned(),
-        cpu: None,
-    })
-}
-
-fn parse_json(line: &str) -> Option<Sample> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let num = |keys: &[&str]| {
-        keys.iter()
-            .find_map(|k| v.get(*k).and_then(serde_json::Value::as_f64))
-    };
-    let dur = num(&["dur_ms", "value_ms", "latency_ms"])?;
-    let end = num(&["epoch_ms", "ts_ms", "end_ms"]);
-    let source = v
-        .get("name")
-        .or_else(|| v.get("thread"))
-        .and_then(|s| s.as_str())
-        .unwrap_or("json")
-        .to_owned();
-    let cpu = num(&["cpu"]).map(|c| c as u32);
-    Some(Sample {
-        guest_end_ms: end,
-        host_arrival_ns: None,
-        dur_ms: dur,
-        source,
-        cpu,
-    })
-}
-
-/// Parses one line in any supported format, updating `counts`. A line whose
-/// figures are not finite (`inf`, `NaN`, `1e999`) is not a measurement.
-pub fn parse_line(line: &str, counts: &mut LineCounts) -> Option<Sample> {
-    let finite = |s: &Sample| s.dur_ms.is_finite() && s.guest_end_ms.is_none_or(f64::is_finite);
-    let line = line.trim_matches(|c: char| c.is_whitespace() || c == '\0');
-    if line.is_empty() {
-        return None;
-    }
-    if line.contains("UFFDSCOPE-STALE") {
-        counts.stale_markers += 1;
-    }
-    if let Some(s) = parse_guestperf(line).filter(finite) {
-        counts.guestperf += 1;
-        return Some(s);
-    }
-    if line.starts_with('{') {
-        if let Some(s) = parse_json(line).filter(finite) {
-            counts.json += 1;
-            return Some(s);
-        }
-    }
-    if let Some(s) = parse_plain(line).filter(finite) {
-        counts.plain += 1;
-        return Some(s);
-    }
-    counts.unknown += 1;
-    None
-}
+pub use crate::inputs::guest_log::{parse_line, LineCounts, Sample};
+use crate::inputs::guest_log::{GuestLog, SampleRef, OFFSET_SEARCH_MS};
 
 /// How guest time was put on the host's clock.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +37,9 @@ pub struct Context<'a> {
     /// When the migration completed (QMP `completed`), host mono ns.
     pub completed_ns: Option<u64>,
     pub trace_start_ns: u64,
+    /// First fault entry and last fault end, host mono ns: every blocked
+    /// interval in `bins` lies inside. `None` when unknown.
+    pub faults_span: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,7 +121,12 @@ pub struct GuestSection {
     pub samples: usize,
     pub baseline_ms: Option<f64>,
     pub baseline_from: &'static str,
+    /// Intervals above the threshold, in time order; at most [`MAX_SPIKES`]
+    /// (those with the most excess).
     pub spikes: Vec<Spike>,
+    /// Spikes beyond [`MAX_SPIKES`], not listed.
+    #[serde(skip)]
+    pub spikes_left_out: usize,
     pub correlation: Option<f64>,
     pub alignment: String,
     pub offset_ms: Option<f64>,
@@ -244,54 +135,66 @@ pub struct GuestSection {
 }
 
 fn intervals(placed: &[Placed], ctx: &Context<'_>, threshold: Option<f64>) -> Vec<GuestInterval> {
-    let mut all: Vec<GuestInterval> = placed
-        .iter()
-        .map(|p| GuestInterval {
-            start_s: p.start_ns.saturating_sub(ctx.trace_start_ns) as f64 / 1e9,
-            dur_ms: p.dur_ms,
-            wall_ms: (p.end_ns - p.start_ns) as f64 / 1e6,
-            vcpu_tid: p.tid,
-            spike: threshold.is_some_and(|t| p.dur_ms > t),
-        })
-        .collect();
-    all.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
-    if all.len() <= MAX_INTERVALS {
-        return all;
+    let start_s = |p: &Placed| p.start_ns.saturating_sub(ctx.trace_start_ns) as f64 / 1e9;
+    let interval = |p: &Placed| GuestInterval {
+        start_s: start_s(p),
+        dur_ms: p.dur_ms,
+        wall_ms: (p.end_ns - p.start_ns) as f64 / 1e6,
+        vcpu_tid: p.tid(),
+        spike: threshold.is_some_and(|t| p.dur_ms > t),
+    };
+    // Time order by index, so only the kept intervals are ever built.
+    let mut order: Vec<usize> = (0..placed.len()).collect();
+    order.sort_by(|&a, &b| start_s(&placed[a]).total_cmp(&start_s(&placed[b])));
+    if order.len() <= MAX_INTERVALS {
+        return order.iter().map(|&i| interval(&placed[i])).collect();
     }
     let buckets = MAX_INTERVALS / 2;
-    let first = all[0].start_s;
-    let span = (all[all.len() - 1].start_s - first).max(f64::MIN_POSITIVE);
-    let mut keep = vec![false; all.len()];
+    let at = |k: usize| &placed[order[k]];
+    let first = start_s(at(0));
+    let span = (start_s(at(order.len() - 1)) - first).max(f64::MIN_POSITIVE);
     let mut extremes: Vec<Option<(usize, usize)>> = vec![None; buckets];
-    for (i, iv) in all.iter().enumerate() {
-        let b = (((iv.start_s - first) / span) * (buckets - 1) as f64) as usize;
+    for k in 0..order.len() {
+        let p = at(k);
+        let b = (((start_s(p) - first) / span) * (buckets - 1) as f64) as usize;
         let slot = &mut extremes[b.min(buckets - 1)];
         *slot = Some(match *slot {
-            None => (i, i),
+            None => (k, k),
             Some((lo, hi)) => (
-                if iv.dur_ms < all[lo].dur_ms { i } else { lo },
-                if iv.dur_ms > all[hi].dur_ms { i } else { hi },
+                if p.dur_ms < at(lo).dur_ms { k } else { lo },
+                if p.dur_ms > at(hi).dur_ms { k } else { hi },
             ),
         });
     }
-    for (lo, hi) in extremes.into_iter().flatten() {
-        keep[lo] = true;
-        keep[hi] = true;
-    }
-    all.into_iter()
-        .zip(keep)
-        .filter_map(|(iv, k)| k.then_some(iv))
-        .collect()
+    let mut keep: Vec<usize> = extremes
+        .into_iter()
+        .flatten()
+        .flat_map(|(lo, hi)| [lo, hi])
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    keep.into_iter().map(|k| interval(at(k))).collect()
 }
 
-/// A sample placed on the host monotonic clock.
+/// A sample placed on the host monotonic clock. As large as a [`Span`], so
+/// placing reuses the spans' memory.
 #[derive(Debug, Clone)]
 struct Placed {
     start_ns: u64,
     end_ns: u64,
     dur_ms: f64,
-    source: String,
-    tid: Option<u32>,
+    /// The sample's index in the [`GuestLog`].
+    sample: u32,
+    /// The vCPU it is about, [`NO_TID`] when unknown.
+    tid: u32,
+}
+
+const NO_TID: u32 = u32::MAX;
+
+impl Placed {
+    fn tid(&self) -> Option<u32> {
+        (self.tid != NO_TID).then_some(self.tid)
+    }
 }
 
 /// Whether the line after `prev_end_ns` of one writer, ending at `end_ns`,
@@ -350,6 +253,27 @@ impl WallModel {
     }
 }
 
+/// One sample's interval on the host clock before rounding to ns.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start_ns: f64,
+    end_ns: f64,
+    dur_ms: f64,
+    /// The sample's index in the [`GuestLog`] (below [`MAX_SAMPLES`]).
+    sample: u32,
+}
+
+/// Where a sample's line ended on the host monotonic clock.
+fn end_ns(s: &SampleRef<'_>, ctx: &Context<'_>, offset_ms: Option<f64>) -> Option<f64> {
+    match (s.host_arrival_ns, offset_ms, s.guest_end_ms) {
+        (Some(arrival), None, _) => Some(arrival as f64),
+        (_, Some(off), Some(guest_end)) => {
+            Some((guest_end - off) * 1e6 - ctx.realtime_offset_ns as f64)
+        }
+        _ => None,
+    }
+}
+
 /// Puts samples on the host monotonic clock. An interval runs from the
 /// previous line of the same source to this one (so both stress.c's "one line
 /// per GiB written" and per-pass lines scaled to ms/GiB give the true wall
@@ -357,91 +281,193 @@ impl WallModel {
 /// previous line: its wall time comes from the source's [`WallModel`],
 /// fitted on its consecutive lines (1 ms per printed ms for stress.c; the
 /// pass size in GiB for per-pass lines scaled to ms/GiB), or is `dur_ms`
-/// when unknown.
-fn place(samples: &[Sample], ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<Placed> {
-    let mut ends: Vec<(usize, f64)> = samples
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| {
-            let end_ns = match (s.host_arrival_ns, offset_ms, s.guest_end_ms) {
-                (Some(arrival), None, _) => arrival as f64,
-                (_, Some(off), Some(guest_end)) => {
-                    (guest_end - off) * 1e6 - ctx.realtime_offset_ns as f64
-                }
-                _ => return None,
-            };
-            Some((i, end_ns))
+/// when unknown. Spans come out grouped by writer (in name order), each
+/// writer's in time order. `O(n log n)`.
+fn chain(log: &GuestLog, ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<Span> {
+    let rank = source_ranks(log);
+    let mut spans: Vec<Span> = (0..log.len())
+        .filter_map(|i| {
+            let s = log.get(i);
+            Some(Span {
+                start_ns: f64::NAN,
+                end_ns: end_ns(&s, ctx, offset_ms)?,
+                dur_ms: s.dur_ms,
+                sample: i as u32,
+            })
         })
         .collect();
-    ends.sort_by(|a, b| {
-        samples[a.0]
-            .source
-            .cmp(&samples[b.0].source)
-            .then(a.1.total_cmp(&b.1))
+    let source = |sp: &Span| log.get(sp.sample as usize).source;
+    spans.sort_by(|a, b| {
+        rank[source(a) as usize]
+            .cmp(&rank[source(b) as usize])
+            .then(a.end_ns.total_cmp(&b.end_ns))
     });
-    // (printed ms, wall ns) of each writer's consecutive lines.
-    let mut pairs: std::collections::HashMap<&str, Vec<(f64, f64)>> =
-        std::collections::HashMap::new();
-    for w in ends.windows(2) {
-        let (a, b) = (&samples[w[0].0], &samples[w[1].0]);
-        if a.source == b.source && b.dur_ms > 0.0 && continues(w[0].1, w[1].1, b.dur_ms) {
-            pairs
-                .entry(b.source.as_str())
-                .or_default()
-                .push((b.dur_ms, w[1].1 - w[0].1));
+    // (printed ms, wall ns) of one writer's consecutive lines.
+    let mut pairs: Vec<(f64, f64)> = Vec::new();
+    for writer in spans.chunk_by_mut(|a, b| source(a) == source(b)) {
+        pairs.clear();
+        for w in writer.windows(2) {
+            let dur_ms = w[1].dur_ms;
+            if dur_ms > 0.0 && continues(w[0].end_ns, w[1].end_ns, dur_ms) {
+                pairs.push((dur_ms, w[1].end_ns - w[0].end_ns));
+            }
+        }
+        let model = WallModel::fit(&pairs);
+        let mut prev: Option<f64> = None;
+        for sp in writer {
+            let dur_ms = sp.dur_ms;
+            let own = sp.end_ns - model.map_or(dur_ms * 1e6, |m| m.wall_ns(dur_ms));
+            sp.start_ns = match prev {
+                // Consecutive lines of one writer: the gap is the interval.
+                Some(p) if continues(p, sp.end_ns, dur_ms) => p,
+                _ => own,
+            };
+            prev = Some(sp.end_ns);
         }
     }
-    let scale: std::collections::HashMap<&str, WallModel> = pairs
+    spans
+}
+
+/// Each writer's position in name order (the order [`chain`] groups them in).
+fn source_ranks(log: &GuestLog) -> Vec<u32> {
+    let n = log.sources();
+    let mut by_name: Vec<u32> = (0..n as u32).collect();
+    by_name.sort_by(|&a, &b| log.source_name(a).cmp(log.source_name(b)));
+    let mut rank = vec![0u32; n];
+    for (r, &src) in by_name.iter().enumerate() {
+        rank[src as usize] = r as u32;
+    }
+    rank
+}
+
+/// The vCPU a sample's line names, else the only vCPU.
+fn vcpu_of(s: &SampleRef<'_>, ctx: &Context<'_>) -> Option<u32> {
+    s.cpu
+        .and_then(|c| ctx.vcpu_tids.get(c as usize).copied())
+        .or_else(|| (ctx.vcpu_tids.len() == 1).then(|| ctx.vcpu_tids[0]))
+}
+
+/// [`chain`]'s spans on the integer clock, in time order (by end); spans
+/// that would start before the clock's zero or are empty are left out.
+fn place(log: &GuestLog, ctx: &Context<'_>, offset_ms: Option<f64>) -> Vec<Placed> {
+    let mut out: Vec<Placed> = chain(log, ctx, offset_ms)
         .into_iter()
-        .filter_map(|(src, p)| Some((src, WallModel::fit(&p)?)))
+        .filter(|sp| sp.start_ns >= 0.0 && sp.end_ns > sp.start_ns)
+        .map(|sp| Placed {
+            start_ns: sp.start_ns as u64,
+            end_ns: sp.end_ns as u64,
+            dur_ms: sp.dur_ms,
+            sample: sp.sample,
+            tid: vcpu_of(&log.get(sp.sample as usize), ctx).unwrap_or(NO_TID),
+        })
         .collect();
-    let mut out = Vec::with_capacity(ends.len());
-    let mut prev: Option<(&str, f64)> = None;
-    for (i, end_ns) in ends {
-        let s = &samples[i];
-        let own = end_ns
-            - scale
-                .get(s.source.as_str())
-                .map_or(s.dur_ms * 1e6, |m| m.wall_ns(s.dur_ms));
-        let start_ns = match prev {
-            // Consecutive lines of one writer: the gap is the interval.
-            Some((src, p)) if src == s.source && continues(p, end_ns, s.dur_ms) => p,
-            _ => own,
-        };
-        prev = Some((&s.source, end_ns));
-        if start_ns < 0.0 || end_ns <= start_ns {
-            continue;
-        }
-        out.push(Placed {
-            start_ns: start_ns as u64,
-            end_ns: end_ns as u64,
-            dur_ms: s.dur_ms,
-            source: s.source.clone(),
-            tid: s
-                .cpu
-                .and_then(|c| ctx.vcpu_tids.get(c as usize).copied())
-                .or_else(|| (ctx.vcpu_tids.len() == 1).then(|| ctx.vcpu_tids[0])),
-        });
-    }
     out.sort_by_key(|p| p.end_ns);
     out
 }
 
-/// Blocked ms and faults of the sample's vCPU during its interval; without a
-/// known vCPU, the most-blocked vCPU's.
-fn blocked_in(p: &Placed, ctx: &Context<'_>) -> (f64, u64, Option<u32>) {
-    let pick = |tid: u32| {
-        let (ns, n) = ctx.bins.window(Some(tid), p.start_ns, p.end_ns);
-        (ns as f64 / 1e6, n, Some(tid))
-    };
-    match p.tid {
-        Some(tid) => pick(tid),
-        None => ctx
-            .vcpu_tids
-            .iter()
-            .map(|&t| pick(t))
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .unwrap_or((0.0, 0, None)),
+/// The vCPUs' blocked time, summed over blocks of bins once, so that the
+/// blocked time of an interval of any length costs two partial blocks (one
+/// long fault under thousands of long guest intervals summed every interval
+/// bin by bin before). Sums whole bins exactly as [`Bins::window`] does.
+struct BlockedTime<'a> {
+    bins: &'a Bins,
+    vcpu_tids: &'a [u32],
+    block_ns: u64,
+    first_block: u64,
+    /// Per vCPU with blocked time: (ns, faults) before each block boundary;
+    /// `None` without a span of faults to index (every window sums bins).
+    cumulative: Option<HashMap<u32, Vec<(u64, u64)>>>,
+}
+
+impl<'a> BlockedTime<'a> {
+    /// Most blocks per vCPU.
+    const MAX_BLOCKS: u64 = 4096;
+    /// Fewest bins per block.
+    const MIN_BLOCK_BINS: u64 = 64;
+
+    fn new(ctx: &Context<'a>) -> Self {
+        let w = ctx.bins.width_ns();
+        let Some((first, last)) = ctx.faults_span else {
+            return Self {
+                bins: ctx.bins,
+                vcpu_tids: ctx.vcpu_tids,
+                block_ns: w,
+                first_block: 0,
+                cumulative: None,
+            };
+        };
+        let span_bins = last.saturating_sub(first) / w + 1;
+        let block_ns = w * span_bins
+            .div_ceil(Self::MAX_BLOCKS)
+            .max(Self::MIN_BLOCK_BINS);
+        let first_block = first / block_ns;
+        let blocks = last / block_ns - first_block + 1;
+        let mut cumulative = HashMap::new();
+        for &tid in ctx.vcpu_tids {
+            let span = (first_block * block_ns, (last / block_ns + 1) * block_ns);
+            if ctx.bins.window(Some(tid), span.0, span.1) == (0, 0) {
+                continue;
+            }
+            let mut sums = Vec::with_capacity(blocks as usize + 1);
+            let mut total = (0u64, 0u64);
+            sums.push(total);
+            for b in first_block..first_block + blocks {
+                let (ns, n) = ctx.bins.window(Some(tid), b * block_ns, (b + 1) * block_ns);
+                total = (total.0 + ns, total.1 + n);
+                sums.push(total);
+            }
+            cumulative.insert(tid, sums);
+        }
+        Self {
+            bins: ctx.bins,
+            vcpu_tids: ctx.vcpu_tids,
+            block_ns,
+            first_block,
+            cumulative: Some(cumulative),
+        }
+    }
+
+    /// Blocked ns and faults started in `[start, end)` on `tid`, as
+    /// [`Bins::window`] counts them.
+    fn window(&self, tid: u32, start: u64, end: u64) -> (u64, u64) {
+        let Some(cumulative) = &self.cumulative else {
+            return self.bins.window(Some(tid), start, end);
+        };
+        let Some(sums) = cumulative.get(&tid) else {
+            return (0, 0);
+        };
+        // Whole blocks inside the window, clamped to the indexed ones.
+        let (b1, b2) = (start.div_ceil(self.block_ns), end / self.block_ns);
+        if b1 >= b2 {
+            return self.bins.window(Some(tid), start, end);
+        }
+        let last = self.first_block + sums.len() as u64 - 1;
+        let index = |b: u64| (b.clamp(self.first_block, last) - self.first_block) as usize;
+        let (lo, hi) = (sums[index(b1)], sums[index(b2)]);
+        let head = self.bins.window(Some(tid), start, b1 * self.block_ns);
+        let tail = self.bins.window(Some(tid), b2 * self.block_ns, end);
+        (
+            head.0 + (hi.0 - lo.0) + tail.0,
+            head.1 + (hi.1 - lo.1) + tail.1,
+        )
+    }
+
+    /// Blocked ms and faults of the sample's vCPU during its interval;
+    /// without a known vCPU, the most-blocked vCPU's.
+    fn of(&self, p: &Placed) -> (f64, u64, Option<u32>) {
+        let pick = |tid: u32| {
+            let (ns, n) = self.window(tid, p.start_ns, p.end_ns);
+            (ns as f64 / 1e6, n, Some(tid))
+        };
+        match p.tid() {
+            Some(tid) => pick(tid),
+            None => self
+                .vcpu_tids
+                .iter()
+                .map(|&t| pick(t))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .unwrap_or((0.0, 0, None)),
+        }
     }
 }
 
@@ -477,19 +503,140 @@ fn median(v: &mut [f64]) -> Option<f64> {
     })
 }
 
-fn correlation_of(placed: &[Placed], ctx: &Context<'_>) -> Option<f64> {
+fn correlation_of(placed: &[Placed], blocked: &BlockedTime<'_>) -> Option<f64> {
     let xs: Vec<f64> = placed.iter().map(|p| p.dur_ms).collect();
-    let ys: Vec<f64> = placed.iter().map(|p| blocked_in(p, ctx).0).collect();
+    let ys: Vec<f64> = placed.iter().map(|p| blocked.of(p).0).collect();
     pearson(&xs, &ys)
 }
 
+/// Most intervals near blocked time each tried offset looks at; beyond, a
+/// sample of them (the offset is a maximum of a correlation, which a sample
+/// of tens of thousands finds as well as millions do).
+const SEARCH_SAMPLES: usize = 20_000;
+
+/// A fixed bit mixer (splitmix64's finalizer): a reproducible pseudo-random
+/// choice of samples that does not follow the writers' interleaving.
+fn mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Guest intervals placed once, for trying many guest-clock offsets: a
+/// different offset moves every guest-clock interval by the same amount, so
+/// only the intervals that then overlap blocked time need looking at.
+struct OffsetSearch<'a> {
+    /// Spans at offset 0, by start.
+    spans: Vec<Span>,
+    /// The latest end among `spans[..=i]`.
+    max_end: Vec<f64>,
+    /// Prefix sums of the centred printed values and their squares.
+    sum_x: Vec<f64>,
+    sum_xx: Vec<f64>,
+    mean: f64,
+    /// Where blocked time can be: the faults' span widened by two bins.
+    near: (f64, f64),
+    log: &'a GuestLog,
+    ctx: &'a Context<'a>,
+    blocked: &'a BlockedTime<'a>,
+}
+
+impl<'a> OffsetSearch<'a> {
+    fn new(log: &'a GuestLog, ctx: &'a Context<'a>, blocked: &'a BlockedTime<'a>) -> Option<Self> {
+        let (first, last) = ctx.faults_span?;
+        let margin = 2.0 * ctx.bins.width_ns() as f64;
+        let near = (first as f64 - margin, last as f64 + margin);
+        let mut spans: Vec<Span> = chain(log, ctx, Some(0.0))
+            .into_iter()
+            .filter(|sp| sp.end_ns > sp.start_ns)
+            .collect();
+        // Every offset looks at the spans near blocked time; past
+        // SEARCH_SAMPLES of them, a fixed pseudo-random share stands for all.
+        let reach = OFFSET_SEARCH_MS * 1e6;
+        let reachable = spans
+            .iter()
+            .filter(|sp| sp.end_ns > near.0 - reach && sp.start_ns < near.1 + reach)
+            .count();
+        let keep_one_in = reachable.div_ceil(SEARCH_SAMPLES).max(1) as u64;
+        if keep_one_in > 1 {
+            spans.retain(|sp| mix(u64::from(sp.sample)).is_multiple_of(keep_one_in));
+            spans.shrink_to_fit();
+        }
+        spans.sort_by(|a, b| a.start_ns.total_cmp(&b.start_ns));
+        let mean = spans.iter().map(|sp| sp.dur_ms).sum::<f64>() / spans.len().max(1) as f64;
+        let (mut sum_x, mut sum_xx, mut max_end) = (vec![0.0], vec![0.0], Vec::new());
+        for sp in &spans {
+            let x = sp.dur_ms - mean;
+            sum_x.push(sum_x[sum_x.len() - 1] + x);
+            sum_xx.push(sum_xx[sum_xx.len() - 1] + x * x);
+            max_end.push(max_end.last().map_or(sp.end_ns, |m: &f64| m.max(sp.end_ns)));
+        }
+        Some(Self {
+            spans,
+            max_end,
+            sum_x,
+            sum_xx,
+            mean,
+            near,
+            log,
+            ctx,
+            blocked,
+        })
+    }
+
+    /// Pearson's correlation of printed values with blocked time at
+    /// `offset_ms`. Intervals that miss blocked time count with none, so the
+    /// work is the intervals near the faults, not the whole log.
+    fn correlation(&self, offset_ms: f64) -> Option<f64> {
+        let shift = -offset_ms * 1e6;
+        // Spans starting before the clock's zero are not placed.
+        let first = self.spans.partition_point(|sp| sp.start_ns + shift < 0.0);
+        let n = self.spans.len() - first;
+        if n < 3 {
+            return None;
+        }
+        let sx = self.sum_x[self.spans.len()] - self.sum_x[first];
+        let sxx0 = self.sum_xx[self.spans.len()] - self.sum_xx[first];
+        let (lo, hi) = (self.near.0 - shift, self.near.1 - shift);
+        let (mut sy, mut syy, mut sxy) = (0.0, 0.0, 0.0);
+        let mut i = self.spans.partition_point(|sp| sp.start_ns < hi);
+        while i > first && self.max_end[i - 1] > lo {
+            i -= 1;
+            let sp = &self.spans[i];
+            if sp.end_ns <= lo {
+                continue;
+            }
+            let p = Placed {
+                start_ns: (sp.start_ns + shift) as u64,
+                end_ns: (sp.end_ns + shift) as u64,
+                dur_ms: sp.dur_ms,
+                sample: sp.sample,
+                tid: vcpu_of(&self.log.get(sp.sample as usize), self.ctx).unwrap_or(NO_TID),
+            };
+            let y = self.blocked.of(&p).0;
+            sy += y;
+            syy += y * y;
+            sxy += (sp.dur_ms - self.mean) * y;
+        }
+        let n = n as f64;
+        let cov = sxy - sx * sy / n;
+        let (vx, vy) = (sxx0 - sx * sx / n, syy - sy * sy / n);
+        (vx > 0.0 && vy > 0.0).then(|| cov / (vx * vy).sqrt())
+    }
+}
+
 /// Searches guest-clock offsets for the best alignment of durations with blocked time.
-fn estimate_offset(samples: &[Sample], ctx: &Context<'_>) -> Option<(f64, f64)> {
+fn estimate_offset(
+    log: &GuestLog,
+    ctx: &Context<'_>,
+    blocked: &BlockedTime<'_>,
+) -> Option<(f64, f64)> {
+    let search = OffsetSearch::new(log, ctx, blocked)?;
     let guess = 0.0;
     let mut best: Option<(f64, f64)> = None;
     let consider = |off: f64, best: &mut Option<(f64, f64)>| {
-        let placed = place(samples, ctx, Some(off));
-        if let Some(c) = correlation_of(&placed, ctx) {
+        if let Some(c) = search.correlation(off) {
             if best.is_none_or(|(_, bc)| c > bc) {
                 *best = Some((off, c));
             }
@@ -506,23 +653,75 @@ fn estimate_offset(samples: &[Sample], ctx: &Context<'_>) -> Option<(f64, f64)> 
     best
 }
 
+/// Most spikes a [`GuestSection`] lists.
+pub const MAX_SPIKES: usize = 1_000;
+
+/// The intervals above `threshold` as spikes, in time order: the
+/// [`MAX_SPIKES`] with the most excess wall time, and how many more there were.
+fn spikes(
+    placed: &[Placed],
+    log: &GuestLog,
+    ctx: &Context<'_>,
+    blocked: &BlockedTime<'_>,
+    base: f64,
+    threshold: f64,
+) -> (Vec<Spike>, usize) {
+    // The excess in wall time: at `dur` ms/GB instead of `base`, this
+    // share of the interval was lost.
+    let excess_of = |p: &Placed| (p.end_ns - p.start_ns) as f64 / 1e6 * (1.0 - base / p.dur_ms);
+    let mut chosen: Vec<(f64, usize)> = placed
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.dur_ms > threshold)
+        .map(|(i, p)| (excess_of(p), i))
+        .collect();
+    let left_out = chosen.len().saturating_sub(MAX_SPIKES);
+    if left_out > 0 {
+        chosen.select_nth_unstable_by(MAX_SPIKES - 1, |a, b| {
+            b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+        });
+        chosen.truncate(MAX_SPIKES);
+        chosen.sort_unstable_by_key(|&(_, i)| i);
+    }
+    let spikes = chosen
+        .into_iter()
+        .map(|(excess, i)| {
+            let p = &placed[i];
+            let (blocked_ms, faults, tid) = blocked.of(p);
+            let wall_ms = (p.end_ns - p.start_ns) as f64 / 1e6;
+            Spike {
+                start: p.start_ns.saturating_sub(ctx.trace_start_ns) as f64 / 1e9,
+                dur_ms: p.dur_ms,
+                wall_ms,
+                excess_ms: excess,
+                source: log.get(p.sample as usize).source_name.to_owned(),
+                vcpu_tid: tid,
+                blocked_ms,
+                faults,
+                explained: (blocked_ms / excess).clamp(0.0, 1.0),
+                phase: phase(p.start_ns, p.end_ns, ctx),
+            }
+        })
+        .collect();
+    (spikes, left_out)
+}
+
 /// Correlates guest samples with vCPU blocking.
 pub fn correlate(
-    samples: &[Sample],
-    counts: LineCounts,
+    log: &GuestLog,
     ctx: &Context<'_>,
     explicit_offset_ms: Option<f64>,
 ) -> GuestSection {
-    let arrival =
-        explicit_offset_ms.is_none() && samples.iter().all(|s| s.host_arrival_ns.is_some());
-    let alignment = if samples.is_empty() {
+    let blocked = BlockedTime::new(ctx);
+    let arrival = explicit_offset_ms.is_none() && log.iter().all(|s| s.host_arrival_ns.is_some());
+    let alignment = if log.is_empty() {
         Alignment::None
     } else if arrival {
         Alignment::HostArrival
     } else if let Some(off) = explicit_offset_ms {
         Alignment::Explicit(off)
     } else {
-        match estimate_offset(samples, ctx) {
+        match estimate_offset(log, ctx, &blocked) {
             Some((offset_ms, correlation)) => Alignment::Estimated {
                 offset_ms,
                 correlation,
@@ -537,7 +736,7 @@ pub fn correlate(
     let placed = if matches!(alignment, Alignment::None) {
         Vec::new()
     } else {
-        place(samples, ctx, offset)
+        place(log, ctx, offset)
     };
     let (mut before, baseline_from): (Vec<f64>, &'static str) = match ctx.switchover_ns {
         Some(sw) if placed.iter().any(|p| p.end_ns <= sw) => (
@@ -555,28 +754,10 @@ pub fn correlate(
     };
     let baseline = median(&mut before);
     let threshold = baseline.map(|base| (base * 1.5).max(base + 1.0));
-    let mut spikes = Vec::new();
-    if let (Some(base), Some(threshold)) = (baseline, threshold) {
-        for p in placed.iter().filter(|p| p.dur_ms > threshold) {
-            let (blocked_ms, faults, tid) = blocked_in(p, ctx);
-            // The excess in wall time: at `dur` ms/GB instead of `base`, this
-            // share of the interval was lost.
-            let wall_ms = (p.end_ns - p.start_ns) as f64 / 1e6;
-            let excess = wall_ms * (1.0 - base / p.dur_ms);
-            spikes.push(Spike {
-                start: p.start_ns.saturating_sub(ctx.trace_start_ns) as f64 / 1e9,
-                dur_ms: p.dur_ms,
-                wall_ms,
-                excess_ms: excess,
-                source: p.source.clone(),
-                vcpu_tid: tid,
-                blocked_ms,
-                faults,
-                explained: (blocked_ms / excess).clamp(0.0, 1.0),
-                phase: phase(p.start_ns, p.end_ns, ctx),
-            });
-        }
-    }
+    let (spikes, spikes_left_out) = match (baseline, threshold) {
+        (Some(base), Some(threshold)) => spikes(&placed, log, ctx, &blocked, base, threshold),
+        _ => (Vec::new(), 0),
+    };
     let (alignment_name, offset_ms) = match alignment {
         Alignment::HostArrival => ("host_arrival".to_owned(), None),
         Alignment::Explicit(o) => ("explicit_offset".to_owned(), Some(o)),
@@ -584,12 +765,13 @@ pub fn correlate(
         Alignment::None => ("none".to_owned(), None),
     };
     GuestSection {
-        lines: counts,
-        samples: samples.len(),
+        lines: log.counts.clone(),
+        samples: log.len(),
         baseline_ms: baseline,
         baseline_from,
         spikes,
-        correlation: correlation_of(&placed, ctx),
+        spikes_left_out,
+        correlation: correlation_of(&placed, &blocked),
         alignment: alignment_name,
         offset_ms,
         intervals: intervals(&placed, ctx, threshold),
@@ -600,59 +782,21 @@ pub fn correlate(
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_stress_c_lines() {
-        let mut c = LineCounts::default();
-        let s = parse_line(
-            "stress (1): INFO: 1700000000123ms copied 1 GB in 00412ms",
-            &mut c,
-        )
-        .unwrap();
-        assert_eq!(s.guest_end_ms, Some(1_700_000_000_123.0));
-        assert!((s.dur_ms - 412.0).abs() < 1e-9);
-        assert_eq!(s.source, "stress (1)");
-        assert_eq!(c.guestperf, 1);
-        let s = parse_line(
-            "uffdscope-guest/cpu1 (00042): INFO: 000123ms copied 1 GB in 00007ms",
-            &mut c,
-        )
-        .unwrap();
-        assert_eq!(s.cpu, Some(1));
-    }
-
-    #[test]
-    fn parses_plain_and_json_and_counts_unknown() {
-        let mut c = LineCounts::default();
-        assert!(parse_line("1000 25.5", &mut c).is_some());
-        assert!(parse_line(r#"{"epoch_ms": 5, "dur_ms": 3, "cpu": 2}"#, &mut c).is_some());
-        assert!(parse_line("[    0.000000] Linux version 6.1", &mut c).is_none());
-        assert!(parse_line("UFFDSCOPE-STALE addr=0x1", &mut c).is_none());
-        assert_eq!(
-            c,
-            LineCounts {
-                guestperf: 0,
-                plain: 1,
-                json: 1,
-                unknown: 2,
-                stale_markers: 1
-            }
-        );
-    }
-
     const MS: u64 = 1_000_000;
 
     /// A writer's lines (host arrival ns, printed ms/GiB), as `record` stores them.
-    fn lines(points: &[(u64, f64)]) -> Vec<Sample> {
-        points
-            .iter()
-            .map(|&(at, dur)| Sample {
+    fn lines(points: &[(u64, f64)]) -> GuestLog {
+        let mut log = GuestLog::default();
+        for &(at, dur) in points {
+            log.push(&Sample {
                 guest_end_ms: None,
                 host_arrival_ns: Some(at),
                 dur_ms: dur,
                 source: "w/cpu0 (1)".to_owned(),
                 cpu: Some(0),
-            })
-            .collect()
+            });
+        }
+        log
     }
 
     #[test]
@@ -671,6 +815,7 @@ mod tests {
             switchover_ns: Some(t0 - 2_000 * MS),
             completed_ns: Some(t0 + 10 * MS),
             trace_start_ns: 0,
+            faults_span: None,
         };
         let placed = place(&lines(&pts), &ctx, None);
         let first = placed.iter().find(|p| p.end_ns == t0).expect("first line");
@@ -690,6 +835,7 @@ mod tests {
             switchover_ns: Some(t0 + 900 * MS),
             completed_ns: Some(t0 + 1_600 * MS),
             trace_start_ns: t0,
+            faults_span: None,
         };
         // 100 ms intervals at a 50 ms/GiB baseline (2 GiB per line), one
         // spike during post-copy and one after it.
@@ -702,7 +848,7 @@ mod tests {
             };
             pts.push((t0 + i * 100 * MS, dur));
         }
-        let g = correlate(&lines(&pts), LineCounts::default(), &ctx, None);
+        let g = correlate(&lines(&pts), &ctx, None);
         let phases: Vec<(u64, &str)> = g
             .spikes
             .iter()
@@ -732,5 +878,38 @@ mod tests {
         // Without a slow line there is nothing to separate: the ratio.
         let m = WallModel::fit(&pairs[..40]).expect("a model");
         assert!((m.wall_ns(40.0) - 13.0e6).abs() < 1.0, "{m:?}");
+    }
+
+    #[test]
+    fn blocked_time_by_blocks_sums_as_the_bins_do() {
+        let t0 = 10_000 * MS;
+        let mut b = Bins::default();
+        b.add(7, t0 + 3 * MS / 2, t0 + 900 * MS);
+        b.add(7, t0 + 1_000 * MS, t0 + 1_000 * MS + 1);
+        b.add(8, t0 + 2_000 * MS + 17, t0 + 2_400 * MS - 5);
+        let tids = [7, 8, 9];
+        let ctx = Context {
+            bins: &b,
+            vcpu_tids: &tids,
+            realtime_offset_ns: 0,
+            switchover_ns: None,
+            completed_ns: None,
+            trace_start_ns: t0,
+            faults_span: Some((t0 + MS, t0 + 2_400 * MS)),
+        };
+        let blocked = BlockedTime::new(&ctx);
+        let mut x = 1u64;
+        for _ in 0..20_000 {
+            x = mix(x);
+            let start = t0 - 100 * MS + x % (2_700 * MS);
+            let end = start + mix(x) % (1_500 * MS);
+            for tid in tids {
+                assert_eq!(
+                    blocked.window(tid, start, end),
+                    b.window(Some(tid), start, end),
+                    "{tid} {start} {end}"
+                );
+            }
+        }
     }
 }
