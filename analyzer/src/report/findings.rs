@@ -137,7 +137,7 @@ fn head_of_line(r: &Report) -> Option<Finding> {
         .iter()
         .any(|c| c.role == ChannelRole::Preempt);
     let mut text = format!(
-        "Requested pages queued behind the background stream: {}% of their network time ({} of {} ms) went to bytes that arrived ahead of them on the same channel (p99 {} ms behind {:.1} MiB).",
+        "Requested pages queued behind other data on their channel: {}% of their network time ({} of {} ms) went to bytes that arrived ahead of them on the same channel (p99 {} ms behind {:.1} MiB) — the background stream, or other requested pages.",
         pct(share),
         ms(share * r.faults.network_split_share.of_ms * 1000.0),
         round(r.faults.network_split_share.of_ms, 1),
@@ -150,7 +150,7 @@ fn head_of_line(r: &Report) -> Option<Finding> {
         );
         "check which channel carries the requested pages: postcopy-preempt is on"
     } else {
-        "enable postcopy-preempt on both sides (migrate-set-capabilities postcopy-preempt on), so requested pages get a channel of their own"
+        "when the data ahead is the background stream, enable postcopy-preempt on both sides (migrate-set-capabilities postcopy-preempt on), so requested pages get a channel of their own"
     };
     Some(
         Finding::new(
