@@ -195,6 +195,8 @@ struct Pass {
     bound_wakes: u64,
     /// Sleeps the kernel flagged as KVM async page faults.
     kvm_async: u64,
+    /// Requested faults by the thread whose placement woke them.
+    requested_by_placer: BTreeMap<u32, u64>,
     /// The network stage of requested faults taken apart.
     split: NetworkSplitter,
     split_stats: NetworkSplitStats,
@@ -314,6 +316,9 @@ impl Consumer for Pass {
             }
         }
         self.qemu_latency.add(f, vcpu);
+        if f.resolution == Resolution::Requested {
+            *self.requested_by_placer.entry(f.waker_tid).or_default() += 1;
+        }
         if let Some(ns) = f.service_ns() {
             self.service_log2.add(ns);
         }
@@ -508,6 +513,21 @@ fn context_section(run: &Run<'_>, network: &NetworkSection, vcpus: usize) -> Mig
     }
 }
 
+/// Requested faults by the role of the thread that placed their page:
+/// with postcopy-preempt on, the preempt thread should place most of them.
+fn requested_placed_by(run: &Run<'_>) -> BTreeMap<Role, u64> {
+    let mut by_role = BTreeMap::new();
+    for (tid, n) in &run.pass.requested_by_placer {
+        let role = run
+            .engine
+            .threads
+            .get(tid)
+            .map_or(Role::Other, ThreadFacts::role);
+        *by_role.entry(role).or_default() += n;
+    }
+    by_role
+}
+
 fn network_split_share(pass: &Pass) -> NetworkSplitShare {
     let t = &pass.split_stats.totals;
     let share = |i: usize| t.shares().map(|s| (s[i] * 1000.0).round() / 1000.0);
@@ -688,6 +708,7 @@ fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
         network_split_us: split,
         behind_stream_bytes: bytes,
         network_split_share: network_split_share(run.pass),
+        requested_placed_by: requested_placed_by(run),
         kvm_async: (run.version >= 2).then_some(run.pass.kvm_async),
     }
 }

@@ -184,3 +184,21 @@ fn rule_ids_are_stable_and_unique() {
         );
     }
 }
+
+#[test]
+fn preempt_ineffective() {
+    let mut r = base();
+    // No preempt channel on the committed trace.
+    assert!(!fires(&r, "preempt_ineffective"));
+    r.threads
+        .iter_mut()
+        .find(|t| t.role == Role::Listen)
+        .unwrap()
+        .role = Role::Preempt;
+    r.faults.requested_placed_by.clear();
+    r.faults.requested_placed_by.insert(Role::Listen, 300);
+    r.faults.requested_placed_by.insert(Role::Preempt, 100);
+    assert!(fires(&r, "preempt_ineffective"));
+    r.faults.requested_placed_by.insert(Role::Preempt, 900);
+    assert!(!fires(&r, "preempt_ineffective"));
+}

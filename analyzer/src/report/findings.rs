@@ -58,11 +58,12 @@ impl Finding {
 type Rule = fn(&Report) -> Option<Finding>;
 
 /// Every rule, in the order findings are shown within a severity.
-const RULES: [Rule; 12] = [
+const RULES: [Rule; 13] = [
     drops,
     qemu_counter_drift,
     head_of_line,
     stream_paused,
+    preempt_ineffective,
     network_dominant,
     placing_thread_saturated,
     fault_thread_starved,
@@ -197,6 +198,49 @@ fn stream_paused(r: &Report) -> Option<Finding> {
             }),
         )
         .knob("raise max-postcopy-bandwidth, or enable postcopy-preempt so requested pages leave the paced stream"),
+    )
+}
+
+/// With postcopy-preempt on, at least this share of requested pages should
+/// come on the preempt channel...
+pub const PREEMPT_SHARE: f64 = 0.5;
+/// ...judged over at least this many requested faults.
+pub const PREEMPT_MIN_REQUESTED: u64 = 20;
+
+/// `preempt_ineffective`: postcopy-preempt is on, yet most requested pages
+/// still came on the main channel, behind the stream.
+fn preempt_ineffective(r: &Report) -> Option<Finding> {
+    let by = &r.faults.requested_placed_by;
+    let preempt_thread = r.threads.iter().any(|t| t.role == Role::Preempt);
+    let preempt_channel = r
+        .network
+        .channels
+        .iter()
+        .any(|c| c.role == ChannelRole::Preempt);
+    if !(preempt_thread || preempt_channel) {
+        return None;
+    }
+    let total: u64 = by.values().sum();
+    let on_preempt = by.get(&Role::Preempt).copied().unwrap_or(0);
+    let share = on_preempt as f64 / total.max(1) as f64;
+    if total < PREEMPT_MIN_REQUESTED || share >= PREEMPT_SHARE {
+        return None;
+    }
+    Some(
+        Finding::new(
+            "preempt_ineffective",
+            Severity::Cause,
+            format!(
+                "postcopy-preempt is on, yet only {on_preempt} of {total} requested pages ({}%) came on the preempt channel; the rest were placed by the main channel's thread, after the stream.",
+                pct(share)
+            ),
+            json!({
+                "requested": total,
+                "on_preempt_channel": on_preempt,
+                "share": round(share, 3),
+            }),
+        )
+        .knob("check that the source sends urgent pages on the preempt channel (QEMU 8.0+ reworked it), and record the source to see where requests wait"),
     )
 }
 

@@ -199,6 +199,9 @@ pub struct FaultSection {
     /// Each part's share of the summed network time of the requested faults
     /// whose parts are all known (`null` without any).
     pub network_split_share: NetworkSplitShare,
+    /// Requested faults by the role of the thread whose placement woke them
+    /// (`listen`: the main channel's thread; `preempt`: the preempt channel's).
+    pub requested_placed_by: BTreeMap<Role, u64>,
     /// Faults that were KVM async page faults (a kworker waited); `None`
     /// when the trace format cannot say (version 1).
     pub kvm_async: Option<u64>,
