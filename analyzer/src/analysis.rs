@@ -649,13 +649,11 @@ fn trace_section(run: &Run<'_>, path: &str) -> TraceSection {
 
 /// Each stage's share of the summed service-stage time, 3 decimals.
 fn stage_shares(s: &FaultStats) -> BTreeMap<String, Option<f64>> {
-    let totals: Vec<(Stage, f64)> = Stage::ALL
+    let totals: Vec<(Stage, f64)> = Stage::SERVICE
         .iter()
-        .zip(&s.stages)
-        .filter(|(st, _)| Stage::SERVICE.contains(st))
-        .map(|(st, h)| {
-            let p = h.percentiles();
-            (*st, p.mean.unwrap_or(0.0) * p.count as f64)
+        .map(|&st| {
+            let p = s.stage(st).percentiles();
+            (st, p.mean.unwrap_or(0.0) * p.count as f64)
         })
         .collect();
     let sum: f64 = totals.iter().map(|(_, t)| t).sum();
@@ -688,8 +686,7 @@ fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
         blocked_curve_us: s.blocked.curve(&CURVE_QUANTILES),
         stages_us: Stage::ALL
             .iter()
-            .zip(&s.stages)
-            .map(|(st, h)| (st.as_str().to_owned(), h.percentiles().into()))
+            .map(|&st| (st.as_str().to_owned(), s.stage(st).percentiles().into()))
             .collect(),
         stage_share: stage_shares(s),
         with_service: s.with_service,

@@ -91,6 +91,11 @@ impl Stage {
         }
     }
 
+    /// The stage's place in [`Stage::ALL`] (for per-stage arrays).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The stages from fault entry to the wake: they add up to the service
     /// latency, and the report gives each one's share of it.
     pub const SERVICE: [Stage; 4] = [Stage::Queue, Stage::Request, Stage::Network, Stage::Place];

@@ -383,7 +383,8 @@ pub struct FaultStats {
     pub by_resolution: BTreeMap<Resolution, u64>,
     pub service: Hist,
     pub blocked: Hist,
-    pub stages: [Hist; 5],
+    /// Per stage, in [`Stage::ALL`] order: read with [`FaultStats::stage`].
+    stages: [Hist; Stage::ALL.len()],
     pub per_thread: BTreeMap<u32, ThreadStats>,
     /// Faults whose stages add up exactly to their service latency.
     pub stage_sum_consistent: u64,
@@ -404,6 +405,11 @@ pub struct FaultStats {
 }
 
 impl FaultStats {
+    /// The distribution of one stage.
+    pub fn stage(&self, stage: Stage) -> &Hist {
+        &self.stages[stage.index()]
+    }
+
     /// How many of the slowest faults are kept for the report.
     pub const KEEP_SLOWEST: usize = 10;
 
@@ -422,10 +428,10 @@ impl FaultStats {
         }
         let mut sum = 0u64;
         let mut complete = true;
-        for (i, stage) in Stage::ALL.iter().enumerate() {
+        for stage in &Stage::ALL {
             match f.stage_ns(*stage) {
                 Some(ns) => {
-                    self.stages[i].record(ns);
+                    self.stages[stage.index()].record(ns);
                     if *stage != Stage::Wake {
                         sum += ns;
                     }
