@@ -137,7 +137,7 @@ fn faults(o: &mut String, r: &Report, view: &View<'_>) {
         stage_row(o, row.stage.as_str(), &row.p, row.share);
         if row.stage == Stage::Network {
             for part in &view.network_split {
-                stage_row(o, &format!("↳ {}", part.label.trim()), &part.p, part.share);
+                stage_row(o, &format!("↳ {}", part.part.name()), &part.p, part.share);
             }
         }
     }

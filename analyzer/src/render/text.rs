@@ -150,13 +150,8 @@ fn faults(o: &mut String, r: &Report, view: &View<'_>) {
         if row.stage == Stage::Network {
             for part in &view.network_split {
                 let p = part.p;
-                stage_line(
-                    o,
-                    part.label,
-                    [p.p50, p.p90, p.p99, p.max],
-                    p.count,
-                    part.share,
-                );
+                let name = format!("{}{}", " ".repeat(part.part.depth()), part.part.name());
+                stage_line(o, &name, [p.p50, p.p90, p.p99, p.max], p.count, part.share);
             }
         }
     }

@@ -37,8 +37,9 @@ pub struct Finding {
 
 impl Finding {
     fn new(rule: &'static str, severity: Severity, text: String, evidence: Value) -> Self {
-        let Value::Object(evidence) = evidence else {
-            unreachable!("evidence is built with json!({{...}})")
+        let evidence = match evidence {
+            Value::Object(map) => map,
+            other => Map::from_iter([("value".to_owned(), other)]),
         };
         Self {
             rule,
@@ -248,10 +249,12 @@ fn preempt_ineffective(r: &Report) -> Option<Finding> {
 pub const NETWORK_DOMINANT_SHARE: f64 = 0.6;
 
 /// `network_dominant`: the round trip to the source is most of the latency
-/// (shown when head-of-line blocking does not already explain it).
+/// (shown when [`head_of_line`] or [`stream_paused`] does not already explain it).
 fn network_dominant(r: &Report) -> Option<Finding> {
     let share = (*r.faults.stage_share.get("network")?)?;
-    if share < NETWORK_DOMINANT_SHARE || head_of_line(r).is_some() || stream_paused(r).is_some() {
+    let split = &r.faults.network_split_share;
+    let explained = dominant_part(r, split.behind_stream).or(dominant_part(r, split.paused));
+    if share < NETWORK_DOMINANT_SHARE || explained.is_some() {
         return None;
     }
     let p50 = stage(r, "network").and_then(|s| s.p50);

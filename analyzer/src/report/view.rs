@@ -98,12 +98,41 @@ pub struct View<'a> {
 /// A part of the network stage of requested faults.
 #[derive(Debug, Clone, Copy)]
 pub struct SplitRow {
-    /// ` wire`, ` behind` (the stream), ` rest`, `  paused` (a part of rest),
-    /// indented under the network stage.
-    pub label: &'static str,
+    pub part: SplitPart,
     pub p: StagePercentiles,
     /// Share of the requested faults' summed network time.
     pub share: Option<f64>,
+}
+
+/// The parts of the network stage, in the order they are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitPart {
+    Wire,
+    /// Queued behind the bytes that arrived first on the page's channel.
+    Behind,
+    Rest,
+    /// Within `Rest`: the page's channel received nothing.
+    Paused,
+}
+
+impl SplitPart {
+    pub fn name(self) -> &'static str {
+        match self {
+            SplitPart::Wire => "wire",
+            SplitPart::Behind => "behind",
+            SplitPart::Rest => "rest",
+            SplitPart::Paused => "paused",
+        }
+    }
+
+    /// How deep the part sits under the network stage (`paused` is in `rest`).
+    pub fn depth(self) -> usize {
+        if self == SplitPart::Paused {
+            2
+        } else {
+            1
+        }
+    }
 }
 
 impl<'a> View<'a> {
@@ -164,22 +193,22 @@ fn split_rows(r: &Report) -> Vec<SplitRow> {
     }
     vec![
         SplitRow {
-            label: " wire",
+            part: SplitPart::Wire,
             p: p.wire,
             share: share.wire,
         },
         SplitRow {
-            label: " behind",
+            part: SplitPart::Behind,
             p: p.behind_stream,
             share: share.behind_stream,
         },
         SplitRow {
-            label: " rest",
+            part: SplitPart::Rest,
             p: p.rest,
             share: share.rest,
         },
         SplitRow {
-            label: "  paused",
+            part: SplitPart::Paused,
             p: p.paused,
             share: share.paused,
         },

@@ -8,7 +8,7 @@ use super::plots::blocktime_bars;
 use super::{dur_ms, dur_us, escape, role_color, stage_color, stage_help, BLUE, ORANGE, RED};
 use crate::engine::guest::Phase;
 use crate::engine::lifecycle::Stage;
-use crate::report::view::{num, pct, vcpus_in_cpu_order, View};
+use crate::report::view::{num, pct, vcpus_in_cpu_order, SplitPart, View};
 use crate::report::{Report, SlowFault};
 
 pub(super) fn card(o: &mut String, key: &str, value: &str, sub: &str, bad: bool) {
@@ -107,12 +107,12 @@ pub(super) fn cards(o: &mut String, r: &Report) {
 }
 
 /// What each part of the network stage of requested faults covers.
-fn split_help(label: &str) -> &'static str {
-    match label.trim() {
-        "wire" => "the request socket's smoothed RTT",
-        "behind" => "bytes that arrived first on the page's channel ÷ its throughput",
-        "rest" => "the source, and what the destination cannot see",
-        _ => "of the rest: the page's channel received nothing",
+fn split_help(part: SplitPart) -> &'static str {
+    match part {
+        SplitPart::Wire => "the request socket's smoothed RTT",
+        SplitPart::Behind => "bytes that arrived first on the page's channel ÷ its throughput",
+        SplitPart::Rest => "the source, and what the destination cannot see",
+        SplitPart::Paused => "of the rest: the page's channel received nothing",
     }
 }
 
@@ -124,8 +124,8 @@ fn network_split_rows(o: &mut String, view: &View<'_>) {
         let _ = write!(
             o,
             r#"<tr class="sub"><td class="l">&nbsp;&nbsp;↳ {}</td><td class="l" style="color:var(--muted)">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
-            part.label.trim(),
-            split_help(part.label),
+            part.part.name(),
+            split_help(part.part),
             dur_us(p.p50),
             dur_us(p.p90),
             dur_us(p.p99),
