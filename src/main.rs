@@ -140,7 +140,8 @@ struct ReportArgs {
     #[arg(long, allow_hyphen_values = true, value_parser = finite_ms)]
     guest_offset: Option<f64>,
     /// Read at most this many trace records (default: 16 per byte of the
-    /// trace file, at least 1000000; recorded traces hold under 1 per byte).
+    /// trace file, at least 1000000; recorded traces hold under 1 per byte;
+    /// 100000000 for standard input or a pipe, whose size is unknown).
     /// A tiny, very compressible trace can decode to far more records than
     /// its size suggests; past the bound the output is written and exit code
     /// is 4.
@@ -149,11 +150,17 @@ struct ReportArgs {
 }
 
 impl ReportArgs {
-    /// `--max-events`, or the default for the size of the trace file.
+    /// `--max-events`, or the default for the size of the trace file (a
+    /// pipe's size is 0: unknown, not empty).
     fn limits(&self) -> Limits {
-        match self.max_events {
-            Some(n) => Limits { max_records: n },
-            None => Limits::for_file_size(std::fs::metadata(&self.trace).map_or(0, |m| m.len())),
+        let file_len = std::fs::metadata(&self.trace)
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len());
+        match (self.max_events, file_len) {
+            (Some(n), _) => Limits { max_records: n },
+            (None, Some(len)) => Limits::for_file_size(len),
+            (None, None) => Limits::UNSIZED,
         }
     }
 }

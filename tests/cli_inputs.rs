@@ -152,3 +152,44 @@ fn paths_that_are_not_traces_say_what_to_do() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no.log") && stderr(&out).contains("check the path"));
 }
+
+/// A trace on standard input has no size to bound the pass by: it must not
+/// get the 1 M-record floor meant for tiny files (it was cut there once).
+#[test]
+fn a_large_trace_on_standard_input_is_read_whole() {
+    use uffdscope_trace::record::{Drops, Note, Record};
+    const N: u64 = 1_200_000;
+    let t0 = 1_000_000_000u64;
+    let mut records: Vec<Record> = (0..N)
+        .map(|i| {
+            Record::Drops(Drops {
+                ts: t0 + i * 1_000,
+                total: 0,
+            })
+        })
+        .collect();
+    records.push(Record::Note(Note {
+        ts: t0 + N * 1_000,
+        kind: "end".into(),
+        text: "stopped by signal".into(),
+    }));
+    let meta = uffdscope_trace::TraceMeta {
+        start_ns: t0,
+        ..uffdscope_trace::TraceMeta::default()
+    };
+    let bytes = uffdscope_trace::write_all(&meta, &records);
+    let mut child = bin()
+        .args(["report", "-f", "json", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run uffdscope");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || stdin.write_all(&bytes));
+    let out = child.wait_with_output().expect("wait");
+    writer.join().expect("writer").expect("write stdin");
+    let v = json_of(&out);
+    assert_eq!(v["trace"]["events"], N + 1, "{}", stderr(&out));
+    assert_eq!(v["trace"]["complete"], true);
+}

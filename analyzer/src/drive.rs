@@ -98,6 +98,12 @@ impl Limits {
     /// The default never goes below this many records.
     pub const MIN_RECORDS: u64 = 1_000_000;
 
+    /// The default for an input whose size is not known up front (standard
+    /// input, a pipe): about the largest traces measured (~100 M records).
+    pub const UNSIZED: Limits = Limits {
+        max_records: 100_000_000,
+    };
+
     /// The default bound for a trace file of `bytes` bytes.
     pub fn for_file_size(bytes: u64) -> Limits {
         Limits {
