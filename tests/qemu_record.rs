@@ -115,8 +115,7 @@ fn check(s: &Summary, trace: &Path, vcpus: u32) -> Report {
         faults.len()
     );
     eprintln!(
-        "{ctx}: {} vCPU faults, all with service latency; {other_faults} faults of other threads \
-         (main thread loading device state: kernel-mode faults, no user entry)",
+        "{ctx}: {} vCPU faults, all with service latency; {other_faults} faults of other threads",
         faults.len()
     );
 

@@ -65,6 +65,8 @@ enum ufs_stat {
 	UFS_STAT_SOCK_EAGAIN = 2,   /* sock_recv/send_length with -EAGAIN (not emitted) */
 	UFS_STAT_SLEEP_OTHER = 3,   /* tracked sleeps ended without a uffd-ioctl wake */
 	UFS_STAT_RUN_UNSEEN = 4,    /* tracked sleeps whose switch-in was never traced */
+	UFS_STAT_WAKE_NOT_FAULT = 5, /* wakes during a uffd ioctl of a thread whose pending
+				      * fault was not in the woken range (not emitted) */
 	UFS_STAT_COUNT = 8,
 };
 
@@ -81,6 +83,7 @@ enum ufs_fault_source {
 	UFS_FAULT_NONE = 0,  /* no fault entry was pending when the thread blocked */
 	UFS_FAULT_USER = 1,  /* exceptions:page_fault_user: addr = host VA, ip = user ip */
 	UFS_FAULT_KVM = 2,   /* kvm:kvm_page_fault: addr = guest physical, ip = guest rip */
+	UFS_FAULT_KERNEL = 3, /* exceptions:page_fault_kernel: addr = host VA, ip = kernel ip */
 };
 
 /* ufs_fault_wake.flags */

@@ -30,6 +30,14 @@ struct tp_page_fault_user {
 	__u64 error_code;
 };
 
+/* exceptions:page_fault_kernel (the same class as page_fault_user) */
+struct tp_page_fault_kernel {
+	struct tp_common c;
+	__u64 address;
+	__u64 ip;
+	__u64 error_code;
+};
+
 /* kvm:kvm_page_fault */
 struct tp_kvm_page_fault {
 	struct tp_common c;
@@ -184,6 +192,8 @@ struct tp_task_rename {
 #define TP_OFF(t, f, o) _Static_assert(__builtin_offsetof(struct t, f) == (o), #t "." #f)
 TP_OFF(tp_page_fault_user, address, 8);
 TP_OFF(tp_page_fault_user, error_code, 24);
+TP_OFF(tp_page_fault_kernel, address, 8);
+TP_OFF(tp_page_fault_kernel, error_code, 24);
 TP_OFF(tp_kvm_page_fault, guest_rip, 16);
 TP_OFF(tp_kvm_page_fault, fault_address, 24);
 TP_OFF(tp_kvm_page_fault, error_code, 32);

@@ -371,6 +371,22 @@ static __always_inline void take_fault(struct sleep_entry *e, struct task_state 
 	}
 }
 
+/* Whether a wake from a uffd ioctl on [start, start + len) is the wake of the
+ * fault f: the woken thread must have a fault pending, on a page of that
+ * range. A sched_waking seen while a target thread is inside a uffd ioctl can
+ * also come from an interrupt that arrived on that CPU (a timer waking a
+ * thread asleep in futex or poll); such a wake is not a fault's. A KVM entry
+ * holds a guest-physical address, which the range cannot be compared with;
+ * an ioctl whose range was not read (len 0) cannot tell either. */
+static __always_inline int wake_matches(const struct fault_entry *f, __u64 start, __u64 len)
+{
+	if (!f->ts)
+		return 0;
+	if (f->source == UFS_FAULT_KVM || !len)
+		return 1;
+	return f->addr >= start && f->addr - start < len;
+}
+
 /* Called by the thread itself when it is running, i.e. not through a traced
  * switch-in: at its next fault, switch-out, return to user mode or exit.
  * Whatever its sleep entry still holds is over:
@@ -396,10 +412,12 @@ static __always_inline void finish_sleep(__u32 tid, struct sleep_entry *e, struc
 	if (st == SLEEP_PREWOKEN) {
 		/* Without a pending fault the wake was not a fault's. */
 		take_fault(e, ts);
-		if (e->f.ts)
+		if (wake_matches(&e->f, e->ioctl_start, e->ioctl_len))
 			emit_fault_wake(tid, &e->f, 0, 0, e->woken_ts, 0, e->waker_tid,
 					e->ioctl_cmd, e->ioctl_fd, e->ioctl_start, e->ioctl_len,
 					UFS_FW_WOKEN_BEFORE_BLOCK);
+		else
+			stat_inc(UFS_STAT_WAKE_NOT_FAULT);
 		e->state = SLEEP_IDLE;
 		return;
 	}
@@ -438,22 +456,37 @@ static __always_inline void put_fault(__u32 tid, struct fault_entry *f)
 
 /* ---- fault entry ---- */
 
-SEC("tracepoint/exceptions/page_fault_user")
-int ufs_page_fault_user(struct tp_page_fault_user *ctx)
+/* A fault of the current thread at a host virtual address. */
+static __always_inline void put_host_fault(__u64 addr, __u64 ip, __u64 error_code, __u16 source)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 
 	if (!is_target(id >> 32))
-		return 0;
-	__u32 tid = (__u32)id;
+		return;
 	struct fault_entry f = {
 		.ts = bpf_ktime_get_ns(),
-		.addr = ctx->address,
-		.ip = ctx->ip,
-		.error_code = ctx->error_code,
-		.source = UFS_FAULT_USER,
+		.addr = addr,
+		.ip = ip,
+		.error_code = error_code,
+		.source = source,
 	};
-	put_fault(tid, &f);
+	put_fault((__u32)id, &f);
+}
+
+SEC("tracepoint/exceptions/page_fault_user")
+int ufs_page_fault_user(struct tp_page_fault_user *ctx)
+{
+	put_host_fault(ctx->address, ctx->ip, ctx->error_code, UFS_FAULT_USER);
+	return 0;
+}
+
+/* A fault taken in kernel mode on a user address (copy_to_user and the like
+ * into guest RAM): without its entry, a uffd wake could not be told from an
+ * interrupt's wake of the same thread (see wake_matches). */
+SEC("tracepoint/exceptions/page_fault_kernel")
+int ufs_page_fault_kernel(struct tp_page_fault_kernel *ctx)
+{
+	put_host_fault(ctx->address, ctx->ip, ctx->error_code, UFS_FAULT_KERNEL);
 	return 0;
 }
 
@@ -558,7 +591,15 @@ static __always_inline void switch_out(__u32 prev, __u32 state, __u64 now)
 		take_fault(e, ts);
 		e->blocked_ts = now;
 		e->block_state = state;
-		e->state = SLEEP_WOKEN;
+		if (wake_matches(&e->f, e->ioctl_start, e->ioctl_len)) {
+			e->state = SLEEP_WOKEN;
+			return;
+		}
+		/* Not its fault's wake: the thread sleeps on with its fault, as
+		 * if the wake had not come (no waker moves an entry out of
+		 * PREWOKEN, so a plain store is safe). */
+		stat_inc(UFS_STAT_WAKE_NOT_FAULT);
+		e->state = SLEEP_SLEEPING;
 		return;
 	}
 	/* prev is running, so whatever the entry still holds is over. */
@@ -659,6 +700,13 @@ int ufs_sched_waking(struct tp_sched_waking *ctx)
 	 * the second. PREWOKEN or WOKEN: already woken, a wake counts once. */
 	if (st != SLEEP_IDLE && st != SLEEP_SLEEPING)
 		return 0;
+	/* A blocked thread's fault is in its entry already: check it now. An
+	 * IDLE one's is still in its own task storage: it checks at its
+	 * switch-out or next event (switch_out, finish_sleep). */
+	if (st == SLEEP_SLEEPING && !wake_matches(&e->f, io->start, io->len)) {
+		stat_inc(UFS_STAT_WAKE_NOT_FAULT);
+		return 0;
+	}
 	e->woken_ts = bpf_ktime_get_ns();
 	e->waker_tid = (__u32)id;
 	e->ioctl_cmd = io->cmd;

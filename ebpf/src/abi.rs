@@ -180,6 +180,10 @@ pub mod stat {
     /// running again later); those ended by a uffd ioctl are emitted with
     /// [`fault_flags::RUN_UNSEEN`].
     pub const RUN_UNSEEN: u32 = 4;
+    /// Wakes seen while a target thread was inside a uffd ioctl whose woken
+    /// thread had no pending fault in the ioctl's range (an interrupt's wake
+    /// on that CPU): not faults, counted and not emitted.
+    pub const WAKE_NOT_FAULT: u32 = 5;
     /// Entries of the `ufs_stats` map.
     pub const COUNT: u32 = 8;
 }
@@ -192,6 +196,9 @@ pub mod fault_source {
     pub const USER: u16 = 1;
     /// `kvm:kvm_page_fault`: address is a guest physical address, ip the guest rip.
     pub const KVM: u16 = 2;
+    /// `exceptions:page_fault_kernel`: a kernel-mode access to a host virtual
+    /// address (`copy_to_user` into guest RAM); ip is a kernel address.
+    pub const KERNEL: u16 = 3;
 }
 
 /// `ufs_fault_wake.flags` bits.

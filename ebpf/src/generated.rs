@@ -87,6 +87,17 @@ pub mod tracepoint {
         field("error_code", 32, 8),
     ];
 
+    /// `struct tp_page_fault_kernel`: `exceptions:page_fault_kernel (the same class as page_fault_user)`.
+    pub const TP_PAGE_FAULT_KERNEL: &[FormatField] = &[
+        field("common_type", 0, 2),
+        field("common_flags", 2, 1),
+        field("common_preempt_count", 3, 1),
+        field("common_pid", 4, 4),
+        field("address", 8, 8),
+        field("ip", 16, 8),
+        field("error_code", 24, 8),
+    ];
+
     /// `struct tp_page_fault_user`: `exceptions:page_fault_user`.
     pub const TP_PAGE_FAULT_USER: &[FormatField] = &[
         field("common_type", 0, 2),

@@ -257,8 +257,10 @@ impl Encoder {
         }
         if let Some(f) = &r.fault {
             flags |= 2;
-            if f.source == FaultSource::Kvm {
-                flags |= 4;
+            match f.source {
+                FaultSource::User => {}
+                FaultSource::Kvm => flags |= 4,
+                FaultSource::Kernel => flags |= SLEEP_KERNEL_MODE_FAULT,
             }
         }
         if r.kernel.is_some() {
@@ -289,6 +291,8 @@ impl Encoder {
 /// Sleep flag bit (format version 2): the kernel's flags, vCPU id and block
 /// state follow the fault entry.
 const SLEEP_HAS_KERNEL: u8 = 8;
+/// The sleep's fault entry is a kernel-mode fault (`FaultSource::Kernel`).
+const SLEEP_KERNEL_MODE_FAULT: u8 = 16;
 
 fn dir_code(d: Direction) -> u8 {
     match d {
@@ -624,7 +628,10 @@ impl<'a> Decoder<'a> {
         let main = self.ts()?;
         let flags_at = self.pos;
         let flags = self.u8()?;
-        if flags & !(7 | SLEEP_HAS_KERNEL) != 0 {
+        if flags & !(7 | SLEEP_HAS_KERNEL | SLEEP_KERNEL_MODE_FAULT) != 0
+            || flags & (4 | SLEEP_KERNEL_MODE_FAULT) == 4 | SLEEP_KERNEL_MODE_FAULT
+            || (flags & SLEEP_KERNEL_MODE_FAULT != 0 && flags & 2 == 0)
+        {
             return Err(CodecError::BadValue {
                 what: "sleep flags",
                 value: u64::from(flags),
@@ -646,6 +653,8 @@ impl<'a> Decoder<'a> {
                 error_code: self.uv()?,
                 source: if flags & 4 != 0 {
                     FaultSource::Kvm
+                } else if flags & SLEEP_KERNEL_MODE_FAULT != 0 {
+                    FaultSource::Kernel
                 } else {
                     FaultSource::User
                 },

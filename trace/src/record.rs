@@ -81,6 +81,17 @@ pub enum FaultSource {
     User,
     /// `kvm:kvm_page_fault`: a guest-physical address of a KVM vCPU.
     Kvm,
+    /// `exceptions:page_fault_kernel`: a host-virtual address the kernel
+    /// touched on the thread's behalf (`copy_to_user` into guest RAM).
+    Kernel,
+}
+
+impl FaultSource {
+    /// Whether the entry's address is a host-virtual one, comparable with
+    /// placement ranges (a KVM entry's is guest-physical).
+    pub fn is_host_address(self) -> bool {
+        self != FaultSource::Kvm
+    }
 }
 
 /// The access that started a fault.

@@ -32,6 +32,7 @@ fn sleep(e: &abi::FaultWake) -> Result<Record, ConvertError> {
         fault_source::NONE => None,
         fault_source::USER => Some(FaultSource::User),
         fault_source::KVM => Some(FaultSource::Kvm),
+        fault_source::KERNEL => Some(FaultSource::Kernel),
         other => return Err(ConvertError::FaultSource(other)),
     };
     let never_slept = e.flags & fault_flags::WOKEN_BEFORE_BLOCK != 0 || e.blocked_ts == 0;

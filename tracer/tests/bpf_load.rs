@@ -406,17 +406,21 @@ fn bpf_load_and_join() {
     check_threads(&o);
 }
 
-/// Spawns the child workload, loads and attaches the tracer to it, lets it
-/// run, and drains every record it produced.
-fn run_workload_traced() -> Observed {
+/// Re-executes this test binary as a child running the test `name` (with
+/// `CHILD_ENV` set); returns it, its stdout lines, and the sender that
+/// disarms its watchdog: a safety net against a hung child (not a timing
+/// assertion) that kills it after two minutes, which makes the reads of its
+/// output fail with a clear message.
+fn spawn_child(
+    name: &str,
+) -> (
+    ChildGuard,
+    std::io::Lines<BufReader<ChildStdout>>,
+    mpsc::Sender<()>,
+) {
     let exe = std::env::current_exe().expect("current_exe");
     let child = Command::new(exe)
-        .args([
-            "--exact",
-            "child_workload",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -424,8 +428,6 @@ fn run_workload_traced() -> Observed {
         .expect("spawn child workload");
     let mut child = ChildGuard(child);
     let pid = child.0.id();
-    // Safety net against a hung child (not a timing assertion): kill it after
-    // two minutes, which makes the reads below fail with a clear message.
     let (done_tx, done_rx) = mpsc::channel::<()>();
     std::thread::spawn(move || {
         if done_rx.recv_timeout(Duration::from_secs(120)) == Err(mpsc::RecvTimeoutError::Timeout) {
@@ -435,7 +437,14 @@ fn run_workload_traced() -> Observed {
         }
     });
     let stdout: ChildStdout = child.0.stdout.take().expect("child stdout");
-    let mut lines = BufReader::new(stdout).lines();
+    (child, BufReader::new(stdout).lines(), done_tx)
+}
+
+/// Spawns the child workload, loads and attaches the tracer to it, lets it
+/// run, and drains every record it produced.
+fn run_workload_traced() -> Observed {
+    let (mut child, mut lines, done_tx) = spawn_child("child_workload");
+    let pid = child.0.id();
     read_tagged(&mut lines, "UFS ready");
 
     let cfg = BpfConfig::new(vec![pid]);
@@ -505,6 +514,135 @@ fn run_workload_traced() -> Observed {
         r2,
         pages,
     }
+}
+
+/// Pages the placer of `child_interrupt_wakes` places per ioctl (2 MiB).
+const BURST_PAGES: usize = 512;
+/// Sleeps of the sleeper thread in `child_interrupt_wakes`.
+const SHORT_SLEEPS: usize = 3000;
+
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        let r = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set);
+        check(r.into(), "sched_setaffinity");
+    }
+}
+
+/// The interrupt case: a placer thread copies 2 MiB bursts into a registered
+/// region (nobody faults there) while a sleeper on the same CPU sleeps 3000
+/// times for 20 µs, each time after an ordinary page fault. The sleeper's
+/// timer fires in interrupt context, often while the placer is inside its
+/// UFFDIO_COPY, so `sched_waking` sees a wake "from" a uffd ioctl of a thread
+/// that is not in a userfault at all.
+#[test]
+fn child_interrupt_wakes() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    let mut out = std::io::stdout();
+    writeln!(out, "\nUFS ready").expect("stdout");
+    out.flush().expect("stdout");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("child: stdin");
+    let uffd = uffd_syscall(libc::O_CLOEXEC);
+    uffd_api(uffd);
+    let region = map_region(BURST_PAGES);
+    uffd_register(uffd, region, BURST_PAGES);
+    let src = map_region(BURST_PAGES);
+    // SAFETY: src is a mapped, writable region of BURST_PAGES pages.
+    unsafe { std::ptr::write_bytes(src as *mut u8, 0x5a, BURST_PAGES * PAGE) };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let placer_stop = stop.clone();
+    let placer = std::thread::spawn(move || {
+        pin_to_cpu0();
+        let mut bursts = 0u64;
+        while !placer_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut copy = UffdioCopy {
+                dst: region,
+                src,
+                len: (BURST_PAGES * PAGE) as u64,
+                mode: 0,
+                copy: 0,
+            };
+            // SAFETY: UFFDIO_COPY reads and writes a struct uffdio_copy we own.
+            let r = unsafe { libc::ioctl(uffd, libc::c_ulong::from(ioctl::COPY), &raw mut copy) };
+            check(r.into(), "UFFDIO_COPY");
+            // SAFETY: drops the pages just placed so the next copy places them again.
+            let r =
+                unsafe { libc::madvise(region as *mut _, BURST_PAGES * PAGE, libc::MADV_DONTNEED) };
+            check(r.into(), "madvise");
+            bursts += 1;
+        }
+        bursts
+    });
+    let sleeper = std::thread::spawn(|| {
+        pin_to_cpu0();
+        let scratch = map_region(SHORT_SLEEPS);
+        for i in 0..SHORT_SLEEPS {
+            // SAFETY: inside the scratch mapping; a first touch, an ordinary fault.
+            unsafe { ((scratch as usize + i * PAGE) as *mut u8).write_volatile(1) };
+            std::thread::sleep(Duration::from_micros(20));
+        }
+        gettid()
+    });
+    let sleeper_tid = sleeper.join().expect("sleeper");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let bursts = placer.join().expect("placer");
+    writeln!(
+        out,
+        "\nUFS result sleeper_tid={sleeper_tid} bursts={bursts}"
+    )
+    .expect("stdout");
+    out.flush().expect("stdout");
+}
+
+/// A wake that reaches a target thread while another is inside a uffd ioctl
+/// is a fault's wake only if the woken thread's pending fault lies in the
+/// ioctl's range; an interrupt's wake of a sleeping thread is not a fault.
+#[test]
+fn interrupt_wakes_are_not_faults() {
+    if std::env::var_os(CHILD_ENV).is_some() || !tier::root_bpf("interrupt_wakes_are_not_faults") {
+        return;
+    }
+    let (mut child, mut lines, done_tx) = spawn_child("child_interrupt_wakes");
+    read_tagged(&mut lines, "UFS ready");
+    let cfg = BpfConfig::new(vec![child.0.id()]);
+    let mut tracer = BpfTracer::load(&cfg).unwrap_or_else(|e| panic!("BpfTracer::load: {e}"));
+    let mut ring = tracer.take_ring().expect("take ring");
+    let mut stdin = child.0.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("write go");
+    let result = parse_kv(&read_tagged(&mut lines, "UFS result"));
+    let rest = std::thread::spawn(move || lines.count());
+    let status = child.0.wait().expect("wait child");
+    drop(done_tx);
+    assert!(status.success(), "child workload failed: {status}");
+    rest.join().expect("stdout reader");
+    let mut events = Vec::new();
+    let count = ring.drain_into(&mut events);
+    assert_eq!(count.bad, 0, "undecodable records: {:?}", count.first_error);
+    let counters = tracer.counters().expect("counters");
+    println!("{result:?} counters: {counters:?}");
+    assert_eq!(counters.drops, 0, "ring drops: {counters:?}");
+    let sleeper = result["sleeper_tid"] as u32;
+    let as_faults: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(e, RawEvent::FaultWake(w) if w.hdr.tid == sleeper))
+        .collect();
+    assert!(
+        as_faults.is_empty(),
+        "{} of the sleeper's {SHORT_SLEEPS} timer wakes were recorded as faults, e.g. {:?}",
+        as_faults.len(),
+        as_faults.first()
+    );
+    // The case must have happened for the test to mean anything.
+    assert!(
+        counters.wake_not_fault > 0,
+        "no timer wake landed inside a UFFDIO_COPY ({} bursts): {counters:?}",
+        result["bursts"]
+    );
 }
 
 /// Every tracepoint attached, and the uffd that existed before attach seeded.

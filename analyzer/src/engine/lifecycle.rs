@@ -752,14 +752,12 @@ impl Engine {
         // waker placed (a KVM entry has a guest-physical address: trust its time).
         let entry = s.fault.filter(|f| {
             f.ts <= s.blocked_ts
-                && (f.source == uffdscope_trace::record::FaultSource::Kvm
+                && (!f.source.is_host_address()
                     || (f.addr >= wake_range.0 && f.addr < wake_range.1)
                     || s.wake_len == 0)
         });
         let page = match entry {
-            Some(f) if f.source == uffdscope_trace::record::FaultSource::User => {
-                f.addr & !(PAGE - 1)
-            }
+            Some(f) if f.source.is_host_address() => f.addr & !(PAGE - 1),
             _ => s.wake_start & !(PAGE - 1),
         };
         let placement = self

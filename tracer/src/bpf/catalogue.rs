@@ -110,6 +110,15 @@ pub static TRACEPOINTS: &[Tracepoint] = &[
         &["address", "ip", "error_code"]
     ),
     tp!(
+        "ufs_page_fault_kernel",
+        "exceptions",
+        "page_fault_kernel",
+        Required,
+        "fault entry of kernel-mode accesses to user memory (tells a fault's uffd wake from an interrupt's)",
+        Layout::Struct(tp::TP_PAGE_FAULT_KERNEL),
+        &["address", "ip", "error_code"]
+    ),
+    tp!(
         "ufs_kvm_page_fault",
         "kvm",
         "kvm_page_fault",

@@ -134,6 +134,9 @@ pub struct Counters {
     /// Tracked sleeps whose switch-in was never traced; those a uffd ioctl
     /// ended come out with `fault_flags::RUN_UNSEEN` and no `run_ts`.
     pub run_unseen: u64,
+    /// Wakes during a uffd ioctl of a thread with no pending fault in the
+    /// ioctl's range (an interrupt's wake): not faults.
+    pub wake_not_fault: u64,
 }
 
 /// A loaded and attached tracer. Dropping it detaches every program.
@@ -329,6 +332,7 @@ impl BpfTracer {
             sock_eagain: stat(abi::stat::SOCK_EAGAIN),
             sleep_other: stat(abi::stat::SLEEP_OTHER),
             run_unseen: stat(abi::stat::RUN_UNSEEN),
+            wake_not_fault: stat(abi::stat::WAKE_NOT_FAULT),
         })
     }
 

@@ -454,11 +454,13 @@ impl<'c> Session<'c> {
                 ts: end,
                 kind: "counters".into(),
                 text: format!(
-                    "read_eagain {} map_full {} sock_eagain {} sleep_other {} undecodable {}",
+                    "read_eagain {} map_full {} sock_eagain {} sleep_other {} wake_not_fault {} \
+                     undecodable {}",
                     c.read_eagain,
                     c.map_full,
                     c.sock_eagain,
                     c.sleep_other,
+                    c.wake_not_fault,
                     self.drained.bad.total()
                 ),
             }))?;
