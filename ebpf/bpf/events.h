@@ -65,8 +65,10 @@ enum ufs_stat {
 	UFS_STAT_SOCK_EAGAIN = 2,   /* sock_recv/send_length with -EAGAIN (not emitted) */
 	UFS_STAT_SLEEP_OTHER = 3,   /* tracked sleeps ended without a uffd-ioctl wake */
 	UFS_STAT_RUN_UNSEEN = 4,    /* tracked sleeps whose switch-in was never traced */
-	UFS_STAT_WAKE_NOT_FAULT = 5, /* wakes during a uffd ioctl of a thread whose pending
-				      * fault was not in the woken range (not emitted) */
+	UFS_STAT_WAKE_IN_INTERRUPT = 5, /* wakes by an interrupt that arrived while a target
+					 * thread was inside a uffd ioctl (not faults) */
+	UFS_STAT_WAKE_OUT_OF_RANGE = 6, /* uffd-ioctl wakes of a thread whose pending fault
+					 * was not in the ioctl's range (not faults) */
 	UFS_STAT_COUNT = 8,
 };
 

@@ -125,6 +125,7 @@ struct ioctl_pending {
 	__u32 n_wakeups;
 	__u32 result_off; /* offset of the out field in the arg struct, 0 = none */
 	__u32 pad;
+	__u64 stack_block; /* the kernel-stack block the ioctl entered on (stack_block) */
 };
 
 struct read_pending {
@@ -161,6 +162,7 @@ struct task_state {
 	struct send_pending snd;
 	__u32 known; /* the thread has a sleep entry and its bit in ufs_tids */
 	__u32 pad;
+	__u64 sp_scratch; /* see stack_block */
 };
 
 struct {
@@ -371,18 +373,35 @@ static __always_inline void take_fault(struct sleep_entry *e, struct task_state 
 	}
 }
 
+/* Kernel stacks are THREAD_SIZE-aligned (16 KiB on x86-64, 32 KiB with KASAN)
+ * and a syscall's frames stay in the top few KiB of the task's stack, so the
+ * 16 KiB block an address lies in names the stack a program runs on. An
+ * interrupt runs on the CPU's own IRQ stack: a sched_waking on a block other
+ * than the one the ioctl entered on comes from an interrupt that arrived
+ * while the ioctl ran, not from the ioctl. A stack address becomes a plain
+ * number by a round trip through map memory (loading as root allows the
+ * store). */
+#define UFS_STACK_BLOCK_SHIFT 14
+
+static __always_inline __u64 stack_block(struct task_state *ts)
+{
+	volatile __u8 here = 0;
+
+	ts->sp_scratch = (__u64)&here;
+	return *(volatile __u64 *)&ts->sp_scratch >> UFS_STACK_BLOCK_SHIFT;
+}
+
 /* Whether a wake from a uffd ioctl on [start, start + len) is the wake of the
- * fault f: the woken thread must have a fault pending, on a page of that
- * range. A sched_waking seen while a target thread is inside a uffd ioctl can
- * also come from an interrupt that arrived on that CPU (a timer waking a
- * thread asleep in futex or poll); such a wake is not a fault's. A KVM entry
- * holds a guest-physical address, which the range cannot be compared with;
- * an ioctl whose range was not read (len 0) cannot tell either. */
+ * fault f (the wake itself came from the ioctl, see stack_block): a fault
+ * pending at a host address must lie in that range; otherwise the ioctl woke
+ * the thread for something else (an mmap_lock or page-lock waiter). A KVM
+ * entry holds a guest-physical address, which the range cannot be compared
+ * with; a thread with no entry may be in a fault taken by get_user_pages
+ * (O_DIRECT I/O into guest RAM), which has none; an ioctl whose range was not
+ * read (len 0) cannot tell either: those are taken on trust. */
 static __always_inline int wake_matches(const struct fault_entry *f, __u64 start, __u64 len)
 {
-	if (!f->ts)
-		return 0;
-	if (f->source == UFS_FAULT_KVM || !len)
+	if (!f->ts || f->source == UFS_FAULT_KVM || !len)
 		return 1;
 	return f->addr >= start && f->addr - start < len;
 }
@@ -417,7 +436,7 @@ static __always_inline void finish_sleep(__u32 tid, struct sleep_entry *e, struc
 					e->ioctl_cmd, e->ioctl_fd, e->ioctl_start, e->ioctl_len,
 					UFS_FW_WOKEN_BEFORE_BLOCK);
 		else
-			stat_inc(UFS_STAT_WAKE_NOT_FAULT);
+			stat_inc(UFS_STAT_WAKE_OUT_OF_RANGE);
 		e->state = SLEEP_IDLE;
 		return;
 	}
@@ -481,8 +500,8 @@ int ufs_page_fault_user(struct tp_page_fault_user *ctx)
 }
 
 /* A fault taken in kernel mode on a user address (copy_to_user and the like
- * into guest RAM): without its entry, a uffd wake could not be told from an
- * interrupt's wake of the same thread (see wake_matches). */
+ * into guest RAM): with its entry the fault has a start (service latency)
+ * and its wake is checked against the placed range (wake_matches). */
 SEC("tracepoint/exceptions/page_fault_kernel")
 int ufs_page_fault_kernel(struct tp_page_fault_kernel *ctx)
 {
@@ -598,7 +617,7 @@ static __always_inline void switch_out(__u32 prev, __u32 state, __u64 now)
 		/* Not its fault's wake: the thread sleeps on with its fault, as
 		 * if the wake had not come (no waker moves an entry out of
 		 * PREWOKEN, so a plain store is safe). */
-		stat_inc(UFS_STAT_WAKE_NOT_FAULT);
+		stat_inc(UFS_STAT_WAKE_OUT_OF_RANGE);
 		e->state = SLEEP_SLEEPING;
 		return;
 	}
@@ -679,6 +698,12 @@ int ufs_sched_waking(struct tp_sched_waking *ctx)
 		return 0;
 	struct ioctl_pending *io = &ts->io;
 
+	if (stack_block(ts) != io->stack_block) {
+		/* An interrupt's wake (a timer ending a futex or poll sleep), not
+		 * the ioctl's. */
+		stat_inc(UFS_STAT_WAKE_IN_INTERRUPT);
+		return 0;
+	}
 	io->n_wakeups += 1;
 
 	__u32 pid = (__u32)ctx->pid;
@@ -704,7 +729,7 @@ int ufs_sched_waking(struct tp_sched_waking *ctx)
 	 * IDLE one's is still in its own task storage: it checks at its
 	 * switch-out or next event (switch_out, finish_sleep). */
 	if (st == SLEEP_SLEEPING && !wake_matches(&e->f, io->start, io->len)) {
-		stat_inc(UFS_STAT_WAKE_NOT_FAULT);
+		stat_inc(UFS_STAT_WAKE_OUT_OF_RANGE);
 		return 0;
 	}
 	e->woken_ts = bpf_ktime_get_ns();
@@ -855,6 +880,7 @@ int ufs_sys_enter_ioctl(struct tp_sys_enter *ctx)
 	struct ioctl_pending *p = &ts->io;
 
 	p->enter_ts = bpf_ktime_get_ns();
+	p->stack_block = stack_block(ts);
 	p->arg = arg;
 	p->cmd = cmd;
 	p->fd = fd;

@@ -180,10 +180,13 @@ pub mod stat {
     /// running again later); those ended by a uffd ioctl are emitted with
     /// [`fault_flags::RUN_UNSEEN`].
     pub const RUN_UNSEEN: u32 = 4;
-    /// Wakes seen while a target thread was inside a uffd ioctl whose woken
-    /// thread had no pending fault in the ioctl's range (an interrupt's wake
-    /// on that CPU): not faults, counted and not emitted.
-    pub const WAKE_NOT_FAULT: u32 = 5;
+    /// Wakes by an interrupt that arrived while a target thread was inside a
+    /// uffd ioctl (told apart by the kernel stack they run on): not faults,
+    /// counted and not emitted.
+    pub const WAKE_IN_INTERRUPT: u32 = 5;
+    /// Wakes by a uffd ioctl of a thread whose pending fault was not in the
+    /// ioctl's range (an mmap_lock or page-lock waiter): not faults.
+    pub const WAKE_OUT_OF_RANGE: u32 = 6;
     /// Entries of the `ufs_stats` map.
     pub const COUNT: u32 = 8;
 }

@@ -134,9 +134,10 @@ pub struct Counters {
     /// Tracked sleeps whose switch-in was never traced; those a uffd ioctl
     /// ended come out with `fault_flags::RUN_UNSEEN` and no `run_ts`.
     pub run_unseen: u64,
-    /// Wakes during a uffd ioctl of a thread with no pending fault in the
-    /// ioctl's range (an interrupt's wake): not faults.
-    pub wake_not_fault: u64,
+    /// Interrupt wakes that arrived while a target was inside a uffd ioctl.
+    pub wake_in_interrupt: u64,
+    /// Wakes by a uffd ioctl of a thread whose pending fault lay elsewhere.
+    pub wake_out_of_range: u64,
 }
 
 /// A loaded and attached tracer. Dropping it detaches every program.
@@ -332,7 +333,8 @@ impl BpfTracer {
             sock_eagain: stat(abi::stat::SOCK_EAGAIN),
             sleep_other: stat(abi::stat::SLEEP_OTHER),
             run_unseen: stat(abi::stat::RUN_UNSEEN),
-            wake_not_fault: stat(abi::stat::WAKE_NOT_FAULT),
+            wake_in_interrupt: stat(abi::stat::WAKE_IN_INTERRUPT),
+            wake_out_of_range: stat(abi::stat::WAKE_OUT_OF_RANGE),
         })
     }
 

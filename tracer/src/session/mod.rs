@@ -454,13 +454,14 @@ impl<'c> Session<'c> {
                 ts: end,
                 kind: "counters".into(),
                 text: format!(
-                    "read_eagain {} map_full {} sock_eagain {} sleep_other {} wake_not_fault {} \
-                     undecodable {}",
+                    "read_eagain {} map_full {} sock_eagain {} sleep_other {} \
+                     wake_in_interrupt {} wake_out_of_range {} undecodable {}",
                     c.read_eagain,
                     c.map_full,
                     c.sock_eagain,
                     c.sleep_other,
-                    c.wake_not_fault,
+                    c.wake_in_interrupt,
+                    c.wake_out_of_range,
                     self.drained.bad.total()
                 ),
             }))?;
