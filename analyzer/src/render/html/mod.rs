@@ -47,11 +47,18 @@ const RED: &str = "#d1342f";
 const ORANGE: &str = "#f0a04b";
 const GREY: &str = "#8a94a3";
 
+/// The page's content security policy: inline styles only. The report has no
+/// script, image, font or fetch of its own, so a string that slipped past
+/// [`escape`] still could neither run nor load anything
+/// (`tests/html_browser.rs` checks this in Chromium).
+const CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'";
+
 const CSS: &str = r#"
 :root{--fg:#1d2330;--muted:#5d6778;--line:#e3e7ee;--bg:#f6f8fb;--card:#fff;--accent:#2f6fd6;--bad:#d1342f}
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--fg);font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
-main{max-width:1180px;margin:0 auto;padding:28px 28px 40px}
+main{max-width:1180px;margin:0 auto;padding:28px 28px 40px;overflow-wrap:anywhere}
 header h1{margin:0;font-size:22px;font-weight:650;letter-spacing:-.01em}
 header .path{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px;color:var(--muted);word-break:break-all}
 header .meta{color:var(--muted);font-size:13px;margin-top:4px}
@@ -71,7 +78,7 @@ table{border-collapse:collapse;width:100%;font-size:13px;font-variant-numeric:ta
 th,td{padding:5px 8px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
 th{font-weight:600;color:var(--muted);font-size:12px;background:#fafbfd}
 td.l,th.l{text-align:left}
-td.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
+td.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px;white-space:normal}
 tr:last-child td{border-bottom:none}
 .sw{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px;vertical-align:-1px}
 .pill{display:inline-block;padding:0 7px;border-radius:9px;font-size:11.5px;font-weight:600;color:#fff}
@@ -120,7 +127,7 @@ pub fn render_html(r: &Report) -> String {
     let mut o = String::with_capacity(64 * 1024);
     let _ = write!(
         o,
-        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>uffdscope report: {}</title><style>{CSS}</style></head><body><main>"#,
+        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="Content-Security-Policy" content="{CSP}"><meta name="viewport" content="width=device-width,initial-scale=1"><title>uffdscope report: {}</title><style>{CSS}</style></head><body><main>"#,
         escape(&t.path)
     );
     let _ = write!(
