@@ -216,7 +216,11 @@ fn prometheus_scrapes_a_live_recording_and_agrees_with_the_report() {
         Duration::from_secs(20),
     );
     let up = scalar(prom, "up{job=\"uffdscope\"}");
-    assert_eq!(up.map(|u| u as u64), Some(1), "Prometheus could not scrape the recorder");
+    assert_eq!(
+        up.map(|u| u as u64),
+        Some(1),
+        "Prometheus could not scrape the recorder"
+    );
     let pid = emu.pid();
     let vcpu_series = query(
         prom,
@@ -289,6 +293,28 @@ fn prometheus_scrapes_a_live_recording_and_agrees_with_the_report() {
     );
 }
 
+/// `record` of this test process into `trace` with `--metrics metrics`: it
+/// must refuse; its exit code and stderr.
+fn refused_record(trace: &Path, metrics: &str) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_uffdscope"))
+        .args([
+            "record",
+            "-q",
+            "--pid",
+            &std::process::id().to_string(),
+            "-o",
+        ])
+        .arg(trace)
+        .args(["--metrics", metrics])
+        .output()
+        .expect("run uffdscope record");
+    assert!(!trace.exists(), "refused before writing anything");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn metrics_address_must_be_loopback_unless_allowed() {
     if !tier::root("metrics_address_must_be_loopback_unless_allowed") {
@@ -296,44 +322,18 @@ fn metrics_address_must_be_loopback_unless_allowed() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let trace = dir.path().join("never.trace");
-    let out = Command::new(env!("CARGO_BIN_EXE_uffdscope"))
-        .args([
-            "record",
-            "-q",
-            "--pid",
-            &std::process::id().to_string(),
-            "-o",
-        ])
-        .arg(&trace)
-        .args(["--metrics", "0.0.0.0:0"])
-        .output()
-        .expect("run uffdscope record");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = refused_record(&trace, "0.0.0.0:0");
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("--metrics-allow-remote"), "{stderr}");
-    assert!(!trace.exists(), "refused before writing anything");
 
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = taken.local_addr().expect("addr");
-    let out = Command::new(env!("CARGO_BIN_EXE_uffdscope"))
-        .args([
-            "record",
-            "-q",
-            "--pid",
-            &std::process::id().to_string(),
-            "-o",
-        ])
-        .arg(&trace)
-        .args(["--metrics", &addr.to_string()])
-        .output()
-        .expect("run uffdscope record");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let (code, stderr) = refused_record(&trace, &addr);
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(
-        stderr.contains(&addr.to_string()) && stderr.contains("choose another --metrics"),
+        stderr.contains(&addr) && stderr.contains("choose another --metrics"),
         "{stderr}"
     );
-    assert!(!trace.exists(), "refused before writing anything");
 }
 
 #[test]
