@@ -72,7 +72,7 @@ pub const BUCKETS_NS: [u64; 24] = [
 ];
 
 /// Threads given series of their own; faults of threads past this many
-/// (a target spawning threads without end) are counted under `role` alone.
+/// (a target spawning threads without end) are counted as `role="other"`.
 const MAX_THREADS: usize = 4096;
 /// Migration states kept for the status gauge (QEMU has 15).
 const MAX_STATES: usize = 32;
