@@ -102,6 +102,21 @@ struct RecordArgs {
     /// that must not start the migration before the recorder is attached.
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
+    /// Serve live Prometheus metrics at http://ADDR/metrics while recording
+    /// (e.g. 127.0.0.1:9464; loopback only unless --metrics-allow-remote).
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    metrics: Option<std::net::SocketAddr>,
+    /// Allow --metrics on an address beyond loopback (the endpoint has no
+    /// authentication).
+    #[arg(long, requires = "metrics")]
+    metrics_allow_remote: bool,
+}
+
+/// `--metrics`: an IP address and port.
+#[cfg(target_os = "linux")]
+fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("expected IP:PORT, e.g. 127.0.0.1:9464 (or [::1]:9464), not {s:?}"))
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Default)]
@@ -455,16 +470,25 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     for warning in &preflight.warnings {
         eprintln!("uffdscope: {warning}");
     }
+    let metrics = args
+        .metrics
+        .map(|addr| LiveEndpoint::start(addr, args.metrics_allow_remote, &preflight.target))
+        .transpose()?;
     let live = !args.quiet && std::io::stderr().is_terminal();
     eprintln!(
         "uffdscope: recording pid {pid} into {} (Ctrl-C to stop)",
         cfg.output.display()
     );
-    let summary = session::record(&cfg, &STOP, |update| match update {
-        session::Update::Progress(p) if live => {
-            eprint!("\r\x1b[2K{}", session::status_line(p));
+    let tap = metrics.as_ref().map(LiveEndpoint::tap);
+    let summary = session::record_tapped(&cfg, tap, &STOP, |update| match update {
+        session::Update::Progress(p) => {
+            if let Some(m) = &metrics {
+                m.progress(p);
+            }
+            if live {
+                eprint!("\r\x1b[2K{}", session::status_line(p));
+            }
         }
-        session::Update::Progress(_) => {}
         session::Update::Notice(text) => {
             if live {
                 eprint!("\r\x1b[2K");
@@ -478,6 +502,74 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     }
     print_summary(&summary);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Live metrics while recording: the model the record tap feeds, and the
+/// endpoint that serves it.
+#[cfg(target_os = "linux")]
+struct LiveEndpoint {
+    model: std::sync::Arc<std::sync::Mutex<uffdscope_analyzer::live::LiveMetrics>>,
+    _server: uffdscope_tracer::metrics_http::MetricsServer,
+}
+
+#[cfg(target_os = "linux")]
+impl LiveEndpoint {
+    /// Listens on `addr` before anything is attached, so a refused address
+    /// fails the command early.
+    fn start(
+        addr: std::net::SocketAddr,
+        allow_remote: bool,
+        target: &uffdscope_trace::record::ProcessInfo,
+    ) -> anyhow::Result<Self> {
+        use std::sync::{Arc, Mutex};
+        use uffdscope_analyzer::live::{LiveMetrics, Target};
+        use uffdscope_tracer::{discover, metrics_http::MetricsServer};
+        let model = Arc::new(Mutex::new(LiveMetrics::new(&Target {
+            pid: target.pid,
+            name: discover::qemu_name(&target.cmdline),
+        })));
+        let pid = target.pid;
+        let served = Arc::clone(&model);
+        let server = MetricsServer::start(addr, allow_remote, move || {
+            let blocked = discover::blocked_in_userfaultfd(pid);
+            lock(&served).render(blocked.as_deref())
+        })
+        .map_err(|e| -> anyhow::Error {
+            if e.is_usage() {
+                e.into()
+            } else {
+                RecordFailed(e.to_string()).into()
+            }
+        })?;
+        eprintln!(
+            "uffdscope: live metrics at http://{}/metrics",
+            server.local_addr()
+        );
+        Ok(Self {
+            model,
+            _server: server,
+        })
+    }
+
+    /// The record tap that feeds the model.
+    fn tap(&self) -> uffdscope_tracer::session::RecordTap<'static> {
+        let model = std::sync::Arc::clone(&self.model);
+        Box::new(move |rec| lock(&model).record(rec))
+    }
+
+    /// The recorder's own figures, as its status line has them.
+    fn progress(&self, p: &uffdscope_tracer::session::Progress) {
+        lock(&self.model).set_recorder(uffdscope_analyzer::live::RecorderFigures {
+            drops: p.drops,
+            cpu_ratio: p.cpu_ratio,
+        });
+    }
+}
+
+/// The model, even if a thread panicked holding it (its counts stay usable).
+#[cfg(target_os = "linux")]
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// SIGINT and SIGTERM set [`STOP`]: the recording then finishes its trace.

@@ -15,7 +15,7 @@ use crate::inputs::qmp::{self, QmpFacts};
 use crate::inputs::rp::{ReturnPath, RpMessage};
 use crate::inputs::validate::Boundary;
 use uffdscope_trace::record::{Record, Role};
-use uffdscope_trace::{TraceError, TraceReader};
+use uffdscope_trace::{TraceError, TraceMeta, TraceReader};
 
 /// What the driver read out of one record, handed to the consumer with it.
 #[derive(Debug, Default)]
@@ -132,61 +132,64 @@ pub struct Summary {
     pub warnings: Vec<String>,
 }
 
-/// Runs the pass; returns the engine (for what it learned about threads)
-/// and the summary. The first consumer error ends the pass.
-pub(crate) fn drive<R: Read, C: Consumer>(
-    reader: &mut TraceReader<R>,
-    consumer: &mut C,
+/// One pass in progress, fed a record at a time: the trace reader's loop in
+/// [`drive`], or a live recording ([`crate::live`]). Everything a record goes
+/// through on its way to a consumer happens here, once.
+pub(crate) struct Driver {
+    engine: Engine,
+    return_path: ReturnPath,
+    boundary: Boundary,
+    resolved: Vec<Fault>,
     limits: Limits,
-) -> Result<(Engine, Summary), C::Error> {
-    let mut engine = Engine::new();
-    let mut return_path = ReturnPath::default();
-    let mut resolved: Vec<Fault> = Vec::new();
-    let mut summary = Summary {
-        records: 0,
-        faults: 0,
-        damage: None,
-        complete: false,
-        last_ts: None,
-        stopped_at_limit: None,
-        origin: Origin(None),
-        warnings: Vec::new(),
-    };
-    let mut boundary = Boundary::new(reader.meta());
-    let mut failed: Option<C::Error> = None;
-    let mut step = |rec: &Record, engine: &mut Engine, summary: &mut Summary| {
-        let derived = Derived {
-            return_path: match rec {
-                Record::SockIo(s) => return_path.read(s),
-                _ => Vec::new(),
+    summary: Summary,
+}
+
+impl Driver {
+    /// A pass over the trace described by `meta`, bounded by `limits`.
+    pub(crate) fn new(meta: &TraceMeta, limits: Limits) -> Self {
+        Self {
+            engine: Engine::new(),
+            return_path: ReturnPath::default(),
+            boundary: Boundary::new(meta),
+            resolved: Vec::new(),
+            limits,
+            summary: Summary {
+                records: 0,
+                faults: 0,
+                damage: None,
+                complete: false,
+                last_ts: None,
+                stopped_at_limit: None,
+                origin: Origin(None),
+                warnings: Vec::new(),
             },
-            qmp: match rec {
-                Record::Qmp(q) => qmp::parse(&q.kind, &q.json),
-                _ => None,
-            },
-        };
-        let origin = summary.origin;
-        consumer.record(rec, &derived, At { engine, origin })?;
-        engine.push_parsed(rec, &derived.return_path, &mut |f| resolved.push(f));
-        for f in resolved.drain(..) {
-            summary.faults += 1;
-            consumer.fault(&f, At { engine, origin })?;
         }
-        engine.take_role_changes(|tid, role| consumer.role_changed(tid, role));
-        Ok(())
-    };
-    // `for_each` cannot stop early: after a consumer error or at the limit,
-    // the remaining records are decoded and skipped.
-    summary.damage = reader.for_each(|rec| {
-        if failed.is_some() || summary.stopped_at_limit.is_some() {
-            return;
+    }
+
+    /// What the engine learned so far (threads, requests, placements).
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// True once the pass took [`Limits::max_records`]: later records are skipped.
+    pub(crate) fn at_limit(&self) -> bool {
+        self.summary.stopped_at_limit.is_some()
+    }
+
+    /// Admits one decoded record and hands it, and the faults it resolves,
+    /// to `consumer`.
+    pub(crate) fn push<C: Consumer>(
+        &mut self,
+        rec: &Record,
+        consumer: &mut C,
+    ) -> Result<(), C::Error> {
+        if self.at_limit() || !self.boundary.admits(rec) {
+            return Ok(());
         }
-        let Some(rec) = boundary.admit(rec) else {
-            return;
-        };
-        if summary.records == limits.max_records {
-            summary.stopped_at_limit = Some(limits.max_records);
-            return;
+        let summary = &mut self.summary;
+        if summary.records == self.limits.max_records {
+            summary.stopped_at_limit = Some(self.limits.max_records);
+            return Ok(());
         }
         summary.records += 1;
         let ts = rec.ts();
@@ -194,26 +197,82 @@ pub(crate) fn drive<R: Read, C: Consumer>(
         if ts > 0 {
             summary.last_ts = Some(summary.last_ts.map_or(ts, |t| t.max(ts)));
         }
-        if matches!(&rec, Record::Note(n) if n.kind == "end") {
+        if matches!(rec, Record::Note(n) if n.kind == "end") {
             summary.complete = true;
         }
-        if let Err(e) = step(&rec, &mut engine, &mut summary) {
+        self.step(rec, consumer)
+    }
+
+    /// The engine and the consumer take one admitted record.
+    fn step<C: Consumer>(&mut self, rec: &Record, consumer: &mut C) -> Result<(), C::Error> {
+        let derived = Derived {
+            return_path: match rec {
+                Record::SockIo(s) => self.return_path.read(s),
+                _ => Vec::new(),
+            },
+            qmp: match rec {
+                Record::Qmp(q) => qmp::parse(&q.kind, &q.json),
+                _ => None,
+            },
+        };
+        let origin = self.summary.origin;
+        let engine = &mut self.engine;
+        consumer.record(rec, &derived, At { engine, origin })?;
+        let resolved = &mut self.resolved;
+        engine.push_parsed(rec, &derived.return_path, &mut |f| resolved.push(f));
+        for f in resolved.drain(..) {
+            self.summary.faults += 1;
+            consumer.fault(&f, At { engine, origin })?;
+        }
+        engine.take_role_changes(|tid, role| consumer.role_changed(tid, role));
+        Ok(())
+    }
+
+    /// Ends the pass: resolves every open fault; returns the engine (for
+    /// what it learned about threads) and the summary.
+    pub(crate) fn finish<C: Consumer>(
+        mut self,
+        consumer: &mut C,
+    ) -> Result<(Engine, Summary), C::Error> {
+        self.summary.warnings = self.boundary.warnings();
+        let engine = &mut self.engine;
+        engine.take_role_changes(|tid, role| consumer.role_changed(tid, role));
+        let resolved = &mut self.resolved;
+        engine.finish(&mut |f| resolved.push(f));
+        let at = At {
+            engine,
+            origin: self.summary.origin,
+        };
+        for f in self.resolved.drain(..) {
+            self.summary.faults += 1;
+            consumer.fault(&f, at)?;
+        }
+        Ok((self.engine, self.summary))
+    }
+}
+
+/// Runs the pass over a whole trace; returns the engine (for what it learned
+/// about threads) and the summary. The first consumer error ends the pass.
+pub(crate) fn drive<R: Read, C: Consumer>(
+    reader: &mut TraceReader<R>,
+    consumer: &mut C,
+    limits: Limits,
+) -> Result<(Engine, Summary), C::Error> {
+    let mut pass = Driver::new(reader.meta(), limits);
+    let mut failed: Option<C::Error> = None;
+    // `for_each` cannot stop early: after a consumer error or at the limit,
+    // the remaining records are decoded and skipped.
+    let damage = reader.for_each(|rec| {
+        if failed.is_some() || pass.at_limit() {
+            return;
+        }
+        if let Err(e) = pass.push(&rec, consumer) {
             failed = Some(e);
         }
     });
-    summary.warnings = boundary.warnings();
+    pass.summary.damage = damage;
     if let Some(e) = failed {
         return Err(e);
     }
-    engine.take_role_changes(|tid, role| consumer.role_changed(tid, role));
-    engine.finish(&mut |f| resolved.push(f));
-    let at = At {
-        engine: &engine,
-        origin: summary.origin,
-    };
-    for f in resolved.drain(..) {
-        summary.faults += 1;
-        consumer.fault(&f, at)?;
-    }
-    Ok((engine, summary))
+    pass.finish(consumer)
 }

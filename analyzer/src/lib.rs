@@ -8,5 +8,6 @@ pub mod drive;
 pub mod engine;
 pub mod export;
 pub mod inputs;
+pub mod live;
 pub mod render;
 pub mod report;

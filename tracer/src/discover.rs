@@ -154,6 +154,30 @@ pub fn threads(pid: u32, ts: u64) -> Result<Vec<ThreadInfo>, DiscoverError> {
     Ok(out)
 }
 
+/// The threads of `pid` asleep in userfaultfd at this moment: their wait
+/// channel (`/proc/PID/task/TID/wchan`, root only) is `handle_userfault`.
+/// `None` when the process is gone or the kernel shows no wait channels (no
+/// thread has one: all would read `0`), so "none blocked" is never a guess.
+pub fn blocked_in_userfaultfd(pid: u32) -> Option<Vec<u32>> {
+    let mut blocked = Vec::new();
+    let mut shows_wait_channels = false;
+    for entry in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        // A thread may exit during the scan.
+        let Ok(wchan) = fs::read_to_string(entry.path().join("wchan")) else {
+            continue;
+        };
+        let wchan = wchan.trim();
+        shows_wait_channels |= !wchan.is_empty() && wchan != "0";
+        if wchan == "handle_userfault" {
+            blocked.push(tid);
+        }
+    }
+    shows_wait_channels.then_some(blocked)
+}
+
 /// Parses one `/proc/net/tcp{,6}` address (`0100007F:1F90`).
 fn parse_addr(s: &str) -> Option<(String, u16)> {
     let (ip, port) = s.split_once(':')?;
@@ -306,6 +330,22 @@ pub fn scan_proc_fds(tgid: u32) -> Result<ProcFds, DiscoverError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn own_sleeping_threads_are_not_blocked_in_userfaultfd() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let sleeper = std::thread::spawn(move || rx.recv());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let blocked = blocked_in_userfaultfd(std::process::id());
+        drop(tx);
+        let _ = sleeper.join();
+        assert_eq!(
+            blocked,
+            Some(Vec::new()),
+            "a thread asleep on a channel shows a wait channel, and it is not handle_userfault"
+        );
+        assert_eq!(blocked_in_userfaultfd(u32::MAX), None, "no such process");
+    }
+
     use super::*;
 
     #[test]

@@ -10,6 +10,7 @@ pub mod convert;
 pub mod discover;
 pub mod escape;
 pub mod live_stats;
+pub mod metrics_http;
 #[cfg(target_os = "linux")]
 pub mod perf;
 pub mod qmp;

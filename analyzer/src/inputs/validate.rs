@@ -114,14 +114,19 @@ impl Boundary {
 
     /// The record if it may enter the analysis; `None` (counted) if not.
     pub fn admit(&mut self, rec: Record) -> Option<Record> {
-        match self.check(&rec) {
+        self.admits(&rec).then_some(rec)
+    }
+
+    /// Whether the record may enter the analysis (counted when not).
+    pub fn admits(&mut self, rec: &Record) -> bool {
+        match self.check(rec) {
             Ok(()) => {
                 self.latest = self.latest.max(rec.ts());
-                Some(rec)
+                true
             }
             Err(why) => {
                 self.rejected[why.index()] += 1;
-                None
+                false
             }
         }
     }

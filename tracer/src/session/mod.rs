@@ -59,6 +59,9 @@ pub struct Progress {
     pub drops: u64,
     /// Ring records that did not become trace records, by why.
     pub bad_records: BadRecords,
+    /// Share of one CPU the recorder (all its threads) used since the last
+    /// figures; `None` when the kernel would not say.
+    pub cpu_ratio: Option<f64>,
 }
 
 /// What a recording tells its caller while it runs.
@@ -75,7 +78,7 @@ pub enum Update<'a> {
 pub fn status_line(p: &Progress) -> String {
     let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.0}µs"));
     format!(
-        "{:>6.1}s  {:>9.0} ev/s  {} events  {} faults  p50 {}  p99 {}  drops {}{}",
+        "{:>6.1}s  {:>9.0} ev/s  {} events  {} faults  p50 {}  p99 {}  drops {}  cpu {}{}",
         p.elapsed.as_secs_f64(),
         p.events_per_s,
         p.events,
@@ -83,6 +86,8 @@ pub fn status_line(p: &Progress) -> String {
         us(p.p50_us),
         us(p.p99_us),
         p.drops,
+        p.cpu_ratio
+            .map_or_else(|| "-".to_owned(), |r| format!("{:.1}%", r * 100.0)),
         if p.bad_records.total() > 0 {
             format!(
                 "  undecodable {} ({})",
@@ -116,6 +121,15 @@ pub(crate) fn monotonic_ns() -> u64 {
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
+/// CPU time (user and system, all threads) this process has used.
+fn own_cpu_time() -> Option<Duration> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::TimeValLike;
+    let usage = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    let us = usage.user_time().num_microseconds() + usage.system_time().num_microseconds();
+    u64::try_from(us).ok().map(Duration::from_micros)
+}
+
 fn realtime_offset_ns() -> i64 {
     let real = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
         .map_or(0, |t| t.tv_sec() * 1_000_000_000 + t.tv_nsec());
@@ -132,19 +146,28 @@ fn uname() -> (String, String) {
     }
 }
 
-struct Writer {
+/// Called with every record the session writes, in trace order, once it is
+/// written (live metrics read the recording through it).
+pub type RecordTap<'t> = Box<dyn FnMut(&Record) + 't>;
+
+struct Writer<'t> {
     w: TraceWriter<std::fs::File>,
     path: PathBuf,
     events: u64,
+    tap: Option<RecordTap<'t>>,
 }
 
-impl Writer {
+impl Writer<'_> {
     fn push(&mut self, r: &Record) -> Result<(), RecordError> {
         self.events += 1;
         self.w.push(r).map_err(|source| RecordError::Write {
             path: self.path.clone(),
             source,
-        })
+        })?;
+        if let Some(tap) = &mut self.tap {
+            tap(r);
+        }
+        Ok(())
     }
 
     fn push_all(&mut self, recs: impl IntoIterator<Item = Record>) -> Result<(), RecordError> {
@@ -164,9 +187,19 @@ impl Writer {
 pub fn record(
     cfg: &RecordConfig,
     stop: &AtomicBool,
+    on_update: impl FnMut(Update<'_>),
+) -> Result<RecordSummary, RecordError> {
+    record_tapped(cfg, None, stop, on_update)
+}
+
+/// [`record`], handing every record written to `tap` as well.
+pub fn record_tapped(
+    cfg: &RecordConfig,
+    tap: Option<RecordTap<'_>>,
+    stop: &AtomicBool,
     mut on_update: impl FnMut(Update<'_>),
 ) -> Result<RecordSummary, RecordError> {
-    let mut session = Session::setup(cfg, &mut on_update)?;
+    let mut session = Session::setup(cfg, tap, &mut on_update)?;
     loop {
         if let Some(reason) = session.tick(stop, &mut on_update)? {
             return session.finish(reason, &mut on_update);
@@ -188,7 +221,7 @@ pub struct Session<'c> {
     cfg: &'c RecordConfig,
     tracer: BpfTracer,
     ring: crate::bpf::RingDrain,
-    out: Writer,
+    out: Writer<'c>,
     peers: Peers,
     scan: ProcScan,
     drained: Drained,
@@ -200,6 +233,7 @@ pub struct Session<'c> {
     last_flush: Instant,
     last_progress: Instant,
     events_at_progress: u64,
+    cpu_at_progress: Option<Duration>,
 }
 
 /// `category:name` of the attached tracepoints, and of the others with why.
@@ -220,9 +254,10 @@ fn attach_lists(tracer: &BpfTracer) -> (Vec<String>, Vec<String>) {
 impl<'c> Session<'c> {
     /// Discovers the target, attaches the BPF programs, starts the peers,
     /// writes the trace's header and discovery records, and creates the
-    /// ready file.
+    /// ready file. `tap` sees every record written.
     pub fn setup(
         cfg: &'c RecordConfig,
+        tap: Option<RecordTap<'c>>,
         on_update: &mut dyn FnMut(Update<'_>),
     ) -> Result<Self, RecordError> {
         cfg.validate()?;
@@ -257,6 +292,7 @@ impl<'c> Session<'c> {
                 w,
                 path: cfg.output.clone(),
                 events: 0,
+                tap,
             },
             peers,
             scan: ProcScan::default(),
@@ -269,6 +305,7 @@ impl<'c> Session<'c> {
             last_flush: now,
             last_progress: now,
             events_at_progress: 0,
+            cpu_at_progress: own_cpu_time(),
         };
         // From here on the output exists: a failure removes it, so no
         // half-written trace is left to read as a recording.
@@ -418,6 +455,13 @@ impl<'c> Session<'c> {
     /// The figures for the status line since the last call.
     fn progress(&mut self) -> Progress {
         let dt = self.last_progress.elapsed().as_secs_f64();
+        let cpu = own_cpu_time();
+        let cpu_ratio = match (self.cpu_at_progress, cpu) {
+            (Some(before), Some(now)) if dt > 0.0 => {
+                Some(now.saturating_sub(before).as_secs_f64() / dt)
+            }
+            _ => None,
+        };
         let p = Progress {
             elapsed: self.started.elapsed(),
             events: self.out.events,
@@ -427,8 +471,10 @@ impl<'c> Session<'c> {
             p99_us: self.drained.service.quantile_us(0.99),
             drops: self.last_drops,
             bad_records: self.drained.bad.clone(),
+            cpu_ratio,
         };
         self.events_at_progress = self.out.events;
+        self.cpu_at_progress = cpu;
         self.last_progress = Instant::now();
         p
     }
@@ -478,7 +524,9 @@ impl<'c> Session<'c> {
             kind: "end".into(),
             text: stop.as_str().into(),
         }))?;
-        let Writer { w, path, events } = self.out;
+        let Writer {
+            w, path, events, ..
+        } = self.out;
         let bytes = w.bytes_written();
         w.finish().map_err(|source| RecordError::Write {
             path: path.clone(),
