@@ -391,7 +391,7 @@ fn blocktime(out: &mut Vec<Figure>, reports: &[&Report]) {
 fn guest(out: &mut Vec<Figure>, reports: &[&Report]) {
     type Get = fn(&Report) -> Option<f64>;
     const FIGURES: [(&str, &str, Unit, Get); 5] = [
-        ("guest.spikes", "spikes", Unit::Count, |r| {
+        ("guest.spike_count", "spikes", Unit::Count, |r| {
             r.guest.as_ref()?;
             Some(View::of(r).spikes.len() as f64)
         }),

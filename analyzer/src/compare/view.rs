@@ -166,11 +166,13 @@ pub fn delta(d: Option<f64>, unit: Unit) -> String {
     let Some(d) = d.filter(|d| d.is_finite()) else {
         return UNMEASURED.to_owned();
     };
-    let sign = if d < 0.0 { "-" } else { "+" };
     let magnitude = match unit {
         Unit::Share => format!("{:.0} pp", d.abs() * 100.0),
         unit => value(Some(d.abs()), unit),
     };
+    // A delta that rounds to zero is `+0`, never `-0`.
+    let shown_nonzero = magnitude.chars().any(|c| matches!(c, '1'..='9'));
+    let sign = if d < 0.0 && shown_nonzero { "-" } else { "+" };
     format!("{sign}{magnitude}")
 }
 
@@ -253,6 +255,8 @@ mod tests {
         assert_eq!(delta(Some(-4.0), Unit::Ms), "-4.00");
         assert_eq!(delta(Some(0.0), Unit::Us), "+0.00");
         assert_eq!(delta(Some(0.12), Unit::Share), "+12 pp");
+        assert_eq!(delta(Some(-0.001), Unit::Share), "+0 pp");
+        assert_eq!(delta(Some(-0.001), Unit::Us), "+0.00");
         assert_eq!(with_unit(Some(812.0), Unit::Us), "812 µs");
         assert_eq!(with_unit(None, Unit::Us), "–");
         assert_eq!(
