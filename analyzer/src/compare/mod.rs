@@ -291,47 +291,25 @@ fn stages(out: &mut Vec<Figure>, reports: &[&Report]) {
     }
 }
 
-/// The parts of the network stage, when some run has them.
+/// The parts of the network stage by their report JSON keys, in the order
+/// the report's view lists them ([`View::network_split`]).
+const SPLIT_PARTS: [&str; 4] = ["wire", "behind_stream", "rest", "paused"];
+
+/// The parts of the network stage, when some run has them (as the report's
+/// view shows them: a run that could not take the stage apart has none).
 fn network_split(out: &mut Vec<Figure>, reports: &[&Report]) {
-    type Part = (&'static str, fn(&Report) -> (StagePercentiles, Option<f64>));
-    const PARTS: [Part; 4] = [
-        ("wire", |r| {
-            (
-                r.faults.network_split_us.wire,
-                r.faults.network_split_share.wire,
-            )
-        }),
-        ("behind_stream", |r| {
-            (
-                r.faults.network_split_us.behind_stream,
-                r.faults.network_split_share.behind_stream,
-            )
-        }),
-        ("rest", |r| {
-            (
-                r.faults.network_split_us.rest,
-                r.faults.network_split_share.rest,
-            )
-        }),
-        ("paused", |r| {
-            (
-                r.faults.network_split_us.paused,
-                r.faults.network_split_share.paused,
-            )
-        }),
-    ];
-    // Only when a run took the network stage apart, as the report's view does.
     if reports.iter().all(|r| View::of(r).network_split.is_empty()) {
         return;
     }
-    for (part, get) in PARTS {
+    for (i, part) in SPLIT_PARTS.iter().enumerate() {
+        let row = |r: &Report| View::of(r).network_split.get(i).copied();
         for (q, pick) in STAGE_QUANTILES.iter().take(2) {
             let id = (
                 format!("faults.network_split_us.{part}.{q}"),
                 format!("network {part} {q}"),
             );
             push(out, reports, id, Section::NetworkSplit, Unit::Us, |r| {
-                pick(&get(r).0)
+                pick(&row(r)?.p)
             });
         }
         let id = (
@@ -339,7 +317,7 @@ fn network_split(out: &mut Vec<Figure>, reports: &[&Report]) {
             format!("network {part} share"),
         );
         push(out, reports, id, Section::NetworkSplit, Unit::Share, |r| {
-            get(r).1
+            row(r)?.share
         });
     }
 }

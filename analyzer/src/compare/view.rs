@@ -157,8 +157,12 @@ pub fn with_unit(v: Option<f64>, unit: Unit) -> String {
 
 /// A ratio to the baseline: `×1.00`, `×0.31`.
 pub fn ratio(r: Option<f64>) -> String {
-    r.filter(|r| r.is_finite())
-        .map_or_else(|| UNMEASURED.to_owned(), |r| format!("×{r:.2}"))
+    match r.filter(|r| r.is_finite()) {
+        None => UNMEASURED.to_owned(),
+        Some(r) if r >= 100.0 => format!("×{r:.0}"),
+        Some(r) if r >= 0.01 || r == 0.0 => format!("×{r:.2}"),
+        Some(r) => format!("×{r:.1e}"),
+    }
 }
 
 /// A delta against the baseline, signed: `+12.3`, `-4.00`, `+5 pp` for shares.
@@ -252,6 +256,8 @@ mod tests {
         assert_eq!(value(None, Unit::Us), "–");
         assert_eq!(ratio(None), "–");
         assert_eq!(ratio(Some(3.2)), "×3.20");
+        assert_eq!(ratio(Some(0.002)), "×2.0e-3");
+        assert_eq!(ratio(Some(1234.0)), "×1234");
         assert_eq!(delta(Some(-4.0), Unit::Ms), "-4.00");
         assert_eq!(delta(Some(0.0), Unit::Us), "+0.00");
         assert_eq!(delta(Some(0.12), Unit::Share), "+12 pp");
