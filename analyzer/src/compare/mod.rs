@@ -64,13 +64,6 @@ pub enum Unit {
     Coefficient,
 }
 
-impl Unit {
-    /// A time: what "changed most" is chosen among.
-    pub fn is_time(self) -> bool {
-        matches!(self, Unit::Us | Unit::Ms)
-    }
-}
-
 /// The section a figure belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -15,6 +15,30 @@ use crate::report::view::num;
 /// not changed.
 pub const UNCHANGED_WITHIN: f64 = 0.05;
 
+/// A time figure under this many µs in both runs is left out of "what
+/// changed most": tens of µs move with the host's load from run to run.
+pub const NOISE_FLOOR_US: f64 = 100.0;
+
+/// Whether a figure can be "what changed most" between runs `0` and `i`: a
+/// time at or above [`NOISE_FLOOR_US`] in one of them, not decided by a
+/// single fault (`max`, `p999`), and measured rather than modelled (the
+/// replay of QEMU's accounting is a model whose bounds depend on the set-up:
+/// ARCHITECTURE.md, "Fidelity against QEMU" in the README).
+pub fn can_change_most(f: &Figure, i: usize) -> bool {
+    let us = |v: Option<f64>| match f.unit {
+        Unit::Us => v,
+        Unit::Ms => v.map(|ms| ms * 1000.0),
+        _ => None,
+    };
+    let above_floor = [f.values[0], f.values[i]]
+        .into_iter()
+        .any(|v| us(v).is_some_and(|us| us.abs() >= NOISE_FLOOR_US));
+    above_floor
+        && !f.id.ends_with(".max")
+        && !f.id.ends_with(".p999")
+        && !f.id.contains(".qemu_view.")
+}
+
 /// The figure every sentence names besides the one that changed most.
 const HEADLINE: &str = "faults.service_us.p99";
 
@@ -24,8 +48,8 @@ pub struct Change {
     pub label: String,
     pub against: String,
     /// The id of the time figure whose ratio to the baseline is furthest
-    /// from 1 (either way); `null` when no time figure changed by more than
-    /// [`UNCHANGED_WITHIN`].
+    /// from 1 (either way), among the figures [`can_change_most`] admits; `null`
+    /// when none changed by more than [`UNCHANGED_WITHIN`].
     pub figure: Option<String>,
     pub ratio: Option<f64>,
     /// Rules that fired in this run and not in the baseline, and the reverse.
@@ -45,7 +69,7 @@ fn change(runs: &[RunInfo], i: usize, figures: &[Figure], findings: &[FindingRow
     let (label, against) = (&runs[i].label, &runs[0].label);
     let most = figures
         .iter()
-        .filter(|f| f.unit.is_time())
+        .filter(|f| can_change_most(f, i))
         .filter_map(|f| Some((f, f.ratio[i].filter(|r| *r > 0.0)?)))
         .max_by(|(_, a), (_, b)| a.ln().abs().total_cmp(&b.ln().abs()))
         .filter(|(_, r)| (r - 1.0).abs() > UNCHANGED_WITHIN);
@@ -60,7 +84,7 @@ fn change(runs: &[RunInfo], i: usize, figures: &[Figure], findings: &[FindingRow
         fired(0).filter(|r| !fired(i).any(|b| b == *r)).collect();
     let sentence = if most.is_none() && findings_new.is_empty() && findings_gone.is_empty() {
         format!(
-            "{label} against {against}: nothing changed (every time figure within {:.0}%, the same findings).",
+            "{label} against {against}: nothing changed (every time of {NOISE_FLOOR_US:.0} µs or more within {:.0}%, the same findings).",
             UNCHANGED_WITHIN * 100.0
         )
     } else {
@@ -103,7 +127,7 @@ fn sentence(
         None => {
             let _ = write!(
                 s,
-                "no time figure changed by more than {:.0}%.",
+                "no time of {NOISE_FLOOR_US:.0} µs or more changed by more than {:.0}%.",
                 UNCHANGED_WITHIN * 100.0
             );
         }
@@ -159,6 +183,7 @@ pub fn with_unit(v: Option<f64>, unit: Unit) -> String {
 pub fn ratio(r: Option<f64>) -> String {
     match r.filter(|r| r.is_finite()) {
         None => UNMEASURED.to_owned(),
+        Some(r) if r >= 1000.0 => format!("×{r:.1e}"),
         Some(r) if r >= 100.0 => format!("×{r:.0}"),
         Some(r) if r >= 0.01 || r == 0.0 => format!("×{r:.2}"),
         Some(r) => format!("×{r:.1e}"),
@@ -257,7 +282,8 @@ mod tests {
         assert_eq!(ratio(None), "–");
         assert_eq!(ratio(Some(3.2)), "×3.20");
         assert_eq!(ratio(Some(0.002)), "×2.0e-3");
-        assert_eq!(ratio(Some(1234.0)), "×1234");
+        assert_eq!(ratio(Some(123.4)), "×123");
+        assert_eq!(ratio(Some(26_116_095.0)), "×2.6e7");
         assert_eq!(delta(Some(-4.0), Unit::Ms), "-4.00");
         assert_eq!(delta(Some(0.0), Unit::Us), "+0.00");
         assert_eq!(delta(Some(0.12), Unit::Share), "+12 pp");
