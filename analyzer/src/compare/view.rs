@@ -34,8 +34,7 @@ pub fn can_change_most(f: &Figure, i: usize) -> bool {
         .into_iter()
         .any(|v| us(v).is_some_and(|us| us.abs() >= NOISE_FLOOR_US));
     above_floor
-        && !f.id.ends_with(".max")
-        && !f.id.ends_with(".p999")
+        && !matches!(f.id.rsplit('.').next(), Some("max" | "p999"))
         && !f.id.contains(".qemu_view.")
 }
 
