@@ -172,9 +172,9 @@ struct ReportArgs {
     /// is 4.
     #[arg(long, value_name = "N")]
     max_events: Option<u64>,
-    /// Interval length of `--format hlog`, in seconds.
-    #[arg(long, value_name = "SECS", default_value = "1", value_parser = interval_secs)]
-    interval: std::time::Duration,
+    /// Interval length of `--format hlog`, in seconds (default 1).
+    #[arg(long, value_name = "SECS", value_parser = interval_secs)]
+    interval: Option<std::time::Duration>,
 }
 
 /// The output formats of `compare`.
@@ -368,6 +368,9 @@ fn read_guest_log(
 }
 
 fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    if args.interval.is_some() && args.format != Format::Hlog {
+        eprintln!("uffdscope: note: --interval applies to --format hlog only");
+    }
     if matches!(args.format, Format::Perfetto | Format::Csv | Format::Hlog) {
         return stream_export(args);
     }
@@ -453,9 +456,13 @@ fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         Format::Perfetto => {
             uffdscope_analyzer::export::perfetto::export(&mut reader, out, args.limits())
         }
-        Format::Hlog => {
-            uffdscope_analyzer::export::hlog::export(&mut reader, out, args.interval, args.limits())
-        }
+        Format::Hlog => uffdscope_analyzer::export::hlog::export(
+            &mut reader,
+            out,
+            args.interval
+                .unwrap_or(uffdscope_analyzer::export::hlog::DEFAULT_INTERVAL),
+            args.limits(),
+        ),
         _ => uffdscope_analyzer::export::csv::export(&mut reader, out, args.limits()),
     };
     let summary = match result {

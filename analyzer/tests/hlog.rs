@@ -137,10 +137,15 @@ fn intervals_have_the_asked_length_and_come_in_order() {
         assert_eq!(start.as_millis() % 100, 0, "intervals start on their grid");
         last = *start;
     }
-    // The totals do not depend on the interval length.
+    // The totals do not depend on the interval length, not even when more
+    // intervals are open than `MAX_OPEN` allows (1 ms: older ones are
+    // written early, and a late fault adds a line).
     let whole = export(&trace, Duration::from_secs(3600));
+    let fine = export(&trace, Duration::from_millis(1));
+    assert!(fine.intervals.len() > hlog::MAX_OPEN * 4);
     for (tag, h) in &back.totals {
         assert_eq!(h.len(), whole.totals[tag].len(), "{tag}");
+        assert_eq!(h.len(), fine.totals[tag].len(), "{tag}");
     }
 }
 

@@ -22,8 +22,9 @@ use crate::engine::stats::Hist;
 use uffdscope_trace::record::Record;
 use uffdscope_trace::TraceReader;
 
-/// The histograms of one interval, in [`TAGS`] order.
-type Interval = [Hist; TAGS.len()];
+/// The histograms of one interval, in [`TAGS`] order; a tag's histogram is
+/// made with its first value (an empty one still holds ~16 KiB).
+type Interval = [Option<Hist>; TAGS.len()];
 
 /// Every tag of the log, in the order an interval's lines are written.
 pub const TAGS: [&str; 11] = [
@@ -50,6 +51,11 @@ const FIRST_PART: usize = FIRST_STAGE + Stage::ALL.len();
 /// A fault later than that adds a second line for its interval and tag
 /// (readers that add the intervals up count it once).
 pub const LATE_NS: u64 = RETAIN_NS;
+
+/// At most this many intervals are open at once (the oldest is written
+/// first): short intervals must not hold [`LATE_NS`] worth of histograms
+/// (up to ~170 KiB each at 3 significant digits).
+pub const MAX_OPEN: usize = 32;
 
 /// The default interval length.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -90,7 +96,7 @@ impl<W: Write> Hlog<W> {
         let hists = self.open.entry(woken / self.interval_ns).or_default();
         let mut put = |i: usize, ns: Option<u64>| {
             if let Some(ns) = ns {
-                hists[i].record(ns);
+                hists[i].get_or_insert_with(Hist::default).record(ns);
             }
         };
         put(0, f.service_ns());
@@ -110,14 +116,17 @@ impl<W: Write> Hlog<W> {
         }
     }
 
-    /// Writes the intervals that end before `upto_ns` (ns since the origin).
+    /// Writes the intervals that end before `upto_ns` (ns since the
+    /// origin), and the oldest ones past [`MAX_OPEN`].
     fn flush(&mut self, upto_ns: u64, origin: Origin) -> io::Result<()> {
-        while let Some(entry) = self.open.first_entry() {
-            let index = *entry.key();
-            if index.saturating_add(1).saturating_mul(self.interval_ns) > upto_ns {
+        while let Some(&index) = self.open.keys().next() {
+            let ended = index.saturating_add(1).saturating_mul(self.interval_ns) <= upto_ns;
+            if !ended && self.open.len() <= MAX_OPEN {
                 break;
             }
-            let hists = entry.remove();
+            let Some(hists) = self.open.remove(&index) else {
+                break;
+            };
             self.write_interval(index, &hists, origin)?;
         }
         Ok(())
@@ -132,9 +141,9 @@ impl<W: Write> Hlog<W> {
         let mut log =
             IntervalLogWriterBuilder::new().begin_log_with(&mut self.out, &mut self.serializer)?;
         for (tag, hist) in TAGS.iter().zip(hists) {
-            if hist.count() == 0 {
+            let Some(hist) = hist.as_ref().filter(|h| h.count() > 0) else {
                 continue;
-            }
+            };
             log.write_histogram(hist.histogram(), start, length, Tag::new(tag))
                 .map_err(|e| io::Error::other(format!("writing the {tag} histogram: {e}")))?;
         }
