@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use uffdscope_analyzer::analysis::{self, Options};
 use uffdscope_analyzer::drive::Limits;
 use uffdscope_analyzer::inputs::guest_log;
+use uffdscope_analyzer::{compare, render};
 use uffdscope_trace::create_exclusive;
 use uffdscope_trace::{TraceError, TraceReader};
 
@@ -34,6 +35,16 @@ Examples:
 
   # Can this host record at all?
   uffdscope check
+
+  # Two runs side by side (ratios and deltas against the first)
+  uffdscope compare off.trace on.trace --label preempt-off --label preempt-on
+
+  # Per-stage latency histograms per second, for HdrHistogram's tools
+  uffdscope report run.trace --format hlog -o run.hlog
+
+  # Shell completions and the man page
+  uffdscope completions bash > /etc/bash_completion.d/uffdscope
+  uffdscope man > uffdscope.1
 
 Exit codes:
   0  success
@@ -68,6 +79,17 @@ enum Command {
     /// Check whether this host can record, and what would be measured.
     #[cfg(target_os = "linux")]
     Check,
+    /// Compare the reports of several traces side by side, against the first.
+    #[command(after_help = EXAMPLES)]
+    Compare(CompareArgs),
+    /// Print a shell completion script (e.g. `uffdscope completions bash`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to standard output.
+    Man,
 }
 
 #[cfg(target_os = "linux")]
@@ -134,6 +156,9 @@ enum Format {
     Perfetto,
     /// One CSV row per fault with its timestamps and stages (streamed).
     Csv,
+    /// HdrHistogram interval log: per-stage and service latency histograms
+    /// per interval, in ns (streamed).
+    Hlog,
 }
 
 #[derive(clap::Args, Debug)]
@@ -162,21 +187,58 @@ struct ReportArgs {
     /// is 4.
     #[arg(long, value_name = "N")]
     max_events: Option<u64>,
+    /// Interval length of `--format hlog`, in seconds (default 1).
+    #[arg(long, value_name = "SECS", value_parser = interval_secs)]
+    interval: Option<std::time::Duration>,
+}
+
+/// The output formats of `compare`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Default)]
+enum CompareFormat {
+    /// Human-readable terminal tables.
+    #[default]
+    Text,
+    /// The `uffdscope.compare/1` JSON object.
+    Json,
+    /// GitHub-flavoured markdown tables.
+    Markdown,
+}
+
+#[derive(clap::Args, Debug)]
+struct CompareArgs {
+    /// The traces, baseline first (at least two).
+    #[arg(required = true, num_args = 2.., value_name = "TRACE")]
+    traces: Vec<PathBuf>,
+    /// A name for each trace, in the same order (default: the file names).
+    #[arg(long, value_name = "NAME")]
+    label: Vec<String>,
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value_t = CompareFormat::Text)]
+    format: CompareFormat,
+    /// Write to this file (must not exist) instead of stdout.
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
 }
 
 impl ReportArgs {
     /// `--max-events`, or the default for the size of the trace file (a
     /// pipe's size is 0: unknown, not empty).
     fn limits(&self) -> Limits {
-        let file_len = std::fs::metadata(&self.trace)
-            .ok()
-            .filter(std::fs::Metadata::is_file)
-            .map(|m| m.len());
-        match (self.max_events, file_len) {
-            (Some(n), _) => Limits { max_records: n },
-            (None, Some(len)) => Limits::for_file_size(len),
-            (None, None) => Limits::UNSIZED,
-        }
+        limits(&self.trace, self.max_events)
+    }
+}
+
+/// `--max-events`, or the default for the size of the trace at `path` (a
+/// pipe's size is 0: unknown, not empty).
+fn limits(path: &Path, max_events: Option<u64>) -> Limits {
+    let file_len = std::fs::metadata(path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.len());
+    match (max_events, file_len) {
+        (Some(n), _) => Limits { max_records: n },
+        (None, Some(len)) => Limits::for_file_size(len),
+        (None, None) => Limits::UNSIZED,
     }
 }
 
@@ -205,6 +267,17 @@ fn incomplete_exit(
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `--interval`: a number of seconds between 1 ms and an hour.
+fn interval_secs(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{e}: give a number of seconds, e.g. 1 or 0.1"))?;
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|e| e.to_string())
+        .and_then(|d| uffdscope_analyzer::export::hlog::interval(d).map_err(|e| e.to_string()))
 }
 
 /// Errors that map to exit code 2 (input problems).
@@ -310,7 +383,10 @@ fn read_guest_log(
 }
 
 fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
-    if matches!(args.format, Format::Perfetto | Format::Csv) {
+    if args.interval.is_some() && args.format != Format::Hlog {
+        eprintln!("uffdscope: note: --interval applies to --format hlog only");
+    }
+    if matches!(args.format, Format::Perfetto | Format::Csv | Format::Hlog) {
         return stream_export(args);
     }
     let reader = open_trace(&args.trace)?;
@@ -338,9 +414,25 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         }
         Format::Markdown => uffdscope_analyzer::render::markdown::render_markdown(&report),
         Format::Html => uffdscope_analyzer::render::html::render_html(&report),
-        Format::Perfetto | Format::Csv => unreachable!("streamed by stream_export"),
+        Format::Perfetto | Format::Csv | Format::Hlog => {
+            unreachable!("streamed by stream_export")
+        }
     };
-    match &args.output {
+    write_output(args.output.as_deref(), &body)?;
+    if let Some(damage) = &report.trace.damage {
+        eprintln!(
+            "uffdscope: {}: damaged trace, reported the good part: {damage}",
+            args.trace.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let t = &report.trace;
+    Ok(incomplete_exit(&args.trace, t.stopped_at_limit, t.complete))
+}
+
+/// Writes `body` to a new file at `output`, or to stdout.
+fn write_output(output: Option<&Path>, body: &str) -> anyhow::Result<()> {
+    match output {
         Some(path) => {
             let mut f = create_exclusive(path)
                 .with_context(|| format!("cannot create {} (it must not exist)", path.display()))?;
@@ -353,18 +445,10 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
             let _ = out.write_all(body.as_bytes());
         }
     }
-    if let Some(damage) = &report.trace.damage {
-        eprintln!(
-            "uffdscope: {}: damaged trace, reported the good part: {damage}",
-            args.trace.display()
-        );
-        return Ok(ExitCode::from(2));
-    }
-    let t = &report.trace;
-    Ok(incomplete_exit(&args.trace, t.stopped_at_limit, t.complete))
+    Ok(())
 }
 
-/// The streamed exports (perfetto, csv): one pass over the trace, written as
+/// The streamed exports (perfetto, csv, hlog): one pass over the trace, written as
 /// faults resolve, so memory does not grow with the trace.
 fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     if args.guest_log.is_some() || args.guest_offset.is_some() {
@@ -387,6 +471,13 @@ fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         Format::Perfetto => {
             uffdscope_analyzer::export::perfetto::export(&mut reader, out, args.limits())
         }
+        Format::Hlog => uffdscope_analyzer::export::hlog::export(
+            &mut reader,
+            out,
+            args.interval
+                .unwrap_or(uffdscope_analyzer::export::hlog::DEFAULT_INTERVAL),
+            args.limits(),
+        ),
         _ => uffdscope_analyzer::export::csv::export(&mut reader, out, args.limits()),
     };
     let summary = match result {
@@ -412,6 +503,117 @@ fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         summary.stopped_at_limit,
         summary.complete,
     ))
+}
+
+/// Traces from this size on get a progress line on stderr.
+const LARGE_TRACE_BYTES: u64 = 64 << 20;
+
+/// `compare`: each trace's report, read one after the other, then the
+/// comparison. Exit codes as for `report`: 2 when a trace cannot be read
+/// or is damaged, 4 when one is incomplete.
+fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
+    let labels = compare_labels(args)?;
+    let mut reports = Vec::with_capacity(args.traces.len());
+    for (i, path) in args.traces.iter().enumerate() {
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        if size >= LARGE_TRACE_BYTES {
+            eprintln!(
+                "uffdscope: reading {} ({} MiB, trace {} of {})",
+                path.display(),
+                size >> 20,
+                i + 1,
+                args.traces.len()
+            );
+        }
+        let reader = open_trace(path)?;
+        let opts = Options {
+            limits: limits(path, None),
+            ..Options::default()
+        };
+        reports.push(analysis::analyze(
+            reader,
+            &path.display().to_string(),
+            &opts,
+        ));
+    }
+    let runs: Vec<compare::Run<'_>> = labels
+        .into_iter()
+        .zip(&reports)
+        .map(|(label, report)| compare::Run { label, report })
+        .collect();
+    let comparison = compare::compare(&runs);
+    let body = match args.format {
+        CompareFormat::Text => render::compare::render_text(&comparison),
+        CompareFormat::Markdown => render::compare::render_markdown(&comparison),
+        CompareFormat::Json => {
+            let mut s =
+                serde_json::to_string_pretty(&comparison).context("serializing the comparison")?;
+            s.push('\n');
+            s
+        }
+    };
+    write_output(args.output.as_deref(), &body)?;
+    let mut code = ExitCode::SUCCESS;
+    for (path, report) in args.traces.iter().zip(&reports) {
+        let t = &report.trace;
+        if let Some(damage) = &t.damage {
+            eprintln!(
+                "uffdscope: {}: damaged trace, compared the good part: {damage}",
+                path.display()
+            );
+            code = ExitCode::from(2);
+        } else if incomplete_exit(path, t.stopped_at_limit, t.complete) != ExitCode::SUCCESS
+            && code == ExitCode::SUCCESS
+        {
+            code = ExitCode::from(INCOMPLETE);
+        }
+    }
+    Ok(code)
+}
+
+/// `--label`s, one per trace, or the file names (made unique with `#N`).
+fn compare_labels(args: &CompareArgs) -> anyhow::Result<Vec<String>> {
+    if !args.label.is_empty() {
+        anyhow::ensure!(
+            args.label.len() == args.traces.len(),
+            "{} labels for {} traces: give one --label per trace, in the same order, or none",
+            args.label.len(),
+            args.traces.len()
+        );
+        return Ok(args.label.clone());
+    }
+    let names: Vec<String> = args
+        .traces
+        .iter()
+        .map(|path| {
+            path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    Ok(names
+        .iter()
+        .enumerate()
+        .map(
+            |(i, name)| match names[..i].iter().filter(|n| *n == name).count() {
+                0 => name.clone(),
+                taken => format!("{name}#{}", taken + 1),
+            },
+        )
+        .collect())
+}
+
+/// `man`: the man page of the whole command line, generated from clap.
+fn man() -> anyhow::Result<ExitCode> {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut page)
+        .context("rendering the man page")?;
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth a message.
+    let _ = out.write_all(&page);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Errors that map to exit code 3 (recording failed).
@@ -650,6 +852,13 @@ fn main() -> ExitCode {
         Command::Record(args) => record(args),
         #[cfg(target_os = "linux")]
         Command::Check => Ok(check()),
+        Command::Compare(args) => compare(args),
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(*shell, &mut Cli::command(), "uffdscope", &mut out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => man(),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@
 //! render / export; see ARCHITECTURE.md.
 
 pub mod analysis;
+pub mod compare;
 pub mod drive;
 pub mod engine;
 pub mod export;

@@ -9,11 +9,13 @@
 //! run: `PROPTEST_CASES=1000000 cargo test --release -p uffdscope-analyzer
 //! --test analysis_fuzz`.
 
+use hdrhistogram::serialization::interval_log::IntervalLogIterator;
 use proptest::prelude::*;
 use uffdscope_analyzer::analysis::{analyze, Options};
-use uffdscope_analyzer::export::{csv, perfetto, Limits};
+use uffdscope_analyzer::compare;
+use uffdscope_analyzer::export::{csv, hlog, perfetto, Limits};
 use uffdscope_analyzer::inputs::{guest_log, rp};
-use uffdscope_analyzer::render::{html, markdown, text};
+use uffdscope_analyzer::render::{self, html, markdown, text};
 use uffdscope_trace::record::*;
 use uffdscope_trace::{write_all, TraceMeta, TraceReader};
 
@@ -328,6 +330,34 @@ fn run_everything(bytes: &[u8], opts: &Options) -> Result<(), TestCaseError> {
     let timeline: serde_json::Value =
         serde_json::from_slice(&out).expect("the Perfetto export is JSON");
     prop_assert!(timeline.is_object() || timeline.is_array());
+
+    let mut out = Vec::new();
+    let mut reader = TraceReader::with_len(bytes, Some(bytes.len() as u64)).expect("valid header");
+    hlog::export(&mut reader, &mut out, hlog::DEFAULT_INTERVAL, Limits::NONE)
+        .expect("writing to memory");
+    for entry in IntervalLogIterator::new(&out) {
+        prop_assert!(entry.is_ok(), "the interval log parses: {:?}", entry);
+    }
+
+    let runs = [
+        compare::Run {
+            label: "a".into(),
+            report: &report,
+        },
+        compare::Run {
+            label: "b".into(),
+            report: &report,
+        },
+    ];
+    let c = compare::compare(&runs);
+    prop_assert!(
+        c.changes[0].sentence.contains("nothing changed"),
+        "{}",
+        c.changes[0].sentence
+    );
+    let _ = render::compare::render_text(&c);
+    let _ = render::compare::render_markdown(&c);
+    serde_json::to_string(&c).expect("the comparison serializes");
     Ok(())
 }
 

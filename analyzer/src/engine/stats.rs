@@ -62,6 +62,11 @@ impl Hist {
         self.h.len()
     }
 
+    /// The histogram itself (ns), for writing it out (`export::hlog`).
+    pub fn histogram(&self) -> &Histogram<u64> {
+        &self.h
+    }
+
     /// The latency at each of `quantiles` (0..=1), in µs; empty when no values.
     pub fn curve(&self, quantiles: &[f64]) -> Vec<QuantilePoint> {
         if self.h.is_empty() {

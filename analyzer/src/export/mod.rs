@@ -1,9 +1,10 @@
-//! The streamed exports ([`perfetto`], [`csv`]): consumers of the one pass
+//! The streamed exports ([`perfetto`], [`csv`], [`hlog`]): consumers of the one pass
 //! over a trace ([`crate::drive`]) that write each record and each fault as
 //! the lifecycle engine resolves it. Memory is the engine's bounded window
 //! plus one frame, never the whole trace.
 
 pub mod csv;
+pub mod hlog;
 pub mod perfetto;
 
 pub use crate::drive::{Limits, Summary};
