@@ -3,13 +3,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_uffdscope"))
-}
-
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/data/synthetic-2vcpu.trace")
-}
+mod common;
+use common::{bin, fixture};
 
 #[test]
 fn text_report_of_the_committed_trace() {

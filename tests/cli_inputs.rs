@@ -3,20 +3,11 @@
 //! Each case exits 0 (with a note) or 2 with one line naming the file and the fix.
 
 use std::io::Write;
-use std::path::PathBuf;
+
 use std::process::{Command, Output, Stdio};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_uffdscope"))
-}
-
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/data/synthetic-2vcpu.trace")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod common;
+use common::{bin, fixture, stderr};
 
 fn json_of(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", stderr(out));

@@ -1,20 +1,8 @@
 //! The `compare`, `completions` and `man` subcommands and `report --format
 //! hlog` end to end: output, exit codes, hostile inputs.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_uffdscope"))
-}
-
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/data/synthetic-2vcpu.trace")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod common;
+use common::{bin, fixture, stderr};
 
 #[test]
 fn compare_in_every_format() {

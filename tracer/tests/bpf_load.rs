@@ -440,18 +440,13 @@ fn spawn_child(
     (child, BufReader::new(stdout).lines(), done_tx)
 }
 
-/// Spawns the child workload, loads and attaches the tracer to it, lets it
-/// run, and drains every record it produced.
-fn run_workload_traced() -> Observed {
-    let (mut child, mut lines, done_tx) = spawn_child("child_workload");
-    let pid = child.0.id();
-    read_tagged(&mut lines, "UFS ready");
-
-    let cfg = BpfConfig::new(vec![pid]);
-    let mut tracer = BpfTracer::load(&cfg).unwrap_or_else(|e| panic!("BpfTracer::load: {e}"));
-    check_attached(&tracer);
-    let mut ring = tracer.take_ring().expect("take ring");
-
+/// Tells a spawned child to go, and returns the `UFS result` it prints once
+/// it is done and has exited successfully.
+fn run_to_result(
+    mut child: ChildGuard,
+    mut lines: std::io::Lines<BufReader<ChildStdout>>,
+    done_tx: mpsc::Sender<()>,
+) -> BTreeMap<String, i64> {
     child
         .0
         .stdin
@@ -466,6 +461,22 @@ fn run_workload_traced() -> Observed {
     drop(done_tx);
     assert!(status.success(), "child workload failed: {status}");
     rest.join().expect("stdout reader");
+    result
+}
+
+/// Spawns the child workload, loads and attaches the tracer to it, lets it
+/// run, and drains every record it produced.
+fn run_workload_traced() -> Observed {
+    let (child, mut lines, done_tx) = spawn_child("child_workload");
+    let pid = child.0.id();
+    read_tagged(&mut lines, "UFS ready");
+
+    let cfg = BpfConfig::new(vec![pid]);
+    let mut tracer = BpfTracer::load(&cfg).unwrap_or_else(|e| panic!("BpfTracer::load: {e}"));
+    check_attached(&tracer);
+    let mut ring = tracer.take_ring().expect("take ring");
+
+    let result = run_to_result(child, lines, done_tx);
 
     // ~230 records stay far below the wake-up threshold, so the kernel must
     // not have woken the consumer even once (no per-event wake-ups).
@@ -610,19 +621,12 @@ fn interrupt_wakes_are_not_faults() {
     if std::env::var_os(CHILD_ENV).is_some() || !tier::root_bpf("interrupt_wakes_are_not_faults") {
         return;
     }
-    let (mut child, mut lines, done_tx) = spawn_child("child_interrupt_wakes");
+    let (child, mut lines, done_tx) = spawn_child("child_interrupt_wakes");
     read_tagged(&mut lines, "UFS ready");
     let cfg = BpfConfig::new(vec![child.0.id()]);
     let mut tracer = BpfTracer::load(&cfg).unwrap_or_else(|e| panic!("BpfTracer::load: {e}"));
     let mut ring = tracer.take_ring().expect("take ring");
-    let mut stdin = child.0.stdin.take().expect("stdin");
-    stdin.write_all(b"go\n").expect("write go");
-    let result = parse_kv(&read_tagged(&mut lines, "UFS result"));
-    let rest = std::thread::spawn(move || lines.count());
-    let status = child.0.wait().expect("wait child");
-    drop(done_tx);
-    assert!(status.success(), "child workload failed: {status}");
-    rest.join().expect("stdout reader");
+    let result = run_to_result(child, lines, done_tx);
     let mut events = Vec::new();
     let count = ring.drain_into(&mut events);
     assert_eq!(count.bad, 0, "undecodable records: {:?}", count.first_error);
