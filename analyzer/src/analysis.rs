@@ -598,8 +598,11 @@ fn warnings(run: &Run<'_>) -> Vec<String> {
         ));
     }
     if s.count > 0 && s.with_service < s.count {
-        // Threads other than vCPUs (QEMU's main thread loading device state)
-        // fault inside system calls, where no user fault entry exists.
+        // A sleep with no fault entry: a fault taken through get_user_pages
+        // (no exception, so no entry), or, in traces recorded before the
+        // tracer checked where a wake came from, an idle thread's timer wake
+        // that arrived during a placement (ARCHITECTURE.md, "A wake is a
+        // fault's only if the ioctl made it").
         let not_vcpu: u64 = s
             .per_thread
             .iter()
@@ -608,14 +611,16 @@ fn warnings(run: &Run<'_>) -> Vec<String> {
             .sum();
         let missing = s.count - s.with_service;
         let who = if not_vcpu == missing {
-            " (all on threads that are not vCPUs: faults taken inside system calls have no user fault entry)".to_owned()
+            " (all on threads that are not vCPUs)".to_owned()
         } else if not_vcpu > 0 {
             format!(" ({not_vcpu} of them on threads that are not vCPUs)")
         } else {
             String::new()
         };
         warnings.push(format!(
-            "{missing} of {} faults have no fault-entry record{who}: their service latency is unknown",
+            "{missing} of {} faults have no fault-entry record{who}: their service latency is unknown; \
+             a trace recorded before uffdscope told interrupt wakes apart can count idle threads' \
+             timer wakes here, a newer one only faults taken through get_user_pages",
             s.count
         ));
     }
