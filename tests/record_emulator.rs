@@ -114,16 +114,19 @@ fn recorded_faults_match_the_ground_truth() {
     let mut missing = Vec::new();
     let mut diffs = Vec::new();
     let mut outside = 0usize;
+    let mut fallback = 0usize;
     for t in &truth {
         match by_key.get(&(t.tid, t.page_addr)) {
             Some(f) => {
                 let entry = f.entry_ts.expect("fault entry seen");
-                let run = f.run_ts.unwrap();
+                // The resume in user mode (rseq), else the switch-in.
+                let end = f.resumed_ts().unwrap();
+                fallback += usize::from(f.resume_ts.is_none());
                 // The kernel's interval must nest inside the store the vCPU timed.
-                if entry < t.start_ns || run > t.end_ns {
+                if entry < t.start_ns || end > t.end_ns {
                     outside += 1;
                 }
-                diffs.push((t.latency_ns() as i64 - (run as i64 - entry as i64)).abs());
+                diffs.push((t.latency_ns() as i64 - (end as i64 - entry as i64)).abs());
             }
             None => missing.push(t),
         }
@@ -156,7 +159,8 @@ fn recorded_faults_match_the_ground_truth() {
     let p99 = diffs[(diffs.len() - 1) * 99 / 100];
     let pct = |q: usize| diffs[(diffs.len() - 1) * q / 100];
     eprintln!(
-        "|truth - recorded| over {} faults: p50 {} ns, p90 {} ns, p99 {} ns, max {} ns",
+        "|truth - recorded| over {} faults: p50 {} ns, p90 {} ns, p99 {} ns, max {} ns; \
+         {fallback} fell back to the switch-in",
         diffs.len(),
         pct(50),
         pct(90),
@@ -164,14 +168,14 @@ fn recorded_faults_match_the_ground_truth() {
         diffs[diffs.len() - 1]
     );
     assert_eq!(outside, 0, "recorded intervals not inside the timed store");
-    // What the kernel cannot show: from switch-in to the store completing in
-    // user mode (return from the fault, the vCPU's clock read), plus any
-    // preemption there, which on a loaded 2-core runner reaches milliseconds
-    // at p99. The nesting above is exact; the median gap bounds the rest.
-    // The README quotes the measured p50/p90/p99.
+    // The emulator's threads register rseq (glibc does), so every fault ends
+    // at its return to user mode; what remains is the store's retry and the
+    // vCPU's clock read, plus a preemption after the resume. The README
+    // quotes the measured p50/p90/p99.
+    assert_eq!(fallback, 0, "faults without a traced resume");
     assert!(
-        pct(50) <= 20_000,
-        "median |truth - recorded| latency difference {} ns exceeds 20 µs (p90 {} ns, p99 {p99} ns)",
+        p99 <= 20_000,
+        "p99 |truth - recorded| latency difference {p99} ns exceeds 20 µs (p50 {} ns, p90 {} ns)",
         pct(50),
         pct(90)
     );

@@ -169,6 +169,7 @@ fn sleep() -> impl Strategy<Value = Record> {
                     blocked_ts: b,
                     woken_ts: b.saturating_add(w),
                     run_ts: run.then_some(b.saturating_add(w).saturating_add(r)),
+                    resume_ts: None,
                     waker_tid,
                     wake_op,
                     wake_start,
