@@ -427,14 +427,21 @@ fn qemu_remark(qmp: &Qmp, view: &QemuView) -> Option<String> {
     let (late, early) = (view.vcpu_sum, view.vcpu_sum_close_at_exit);
     if per_sum > 0.0 && (late / per_sum - 1.0).abs() > 0.15 {
         let between = late.min(early) <= per_sum && per_sum <= late.max(early);
-        return Some(if between {
+        return Some(if between && view.closed_at_placer_run.is_some() {
+            format!(
+                "QEMU's per-vCPU blocktime ({per_sum:.0} ms) lies between the replay's bounds: \
+                 {late:.0} ms closing each slot when its placing thread ran on after the \
+                 placement (recorded), {early:.0} ms closing it at the ioctl's exit; QEMU's \
+                 placing thread closed its slots later than it was seen running again"
+            )
+        } else if between {
             format!(
                 "QEMU's per-vCPU blocktime ({per_sum:.0} ms) lies between the replay's bounds: \
                  {late:.0} ms closing each slot when its placing thread next places a page, \
                  {early:.0} ms closing it at the ioctl's exit. When QEMU closed its slots depends \
-                 on when its placing threads got the CPU back, which the trace does not show; with \
-                 postcopy-preempt the fault-fast thread idles between urgent pages, so the first \
-                 bound is far off"
+                 on when its placing threads got the CPU back, which this trace (format 1 or 2) \
+                 does not show; with postcopy-preempt the fault-fast thread idles between urgent \
+                 pages, so the first bound is far off"
             )
         } else {
             format!(
