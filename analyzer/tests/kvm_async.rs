@@ -36,8 +36,11 @@ fn a_kworkers_wait_goes_to_the_vcpu_it_served_and_qemu_does_not_see_it() {
     let close = |tid: u32, want: f64| (w.per_vcpu_ms[&tid.to_string()] - want).abs() < 1e-3;
     assert!(close(VCPU_TID0, wait(&a)), "{:?}", w.per_vcpu_ms);
     assert!(close(VCPU_TID0 + 1, wait(&c)), "{:?}", w.per_vcpu_ms);
-    // The vCPU's own fault is the only sleep; the kworkers' are not faults.
+    // The vCPU's own fault (a kvm_page_fault entry) is the only sleep, with
+    // all its stages; the kworkers' waits are not faults.
     assert_eq!(r.faults.count, 1);
+    assert_eq!(r.faults.stage_sum_consistent, 1);
+    assert_eq!(r.faults.stages_us["wake"].count, 1);
     // QEMU reads the kworkers' messages but cannot tie them to a vCPU.
     assert_eq!(r.blocktime_ms.qemu_view.faults, 1);
     let f = findings(&r);
