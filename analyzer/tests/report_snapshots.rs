@@ -20,12 +20,18 @@ fn report() -> uffdscope_analyzer::report::Report {
     analyze(reader, REL, &Options::default())
 }
 
-#[test]
-fn committed_trace_matches_the_generator() {
+/// The default scenario's records, and the trace this build writes of them.
+fn generated() -> (Vec<uffdscope_trace::record::Record>, Vec<u8>) {
     let scenario = Scenario::default();
     let mut records = Vec::new();
     scenario.generate(|r| records.push(r.clone()), false);
     let fresh = uffdscope_trace::write_all(&scenario.meta(), &records);
+    (records, fresh)
+}
+
+#[test]
+fn committed_trace_matches_the_generator() {
+    let (records, fresh) = generated();
     let committed = std::fs::read(fixture()).expect("fixture readable");
     let back = uffdscope_trace::read_all(&committed).expect("fixture header");
     assert!(back.damage.is_none());
@@ -62,10 +68,7 @@ fn format_version_1_reads_and_reports_alike() {
 /// format 3 and report the same, apart from the keys format 3 added.
 #[test]
 fn format_version_2_reads_and_reports_alike_as_format_3() {
-    let scenario = Scenario::default();
-    let mut records = Vec::new();
-    scenario.generate(|r| records.push(r.clone()), false);
-    let fresh = uffdscope_trace::write_all(&scenario.meta(), &records);
+    let (_, fresh) = generated();
     let reader = TraceReader::new(&fresh[..]).expect("fresh trace");
     assert_eq!(reader.version(), 3);
     let new = serde_json::to_value(analyze(reader, REL, &Options::default())).unwrap();
