@@ -10,6 +10,7 @@ use std::path::Path;
 use crate::drive::{self, At, Consumer, Derived, Limits, Summary};
 use crate::engine::blocktime::{self, QemuBlocktime};
 use crate::engine::guest;
+use crate::engine::kvm_async::KvmAsyncWaits;
 use crate::engine::lifecycle::{Engine, Fault, Resolution, Stage, ThreadFacts, TidSet};
 use crate::engine::network::Network;
 use crate::engine::network_split::{NetworkSplitStats, NetworkSplitter};
@@ -18,7 +19,7 @@ use crate::engine::stats::{FaultStats, Hist, CURVE_QUANTILES};
 use crate::inputs::guest_log::GuestLog;
 use crate::inputs::qmp::{QemuLatency, QmpFacts};
 use crate::report::{
-    findings, Blocktime, Bounded, BytesPercentiles, ChannelEndpoint, FaultSection,
+    findings, Blocktime, Bounded, BytesPercentiles, ChannelEndpoint, FaultSection, KvmAsyncSection,
     MigrationContext, NetworkSection, NetworkSplitSection, NetworkSplitShare, QemuLatencySection,
     QemuSection, QemuView, Report, SlowFault, StatusChange, Target, ThreadRow, Timeline,
     TraceSection, SCHEMA,
@@ -195,6 +196,11 @@ struct Pass {
     bound_wakes: u64,
     /// Sleeps the kernel flagged as KVM async page faults.
     kvm_async: u64,
+    /// Sleeps that ran again without a traced resume in user mode: their
+    /// `wake` stage ends at the switch-in.
+    resume_fallback: u64,
+    /// KVM async page faults: the kworkers' waits, by vCPU.
+    kvm_waits: KvmAsyncWaits,
     /// Requested faults by the thread whose placement woke them.
     requested_by_placer: BTreeMap<u32, u64>,
     /// The network stage of requested faults taken apart.
@@ -250,6 +256,7 @@ impl Pass {
                 self.qemu_bt_exit
                     .ioctl(io.tid, io.enter_ts, io.exit_ts, placed);
             }
+            Record::PlacerRun(p) => self.qemu_bt.placer_run(p.tid, p.ts),
             _ => return,
         }
         let (is_vcpu, placed_by) = Self::blocktime_ctx(&self.vcpu_set, engine);
@@ -282,6 +289,7 @@ impl Consumer for Pass {
             Record::Sleep(sl) => {
                 self.bound_wakes += u64::from(sl.run_is_bound());
                 self.kvm_async += u64::from(sl.kernel.is_some_and(|k| k.flags.kvm_async()));
+                self.resume_fallback += u64::from(sl.run_ts.is_some() && sl.resume_ts.is_none());
             }
             Record::UffdIoctl(io)
                 if matches!(io.op, IoctlOp::Copy | IoctlOp::ZeroPage)
@@ -291,6 +299,7 @@ impl Consumer for Pass {
             {
                 self.page_sizes.insert(io.len);
             }
+            Record::KvmAsync(k) => self.kvm_waits.push(k),
             Record::Perf(p) => {
                 let e = self
                     .perf
@@ -369,6 +378,7 @@ pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) 
     };
     let vcpus = pass.vcpu_set.len();
     pass.stats.finish(vcpus);
+    pass.kvm_waits.finish();
     {
         let (is_vcpu, placed_by) = Pass::blocktime_ctx(&pass.vcpu_set, &engine);
         let ctx = blocktime::Ctx {
@@ -417,14 +427,21 @@ fn qemu_remark(qmp: &Qmp, view: &QemuView) -> Option<String> {
     let (late, early) = (view.vcpu_sum, view.vcpu_sum_close_at_exit);
     if per_sum > 0.0 && (late / per_sum - 1.0).abs() > 0.15 {
         let between = late.min(early) <= per_sum && per_sum <= late.max(early);
-        return Some(if between {
+        return Some(if between && view.closed_at_placer_run.is_some() {
+            format!(
+                "QEMU's per-vCPU blocktime ({per_sum:.0} ms) lies between the replay's bounds: \
+                 {late:.0} ms closing each slot when its placing thread ran on after the \
+                 placement (recorded), {early:.0} ms closing it at the ioctl's exit; QEMU's \
+                 placing thread closed its slots later than it was seen running again"
+            )
+        } else if between {
             format!(
                 "QEMU's per-vCPU blocktime ({per_sum:.0} ms) lies between the replay's bounds: \
                  {late:.0} ms closing each slot when its placing thread next places a page, \
                  {early:.0} ms closing it at the ioctl's exit. When QEMU closed its slots depends \
-                 on when its placing threads got the CPU back, which the trace does not show; with \
-                 postcopy-preempt the fault-fast thread idles between urgent pages, so the first \
-                 bound is far off"
+                 on when its placing threads got the CPU back, which this trace (format 1 or 2) \
+                 does not show; with postcopy-preempt the fault-fast thread idles between urgent \
+                 pages, so the first bound is far off"
             )
         } else {
             format!(
@@ -712,7 +729,25 @@ fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
         network_split_share: network_split_share(run.pass),
         requested_placed_by: requested_placed_by(run),
         kvm_async: (run.version >= 2).then_some(run.pass.kvm_async),
+        // Format 3 added the resume.
+        resume_fallback: (run.version >= 3).then_some(run.pass.resume_fallback),
+        kvm_async_waits: kvm_async_section(&run.pass.kvm_waits),
     }
+}
+
+fn kvm_async_section(k: &KvmAsyncWaits) -> Option<KvmAsyncSection> {
+    k.seen.then(|| KvmAsyncSection {
+        faults: k.paired(),
+        wait_us: k.wait.percentiles(),
+        per_vcpu_ms: k
+            .per_vcpu_ns
+            .iter()
+            .map(|(tid, ns)| (tid.to_string(), ms(*ns)))
+            .collect(),
+        handed_off: k.handed_off,
+        unfinished: k.unfinished,
+        repeated_faults: k.repeated,
+    })
 }
 
 fn thread_rows(run: &Run<'_>) -> Vec<ThreadRow> {
@@ -766,6 +801,7 @@ fn blocktime_section(run: &Run<'_>, vcpu_tids: &[u32]) -> Blocktime {
             overwritten: pass.qemu_bt.overwritten,
             vcpu_sum_close_at_exit: ms(pass.qemu_bt_exit.per_vcpu_ns.values().sum()),
             all_vcpus_overlap_close_at_exit: any.then(|| ms(pass.qemu_bt_exit.total_ns)),
+            closed_at_placer_run: (run.version >= 3).then_some(pass.qemu_bt.closed_at_placer_run),
         },
     }
 }

@@ -171,6 +171,8 @@ fn sleep() -> impl Strategy<Value = Record> {
                     blocked_ts: b,
                     woken_ts: b.saturating_add(w),
                     run_ts: run.then_some(b.saturating_add(w).saturating_add(r)),
+                    resume_ts: run
+                        .then_some(b.saturating_add(w).saturating_add(r).saturating_add(r / 4)),
                     waker_tid,
                     wake_op,
                     wake_start,
@@ -297,6 +299,25 @@ fn record() -> impl Strategy<Value = Record> {
             kind: "end".into(),
             text
         })),
+        2 => (tid(), ts(), 0u64..5_000_000, prop_oneof![Just(None), (0u64..1_000).prop_map(Some)], addr(), 0usize..3)
+            .prop_map(|(tid, exit, d, out, ioctl_start, how)| Record::PlacerRun(PlacerRun {
+                ts: exit.saturating_add(d),
+                tid,
+                how: [PlacerHow::Blocked, PlacerHow::Preempted, PlacerHow::Syscall][how],
+                ioctl_exit_ts: exit,
+                out_ts: out.map(|o| exit.saturating_add(o.min(d))),
+                ioctl_start,
+                woken: 1,
+            })),
+        2 => (tid(), ts(), 0usize..4, 0u64..8, addr())
+            .prop_map(|(tid, ts, op, token, gva)| Record::KvmAsync(KvmAsync {
+                ts,
+                tid,
+                op: KvmAsyncOp::ALL[op],
+                token,
+                gva,
+                gfn: gva >> 12,
+            })),
     ]
 }
 

@@ -48,6 +48,7 @@ fn sleep(blocked_ts: u64, woken_ts: u64, run_ts: u64, wake_len: u64) -> Record {
         blocked_ts,
         woken_ts,
         run_ts: Some(run_ts),
+        resume_ts: None,
         waker_tid: PLACER,
         wake_op: IoctlOp::Copy,
         wake_start: PAGE_ADDR,

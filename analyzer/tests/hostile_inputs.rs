@@ -72,6 +72,7 @@ fn sleep(tid: u32, blocked_ts: u64, woken_ts: u64, run_ts: u64, wake_len: u64) -
         blocked_ts,
         woken_ts,
         run_ts: Some(run_ts),
+        resume_ts: None,
         waker_tid: 20,
         wake_op: IoctlOp::Copy,
         wake_start: PAGE,

@@ -243,3 +243,18 @@ fn fault_taken_while_its_page_is_being_placed() {
     let sum: u64 = stages(f)[..4].iter().flatten().sum();
     assert_eq!(Some(sum), f.service_ns());
 }
+
+#[test]
+fn the_wake_stage_ends_at_the_resume_in_user_mode_when_the_trace_has_it() {
+    let mut spec = FaultSpec::new(VCPU_TID0, RAM_BASE + 0x5000, T);
+    spec.resume_after = Some(3_000);
+    let faults = run(&build(&[spec]));
+    let f = &faults[0];
+    assert_eq!(f.resume_ts, Some(T + 333_000 + 15_000 + 3_000));
+    assert_eq!(f.stage_ns(Stage::Wake), Some(15_000 + 3_000));
+    // Blocked time stays switch-out → switch-in, as QEMU's blocktime is defined.
+    assert_eq!(f.blocked_ns(), Some(333_000 + 15_000 - 2_000));
+    // Without a resume (no rseq, or an older trace) it ends at the switch-in.
+    let faults = run(&build(&[FaultSpec::new(VCPU_TID0, RAM_BASE + 0x5000, T)]));
+    assert_eq!(faults[0].stage_ns(Stage::Wake), Some(15_000));
+}

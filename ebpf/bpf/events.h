@@ -55,7 +55,8 @@ enum ufs_event_kind {
 	UFS_EV_TCP_RETRANS = 8,  /* struct ufs_tcp_retrans */
 	UFS_EV_THREAD = 9,       /* struct ufs_thread */
 	UFS_EV_KVM_ASYNC_PF = 10, /* struct ufs_kvm_async_pf */
-	UFS_EV_KIND_COUNT = 11,  /* entries of the drops map (index = kind) */
+	UFS_EV_PLACER_RUN = 11,  /* struct ufs_placer_run */
+	UFS_EV_KIND_COUNT = 12,  /* entries of the drops map (index = kind) */
 };
 
 /* Indices of the per-CPU `ufs_stats` counters. */
@@ -105,10 +106,13 @@ enum ufs_fault_source {
  * One faulting thread's block/wake interval that ended with a wake done from
  * inside a uffd ioctl, joined in the kernel. hdr.tid = the woken thread,
  * hdr.ts = run_ts (or woken_ts when run_ts is 0).
- * Normally fault_ts <= blocked_ts <= woken_ts <= run_ts; see the UFS_FW_*
- * flags for the two orders a racing wake produces. A WOKEN_BEFORE_BLOCK or
- * RUN_UNSEEN record is emitted late (at the thread's next fault or
- * switch-out), so records are not in woken_ts order. 112 bytes.
+ * Normally fault_ts <= blocked_ts <= woken_ts <= run_ts <= resume_ts; see the
+ * UFS_FW_* flags for the two orders a racing wake produces. A record is
+ * emitted when the thread returns to user or guest mode after its switch-in
+ * (rseq:rseq_update), else at its next fault, switch-out or exit, so records
+ * are not in woken_ts order. resume_ts is the first return to user or guest
+ * mode after the switch-in; 0 when not seen (no rseq area, or the thread
+ * blocked again first). 120 bytes.
  */
 struct ufs_fault_wake {
 	struct ufs_hdr hdr;       /*   0 */
@@ -128,6 +132,7 @@ struct ufs_fault_wake {
 	__u32 block_state;        /* 104  prev_state & 0xff at switch-out (1 = S, 2 = D) */
 	__u16 fault_source;       /* 108  enum ufs_fault_source */
 	__u16 flags;              /* 110  UFS_FW_* */
+	__u64 resume_ts;          /* 112  rseq_update after run_ts; 0 = not seen */
 };
 
 /* struct uffd_msg as the kernel writes it: 32 bytes. For UFFD_EVENT_PAGEFAULT
@@ -312,6 +317,31 @@ struct ufs_kvm_async_pf {
 	__u64 gfn;          /* 40 */
 };
 
+/* ufs_placer_run.how: what the placing thread did first after the ioctl. */
+enum ufs_placer_how {
+	UFS_PLACER_BLOCKED = 1,   /* switched out in a sleeping state: hdr.ts = that switch-out */
+	UFS_PLACER_PREEMPTED = 2, /* preempted (runnable); hdr.ts = its return to user mode
+				   * (rseq:rseq_update), or its next switch-out or traced
+				   * syscall when that was not seen */
+	UFS_PLACER_SYSCALL = 3,   /* entered a traced syscall (uffd ioctl, read, send,
+				   * close) without leaving the CPU: hdr.ts = that entry */
+};
+
+/*
+ * The placing thread's first moment after a uffd ioctl that woke at least one
+ * tracked thread: when QEMU, which accounts a vCPU's blocktime in the placing
+ * thread after UFFDIO_COPY returns, can next have run. One per such ioctl,
+ * none for ioctls that woke nobody. hdr.tid = the placing thread. 48 bytes.
+ */
+struct ufs_placer_run {
+	struct ufs_hdr hdr;  /*  0 */
+	__u64 ioctl_exit_ts; /* 16  exit of the waking ioctl */
+	__u64 out_ts;        /* 24  PREEMPTED: the switch-out; else 0 */
+	__u64 ioctl_start;   /* 32  dst/start of the waking ioctl */
+	__u32 how;           /* 40  enum ufs_placer_how */
+	__u32 n_woken;       /* 44  tracked threads the ioctl woke */
+};
+
 /*
  * Key of the ufs_uffd_fds and ufs_sock_fds maps, which userspace seeds:
  * ((__u64)tgid << 32) | fd. The value is a __u32 (1).
@@ -320,7 +350,7 @@ struct ufs_kvm_async_pf {
 
 /* Sizes mirrored by const asserts in ebpf/src/abi.rs. */
 _Static_assert(sizeof(struct ufs_hdr) == 16, "ufs_hdr");
-_Static_assert(sizeof(struct ufs_fault_wake) == 112, "ufs_fault_wake");
+_Static_assert(sizeof(struct ufs_fault_wake) == 120, "ufs_fault_wake");
 _Static_assert(sizeof(struct ufs_uffd_msg) == UFS_UFFD_MSG_SIZE, "ufs_uffd_msg");
 _Static_assert(sizeof(struct ufs_uffd_read) == 296, "ufs_uffd_read");
 _Static_assert(sizeof(struct ufs_uffd_ioctl) == 88, "ufs_uffd_ioctl");
@@ -331,5 +361,6 @@ _Static_assert(sizeof(struct ufs_tcp_probe) == 72, "ufs_tcp_probe");
 _Static_assert(sizeof(struct ufs_tcp_retrans) == 40, "ufs_tcp_retrans");
 _Static_assert(sizeof(struct ufs_thread) == 48, "ufs_thread");
 _Static_assert(sizeof(struct ufs_kvm_async_pf) == 48, "ufs_kvm_async_pf");
+_Static_assert(sizeof(struct ufs_placer_run) == 48, "ufs_placer_run");
 
 #endif /* UFFDSCOPE_EVENTS_H */

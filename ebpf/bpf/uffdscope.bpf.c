@@ -12,7 +12,8 @@
  *   page_fault_user / kvm_page_fault  -> task storage f      (last entry only)
  *   sched_switch out (prev blocks)     -> ufs_sleep[tid] SLEEPING, takes f
  *   sched_waking inside a uffd ioctl   -> stamps it WOKEN
- *   sched_switch in (next)             -> emit ufs_fault_wake, back to IDLE
+ *   sched_switch in (next)             -> RESUMING, takes the switch-in time
+ *   rseq_update (back to user mode)    -> emit ufs_fault_wake, back to IDLE
  * A wake can also reach a faulting thread before its switch-out is traced
  * (the handler won the race: PREWOKEN), and a switch-in can go untraced;
  * see sched_waking and finish_sleep. State a thread keeps about itself is
@@ -125,7 +126,7 @@ struct ioctl_pending {
 	__u32 n_wakeups;
 	__u32 result_off; /* offset of the out field in the arg struct, 0 = none */
 	__u32 pad;
-	__u64 stack_block; /* the kernel-stack block the ioctl entered on (stack_block) */
+	__u64 stack_block; /* the kernel-stack block the ioctl entered on (ufs_sys_enter_ioctl_stack) */
 };
 
 struct read_pending {
@@ -149,6 +150,16 @@ struct send_pending {
 	__u8 bytes[2 * UFS_SEND_CAPTURE];
 };
 
+/* A uffd ioctl of this thread that woke someone, waiting for the thread's
+ * next moment (see struct ufs_placer_run). */
+struct placer_pending {
+	__u64 exit_ts; /* 0 = nothing pending */
+	__u64 out_ts;  /* preempted at this switch-out, waiting to run again */
+	__u64 start;
+	__u32 n_woken;
+	__u32 pad;
+};
+
 /* Everything a target thread keeps about itself between two of its own
  * events. Task storage, not a hash map keyed by tid: every access is by the
  * thread itself (bpf_get_current_task_btf), a lookup in the task's own
@@ -160,6 +171,7 @@ struct task_state {
 	struct ioctl_pending io;
 	struct read_pending rd;
 	struct send_pending snd;
+	struct placer_pending pl;
 	__u32 known; /* the thread has a sleep entry and its bit in ufs_tids */
 	__u32 pad;
 	__u64 sp_scratch; /* see stack_block */
@@ -179,7 +191,9 @@ struct {
 #define SLEEP_IDLE 0
 #define SLEEP_SLEEPING 1 /* blocked, not woken by a uffd ioctl yet */
 #define SLEEP_PREWOKEN 2 /* woken by a uffd ioctl before its switch-out was traced */
-#define SLEEP_WOKEN 3	 /* blocked and woken by a uffd ioctl; emitted at switch-in */
+#define SLEEP_WOKEN 3	 /* blocked and woken by a uffd ioctl */
+#define SLEEP_RESUMING 4 /* switched in after the wake, on its way back to user
+			  * mode; emitted there (rseq_update) or at its next event */
 
 /* The part of a target thread's state that other threads reach by tid: the
  * waker (sched_waking gives only the woken pid) and the switch-in (only
@@ -198,7 +212,8 @@ struct sleep_entry {
 	__u32 ioctl_fd;
 	__u32 block_state;
 	__u32 seen;  /* PREWOKEN and the wake's sched_wakeup has fired since */
-	__u32 pad;
+	__u32 run_flags; /* RESUMING: the UFS_FW_* bits the switch-in decided */
+	__u64 run_ts;    /* RESUMING: the switch-in */
 	__u64 state; /* SLEEP_*, changed with compare-and-swap where two sides race
 		      * (64 bits: BPF has no 32-bit cmpxchg before -mcpu=v3) */
 };
@@ -334,8 +349,8 @@ static __always_inline struct sleep_entry *own_sleep(__u32 tid, struct task_stat
 
 static __always_inline void emit_fault_wake(__u32 tid, const struct fault_entry *f, __u64 blocked_ts,
 					    __u32 block_state, __u64 woken_ts, __u64 run_ts,
-					    __u32 waker_tid, __u32 cmd, __u32 fd, __u64 start,
-					    __u64 len, __u16 flags)
+					    __u64 resume_ts, __u32 waker_tid, __u32 cmd, __u32 fd,
+					    __u64 start, __u64 len, __u16 flags)
 {
 	struct ufs_fault_wake *e = ufs_reserve(sizeof(*e), UFS_EV_FAULT_WAKE);
 
@@ -349,6 +364,7 @@ static __always_inline void emit_fault_wake(__u32 tid, const struct fault_entry 
 	e->blocked_ts = blocked_ts;
 	e->woken_ts = woken_ts;
 	e->run_ts = run_ts;
+	e->resume_ts = resume_ts;
 	e->ioctl_start = start;
 	e->ioctl_len = len;
 	e->ioctl_cmd = cmd;
@@ -373,14 +389,18 @@ static __always_inline void take_fault(struct sleep_entry *e, struct task_state 
 	}
 }
 
-/* Kernel stacks are THREAD_SIZE-aligned (16 KiB on x86-64, 32 KiB with KASAN)
- * and a syscall's frames stay in the top few KiB of the task's stack, so the
- * 16 KiB block an address lies in names the stack a program runs on. An
- * interrupt runs on the CPU's own IRQ stack: a sched_waking on a block other
- * than the one the ioctl entered on comes from an interrupt that arrived
- * while the ioctl ran, not from the ioctl. A stack address becomes a plain
- * number by a round trip through map memory (loading as root allows the
- * store). */
+/* Which stack a program runs on, as the 16 KiB block of an address in it.
+ * Kernel stacks are THREAD_SIZE-aligned (16 KiB on x86-64, 32 KiB with KASAN)
+ * and a system call's frames stay in the top few KiB of its task's stack,
+ * while an interrupt runs on the CPU's own IRQ stack: a sched_waking on a
+ * block other than the one its ioctl entered on comes from an interrupt that
+ * arrived while the ioctl ran, not from the ioctl. A stack address becomes a
+ * plain number by a round trip through map memory (loading as root allows
+ * the store).
+ * The JIT runs a tracing program whose own stack reaches 64 bytes on a
+ * private per-CPU stack instead (kernel 6.13 on), where this tells nothing:
+ * both programs that call this keep their stacks smaller (the verifier log's
+ * "stack depth"), which tracer/tests/bpf_load.rs would catch if lost. */
 #define UFS_STACK_BLOCK_SHIFT 14
 
 static __always_inline __u64 stack_block(struct task_state *ts)
@@ -418,21 +438,32 @@ static __always_inline int wake_matches(const struct fault_entry *f, __u64 start
  *    from such a task to the woken thread is invisible. A woken one is
  *    emitted with RUN_UNSEEN rather than dropped, and the entry must not
  *    stay stale to swallow the thread's next sleep.
+ *  - RESUMING: switched in, but back in user mode without rseq_update (the
+ *    thread has no rseq area) or not back at all (it blocked again first):
+ *    emitted with resume_ts 0, the analyzer falls back to the switch-in.
  * run_ts is when the caller saw the thread running, an upper bound on the
  * switch-in: its return to user or guest mode (rseq_update, a few µs after
- * the switch-in), else its next switch-out, fault or exit. */
+ * the switch-in; resume_ts is then the same moment), else its next
+ * switch-out, fault or exit (resume_ts 0). */
 static __always_inline void finish_sleep(__u32 tid, struct sleep_entry *e, struct task_state *ts,
-					 __u64 run_ts)
+					 __u64 run_ts, __u64 resume_ts)
 {
 	__u64 st = e->state;
 
 	if (st == SLEEP_IDLE)
 		return;
+	if (st == SLEEP_RESUMING) {
+		emit_fault_wake(tid, &e->f, e->blocked_ts, e->block_state, e->woken_ts, e->run_ts,
+				resume_ts, e->waker_tid, e->ioctl_cmd, e->ioctl_fd, e->ioctl_start,
+				e->ioctl_len, (__u16)e->run_flags);
+		e->state = SLEEP_IDLE;
+		return;
+	}
 	if (st == SLEEP_PREWOKEN) {
 		/* Without a pending fault the wake was not a fault's. */
 		take_fault(e, ts);
 		if (wake_matches(&e->f, e->ioctl_start, e->ioctl_len))
-			emit_fault_wake(tid, &e->f, 0, 0, e->woken_ts, 0, e->waker_tid,
+			emit_fault_wake(tid, &e->f, 0, 0, e->woken_ts, 0, 0, e->waker_tid,
 					e->ioctl_cmd, e->ioctl_fd, e->ioctl_start, e->ioctl_len,
 					UFS_FW_WOKEN_BEFORE_BLOCK);
 		else
@@ -451,7 +482,7 @@ static __always_inline void finish_sleep(__u32 tid, struct sleep_entry *e, struc
 		return;
 	}
 	stat_inc(UFS_STAT_RUN_UNSEEN);
-	emit_fault_wake(tid, &e->f, e->blocked_ts, e->block_state, e->woken_ts, run_ts,
+	emit_fault_wake(tid, &e->f, e->blocked_ts, e->block_state, e->woken_ts, run_ts, resume_ts,
 			e->waker_tid, e->ioctl_cmd, e->ioctl_fd, e->ioctl_start, e->ioctl_len,
 			UFS_FW_RUN_UNSEEN |
 				(e->woken_ts < e->blocked_ts ? UFS_FW_WOKEN_BEFORE_SWITCH : 0));
@@ -469,7 +500,7 @@ static __always_inline void put_fault(__u32 tid, struct fault_entry *f)
 	struct sleep_entry *e = own_sleep(tid, ts);
 
 	if (e)
-		finish_sleep(tid, e, ts, f->ts);
+		finish_sleep(tid, e, ts, f->ts, 0);
 	ts->f = *f;
 }
 
@@ -583,6 +614,68 @@ int ufs_kvm_async_pf_repeated_fault(struct tp_kvm_gva_gfn *ctx)
 	return 0;
 }
 
+/* ---- the placing thread after a placement that woke someone ---- */
+
+/* QEMU accounts a vCPU's blocktime in the placing thread once UFFDIO_COPY has
+ * returned; the wake it just did often preempts that thread on its way out.
+ * One record per waking ioctl gives the thread's first moment afterwards: its
+ * return to user mode after a preemption, its blocking switch-out, or its next
+ * traced syscall. Nothing is armed for ioctls that woke nobody. */
+static __always_inline void placer_arm(struct task_state *ts, __u64 exit_ts)
+{
+	if (!ts->io.n_woken)
+		return;
+	ts->pl.exit_ts = exit_ts;
+	ts->pl.out_ts = 0;
+	ts->pl.start = ts->io.start;
+	ts->pl.n_woken = ts->io.n_woken;
+}
+
+static __always_inline void placer_emit(__u32 tid, struct task_state *ts, __u32 how, __u64 at)
+{
+	struct ufs_placer_run *e = ufs_reserve(sizeof(*e), UFS_EV_PLACER_RUN);
+
+	if (e) {
+		fill_hdr(&e->hdr, UFS_EV_PLACER_RUN, tid, at);
+		e->ioctl_exit_ts = ts->pl.exit_ts;
+		e->out_ts = ts->pl.out_ts;
+		e->ioctl_start = ts->pl.start;
+		e->how = how;
+		e->n_woken = ts->pl.n_woken;
+		ufs_submit(e);
+	}
+	ts->pl.exit_ts = 0;
+}
+
+/* The thread enters a traced syscall: a pending placement ends here, unless
+ * it is waiting to run again after a preemption (then this is the first
+ * later moment seen). */
+static __always_inline void placer_syscall(__u32 tid, struct task_state *ts)
+{
+	if (ts->pl.exit_ts)
+		placer_emit(tid, ts, ts->pl.out_ts ? UFS_PLACER_PREEMPTED : UFS_PLACER_SYSCALL,
+			    bpf_ktime_get_ns());
+}
+
+/* The thread switches out with prev_state `state` (0 = preempted). */
+static __always_inline void placer_switch_out(__u32 tid, struct task_state *ts, __u32 state,
+					      __u64 now)
+{
+	if (!ts || !ts->pl.exit_ts)
+		return;
+	if (!now)
+		now = bpf_ktime_get_ns();
+	if (ts->pl.out_ts)
+		placer_emit(tid, ts, UFS_PLACER_PREEMPTED, now);
+	else if (state)
+		placer_emit(tid, ts, UFS_PLACER_BLOCKED, now);
+	else {
+		ts->pl.out_ts = now;
+		/* Its return to user mode is found through its tid's bit. */
+		own_sleep(tid, ts);
+	}
+}
+
 /* ---- block / wake / run join ---- */
 
 /* Bits of sched_switch.prev_state below TASK_REPORT_MAX (0x100): non-zero
@@ -596,11 +689,17 @@ static __always_inline void switch_out(__u32 prev, __u32 state, __u64 now)
 	struct task_state *ts = task_state(state != 0);
 	struct sleep_entry *e;
 
+	placer_switch_out(prev, ts, state, now);
+
 	if (state)
 		e = own_sleep(prev, ts);
 	else
 		e = tid_known(prev) ? bpf_map_lookup_elem(&ufs_sleep, &prev) : 0;
 	if (!e)
+		return;
+	/* Preempted between its switch-in and its return to user mode: the
+	 * resume is still to come, and the preemption is part of the wait. */
+	if (!state && e->state == SLEEP_RESUMING)
 		return;
 	if (e->state == SLEEP_PREWOKEN && state && !e->seen) {
 		/* Woken while switching out: prev_state was read before the
@@ -623,7 +722,7 @@ static __always_inline void switch_out(__u32 prev, __u32 state, __u64 now)
 	}
 	/* prev is running, so whatever the entry still holds is over. */
 	if (e->state != SLEEP_IDLE)
-		finish_sleep(prev, e, ts, now ? now : bpf_ktime_get_ns());
+		finish_sleep(prev, e, ts, now ? now : bpf_ktime_get_ns(), 0);
 	if (!state)
 		return;
 	take_fault(e, ts);
@@ -646,15 +745,11 @@ static __always_inline void switch_in(__u32 next, __u64 now)
 	__u64 st = e->state;
 
 	if (st == SLEEP_WOKEN) {
-		if (!now)
-			now = bpf_ktime_get_ns();
-		emit_fault_wake(next, &e->f, e->blocked_ts, e->block_state, e->woken_ts, now,
-				e->waker_tid, e->ioctl_cmd, e->ioctl_fd, e->ioctl_start,
-				e->ioctl_len,
-				/* Whichever CPU moved the entry out of IDLE first,
-				 * the times tell the order. */
-				e->woken_ts < e->blocked_ts ? UFS_FW_WOKEN_BEFORE_SWITCH : 0);
-		e->state = SLEEP_IDLE;
+		e->run_ts = now ? now : bpf_ktime_get_ns();
+		/* Whichever CPU moved the entry out of IDLE first, the times
+		 * tell the order. */
+		e->run_flags = e->woken_ts < e->blocked_ts ? UFS_FW_WOKEN_BEFORE_SWITCH : 0;
+		e->state = SLEEP_RESUMING;
 	} else if (st == SLEEP_SLEEPING) {
 		/* Woken by anything but a uffd ioctl. */
 		stat_inc(UFS_STAT_SLEEP_OTHER);
@@ -788,10 +883,22 @@ int ufs_rseq_update(void *ctx)
 
 	if (!tid_known(tid))
 		return 0;
+	struct task_state *ts = task_state(0);
+	__u64 now = 0;
+
+	if (ts && ts->pl.exit_ts && ts->pl.out_ts) {
+		now = bpf_ktime_get_ns();
+		placer_emit(tid, ts, UFS_PLACER_PREEMPTED, now);
+	}
 	struct sleep_entry *e = bpf_map_lookup_elem(&ufs_sleep, &tid);
 
-	if (e && e->state != SLEEP_IDLE)
-		finish_sleep(tid, e, task_state(0), bpf_ktime_get_ns());
+	if (!e || e->state == SLEEP_IDLE)
+		return 0;
+	if (!now)
+		now = bpf_ktime_get_ns();
+	/* RESUMING: the resume this record waited for. Anything else: the
+	 * switch-in was not traced, and this is both its bound and the resume. */
+	finish_sleep(tid, e, ts, now, now);
 	return 0;
 }
 
@@ -851,6 +958,22 @@ int ufs_sys_enter_close(struct tp_sys_enter *ctx)
 
 /* ---- ioctl on uffd fds ---- */
 
+/* The stack block a uffd ioctl runs on (see stack_block). A program of its
+ * own, because ufs_sys_enter_ioctl's stack is too large to run on the task's
+ * stack. */
+SEC("tracepoint/syscalls/sys_enter_ioctl")
+int ufs_sys_enter_ioctl_stack(struct tp_sys_enter *ctx)
+{
+	if (((ctx->args[1] >> 8) & 0xff) != UFS_UFFD_IOCTL_TYPE ||
+	    !is_target(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	struct task_state *ts = task_state(1);
+
+	if (ts)
+		ts->io.stack_block = stack_block(ts);
+	return 0;
+}
+
 SEC("tracepoint/syscalls/sys_enter_ioctl")
 int ufs_sys_enter_ioctl(struct tp_sys_enter *ctx)
 {
@@ -877,10 +1000,10 @@ int ufs_sys_enter_ioctl(struct tp_sys_enter *ctx)
 
 	if (!ts)
 		return 0;
+	placer_syscall((__u32)id, ts);
 	struct ioctl_pending *p = &ts->io;
 
 	p->enter_ts = bpf_ktime_get_ns();
-	p->stack_block = stack_block(ts);
 	p->arg = arg;
 	p->cmd = cmd;
 	p->fd = fd;
@@ -980,9 +1103,11 @@ int ufs_sys_exit_ioctl(struct tp_sys_exit *ctx)
 		bpf_probe_read_user(&result, 8, (const void *)(p->arg + 8));
 
 	struct ufs_uffd_ioctl *e = ufs_reserve(sizeof(*e), UFS_EV_UFFD_IOCTL);
+	__u64 exit_ts = bpf_ktime_get_ns();
 
+	placer_arm(ts, exit_ts);
 	if (e) {
-		fill_hdr(&e->hdr, UFS_EV_UFFD_IOCTL, tid, bpf_ktime_get_ns());
+		fill_hdr(&e->hdr, UFS_EV_UFFD_IOCTL, tid, exit_ts);
 		e->enter_ts = enter_ts;
 		e->ret = ret;
 		e->start = p->start;
@@ -1018,6 +1143,7 @@ int ufs_sys_enter_read(struct tp_sys_enter *ctx)
 
 	if (!ts)
 		return 0;
+	placer_syscall((__u32)id, ts);
 	ts->rd.enter_ts = bpf_ktime_get_ns();
 	ts->rd.buf = ctx->args[1];
 	ts->rd.fd = fd;
@@ -1085,6 +1211,7 @@ static __always_inline struct send_pending *send_begin(__u32 tgid, __u32 fd, __u
 
 	if (!ts)
 		return 0;
+	placer_syscall((__u32)bpf_get_current_pid_tgid(), ts);
 	struct send_pending *p = &ts->snd;
 
 	p->enter_ts = bpf_ktime_get_ns();
@@ -1480,7 +1607,7 @@ int ufs_sched_process_exit(struct tp_sched_process_exit *ctx)
 	/* The task storage goes with the task; the sleep entry and the tid's
 	 * bit are dropped here, so a reused tid starts clean. */
 	if (e) {
-		finish_sleep(tid, e, task_state(0), bpf_ktime_get_ns());
+		finish_sleep(tid, e, task_state(0), bpf_ktime_get_ns(), 0);
 		bpf_map_delete_elem(&ufs_sleep, &tid);
 		tid_mark(tid, 0);
 	}

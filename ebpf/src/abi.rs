@@ -109,11 +109,13 @@ pub enum Kind {
     Thread = 9,
     /// [`KvmAsyncPf`].
     KvmAsyncPf = 10,
+    /// [`PlacerRun`].
+    PlacerRun = 11,
 }
 
 impl Kind {
     /// Every kind, in numeric order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::FaultWake,
         Kind::UffdRead,
         Kind::UffdIoctl,
@@ -124,9 +126,10 @@ impl Kind {
         Kind::TcpRetrans,
         Kind::Thread,
         Kind::KvmAsyncPf,
+        Kind::PlacerRun,
     ];
     /// Entries of the `ufs_drops` map (`UFS_EV_KIND_COUNT`), indexed by kind.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 
     /// The kind for a header value, or `None` when this build does not know it.
     pub fn from_raw(raw: u16) -> Option<Kind> {
@@ -146,6 +149,7 @@ impl Kind {
             Kind::TcpRetrans => size_of::<TcpRetrans>(),
             Kind::Thread => size_of::<Thread>(),
             Kind::KvmAsyncPf => size_of::<KvmAsyncPf>(),
+            Kind::PlacerRun => size_of::<PlacerRun>(),
         }
     }
 
@@ -162,6 +166,7 @@ impl Kind {
             Kind::TcpRetrans => "tcp_retrans",
             Kind::Thread => "thread",
             Kind::KvmAsyncPf => "kvm_async_pf",
+            Kind::PlacerRun => "placer_run",
         }
     }
 }
@@ -265,6 +270,18 @@ pub mod kvm_async_op {
     pub const REPEATED_FAULT: u32 = 4;
 }
 
+/// `ufs_placer_run.how` values: what the placing thread did first after a
+/// uffd ioctl that woke someone.
+pub mod placer_how {
+    /// Switched out in a sleeping state; `hdr.ts` is that switch-out.
+    pub const BLOCKED: u32 = 1;
+    /// Preempted; `hdr.ts` is its return to user mode (`rseq:rseq_update`),
+    /// or its next switch-out or traced syscall when that was not seen.
+    pub const PREEMPTED: u32 = 2;
+    /// Entered a traced syscall without leaving the CPU; `hdr.ts` is that entry.
+    pub const SYSCALL: u32 = 3;
+}
+
 /// Key of the `ufs_uffd_fds` and `ufs_sock_fds` maps (`UFS_FD_KEY`).
 pub const fn fd_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64
@@ -327,6 +344,9 @@ pub struct FaultWake {
     pub fault_source: u16,
     /// [`fault_flags`] bits.
     pub flags: u16,
+    /// First return to user or guest mode after `run_ts` (`rseq:rseq_update`);
+    /// 0 when not seen (no rseq area, or the thread blocked again first).
+    pub resume_ts: u64,
 }
 
 /// `struct ufs_uffd_msg`: a `struct uffd_msg` verbatim.
@@ -617,4 +637,24 @@ pub struct KvmAsyncPf {
     pub gva: u64,
     /// Guest frame number.
     pub gfn: u64,
+}
+
+/// `struct ufs_placer_run`: the placing thread's first moment after a uffd
+/// ioctl that woke at least one tracked thread. `hdr.tid` is the placing
+/// thread, `hdr.ts` that moment (see [`placer_how`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct PlacerRun {
+    /// Header.
+    pub hdr: Hdr,
+    /// Exit of the waking ioctl.
+    pub ioctl_exit_ts: u64,
+    /// `PREEMPTED`: the switch-out; else 0.
+    pub out_ts: u64,
+    /// dst/start of the waking ioctl.
+    pub ioctl_start: u64,
+    /// [`placer_how`] value.
+    pub how: u32,
+    /// Tracked threads the ioctl woke.
+    pub n_woken: u32,
 }

@@ -4,8 +4,8 @@
 use std::mem::size_of;
 
 use crate::abi::{
-    FaultWake, Hdr, Kind, KvmAsyncPf, Send, SockLen, TcpProbe, TcpRetrans, Thread, UffdFd,
-    UffdIoctl, UffdRead,
+    FaultWake, Hdr, Kind, KvmAsyncPf, PlacerRun, Send, SockLen, TcpProbe, TcpRetrans, Thread,
+    UffdFd, UffdIoctl, UffdRead,
 };
 
 /// One decoded ring-buffer record.
@@ -31,6 +31,8 @@ pub enum RawEvent {
     Thread(Thread),
     /// A KVM async page-fault step.
     KvmAsyncPf(KvmAsyncPf),
+    /// The placing thread's first moment after a waking placement.
+    PlacerRun(PlacerRun),
 }
 
 impl RawEvent {
@@ -47,6 +49,7 @@ impl RawEvent {
             RawEvent::TcpRetrans(e) => &e.hdr,
             RawEvent::Thread(e) => &e.hdr,
             RawEvent::KvmAsyncPf(e) => &e.hdr,
+            RawEvent::PlacerRun(e) => &e.hdr,
         }
     }
 
@@ -63,6 +66,7 @@ impl RawEvent {
             RawEvent::TcpRetrans(_) => Kind::TcpRetrans,
             RawEvent::Thread(_) => Kind::Thread,
             RawEvent::KvmAsyncPf(_) => Kind::KvmAsyncPf,
+            RawEvent::PlacerRun(_) => Kind::PlacerRun,
         }
     }
 }
@@ -128,6 +132,8 @@ unsafe impl Plain for TcpRetrans {}
 unsafe impl Plain for Thread {}
 // SAFETY: as above.
 unsafe impl Plain for KvmAsyncPf {}
+// SAFETY: as above.
+unsafe impl Plain for PlacerRun {}
 
 /// Reads a `T` from the start of `bytes`, which must hold at least
 /// `size_of::<T>()` bytes (checked by every caller; asserted here).
@@ -182,6 +188,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         Kind::TcpRetrans => RawEvent::TcpRetrans(read_exact(kind, bytes)?),
         Kind::Thread => RawEvent::Thread(read_exact(kind, bytes)?),
         Kind::KvmAsyncPf => RawEvent::KvmAsyncPf(read_exact(kind, bytes)?),
+        Kind::PlacerRun => RawEvent::PlacerRun(read_exact(kind, bytes)?),
     })
 }
 
@@ -303,6 +310,14 @@ mod tests {
                 };
                 (bytes_of(&v), RawEvent::KvmAsyncPf(v))
             },
+            {
+                let v = PlacerRun {
+                    hdr: hdr(Kind::PlacerRun),
+                    how: 2,
+                    ..PlacerRun::default()
+                };
+                (bytes_of(&v), RawEvent::PlacerRun(v))
+            },
         ];
         assert_eq!(cases.len(), Kind::ALL.len(), "one case per kind");
         for (bytes, want) in cases {
@@ -351,7 +366,7 @@ mod tests {
             decode(&bytes[..100]),
             Err(DecodeError::Length {
                 kind: Kind::FaultWake,
-                expected: 112,
+                expected: 120,
                 got: 100
             })
         );
@@ -376,7 +391,7 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_an_error() {
-        for kind in [0u16, 11, 0xffff] {
+        for kind in [0u16, 12, 0xffff] {
             let mut bytes = bytes_of(&hdr(Kind::FaultWake));
             bytes[..2].copy_from_slice(&kind.to_ne_bytes());
             assert_eq!(

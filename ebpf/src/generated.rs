@@ -273,7 +273,8 @@ const _: () = assert!(core::mem::offset_of!(crate::abi::FaultWake, vcpu_id) == 1
 const _: () = assert!(core::mem::offset_of!(crate::abi::FaultWake, block_state) == 104);
 const _: () = assert!(core::mem::offset_of!(crate::abi::FaultWake, fault_source) == 108);
 const _: () = assert!(core::mem::offset_of!(crate::abi::FaultWake, flags) == 110);
-const _: () = assert!(core::mem::size_of::<crate::abi::FaultWake>() == 112);
+const _: () = assert!(core::mem::offset_of!(crate::abi::FaultWake, resume_ts) == 112);
+const _: () = assert!(core::mem::size_of::<crate::abi::FaultWake>() == 120);
 const _: () = assert!(core::mem::offset_of!(crate::abi::Hdr, kind) == 0);
 const _: () = assert!(core::mem::offset_of!(crate::abi::Hdr, cpu) == 2);
 const _: () = assert!(core::mem::offset_of!(crate::abi::Hdr, tid) == 4);
@@ -286,6 +287,13 @@ const _: () = assert!(core::mem::offset_of!(crate::abi::KvmAsyncPf, token) == 24
 const _: () = assert!(core::mem::offset_of!(crate::abi::KvmAsyncPf, gva) == 32);
 const _: () = assert!(core::mem::offset_of!(crate::abi::KvmAsyncPf, gfn) == 40);
 const _: () = assert!(core::mem::size_of::<crate::abi::KvmAsyncPf>() == 48);
+const _: () = assert!(core::mem::offset_of!(crate::abi::PlacerRun, hdr) == 0);
+const _: () = assert!(core::mem::offset_of!(crate::abi::PlacerRun, ioctl_exit_ts) == 16);
+const _: () = assert!(core::mem::offset_of!(crate::abi::PlacerRun, out_ts) == 24);
+const _: () = assert!(core::mem::offset_of!(crate::abi::PlacerRun, ioctl_start) == 32);
+const _: () = assert!(core::mem::offset_of!(crate::abi::PlacerRun, how) == 40);
+const _: () = assert!(core::mem::offset_of!(crate::abi::PlacerRun, n_woken) == 44);
+const _: () = assert!(core::mem::size_of::<crate::abi::PlacerRun>() == 48);
 const _: () = assert!(core::mem::offset_of!(crate::abi::Send, hdr) == 0);
 const _: () = assert!(core::mem::offset_of!(crate::abi::Send, enter_ts) == 16);
 const _: () = assert!(core::mem::offset_of!(crate::abi::Send, ret) == 24);

@@ -8,9 +8,10 @@
 //! decode independently.
 
 use crate::record::{
-    Direction, Drops, FaultEntry, FaultSource, GuestLine, IoctlOp, NewUffd, Note, PerfSample,
-    ProcessInfo, Qmp, Record, Role, Sleep, SleepFlags, SleepKernel, SockIo, SockLen, SocketInfo,
-    TcpProbe, TcpRetransmit, ThreadInfo, UffdIoctl, UffdMsg, UffdRange, UffdRead,
+    Direction, Drops, FaultEntry, FaultSource, GuestLine, IoctlOp, KvmAsync, KvmAsyncOp, NewUffd,
+    Note, PerfSample, PlacerHow, PlacerRun, ProcessInfo, Qmp, Record, Role, Sleep, SleepFlags,
+    SleepKernel, SockIo, SockLen, SocketInfo, TcpProbe, TcpRetransmit, ThreadInfo, UffdIoctl,
+    UffdMsg, UffdRange, UffdRead,
 };
 
 /// Why a record could not be decoded.
@@ -50,6 +51,10 @@ mod tag {
     pub const QMP: u8 = 15;
     pub const GUEST_LINE: u8 = 16;
     pub const NOTE: u8 = 17;
+    /// Format 3.
+    pub const PLACER_RUN: u8 = 18;
+    /// Format 3.
+    pub const KVM_ASYNC: u8 = 19;
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -244,6 +249,28 @@ impl Encoder {
                 Self::bytes(out, r.kind.as_bytes());
                 Self::bytes(out, r.text.as_bytes());
             }
+            Record::PlacerRun(r) => {
+                out.push(tag::PLACER_RUN);
+                self.ts(out, r.ts);
+                Self::uv(out, u64::from(r.tid));
+                out.push(r.how.code());
+                Self::rel(out, r.ts, r.ioctl_exit_ts);
+                out.push(u8::from(r.out_ts.is_some()));
+                if let Some(o) = r.out_ts {
+                    Self::rel(out, r.ts, o);
+                }
+                self.addr(out, r.ioctl_start);
+                Self::uv(out, u64::from(r.woken));
+            }
+            Record::KvmAsync(r) => {
+                out.push(tag::KVM_ASYNC);
+                self.ts(out, r.ts);
+                Self::uv(out, u64::from(r.tid));
+                out.push(r.op.code());
+                Self::uv(out, r.token);
+                Self::uv(out, r.gva);
+                Self::uv(out, r.gfn);
+            }
         }
     }
 
@@ -266,6 +293,9 @@ impl Encoder {
         if r.kernel.is_some() {
             flags |= SLEEP_HAS_KERNEL;
         }
+        if r.resume_ts.is_some() {
+            flags |= SLEEP_HAS_RESUME;
+        }
         out.push(flags);
         Self::uv(out, u64::from(r.tid));
         Self::rel(out, main, r.woken_ts);
@@ -285,14 +315,21 @@ impl Encoder {
             Self::uv(out, k.vcpu_id.map_or(0, |v| u64::from(v) + 1));
             Self::uv(out, u64::from(k.block_state));
         }
+        if let Some(resume) = r.resume_ts {
+            Self::iv(out, resume.wrapping_sub(main) as i64);
+        }
     }
 }
 
 /// Sleep flag bit (format version 2): the kernel's flags, vCPU id and block
 /// state follow the fault entry.
 const SLEEP_HAS_KERNEL: u8 = 8;
-/// The sleep's fault entry is a kernel-mode fault (`FaultSource::Kernel`).
-const SLEEP_KERNEL_MODE_FAULT: u8 = 16;
+/// Sleep flag bit (format version 3): the resume time follows, as a delta
+/// after the main timestamp.
+const SLEEP_HAS_RESUME: u8 = 16;
+/// Sleep flag bit (format version 3): the fault entry is a kernel-mode fault
+/// (`FaultSource::Kernel`).
+const SLEEP_KERNEL_MODE_FAULT: u8 = 32;
 
 fn dir_code(d: Direction) -> u8 {
     match d {
@@ -619,6 +656,8 @@ impl<'a> Decoder<'a> {
                 kind: self.string()?,
                 text: self.string()?,
             }),
+            tag::PLACER_RUN => self.placer_run()?,
+            tag::KVM_ASYNC => self.kvm_async()?,
             other => return Err(CodecError::UnknownTag { tag: other, at }),
         };
         Ok(Some(rec))
@@ -628,7 +667,7 @@ impl<'a> Decoder<'a> {
         let main = self.ts()?;
         let flags_at = self.pos;
         let flags = self.u8()?;
-        if flags & !(7 | SLEEP_HAS_KERNEL | SLEEP_KERNEL_MODE_FAULT) != 0
+        if flags & !(7 | SLEEP_HAS_KERNEL | SLEEP_HAS_RESUME | SLEEP_KERNEL_MODE_FAULT) != 0
             || flags & (4 | SLEEP_KERNEL_MODE_FAULT) == 4 | SLEEP_KERNEL_MODE_FAULT
             || (flags & SLEEP_KERNEL_MODE_FAULT != 0 && flags & 2 == 0)
         {
@@ -667,17 +706,77 @@ impl<'a> Decoder<'a> {
         } else {
             None
         };
+        let resume_ts = if flags & SLEEP_HAS_RESUME != 0 {
+            Some(main.wrapping_add(self.iv()? as u64))
+        } else {
+            None
+        };
         Ok(Record::Sleep(Sleep {
             tid,
             fault,
             blocked_ts,
             woken_ts,
             run_ts: (flags & 1 != 0).then_some(main),
+            resume_ts,
             waker_tid,
             wake_op,
             wake_start,
             wake_len,
             kernel,
+        }))
+    }
+
+    fn placer_run(&mut self) -> Result<Record, CodecError> {
+        let ts = self.ts()?;
+        let tid = self.narrow("tid")?;
+        let how_at = self.pos;
+        let code = self.u8()?;
+        let how = PlacerHow::from_code(code).ok_or(CodecError::BadValue {
+            what: "placer how",
+            value: u64::from(code),
+            at: how_at,
+        })?;
+        let ioctl_exit_ts = self.rel(ts)?;
+        let has_out_at = self.pos;
+        let out_ts = match self.u8()? {
+            0 => None,
+            1 => Some(self.rel(ts)?),
+            other => {
+                return Err(CodecError::BadValue {
+                    what: "placer out flag",
+                    value: u64::from(other),
+                    at: has_out_at,
+                })
+            }
+        };
+        Ok(Record::PlacerRun(PlacerRun {
+            ts,
+            tid,
+            how,
+            ioctl_exit_ts,
+            out_ts,
+            ioctl_start: self.addr()?,
+            woken: self.narrow("woken")?,
+        }))
+    }
+
+    fn kvm_async(&mut self) -> Result<Record, CodecError> {
+        let ts = self.ts()?;
+        let tid = self.narrow("tid")?;
+        let op_at = self.pos;
+        let code = self.u8()?;
+        let op = KvmAsyncOp::from_code(u32::from(code)).ok_or(CodecError::BadValue {
+            what: "kvm async op",
+            value: u64::from(code),
+            at: op_at,
+        })?;
+        Ok(Record::KvmAsync(KvmAsync {
+            ts,
+            tid,
+            op,
+            token: self.uv()?,
+            gva: self.uv()?,
+            gfn: self.uv()?,
         }))
     }
 

@@ -177,6 +177,11 @@ pub struct Sleep {
     pub woken_ts: u64,
     /// Switch-in after the wake; `None` when the thread never ran again in the trace.
     pub run_ts: Option<u64>,
+    /// The thread's first return to user or guest mode after the switch-in
+    /// (`rseq:rseq_update`): when the faulting access can complete. `None`
+    /// when not seen (the thread has no rseq area, or blocked again first)
+    /// and in traces before format 3, which did not record it.
+    pub resume_ts: Option<u64>,
     pub waker_tid: u32,
     /// The uffd ioctl the waker was inside.
     pub wake_op: IoctlOp,
@@ -238,6 +243,117 @@ impl SleepFlags {
     pub fn run_unseen(self) -> bool {
         self.0 & Self::RUN_UNSEEN != 0
     }
+}
+
+/// What a placing thread did first after a uffd ioctl that woke someone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacerHow {
+    /// It switched out in a sleeping state at [`PlacerRun::ts`].
+    Blocked,
+    /// It was preempted at [`PlacerRun::out_ts`] and ran again in user mode
+    /// at [`PlacerRun::ts`] (or, when that was not seen, `ts` is its next
+    /// switch-out or traced syscall).
+    Preempted,
+    /// It entered a traced syscall at [`PlacerRun::ts`] without leaving the CPU.
+    Syscall,
+}
+
+impl PlacerHow {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            PlacerHow::Blocked => 1,
+            PlacerHow::Preempted => 2,
+            PlacerHow::Syscall => 3,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<PlacerHow> {
+        match code {
+            1 => Some(PlacerHow::Blocked),
+            2 => Some(PlacerHow::Preempted),
+            3 => Some(PlacerHow::Syscall),
+            _ => None,
+        }
+    }
+}
+
+/// The placing thread's first moment after a uffd ioctl that woke at least
+/// one tracked thread (format 3): QEMU accounts the woken vCPU's blocktime
+/// in that thread once the ioctl has returned, so this is when it can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlacerRun {
+    /// The moment (see [`PlacerHow`]).
+    pub ts: u64,
+    pub tid: u32,
+    pub how: PlacerHow,
+    /// Exit of the waking ioctl.
+    pub ioctl_exit_ts: u64,
+    /// The preempting switch-out, for [`PlacerHow::Preempted`].
+    pub out_ts: Option<u64>,
+    /// `dst`/`start` of the waking ioctl.
+    pub ioctl_start: u64,
+    /// Tracked threads it woke.
+    pub woken: u32,
+}
+
+/// A step of KVM's asynchronous page-fault path, from the `kvm:` tracepoints
+/// of that name (format 3; earlier traces kept them as notes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvmAsyncOp {
+    /// `kvm_try_async_get_page` (gva, gfn): the vCPU hands the page to a
+    /// kworker instead of waiting for it.
+    TryAsyncGetPage,
+    /// `kvm_async_pf_not_present` (token, gva): the guest is told the page
+    /// is not there yet and runs on.
+    NotPresent,
+    /// `kvm_async_pf_ready` (token, gva): the kworker got the page; the
+    /// guest is told.
+    Ready,
+    /// `kvm_async_pf_repeated_fault` (gva, gfn): the vCPU faulted again on a
+    /// page whose async fault is still outstanding.
+    RepeatedFault,
+}
+
+impl KvmAsyncOp {
+    pub const ALL: [KvmAsyncOp; 4] = [
+        KvmAsyncOp::TryAsyncGetPage,
+        KvmAsyncOp::NotPresent,
+        KvmAsyncOp::Ready,
+        KvmAsyncOp::RepeatedFault,
+    ];
+
+    /// The code the BPF side and the trace use (1..=4).
+    pub fn code(self) -> u8 {
+        match self {
+            KvmAsyncOp::TryAsyncGetPage => 1,
+            KvmAsyncOp::NotPresent => 2,
+            KvmAsyncOp::Ready => 3,
+            KvmAsyncOp::RepeatedFault => 4,
+        }
+    }
+
+    pub fn from_code(code: u32) -> Option<KvmAsyncOp> {
+        KvmAsyncOp::ALL
+            .into_iter()
+            .find(|op| u32::from(op.code()) == code)
+    }
+}
+
+/// One KVM async page-fault step of a vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvmAsync {
+    pub ts: u64,
+    /// The vCPU thread the tracepoint fired in.
+    pub tid: u32,
+    pub op: KvmAsyncOp,
+    /// The async-PF token (`NotPresent`, `Ready`), else 0.
+    pub token: u64,
+    /// Guest virtual address.
+    pub gva: u64,
+    /// Guest frame number (`TryAsyncGetPage`, `RepeatedFault`), else 0.
+    pub gfn: u64,
 }
 
 /// One `uffd_msg` as read by the handler.
@@ -460,6 +576,8 @@ pub enum Record {
     Qmp(Qmp),
     GuestLine(GuestLine),
     Note(Note),
+    PlacerRun(PlacerRun),
+    KvmAsync(KvmAsync),
 }
 
 impl Record {
@@ -483,6 +601,8 @@ impl Record {
             Record::Qmp(r) => r.ts,
             Record::GuestLine(r) => r.ts,
             Record::Note(r) => r.ts,
+            Record::PlacerRun(r) => r.ts,
+            Record::KvmAsync(r) => r.ts,
         }
     }
 }

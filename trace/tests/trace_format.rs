@@ -80,6 +80,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
             (
                 any::<u64>(),
                 any::<u64>(),
+                proptest::option::of(any::<u64>()),
                 proptest::option::of(any::<u64>())
             ),
             any::<u32>(),
@@ -92,7 +93,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 |(
                     tid,
                     fault,
-                    (blocked_ts, woken_ts, run_ts),
+                    (blocked_ts, woken_ts, run_ts, resume_ts),
                     waker_tid,
                     wake_op,
                     ws,
@@ -105,6 +106,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
                         blocked_ts,
                         woken_ts,
                         run_ts,
+                        resume_ts,
                         waker_tid,
                         wake_op,
                         wake_start: ws,
@@ -268,6 +270,44 @@ fn arb_record() -> impl Strategy<Value = Record> {
         (any::<u64>(), s, s).prop_map(|(ts, kind, json)| Record::Qmp(Qmp { ts, kind, json })),
         (any::<u64>(), s).prop_map(|(ts, text)| Record::GuestLine(GuestLine { ts, text })),
         (any::<u64>(), s, s).prop_map(|(ts, kind, text)| Record::Note(Note { ts, kind, text })),
+        (
+            (any::<u64>(), any::<u32>(), 0u8..3, any::<u64>()),
+            (
+                proptest::option::of(any::<u64>()),
+                any::<u64>(),
+                any::<u32>()
+            )
+        )
+            .prop_map(
+                |((ts, tid, how, ioctl_exit_ts), (out_ts, ioctl_start, woken))| {
+                    Record::PlacerRun(PlacerRun {
+                        ts,
+                        tid,
+                        how: [PlacerHow::Blocked, PlacerHow::Preempted, PlacerHow::Syscall]
+                            [usize::from(how)],
+                        ioctl_exit_ts,
+                        out_ts,
+                        ioctl_start,
+                        woken,
+                    })
+                }
+            ),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            0usize..4,
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(ts, tid, op, token, gva, gfn)| Record::KvmAsync(KvmAsync {
+                ts,
+                tid,
+                op: KvmAsyncOp::ALL[op],
+                token,
+                gva,
+                gfn,
+            })),
     ]
 }
 

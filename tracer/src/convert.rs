@@ -1,12 +1,12 @@
 //! Raw kernel events → trace records: the one place where the `events.h` ABI
 //! meets the analyzer's record model.
 
-use uffdscope_ebpf::abi::{self, fault_flags, fault_source, thread_op, uffd_fd_op};
+use uffdscope_ebpf::abi::{self, fault_flags, fault_source, placer_how, thread_op, uffd_fd_op};
 use uffdscope_ebpf::RawEvent;
 use uffdscope_trace::record::{
-    Direction, FaultEntry, FaultSource, IoctlOp, NewUffd, Note, Record, Role, Sleep, SleepFlags,
-    SleepKernel, SockIo, SockLen, TcpProbe, TcpRetransmit, ThreadInfo, UffdIoctl, UffdMsg,
-    UffdRead,
+    Direction, FaultEntry, FaultSource, IoctlOp, KvmAsync, KvmAsyncOp, NewUffd, Note, PlacerHow,
+    PlacerRun, Record, Role, Sleep, SleepFlags, SleepKernel, SockIo, SockLen, TcpProbe,
+    TcpRetransmit, ThreadInfo, UffdIoctl, UffdMsg, UffdRead,
 };
 
 /// A raw event that cannot be turned into a record.
@@ -20,6 +20,10 @@ pub enum ConvertError {
     ThreadOp(u32),
     #[error("sock_len record with unknown direction {0}")]
     Direction(u16),
+    #[error("placer_run record with unknown how {0}")]
+    PlacerHow(u32),
+    #[error("kvm_async_pf record with unknown op {0}")]
+    KvmAsyncOp(u32),
 }
 
 /// The records one raw event becomes (zero or one today; a `Vec` keeps the
@@ -54,6 +58,7 @@ fn sleep(e: &abi::FaultWake) -> Result<Record, ConvertError> {
         },
         woken_ts: e.woken_ts,
         run_ts: (!never_slept && e.run_ts != 0).then_some(e.run_ts),
+        resume_ts: (!never_slept && e.resume_ts != 0).then_some(e.resume_ts),
         waker_tid: e.waker_tid,
         wake_op: IoctlOp::from_cmd(e.ioctl_cmd),
         wake_start: e.ioctl_start,
@@ -86,6 +91,24 @@ fn sleep_flags(raw: u16) -> SleepFlags {
             .filter(|(kernel, _)| raw & kernel != 0)
             .fold(0, |acc, (_, trace)| acc | trace),
     )
+}
+
+fn placer_run(e: &abi::PlacerRun) -> Result<Record, ConvertError> {
+    let how = match e.how {
+        placer_how::BLOCKED => PlacerHow::Blocked,
+        placer_how::PREEMPTED => PlacerHow::Preempted,
+        placer_how::SYSCALL => PlacerHow::Syscall,
+        other => return Err(ConvertError::PlacerHow(other)),
+    };
+    Ok(Record::PlacerRun(PlacerRun {
+        ts: e.hdr.ts,
+        tid: e.hdr.tid,
+        how,
+        ioctl_exit_ts: e.ioctl_exit_ts,
+        out_ts: (e.out_ts != 0).then_some(e.out_ts),
+        ioctl_start: e.ioctl_start,
+        woken: e.n_woken,
+    }))
 }
 
 fn fd(raw: u32) -> i32 {
@@ -192,14 +215,15 @@ impl TryFrom<&RawEvent> for Records {
                 }),
                 other => return Err(ConvertError::ThreadOp(other)),
             },
-            RawEvent::KvmAsyncPf(e) => Record::Note(Note {
+            RawEvent::KvmAsyncPf(e) => Record::KvmAsync(KvmAsync {
                 ts: e.hdr.ts,
-                kind: "kvm_async_pf".into(),
-                text: format!(
-                    "tid {} op {} token {:#x} gva {:#x} gfn {:#x}",
-                    e.hdr.tid, e.op, e.token, e.gva, e.gfn
-                ),
+                tid: e.hdr.tid,
+                op: KvmAsyncOp::from_code(e.op).ok_or(ConvertError::KvmAsyncOp(e.op))?,
+                token: e.token,
+                gva: e.gva,
+                gfn: e.gfn,
             }),
+            RawEvent::PlacerRun(e) => placer_run(e)?,
         };
         Ok(Records(vec![rec]))
     }
@@ -233,6 +257,7 @@ mod tests {
             block_state: 1,
             fault_source: source,
             flags,
+            resume_ts: 1_004,
         }
     }
 
@@ -246,10 +271,75 @@ mod tests {
         assert_eq!(s.tid, 42);
         assert_eq!(s.fault.unwrap().ts, 100);
         assert_eq!(
-            (s.blocked_ts, s.woken_ts, s.run_ts),
-            (200, 900, Some(1_000))
+            (s.blocked_ts, s.woken_ts, s.run_ts, s.resume_ts),
+            (200, 900, Some(1_000), Some(1_004))
         );
         assert_eq!(s.wake_op, IoctlOp::Copy);
+        let mut no_rseq = wake(0, fault_source::USER);
+        no_rseq.resume_ts = 0;
+        let Records(v) = Records::try_from(&RawEvent::FaultWake(no_rseq)).unwrap();
+        let Record::Sleep(s) = &v[0] else {
+            panic!("not a sleep: {v:?}")
+        };
+        assert_eq!(s.resume_ts, None, "0 is not observed");
+    }
+
+    #[test]
+    fn placer_run_and_kvm_async_become_records() {
+        let raw = abi::PlacerRun {
+            hdr: abi::Hdr {
+                kind: abi::Kind::PlacerRun as u16,
+                cpu: 0,
+                tid: 43,
+                ts: 5_000,
+            },
+            ioctl_exit_ts: 1_000,
+            out_ts: 1_200,
+            ioctl_start: 0x7f00_0000_1000,
+            how: placer_how::PREEMPTED,
+            n_woken: 1,
+        };
+        let Records(v) = Records::try_from(&RawEvent::PlacerRun(raw)).unwrap();
+        assert_eq!(
+            v[0],
+            Record::PlacerRun(PlacerRun {
+                ts: 5_000,
+                tid: 43,
+                how: PlacerHow::Preempted,
+                ioctl_exit_ts: 1_000,
+                out_ts: Some(1_200),
+                ioctl_start: 0x7f00_0000_1000,
+                woken: 1,
+            })
+        );
+        let bad = abi::PlacerRun { how: 9, ..raw };
+        assert_eq!(
+            Records::try_from(&RawEvent::PlacerRun(bad)),
+            Err(ConvertError::PlacerHow(9))
+        );
+        let kvm = abi::KvmAsyncPf {
+            op: abi::kvm_async_op::READY,
+            token: 7,
+            gva: 0x1000,
+            ..abi::KvmAsyncPf::default()
+        };
+        let Records(v) = Records::try_from(&RawEvent::KvmAsyncPf(kvm)).unwrap();
+        assert!(
+            matches!(
+                v[0],
+                Record::KvmAsync(KvmAsync {
+                    op: KvmAsyncOp::Ready,
+                    token: 7,
+                    ..
+                })
+            ),
+            "{v:?}"
+        );
+        let bad = abi::KvmAsyncPf { op: 0, ..kvm };
+        assert_eq!(
+            Records::try_from(&RawEvent::KvmAsyncPf(bad)),
+            Err(ConvertError::KvmAsyncOp(0))
+        );
     }
 
     #[test]

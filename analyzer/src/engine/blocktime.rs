@@ -20,16 +20,20 @@
 //!   previous fault's time is lost. That happens often: the placing ioctl
 //!   wakes the vCPU, and on a busy host the placing thread is preempted on its
 //!   way out of the ioctl, so `mark_postcopy_blocktime_end` runs only when it
-//!   gets the CPU back, by which time the vCPU has faulted again. The trace
-//!   does not show that moment; the nearest observable one is the placing
-//!   thread's next uffd ioctl, so the end is put at its entry (the last
-//!   placement of a thread ends at its own exit).
-//!   That moment is an upper bound: a thread that went to wait for data after
-//!   its placement (rather than being preempted) closed the slot earlier. It
-//!   reproduces QEMU within 1% without `postcopy-preempt`; with it, the
-//!   `fault-fast` thread idles between urgent pages, its next ioctl is far off
-//!   and the replay drops too much. [`QemuBlocktime::closing_at_exit`] is the
-//!   other bound (no preemption at all); QEMU's figure lies between the two.
+//!   gets the CPU back, by which time the vCPU has faulted again. Since
+//!   format 3 the kernel records that moment for every placement that woke
+//!   a thread ([`uffdscope_trace::record::PlacerRun`]): the placing thread's
+//!   return to user mode after a preemption, its blocking switch-out, or its
+//!   next traced syscall, whichever came first; the end is put there. Older
+//!   traces, and placements that woke nobody, end at the placing thread's
+//!   next uffd ioctl's entry (the last placement of a thread ends at its own
+//!   exit). That moment is an upper bound: a thread that went to wait for
+//!   data after its placement closed the slot earlier. It reproduces QEMU
+//!   within 1% without `postcopy-preempt`; with it, the `fault-fast` thread
+//!   idles between urgent pages, its next ioctl is far off and the replay
+//!   drops too much, which is what the placing thread's recorded moment
+//!   fixes. [`QemuBlocktime::closing_at_exit`] is the other bound (no
+//!   preemption at all); QEMU's figure lies between the two.
 //! - A begin for a page already received is withdrawn at once.
 //! - The all-vCPUs figure adds `end - last_begin` at an end that finds every
 //!   vCPU down, `last_begin` being the latest begin of any vCPU.
@@ -110,6 +114,9 @@ pub struct QemuBlocktime {
     pub not_vcpu: u64,
     /// Page-fault messages read.
     pub messages: u64,
+    /// Placements closed at the placing thread's recorded moment
+    /// ([`QemuBlocktime::placer_run`]) rather than at its next ioctl.
+    pub closed_at_placer_run: u64,
 }
 
 impl QemuBlocktime {
@@ -156,6 +163,19 @@ impl QemuBlocktime {
         }
         if let Some(addr) = placed {
             self.pending_end.insert(tid, (addr, exit_ts));
+        }
+    }
+
+    /// The placing thread `tid`'s first moment after its last uffd ioctl,
+    /// which woke someone (format 3): its pending placement ends here.
+    pub fn placer_run(&mut self, tid: u32, ts: u64) {
+        if self.close_at_exit {
+            return;
+        }
+        self.watermark = self.watermark.max(ts);
+        if let Some((addr, exit_ts)) = self.pending_end.remove(&tid) {
+            self.closed_at_placer_run += 1;
+            self.push(ts.max(exit_ts), END, addr, tid);
         }
     }
 
@@ -326,6 +346,22 @@ mod tests {
         assert_eq!(q.not_vcpu, 1);
         assert_eq!(q.counted, 0);
         assert!(q.per_vcpu_ns.is_empty());
+    }
+
+    #[test]
+    fn the_placing_threads_recorded_moment_closes_before_its_next_ioctl() {
+        let mut q = QemuBlocktime::new();
+        q.read(10 * MS, 0x1000, 1);
+        q.ioctl(9, 20 * MS, 21 * MS, Some(0x1000));
+        // Preempted at its exit, it ran again at 23 ms; its next ioctl is far off.
+        q.placer_run(9, 23 * MS);
+        q.read(24 * MS, 0x2000, 1);
+        q.ioctl(9, 90 * MS, 91 * MS, Some(0x2000));
+        finish(&mut q, 1);
+        assert_eq!(q.closed_at_placer_run, 1);
+        assert_eq!(q.overwritten, 0, "the slot was closed before the next read");
+        assert_eq!(q.counted, 2);
+        assert_eq!(q.per_vcpu_ns[&1], 13 * MS + (91 - 24) * MS);
     }
 
     #[test]

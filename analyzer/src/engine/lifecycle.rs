@@ -125,7 +125,11 @@ pub struct Fault {
     /// Exit of the placing ioctl.
     pub place_end_ts: Option<u64>,
     pub woken_ts: u64,
+    /// Switch-in after the wake.
     pub run_ts: Option<u64>,
+    /// The first return to user or guest mode after the switch-in (format 3,
+    /// threads with rseq): the `wake` stage ends here when it is known.
+    pub resume_ts: Option<u64>,
     pub waker_tid: u32,
     /// Length of the placement (4096, or a huge page).
     pub place_len: u64,
@@ -151,8 +155,14 @@ impl Fault {
                 self.place_ts.map(|p| self.entry_ts.map_or(p, |e| p.max(e))),
                 Some(self.woken_ts),
             ),
-            Stage::Wake => Self::span(Some(self.woken_ts), self.run_ts),
+            Stage::Wake => Self::span(Some(self.woken_ts), self.resumed_ts()),
         }
+    }
+
+    /// When the thread ran its own code again: its resume in user mode when
+    /// the trace has it, else its switch-in.
+    pub fn resumed_ts(&self) -> Option<u64> {
+        self.resume_ts.or(self.run_ts)
     }
 
     /// Fault entry → woken.
@@ -829,6 +839,7 @@ impl Engine {
             place_end_ts: placement.map(|(_, p, _)| p.exit_ts),
             woken_ts: s.woken_ts,
             run_ts: s.run_ts,
+            resume_ts: s.resume_ts,
             waker_tid: s.waker_tid,
             place_len: placement.map_or(s.wake_len, |(_, _, len)| len),
         }

@@ -388,6 +388,7 @@ mod tests {
             place_end_ts: Some(place_ts + 5_000),
             woken_ts: place_ts + 3_000,
             run_ts: Some(place_ts + 10_000),
+            resume_ts: None,
             waker_tid: placer,
             place_len: 4096,
         }

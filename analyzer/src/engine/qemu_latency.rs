@@ -170,6 +170,7 @@ mod tests {
             place_end_ts: Some(end),
             woken_ts: end - US,
             run_ts: Some(end + US),
+            resume_ts: None,
             waker_tid: 8,
             place_len: 4096,
         }

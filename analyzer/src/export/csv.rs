@@ -143,6 +143,7 @@ mod tests {
             place_end_ts: Some(5_500),
             woken_ts: 5_400,
             run_ts: Some(6_000),
+            resume_ts: None,
             waker_tid: 9,
             place_len: 4096,
         };

@@ -386,7 +386,11 @@ impl<W: Write> Perfetto<W> {
         let pid = self.pid;
         self.touch(f.tid);
         let start = f.entry_ts.map_or(f.blocked_ts, |e| e.min(f.blocked_ts));
-        let end = f.run_ts.unwrap_or(f.woken_ts).max(f.woken_ts).max(start);
+        let end = f
+            .resumed_ts()
+            .unwrap_or(f.woken_ts)
+            .max(f.woken_ts)
+            .max(start);
         let mut args = String::new();
         let _ = write!(
             args,
@@ -419,7 +423,7 @@ impl<W: Write> Perfetto<W> {
             ("request", f.read_ts, f.request_ts),
             ("network", f.request_ts.or(f.read_ts), f.place_ts),
             ("place", f.place_ts, Some(f.woken_ts)),
-            ("wake", Some(f.woken_ts), f.run_ts),
+            ("wake", Some(f.woken_ts), f.resumed_ts()),
         ];
         let network_args = self.split.split(f).map_or_else(String::new, |p| {
             format!(

@@ -9,7 +9,9 @@
 //!   no interval is longer than their sum and nothing sized by a time span
 //!   can grow past it;
 //! - intervals run forwards: a syscall's exit is not before its entry, a
-//!   thread runs again no earlier than it was woken;
+//!   thread runs again no earlier than it was woken and resumes in user mode
+//!   no earlier than it ran, a placing thread's moment after an ioctl is not
+//!   before that ioctl's exit;
 //! - byte lengths of ioctls, registered ranges and wake ranges are at most
 //!   [`Boundary::MAX_LEN`], and `start + len` does not overflow;
 //! - every record about a thread names one (tid 0 is the idle task, never a
@@ -193,6 +195,16 @@ fn for_each_ts(rec: &Record, mut f: impl FnMut(u64)) {
             if let Some(run) = s.run_ts {
                 f(run);
             }
+            if let Some(resume) = s.resume_ts {
+                f(resume);
+            }
+        }
+        Record::PlacerRun(r) => {
+            f(r.ioctl_exit_ts);
+            f(r.ts);
+            if let Some(out) = r.out_ts {
+                f(out);
+            }
         }
         Record::UffdRead(r) => {
             f(r.enter_ts);
@@ -214,7 +226,16 @@ fn check_order(rec: &Record) -> Result<(), Rejection> {
     let forwards = match rec {
         // Woken before blocked is a real order (woken while switching out);
         // running before being woken is not.
-        Record::Sleep(s) => s.run_ts.is_none_or(|run| run >= s.woken_ts),
+        Record::Sleep(s) => {
+            s.run_ts.is_none_or(|run| run >= s.woken_ts)
+                && s.resume_ts
+                    .is_none_or(|resume| resume >= s.run_ts.unwrap_or(u64::MAX))
+        }
+        Record::PlacerRun(r) => {
+            r.ioctl_exit_ts <= r.ts
+                && r.out_ts
+                    .is_none_or(|out| r.ioctl_exit_ts <= out && out <= r.ts)
+        }
         Record::UffdRead(r) => r.enter_ts <= r.exit_ts,
         Record::UffdIoctl(r) => r.enter_ts <= r.exit_ts,
         Record::SockIo(r) => r.enter_ts <= r.exit_ts,
@@ -253,6 +274,8 @@ fn thread_of(rec: &Record) -> Option<u32> {
         Record::Thread(r) => Some(r.tid),
         Record::NewUffd(r) => Some(r.tid),
         Record::Perf(r) => Some(r.tid),
+        Record::PlacerRun(r) => Some(r.tid),
+        Record::KvmAsync(r) => Some(r.tid),
         _ => None,
     }
 }
@@ -294,6 +317,7 @@ mod tests {
             blocked_ts,
             woken_ts,
             run_ts,
+            resume_ts: None,
             waker_tid: 8,
             wake_op: IoctlOp::Copy,
             wake_start: 0x1000,

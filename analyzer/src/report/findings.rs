@@ -344,8 +344,29 @@ fn wake_latency_high(r: &Report) -> Option<Finding> {
     })
 }
 
-/// `async_pf`: KVM moved faults' waits to kworkers.
+/// `async_pf`: KVM moved faults' waits to kworkers. From the paired
+/// `not_present` → `ready` waits when the trace has them (format 3), else
+/// from the sleeps the kernel flagged.
 fn async_pf(r: &Report) -> Option<Finding> {
+    if let Some(w) = r.faults.kvm_async_waits.as_ref().filter(|w| w.faults > 0) {
+        let total: f64 = w.per_vcpu_ms.values().sum();
+        let vcpus = w.per_vcpu_ms.len();
+        return Some(Finding::new(
+            "async_pf",
+            Severity::Info,
+            format!(
+                "{} faults were KVM async page faults: kworkers waited {total:.1} ms in all (p99 {} per fault) for pages on behalf of {vcpus} vCPU(s), which ran on meanwhile. QEMU's blocktime does not count those waits: the uffd message names the kworker, not a vCPU.",
+                w.faults,
+                w.wait_us.p99.map_or_else(|| "unknown".to_owned(), |us| format!("{us:.0} µs")),
+            ),
+            json!({
+                "kvm_async_faults": w.faults,
+                "kworker_wait_ms": total,
+                "wait_p99_us": w.wait_us.p99,
+                "repeated_faults": w.repeated_faults,
+            }),
+        ));
+    }
     let n = r.faults.kvm_async.filter(|&n| n > 0)?;
     Some(Finding::new(
         "async_pf",

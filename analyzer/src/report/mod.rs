@@ -205,6 +205,31 @@ pub struct FaultSection {
     /// Faults that were KVM async page faults (a kworker waited); `None`
     /// when the trace format cannot say (version 1).
     pub kvm_async: Option<u64>,
+    /// Faults whose thread ran again without a traced return to user mode
+    /// (no rseq area, or it blocked again first): their `wake` stage ends at
+    /// the switch-in instead of the resume. `None` before format 3.
+    pub resume_fallback: Option<u64>,
+    /// KVM async page faults: waits a kworker did for a vCPU while the vCPU
+    /// ran on, which QEMU's blocktime cannot see. `None` when the trace has
+    /// no KVM async steps (TCG, or before format 3).
+    pub kvm_async_waits: Option<KvmAsyncSection>,
+}
+
+/// The waits KVM moved from vCPUs to kworkers (`engine/kvm_async.rs`).
+#[derive(Debug, Clone, Serialize)]
+pub struct KvmAsyncSection {
+    /// Async faults whose wait was paired (`not_present` → `ready`).
+    pub faults: u64,
+    /// Each one's wait.
+    pub wait_us: Percentiles,
+    /// Summed wait per vCPU thread (by tid), ms.
+    pub per_vcpu_ms: BTreeMap<String, f64>,
+    /// Faults KVM handed to a kworker (`kvm_try_async_get_page`).
+    pub handed_off: u64,
+    /// Waits whose end the trace does not hold.
+    pub unfinished: u64,
+    /// Repeated faults on an outstanding page (the vCPU halts until ready).
+    pub repeated_faults: u64,
 }
 
 /// Counts of faults with a figure that is only an upper bound.
@@ -295,6 +320,11 @@ pub struct QemuView {
     /// bound: QEMU's figure lies between this and `vcpu_sum`).
     pub vcpu_sum_close_at_exit: f64,
     pub all_vcpus_overlap_close_at_exit: Option<f64>,
+    /// Placements the replay closed at the placing thread's recorded moment
+    /// after them (its return to user mode after a preemption, its blocking
+    /// switch-out or its next syscall) rather than at its next ioctl. `None`
+    /// before format 3.
+    pub closed_at_placer_run: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

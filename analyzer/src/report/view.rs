@@ -95,6 +95,24 @@ pub struct View<'a> {
     pub qemu_latency: String,
 }
 
+/// Which figures are bounds or fallbacks, when some are: faults whose
+/// switch-in was not seen, and faults whose resume in user mode was not.
+fn bounded_sentence(r: &Report) -> Option<String> {
+    let n = r.faults.count;
+    let parts: Vec<String> = [
+        r.faults.bounded.wake.filter(|k| *k > 0).map(|k| {
+            format!("{k} of {n} faults ran again at a moment the trace did not see: their wake stage and blocked time are upper bounds")
+        }),
+        r.faults.resume_fallback.filter(|k| *k > 0).map(|k| {
+            format!("{k} of {n} faults returned to user mode unseen (no rseq, or they blocked again first): their wake stage ends at the switch-in")
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// A part of the network stage of requested faults.
 #[derive(Debug, Clone, Copy)]
 pub struct SplitRow {
@@ -156,12 +174,7 @@ impl<'a> View<'a> {
                 faults: after.iter().map(|s| s.faults).sum(),
                 blocked_ms: after.iter().map(|s| s.blocked_ms).sum(),
             }),
-            bounded: r.faults.bounded.wake.filter(|n| *n > 0).map(|n| {
-                format!(
-                    "{n} of {} faults ran again at a moment the trace did not see: their wake stage and blocked time are upper bounds",
-                    r.faults.count
-                )
-            }),
+            bounded: bounded_sentence(r),
             guest: r.guest.as_ref().map(|g| GuestFigures {
                 lines: format!(
                     "{} guestperf, {} plain, {} json, {} other lines",

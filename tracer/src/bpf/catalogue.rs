@@ -218,6 +218,15 @@ pub static TRACEPOINTS: &[Tracepoint] = &[
         &["fd"]
     ),
     tp!(
+        "ufs_sys_enter_ioctl_stack",
+        "syscalls",
+        "sys_enter_ioctl",
+        Required,
+        "the kernel stack a uffd ioctl runs on (tells its wakes from an interrupt's)",
+        Layout::SysEnter,
+        &["fd", "cmd"]
+    ),
+    tp!(
         "ufs_sys_enter_ioctl",
         "syscalls",
         "sys_enter_ioctl",

@@ -50,6 +50,8 @@ impl BadRecords {
             ConvertError::UffdFdOp(_) => "uffd_fd_op",
             ConvertError::ThreadOp(_) => "thread_op",
             ConvertError::Direction(_) => "direction",
+            ConvertError::PlacerHow(_) => "placer_how",
+            ConvertError::KvmAsyncOp(_) => "kvm_async_op",
         };
         self.count(format!("convert.{variant}"));
     }
