@@ -115,8 +115,12 @@ enum Format {
     Markdown,
     /// One self-contained HTML file with plots (no external resources).
     Html,
-    /// Chrome Trace Event JSON timeline for ui.perfetto.dev (streamed).
+    /// Perfetto's native protobuf trace (TrackEvent) for ui.perfetto.dev
+    /// (streamed; binary: give -o).
     Perfetto,
+    /// The same timeline as Chrome Trace Event JSON (ui.perfetto.dev,
+    /// chrome://tracing; streamed).
+    PerfettoJson,
     /// One CSV row per fault with its timestamps and stages (streamed).
     Csv,
 }
@@ -295,7 +299,10 @@ fn read_guest_log(
 }
 
 fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
-    if matches!(args.format, Format::Perfetto | Format::Csv) {
+    if matches!(
+        args.format,
+        Format::Perfetto | Format::PerfettoJson | Format::Csv
+    ) {
         return stream_export(args);
     }
     let reader = open_trace(&args.trace)?;
@@ -323,7 +330,9 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         }
         Format::Markdown => uffdscope_analyzer::render::markdown::render_markdown(&report),
         Format::Html => uffdscope_analyzer::render::html::render_html(&report),
-        Format::Perfetto | Format::Csv => unreachable!("streamed by stream_export"),
+        Format::Perfetto | Format::PerfettoJson | Format::Csv => {
+            unreachable!("streamed by stream_export")
+        }
     };
     match &args.output {
         Some(path) => {
@@ -370,7 +379,10 @@ fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let out = std::io::BufWriter::with_capacity(1 << 16, out);
     let result = match args.format {
         Format::Perfetto => {
-            uffdscope_analyzer::export::perfetto::export(&mut reader, out, args.limits())
+            uffdscope_analyzer::export::perfetto::export_protobuf(&mut reader, out, args.limits())
+        }
+        Format::PerfettoJson => {
+            uffdscope_analyzer::export::perfetto::export_json(&mut reader, out, args.limits())
         }
         _ => uffdscope_analyzer::export::csv::export(&mut reader, out, args.limits()),
     };

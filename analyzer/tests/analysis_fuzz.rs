@@ -324,10 +324,15 @@ fn run_everything(bytes: &[u8], opts: &Options) -> Result<(), TestCaseError> {
 
     let mut out = Vec::new();
     let mut reader = TraceReader::with_len(bytes, Some(bytes.len() as u64)).expect("valid header");
-    perfetto::export(&mut reader, &mut out, Limits::NONE).expect("writing to memory");
+    perfetto::export_json(&mut reader, &mut out, Limits::NONE).expect("writing to memory");
     let timeline: serde_json::Value =
         serde_json::from_slice(&out).expect("the Perfetto export is JSON");
     prop_assert!(timeline.is_object() || timeline.is_array());
+
+    // The protobuf timeline of the same bytes is written without a panic.
+    let mut reader = TraceReader::with_len(bytes, Some(bytes.len() as u64)).expect("valid header");
+    perfetto::export_protobuf(&mut reader, std::io::sink(), Limits::NONE)
+        .expect("writing to a sink");
     Ok(())
 }
 

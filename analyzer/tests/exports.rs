@@ -23,7 +23,7 @@ fn trace_of(specs: &[FaultSpec]) -> Vec<u8> {
 fn perfetto(bytes: &[u8]) -> (Value, uffdscope_analyzer::export::Summary) {
     let mut reader = TraceReader::new(bytes).expect("trace header");
     let mut out = Vec::new();
-    let summary = uffdscope_analyzer::export::perfetto::export(
+    let summary = uffdscope_analyzer::export::perfetto::export_json(
         &mut reader,
         &mut out,
         uffdscope_analyzer::export::Limits::NONE,
