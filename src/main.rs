@@ -123,6 +123,9 @@ enum Format {
     PerfettoJson,
     /// One CSV row per fault with its timestamps and stages (streamed).
     Csv,
+    /// Parquet tables for a fleet dataset: -o DIR gets faults/, threads/ and
+    /// guest_intervals/, one file per trace named by its SHA-256.
+    Parquet,
 }
 
 #[derive(clap::Args, Debug)]
@@ -133,7 +136,8 @@ struct ReportArgs {
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value_t = Format::Text)]
     format: Format,
-    /// Write to this file (must not exist) instead of stdout.
+    /// Write to this file (must not exist) instead of stdout; for parquet, the
+    /// dataset directory (created if absent; existing files are kept).
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
     /// A guest log (guestperf lines, `epoch_ms value_ms` lines or JSON lines)
@@ -298,7 +302,27 @@ fn read_guest_log(
     })
 }
 
+/// The analysis options of `report` (a guest log is read here).
+fn report_options(args: &ReportArgs, meta: &uffdscope_trace::TraceMeta) -> anyhow::Result<Options> {
+    let guest_log = match &args.guest_log {
+        Some(p) => {
+            let from =
+                guest_log::keep_from_ms(meta.start_ns, meta.realtime_offset_ns, args.guest_offset);
+            Some(read_guest_log(p, from)?)
+        }
+        None => None,
+    };
+    Ok(Options {
+        guest_log,
+        guest_offset_ms: args.guest_offset,
+        limits: args.limits(),
+    })
+}
+
 fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    if args.format == Format::Parquet {
+        return parquet_export(args);
+    }
     if matches!(
         args.format,
         Format::Perfetto | Format::PerfettoJson | Format::Csv
@@ -306,20 +330,7 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         return stream_export(args);
     }
     let reader = open_trace(&args.trace)?;
-    let guest_log = match &args.guest_log {
-        Some(p) => {
-            let meta = reader.meta();
-            let from =
-                guest_log::keep_from_ms(meta.start_ns, meta.realtime_offset_ns, args.guest_offset);
-            Some(read_guest_log(p, from)?)
-        }
-        None => None,
-    };
-    let opts = Options {
-        guest_log,
-        guest_offset_ms: args.guest_offset,
-        limits: args.limits(),
-    };
+    let opts = report_options(args, reader.meta())?;
     let report = analysis::analyze(reader, &args.trace.display().to_string(), &opts);
     let body = match args.format {
         Format::Text => uffdscope_analyzer::render::text::render_text(&report),
@@ -333,6 +344,7 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         Format::Perfetto | Format::PerfettoJson | Format::Csv => {
             unreachable!("streamed by stream_export")
         }
+        Format::Parquet => unreachable!("written by parquet_export"),
     };
     match &args.output {
         Some(path) => {
@@ -356,6 +368,40 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     }
     let t = &report.trace;
     Ok(incomplete_exit(&args.trace, t.stopped_at_limit, t.complete))
+}
+
+/// The Parquet tables of one trace into a dataset directory.
+fn parquet_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    use uffdscope_analyzer::export::parquet;
+    let Some(dir) = &args.output else {
+        anyhow::bail!("--format parquet writes a dataset directory: give it with -o DIR");
+    };
+    let is_file = std::fs::metadata(&args.trace).is_ok_and(|m| m.is_file());
+    if !is_file {
+        anyhow::bail!(
+            "{}: --format parquet needs a trace file (its SHA-256 names the run); save standard input or the pipe to a file first",
+            args.trace.display()
+        );
+    }
+    let mut reader = open_trace(&args.trace)?;
+    let run = parquet::Run::of_file(&args.trace, reader.meta())
+        .with_context(|| format!("hashing {}", args.trace.display()))?;
+    let opts = report_options(args, reader.meta())?;
+    let shown = args.trace.display().to_string();
+    let exported = parquet::export(&mut reader, &shown, &run, dir, &opts)
+        .with_context(|| format!("writing the Parquet tables under {}", dir.display()))?;
+    for file in &exported.files {
+        println!("{}", file.display());
+    }
+    for w in &exported.summary.warnings {
+        eprintln!("uffdscope: {shown}: {w}");
+    }
+    if let Some(damage) = &exported.summary.damage {
+        eprintln!("uffdscope: {shown}: damaged trace, exported the good part: {damage}");
+        return Ok(ExitCode::from(2));
+    }
+    let s = &exported.summary;
+    Ok(incomplete_exit(&args.trace, s.stopped_at_limit, s.complete))
 }
 
 /// The streamed exports (perfetto, csv): one pass over the trace, written as
