@@ -370,7 +370,16 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     Ok(incomplete_exit(&args.trace, t.stopped_at_limit, t.complete))
 }
 
+/// Parquet support was left out of this build.
+#[cfg(not(feature = "parquet"))]
+fn parquet_export(_: &ReportArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "this uffdscope was built without Parquet support: rebuild with the default features (cargo feature `parquet`)"
+    )
+}
+
 /// The Parquet tables of one trace into a dataset directory.
+#[cfg(feature = "parquet")]
 fn parquet_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     use uffdscope_analyzer::export::parquet;
     let Some(dir) = &args.output else {

@@ -370,6 +370,7 @@ pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) 
     report_of(pass, &engine, &summary, &reader, path, opts)
 }
 
+#[cfg(feature = "parquet")]
 /// Analyzes a trace while `also` takes the same pass (an export that needs
 /// the report's figures at its end); the first error of `also` ends it.
 pub(crate) fn analyze_with<R: Read, C: Consumer>(
@@ -389,11 +390,13 @@ pub(crate) fn analyze_with<R: Read, C: Consumer>(
 }
 
 /// The report's consumer and another one, on one pass.
+#[cfg(feature = "parquet")]
 struct Tee<'a, C> {
     pass: &'a mut Pass,
     also: &'a mut C,
 }
 
+#[cfg(feature = "parquet")]
 impl<C: Consumer> Consumer for Tee<'_, C> {
     type Error = C::Error;
 

@@ -3,6 +3,7 @@
 //! package) and checked against each trace's JSON report: fault counts,
 //! service-time percentiles and maximum per run (`GROUP BY run`), thread and
 //! guest interval rows. Also: an export never replaces a file.
+#![cfg(feature = "parquet")]
 
 use std::path::{Path, PathBuf};
 

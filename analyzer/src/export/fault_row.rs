@@ -19,6 +19,8 @@ pub(crate) enum Kind {
     Addr,
     Text,
     Flag,
+    /// Used by the Parquet tables beyond the faults.
+    #[cfg_attr(not(feature = "parquet"), allow(dead_code))]
     Float,
 }
 
@@ -29,6 +31,7 @@ pub(crate) enum Value<'a> {
     Addr(u64),
     Text(Option<&'a str>),
     Flag(Option<bool>),
+    #[cfg_attr(not(feature = "parquet"), allow(dead_code))]
     Float(Option<f64>),
 }
 

@@ -5,6 +5,7 @@
 
 pub mod csv;
 mod fault_row;
+#[cfg(feature = "parquet")]
 pub mod parquet;
 pub mod perfetto;
 
