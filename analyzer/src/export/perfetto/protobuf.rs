@@ -26,8 +26,7 @@
 //!   bound) is written with its true time, out of order: Perfetto sorts a
 //!   whole file when it loads it.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Write};
 
 use super::wire;
@@ -125,10 +124,13 @@ fn counter_uuid(index: u64) -> u64 {
 /// slices first, then the order they were made.
 type Key = (u64, u8, u64, u64);
 
+/// Maps hash with foldhash (seeded per process, as the engine's).
+type FastState = foldhash::fast::RandomState;
+
 /// The interning tables of one kind (names, categories, argument keys).
 #[derive(Default)]
 struct Interned {
-    ids: HashMap<&'static str, u64>,
+    ids: HashMap<&'static str, u64, FastState>,
 }
 
 impl Interned {
@@ -145,18 +147,65 @@ impl Interned {
     }
 }
 
+/// Events waiting for time order, in buckets of 2^[`BUCKET_BITS`] ns (about
+/// a millisecond) sorted when they leave: events come nearly in order, so
+/// this costs far less than one heap over all of them. A bucket keeps its
+/// packets' bytes in one buffer.
+#[derive(Default)]
+struct Reorder {
+    buckets: BTreeMap<u64, Bucket>,
+    len: usize,
+}
+
+#[derive(Default)]
+struct Bucket {
+    /// Each event's key and its packet's range in `bytes`.
+    events: Vec<(Key, usize, usize)>,
+    bytes: Vec<u8>,
+}
+
+const BUCKET_BITS: u32 = 20;
+
+impl Reorder {
+    fn push(&mut self, key: Key, packet: &[u8]) {
+        let bucket = self.buckets.entry(key.0 >> BUCKET_BITS).or_default();
+        let start = bucket.bytes.len();
+        bucket.bytes.extend_from_slice(packet);
+        bucket.events.push((key, start, bucket.bytes.len()));
+        self.len += 1;
+    }
+
+    /// The oldest bucket, its events in order, when all of it is at or
+    /// before `until` or more than `max` events wait.
+    fn pop_due(&mut self, until: u64, max: usize) -> Option<Bucket> {
+        let (&first, _) = self.buckets.first_key_value()?;
+        let last = (first << BUCKET_BITS) | ((1 << BUCKET_BITS) - 1);
+        if last > until && self.len <= max {
+            return None;
+        }
+        let mut bucket = self.buckets.remove(&first)?;
+        self.len -= bucket.events.len();
+        bucket.events.sort_unstable_by_key(|(key, ..)| *key);
+        Some(bucket)
+    }
+}
+
 pub(super) struct Protobuf<W: Write> {
     out: W,
-    waiting: BinaryHeap<Reverse<(Key, Vec<u8>)>>,
+    waiting: Reorder,
     made: u64,
     now: u64,
     names: Interned,
     categories: Interned,
     arg_keys: Interned,
     /// Process and thread tracks already described.
-    tracks: HashSet<u64>,
-    counters: HashMap<(u32, String), u64>,
+    tracks: HashSet<u64, FastState>,
+    counters: HashMap<(u32, String), u64, FastState>,
+    /// The untimed packet being written.
     packet: Vec<u8>,
+    /// The event packet being made, and its argument keys' iids.
+    scratch: Vec<u8>,
+    keys: Vec<u64>,
 }
 
 impl<W: Write> Protobuf<W> {
@@ -165,15 +214,17 @@ impl<W: Write> Protobuf<W> {
     pub(super) fn start(out: W, _meta: &TraceMeta) -> io::Result<Self> {
         let mut p = Protobuf {
             out,
-            waiting: BinaryHeap::new(),
+            waiting: Reorder::default(),
             made: 0,
             now: 0,
             names: Interned::default(),
             categories: Interned::default(),
             arg_keys: Interned::default(),
-            tracks: HashSet::new(),
-            counters: HashMap::new(),
+            tracks: HashSet::default(),
+            counters: HashMap::default(),
             packet: Vec::with_capacity(256),
+            scratch: Vec::with_capacity(256),
+            keys: Vec::new(),
         };
         p.packet.clear();
         wire::uint(
@@ -302,24 +353,28 @@ impl<W: Write> Protobuf<W> {
         Ok(uuid)
     }
 
-    /// The iids of an event's argument keys (nested keys are written inline).
-    fn intern_args(&mut self, args: &Args) -> io::Result<Vec<u64>> {
-        args.iter()
-            .map(|(k, _)| self.intern(field::DEBUG_ANNOTATION_NAMES, k))
-            .collect()
+    /// The iids of an event's argument keys, into `self.keys` (nested keys
+    /// are written inline).
+    fn intern_args(&mut self, args: &Args) -> io::Result<()> {
+        self.keys.clear();
+        for (k, _) in args {
+            let id = self.intern(field::DEBUG_ANNOTATION_NAMES, k)?;
+            self.keys.push(id);
+        }
+        Ok(())
     }
 
     /// Builds one TrackEvent packet at `ts`; `body` writes inside the event.
-    fn event(ts: u64, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-        let mut p = Vec::with_capacity(64);
-        wire::uint(&mut p, field::TIMESTAMP, ts);
-        wire::uint(&mut p, field::TRUSTED_PACKET_SEQUENCE_ID, SEQUENCE_ID);
-        wire::uint(&mut p, field::SEQUENCE_FLAGS, SEQ_NEEDS_INCREMENTAL_STATE);
-        wire::message(&mut p, field::TRACK_EVENT, body);
-        p
+    fn event(p: &mut Vec<u8>, ts: u64, body: impl FnOnce(&mut Vec<u8>)) {
+        p.clear();
+        wire::uint(p, field::TIMESTAMP, ts);
+        wire::uint(p, field::TRUSTED_PACKET_SEQUENCE_ID, SEQUENCE_ID);
+        wire::uint(p, field::SEQUENCE_FLAGS, SEQ_NEEDS_INCREMENTAL_STATE);
+        wire::message(p, field::TRACK_EVENT, body);
     }
 
-    /// A named event (begin or instant) with category and args.
+    /// Makes a named event (begin or instant) with category and args in
+    /// `self.scratch`.
     fn named(
         &mut self,
         at: Place,
@@ -328,15 +383,16 @@ impl<W: Write> Protobuf<W> {
         cat: &'static str,
         args: &Args,
         extra: impl FnOnce(&mut Vec<u8>),
-    ) -> io::Result<Vec<u8>> {
+    ) -> io::Result<()> {
         let track = self.thread_track(at.pid, at.tid)?;
         let cat = self.intern(field::EVENT_CATEGORIES, cat)?;
         let name_iid = match name {
             Name::Fixed(s) => Some(self.intern(field::EVENT_NAMES, s)?),
             Name::Text(_) => None,
         };
-        let keys = self.intern_args(args)?;
-        Ok(Self::event(at.ts, |e| {
+        self.intern_args(args)?;
+        let keys = &self.keys;
+        Self::event(&mut self.scratch, at.ts, |e| {
             wire::uint(e, field::TYPE, kind);
             wire::uint(e, field::TRACK_UUID, track);
             wire::uint(e, field::CATEGORY_IIDS, cat);
@@ -347,33 +403,35 @@ impl<W: Write> Protobuf<W> {
             for ((_, v), key) in args.iter().zip(keys) {
                 if *v != Arg::Null {
                     wire::message(e, field::DEBUG_ANNOTATIONS, |a| {
-                        wire::uint(a, field::ARG_NAME_IID, key);
+                        wire::uint(a, field::ARG_NAME_IID, *key);
                         annotation_value(a, v);
                     });
                 }
             }
             extra(e);
-        }))
+        });
+        Ok(())
     }
 
-    /// Queues a packet for time order, first writing out what is due.
-    fn wait(&mut self, key: Key, packet: Vec<u8>) -> io::Result<()> {
-        self.waiting.push(Reverse((key, packet)));
+    /// Queues the packet made in `self.scratch` for time order, first
+    /// writing out what is due.
+    fn wait(&mut self, key: Key) -> io::Result<()> {
+        self.waiting.push(key, &self.scratch);
         self.flush(self.now.saturating_sub(HORIZON_NS))
     }
 
     /// Writes every waiting event at or before `until`, and the oldest ones
     /// beyond the bound on waiting events.
     fn flush(&mut self, until: u64) -> io::Result<()> {
-        while let Some(Reverse(((ts, ..), _))) = self.waiting.peek() {
-            if *ts > until && self.waiting.len() <= MAX_WAITING {
-                break;
+        let mut head = Vec::with_capacity(12);
+        while let Some(bucket) = self.waiting.pop_due(until, MAX_WAITING) {
+            for (_, start, end) in bucket.events {
+                let packet = &bucket.bytes[start..end];
+                head.clear();
+                wire::len_head(&mut head, field::TRACE_PACKET, packet.len());
+                self.out.write_all(&head)?;
+                self.out.write_all(packet)?;
             }
-            let Some(Reverse((_, packet))) = self.waiting.pop() else {
-                break;
-            };
-            self.packet = packet;
-            self.write_packet()?;
         }
         Ok(())
     }
@@ -427,14 +485,14 @@ impl<W: Write> Encoder for Protobuf<W> {
             return self.instant(at, name, cat, args);
         }
         let made = self.next_made();
-        let begin = self.named(at, SLICE_BEGIN, name, cat, args, |_| {})?;
-        self.wait((at.ts, 2, u64::MAX - end, made), begin)?;
+        self.named(at, SLICE_BEGIN, name, cat, args, |_| {})?;
+        self.wait((at.ts, 2, u64::MAX - end, made))?;
         let track = thread_uuid(at.pid, at.tid);
-        let close = Self::event(end, |e| {
+        Self::event(&mut self.scratch, end, |e| {
             wire::uint(e, field::TYPE, SLICE_END);
             wire::uint(e, field::TRACK_UUID, track);
         });
-        self.wait((end, 0, u64::MAX - at.ts, u64::MAX - made), close)
+        self.wait((end, 0, u64::MAX - at.ts, u64::MAX - made))
     }
 
     fn instant(
@@ -445,8 +503,8 @@ impl<W: Write> Encoder for Protobuf<W> {
         args: &Args,
     ) -> io::Result<()> {
         let made = self.next_made();
-        let packet = self.named(at, INSTANT, name, cat, args, |_| {})?;
-        self.wait((at.ts, 1, 0, made), packet)
+        self.named(at, INSTANT, name, cat, args, |_| {})?;
+        self.wait((at.ts, 1, 0, made))
     }
 
     fn counter(
@@ -459,12 +517,12 @@ impl<W: Write> Encoder for Protobuf<W> {
     ) -> io::Result<()> {
         let track = self.counter_track(pid, name.as_str())?;
         let made = self.next_made();
-        let packet = Self::event(ts, |e| {
+        Self::event(&mut self.scratch, ts, |e| {
             wire::uint(e, field::TYPE, COUNTER);
             wire::uint(e, field::TRACK_UUID, track);
             wire::double(e, field::DOUBLE_COUNTER_VALUE, value);
         });
-        self.wait((ts, 1, 0, made), packet)
+        self.wait((ts, 1, 0, made))
     }
 
     fn flow(&mut self, at: Place, id: u64, step: FlowStep) -> io::Result<()> {
@@ -475,10 +533,10 @@ impl<W: Write> Encoder for Protobuf<W> {
             field::FLOW_IDS
         };
         let name = Name::Fixed("fault");
-        let packet = self.named(at, INSTANT, name, "flow", &Args::new(), |e| {
+        self.named(at, INSTANT, name, "flow", &Args::new(), |e| {
             wire::fixed64(e, ids, id);
         })?;
-        self.wait((at.ts, 1, 0, made), packet)
+        self.wait((at.ts, 1, 0, made))
     }
 
     fn process(&mut self, pid: u32, name: &str, _sort_index: i64) -> io::Result<()> {
