@@ -373,6 +373,50 @@ fn perfetto_export_is_a_protobuf_trace_of_packets() {
 }
 
 #[test]
+fn parquet_export_writes_three_tables_once_and_needs_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = dir.path().join("fleet");
+    let export = || {
+        bin()
+            .args(["report", "-f", "parquet"])
+            .arg(fixture())
+            .arg("-o")
+            .arg(&fleet)
+            .output()
+            .unwrap()
+    };
+    let out = export();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for (file, table) in files.iter().zip(["faults", "threads", "guest_intervals"]) {
+        assert!(file.contains(&format!("/{table}/")), "{file}");
+        assert_eq!(&std::fs::read(file).unwrap()[..4], b"PAR1", "{file}");
+    }
+    let again = export();
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already exported"), "{err}");
+    let piped = bin()
+        .args(["report", "-f", "parquet", "-", "-o"])
+        .arg(dir.path().join("other"))
+        .stdin(std::fs::File::open(fixture()).unwrap())
+        .output()
+        .unwrap();
+    assert!(!piped.status.success());
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(err.contains("needs a trace file"), "{err}");
+}
+
+#[test]
 fn csv_export_has_one_row_per_fault() {
     let text = report_as("csv");
     let mut lines = text.lines();
