@@ -79,7 +79,7 @@ fn close(report_us: &Value, exact_ns: &Value, what: &str) {
 
 #[test]
 fn two_traces_form_one_duckdb_dataset_matching_their_reports() {
-    let Some(python) = tier::python_module("parquet_duckdb", "duckdb") else {
+    let Some(python) = tier::python_module("parquet_duckdb", "duckdb", "duckdb") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");

@@ -2,7 +2,8 @@
 //! checked for structure — slices nest per track, flows pair up, timestamps
 //! are monotonic on the sequence, every uuid and iid is defined before use —
 //! and against the JSON export of the same trace: the same slices, instants,
-//! counters, flows and named thread tracks.
+//! counters, flows and named thread tracks; and Perfetto's own compiled
+//! protos (the `perfetto` Python package) parse it with no unknown field.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -96,6 +97,8 @@ struct Decoded {
     instants: BTreeMap<String, usize>,
     counters: usize,
     flows: usize,
+    /// Instants carrying a flow id (every point of every flow).
+    flow_points: usize,
     /// Named thread tracks: (pid, tid) → name.
     threads: BTreeMap<(u64, u64), String>,
     zero_length: BTreeMap<String, usize>,
@@ -206,6 +209,7 @@ impl State {
 
     fn instant(&mut self, category: String, e: &[(u32, Val<'_>)]) {
         if category == "flow" {
+            self.decoded.flow_points += 1;
             for id in all_ints(e, 47) {
                 assert!(
                     !self.flows_done.contains(&id),
@@ -375,4 +379,73 @@ fn synthetic_scenario_with_guest_qmp_and_drops_matches_json() {
 fn committed_synthetic_trace_matches_json() {
     let (proto, json) = both(&committed("synthetic-2vcpu.trace"));
     assert_same_timeline(&proto, &json);
+}
+
+/// Perfetto's own compiled protos (the `perfetto` Python package) parse the
+/// export with no unknown field and see the same events and thread names.
+const PERFETTO_PARSE: &str = r#"
+import json, sys
+from google.protobuf import unknown_fields
+from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
+t = Trace()
+t.ParseFromString(open(sys.argv[1], 'rb').read())
+types, unknown, threads = {}, 0, {}
+for p in t.packet:
+    unknown += len(unknown_fields.UnknownFieldSet(p))
+    if p.HasField('track_event'):
+        unknown += len(unknown_fields.UnknownFieldSet(p.track_event))
+        name = TrackEvent.Type.Name(p.track_event.type)
+        types[name] = types.get(name, 0) + 1
+    d = p.track_descriptor
+    if p.HasField('track_descriptor') and d.HasField('thread') and d.thread.thread_name:
+        threads[f"{d.thread.pid}/{d.thread.tid}"] = d.thread.thread_name
+print(json.dumps({"types": types, "unknown": unknown, "threads": threads}))
+"#;
+
+#[test]
+fn perfettos_own_protos_parse_the_export() {
+    let Some(python) = uffdscope_fixtures::tier::python_module(
+        "perfetto_protos",
+        "perfetto.protos.perfetto.trace.perfetto_trace_pb2",
+        "perfetto",
+    ) else {
+        return;
+    };
+    let trace = committed("qemu-7.2-tcg-postcopy-1vcpu.trace");
+    let mut proto = Vec::new();
+    let mut reader = TraceReader::new(trace.as_slice()).expect("trace header");
+    export_protobuf(&mut reader, &mut proto, Limits::NONE).expect("protobuf export");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("timeline.pftrace");
+    std::fs::write(&file, &proto).expect("write");
+    let out = std::process::Command::new(python)
+        .args(["-c", PERFETTO_PARSE])
+        .arg(&file)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(got["unknown"], 0, "fields Perfetto does not define");
+    let mine = decode(&proto);
+    let slices: usize = mine.slices.values().sum();
+    let instants: usize = mine.instants.values().sum::<usize>() + mine.flow_points;
+    assert_eq!(got["types"]["TYPE_SLICE_BEGIN"], slices);
+    assert_eq!(got["types"]["TYPE_SLICE_END"], slices);
+    assert_eq!(got["types"]["TYPE_COUNTER"], mine.counters);
+    assert_eq!(got["types"]["TYPE_INSTANT"], instants);
+    let threads: BTreeMap<(u64, u64), String> = got["threads"]
+        .as_object()
+        .expect("threads")
+        .iter()
+        .map(|(k, v)| {
+            let (pid, tid) = k.split_once('/').expect("pid/tid");
+            let key = (pid.parse().expect("pid"), tid.parse().expect("tid"));
+            (key, v.as_str().expect("name").to_owned())
+        })
+        .collect();
+    assert_eq!(threads, mine.threads);
 }
