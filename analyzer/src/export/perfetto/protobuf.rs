@@ -4,7 +4,8 @@
 //! - Tracks are described before their first event: a process track per
 //!   process, a thread track per thread under it, a counter track per
 //!   counter; the names of thread and process tracks follow at the end (the
-//!   pass learns them last) by describing the same uuids again.
+//!   pass learns them last) by describing the same uuids again, with the
+//!   JSON's sort indexes as `sibling_order_rank` under explicit ordering.
 //! - Fixed event names, categories and argument keys are interned
 //!   (`InternedData` packets written before their first use; the first
 //!   packet clears the sequence's incremental state); names made per event
@@ -75,6 +76,8 @@ mod field {
     pub const THREAD: u32 = 4;
     pub const PARENT_UUID: u32 = 5;
     pub const COUNTER: u32 = 8;
+    pub const CHILD_ORDERING: u32 = 11;
+    pub const SIBLING_ORDER_RANK: u32 = 12;
     // ProcessDescriptor / ThreadDescriptor
     pub const PID: u32 = 1;
     pub const TID: u32 = 2;
@@ -104,9 +107,16 @@ const SLICE_BEGIN: u64 = 1;
 const SLICE_END: u64 = 2;
 const INSTANT: u64 = 3;
 const COUNTER: u64 = 4;
+/// TrackDescriptor.ChildTracksOrdering: by `sibling_order_rank`.
+const CHILD_ORDERING_EXPLICIT: u64 = 3;
 /// TracePacket.SequenceFlags.
 const SEQ_INCREMENTAL_STATE_CLEARED: u64 = 1;
 const SEQ_NEEDS_INCREMENTAL_STATE: u64 = 2;
+
+/// A sort index as a track's `sibling_order_rank` (an int32).
+fn order_rank(sort_index: i64) -> i64 {
+    sort_index.clamp(i64::from(i32::MIN), i64::from(i32::MAX))
+}
 
 /// Track uuids: disjoint ranges for process, thread and counter tracks.
 fn process_uuid(pid: u32) -> u64 {
@@ -287,10 +297,20 @@ impl<W: Write> Protobuf<W> {
         Ok(id)
     }
 
-    fn describe_process(&mut self, pid: u32, name: Option<&str>) -> io::Result<()> {
+    /// A process track; its threads are ordered by their rank.
+    fn describe_process(
+        &mut self,
+        pid: u32,
+        name: Option<&str>,
+        rank: Option<i64>,
+    ) -> io::Result<()> {
         self.write_untimed(0, |p| {
             wire::message(p, field::TRACK_DESCRIPTOR, |d| {
                 wire::uint(d, field::UUID, process_uuid(pid));
+                wire::uint(d, field::CHILD_ORDERING, CHILD_ORDERING_EXPLICIT);
+                if let Some(rank) = rank {
+                    wire::int(d, field::SIBLING_ORDER_RANK, order_rank(rank));
+                }
                 wire::message(d, field::PROCESS, |pr| {
                     wire::int(pr, field::PID, i64::from(pid));
                     if let Some(name) = name {
@@ -301,11 +321,20 @@ impl<W: Write> Protobuf<W> {
         })
     }
 
-    fn describe_thread(&mut self, pid: u32, tid: u32, name: Option<&str>) -> io::Result<()> {
+    fn describe_thread(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        name: Option<&str>,
+        rank: Option<i64>,
+    ) -> io::Result<()> {
         self.write_untimed(0, |p| {
             wire::message(p, field::TRACK_DESCRIPTOR, |d| {
                 wire::uint(d, field::UUID, thread_uuid(pid, tid));
                 wire::uint(d, field::PARENT_UUID, process_uuid(pid));
+                if let Some(rank) = rank {
+                    wire::int(d, field::SIBLING_ORDER_RANK, order_rank(rank));
+                }
                 wire::message(d, field::THREAD, |th| {
                     wire::int(th, field::PID, i64::from(pid));
                     wire::int(th, field::TID, i64::from(tid));
@@ -320,11 +349,11 @@ impl<W: Write> Protobuf<W> {
     /// The uuid of a thread's track, described (with its process) on first use.
     fn thread_track(&mut self, pid: u32, tid: u32) -> io::Result<u64> {
         if self.tracks.insert(process_uuid(pid)) {
-            self.describe_process(pid, None)?;
+            self.describe_process(pid, None, None)?;
         }
         let uuid = thread_uuid(pid, tid);
         if self.tracks.insert(uuid) {
-            self.describe_thread(pid, tid, None)?;
+            self.describe_thread(pid, tid, None, None)?;
         }
         Ok(uuid)
     }
@@ -338,7 +367,7 @@ impl<W: Write> Protobuf<W> {
             return Ok(counter_uuid(MAX_COUNTERS - 1));
         }
         if self.tracks.insert(process_uuid(pid)) {
-            self.describe_process(pid, None)?;
+            self.describe_process(pid, None, None)?;
         }
         let uuid = counter_uuid(index);
         self.counters.insert((pid, name.to_owned()), uuid);
@@ -539,9 +568,9 @@ impl<W: Write> Encoder for Protobuf<W> {
         self.wait((at.ts, 1, 0, made))
     }
 
-    fn process(&mut self, pid: u32, name: &str, _sort_index: i64) -> io::Result<()> {
+    fn process(&mut self, pid: u32, name: &str, sort_index: i64) -> io::Result<()> {
         self.tracks.insert(process_uuid(pid));
-        self.describe_process(pid, Some(name))
+        self.describe_process(pid, Some(name), Some(sort_index))
     }
 
     fn thread(
@@ -549,13 +578,13 @@ impl<W: Write> Encoder for Protobuf<W> {
         pid: u32,
         tid: u32,
         name: &str,
-        _sort_index: Option<i64>,
+        sort_index: Option<i64>,
     ) -> io::Result<()> {
         if self.tracks.insert(process_uuid(pid)) {
-            self.describe_process(pid, None)?;
+            self.describe_process(pid, None, None)?;
         }
         self.tracks.insert(thread_uuid(pid, tid));
-        self.describe_thread(pid, tid, Some(name))
+        self.describe_thread(pid, tid, Some(name), sort_index)
     }
 
     fn finish(&mut self) -> io::Result<()> {
