@@ -671,7 +671,7 @@ pub fn export_protobuf<R: Read, W: Write>(
     out: W,
     limits: Limits,
 ) -> io::Result<Summary> {
-    let enc = protobuf::Protobuf::start(out, reader.meta())?;
+    let enc = protobuf::Protobuf::start(out)?;
     run(reader, enc, limits)
 }
 

@@ -33,7 +33,6 @@ use std::io::{self, Write};
 use super::wire;
 use super::{Arg, Args, Encoder, FlowStep, Name, Place};
 use crate::drive::Origin;
-use uffdscope_trace::TraceMeta;
 
 /// How far behind the pass an event may be made and still be written in
 /// time order: a minute (the longest guest interval in the committed real
@@ -221,7 +220,7 @@ pub(super) struct Protobuf<W: Write> {
 impl<W: Write> Protobuf<W> {
     /// Writes the first packet, which clears the sequence's incremental
     /// state.
-    pub(super) fn start(out: W, _meta: &TraceMeta) -> io::Result<Self> {
+    pub(super) fn start(out: W) -> io::Result<Self> {
         let mut p = Protobuf {
             out,
             waiting: Reorder::default(),
@@ -590,5 +589,67 @@ impl<W: Write> Encoder for Protobuf<W> {
     fn finish(&mut self) -> io::Result<()> {
         self.flush(u64::MAX)?;
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys as `slice` and `instant` make them.
+    fn begin(start: u64, end: u64, made: u64) -> Key {
+        (start, 2, u64::MAX - end, made)
+    }
+    fn end(start: u64, end: u64, made: u64) -> Key {
+        (end, 0, u64::MAX - start, u64::MAX - made)
+    }
+
+    #[test]
+    fn equal_times_leave_nested_ends_first_and_begins_outer_first() {
+        let mut q = Reorder::default();
+        // A [10, 20] holds B [10, 20] (made after it); C [20, 30] follows,
+        // an instant at 20 sits between; a late bucket comes first.
+        let events: [(Key, &[u8]); 7] = [
+            (begin(10, 20, 1), b"A("),
+            (end(10, 20, 1), b"A)"),
+            (begin(10, 20, 2), b"B("),
+            (end(10, 20, 2), b"B)"),
+            ((20, 1, 0, 3), b"i"),
+            (begin(20, 30, 4), b"C("),
+            (end(20, 30, 4), b"C)"),
+        ];
+        for (key, label) in events.iter().rev() {
+            q.push(*key, label);
+        }
+        let mut order = Vec::new();
+        while let Some(bucket) = q.pop_due(u64::MAX, MAX_WAITING) {
+            for (_, s, e) in bucket.events {
+                order.push(String::from_utf8(bucket.bytes[s..e].to_vec()).expect("label"));
+            }
+        }
+        assert_eq!(order, ["A(", "B(", "B)", "A)", "i", "C(", "C)"]);
+    }
+
+    #[test]
+    fn buckets_wait_for_the_horizon_or_the_bound() {
+        let mut q = Reorder::default();
+        q.push((5 << BUCKET_BITS, 1, 0, 1), b"x");
+        assert!(
+            q.pop_due(5 << BUCKET_BITS, MAX_WAITING).is_none(),
+            "bucket not over"
+        );
+        assert!(q.pop_due(0, 0).is_some(), "over the bound of 0 events");
+        assert_eq!(q.len, 0);
+        q.push((5 << BUCKET_BITS, 1, 0, 2), b"y");
+        assert!(
+            q.pop_due(6 << BUCKET_BITS, MAX_WAITING).is_some(),
+            "bucket over"
+        );
+    }
+
+    #[test]
+    fn sort_indexes_fit_an_int32_rank() {
+        assert_eq!(order_rank(-2), -2);
+        assert_eq!(order_rank(i64::MAX), i64::from(i32::MAX));
     }
 }
