@@ -152,3 +152,25 @@ fn an_export_never_replaces_a_file() {
         assert_eq!(names, [format!("{}.parquet", run.id)], "{table}");
     }
 }
+
+#[test]
+fn a_damaged_trace_exports_its_good_part_as_whole_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes = std::fs::read(committed("synthetic-2vcpu.trace")).expect("trace");
+    let cut = dir.path().join("cut.trace");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).expect("write");
+    let mut reader = TraceReader::open(&cut).expect("trace header");
+    let run = Run::of_file(&cut, reader.meta()).expect("hash");
+    let fleet = dir.path().join("fleet");
+    let done = export(&mut reader, "cut", &run, &fleet, &Options::default()).expect("export");
+    assert!(done.summary.damage.is_some(), "the cut is reported");
+    assert!(done.summary.faults > 0);
+    for file in &done.files {
+        let b = std::fs::read(file).expect("table");
+        assert!(
+            b.starts_with(b"PAR1") && b.ends_with(b"PAR1"),
+            "{}",
+            file.display()
+        );
+    }
+}
