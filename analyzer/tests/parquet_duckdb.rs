@@ -156,7 +156,7 @@ fn an_export_never_replaces_a_file() {
 #[test]
 fn a_damaged_trace_exports_its_good_part_as_whole_files() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let bytes = std::fs::read(committed("synthetic-2vcpu.trace")).expect("trace");
+    let bytes = std::fs::read(committed("qemu-7.2-tcg-postcopy-1vcpu.trace")).expect("trace");
     let cut = dir.path().join("cut.trace");
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).expect("write");
     let mut reader = TraceReader::open(&cut).expect("trace header");
