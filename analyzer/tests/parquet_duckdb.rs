@@ -5,20 +5,14 @@
 //! guest interval rows. Also: an export never replaces a file.
 #![cfg(feature = "parquet")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 use uffdscope_analyzer::analysis::{analyze_file, Options};
 use uffdscope_analyzer::export::parquet::{export, Run};
 use uffdscope_analyzer::report::Report;
-use uffdscope_fixtures::tier;
+use uffdscope_fixtures::{data_path, tier};
 use uffdscope_trace::TraceReader;
-
-fn committed(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/data")
-        .join(name)
-}
 
 /// Exports `trace` under `dir`; its run and JSON report.
 fn export_trace(trace: &Path, dir: &Path) -> (Run, Value) {
@@ -84,8 +78,8 @@ fn two_traces_form_one_duckdb_dataset_matching_their_reports() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let traces = [
-        committed("qemu-7.2-tcg-postcopy-1vcpu.trace"),
-        committed("synthetic-2vcpu.trace"),
+        data_path("qemu-7.2-tcg-postcopy-1vcpu.trace"),
+        data_path("synthetic-2vcpu.trace"),
     ];
     let runs: Vec<(Run, Value)> = traces.iter().map(|t| export_trace(t, dir.path())).collect();
     let out = std::process::Command::new(&python)
@@ -131,7 +125,7 @@ fn two_traces_form_one_duckdb_dataset_matching_their_reports() {
 #[test]
 fn an_export_never_replaces_a_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let trace = committed("synthetic-2vcpu.trace");
+    let trace = data_path("synthetic-2vcpu.trace");
     let (run, _) = export_trace(&trace, dir.path());
     let faults = dir
         .path()
@@ -156,7 +150,7 @@ fn an_export_never_replaces_a_file() {
 #[test]
 fn a_damaged_trace_exports_its_good_part_as_whole_files() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let bytes = std::fs::read(committed("qemu-7.2-tcg-postcopy-1vcpu.trace")).expect("trace");
+    let bytes = std::fs::read(data_path("qemu-7.2-tcg-postcopy-1vcpu.trace")).expect("trace");
     let cut = dir.path().join("cut.trace");
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).expect("write");
     let mut reader = TraceReader::open(&cut).expect("trace header");

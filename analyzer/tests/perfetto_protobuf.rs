@@ -6,7 +6,6 @@
 //! protos (the `perfetto` Python package) parse it with no unknown field.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 
 use serde_json::Value;
 use uffdscope_analyzer::export::perfetto::{export_json, export_protobuf};
@@ -339,10 +338,7 @@ fn assert_same_timeline(proto: &Decoded, json: &Decoded) {
 }
 
 fn committed(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("fixtures/data")
-        .join(name);
+    let path = uffdscope_fixtures::data_path(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
