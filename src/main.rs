@@ -152,13 +152,20 @@ enum Format {
     Markdown,
     /// One self-contained HTML file with plots (no external resources).
     Html,
-    /// Chrome Trace Event JSON timeline for ui.perfetto.dev (streamed).
+    /// Perfetto's native protobuf trace (TrackEvent) for ui.perfetto.dev
+    /// (streamed; binary: give -o).
     Perfetto,
+    /// The same timeline as Chrome Trace Event JSON (ui.perfetto.dev,
+    /// chrome://tracing; streamed).
+    PerfettoJson,
     /// One CSV row per fault with its timestamps and stages (streamed).
     Csv,
     /// HdrHistogram interval log: per-stage and service latency histograms
     /// per interval, in ns (streamed).
     Hlog,
+    /// Parquet tables for a fleet dataset: -o DIR gets faults/, threads/ and
+    /// guest_intervals/, one file per trace named by its SHA-256.
+    Parquet,
 }
 
 #[derive(clap::Args, Debug)]
@@ -169,7 +176,8 @@ struct ReportArgs {
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value_t = Format::Text)]
     format: Format,
-    /// Write to this file (must not exist) instead of stdout.
+    /// Write to this file (must not exist) instead of stdout; for parquet, the
+    /// dataset directory (created if absent; existing files are kept).
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
     /// A guest log (guestperf lines, `epoch_ms value_ms` lines or JSON lines)
@@ -382,28 +390,38 @@ fn read_guest_log(
     })
 }
 
-fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
-    if args.interval.is_some() && args.format != Format::Hlog {
-        eprintln!("uffdscope: note: --interval applies to --format hlog only");
-    }
-    if matches!(args.format, Format::Perfetto | Format::Csv | Format::Hlog) {
-        return stream_export(args);
-    }
-    let reader = open_trace(&args.trace)?;
+/// The analysis options of `report` (a guest log is read here).
+fn report_options(args: &ReportArgs, meta: &uffdscope_trace::TraceMeta) -> anyhow::Result<Options> {
     let guest_log = match &args.guest_log {
         Some(p) => {
-            let meta = reader.meta();
             let from =
                 guest_log::keep_from_ms(meta.start_ns, meta.realtime_offset_ns, args.guest_offset);
             Some(read_guest_log(p, from)?)
         }
         None => None,
     };
-    let opts = Options {
+    Ok(Options {
         guest_log,
         guest_offset_ms: args.guest_offset,
         limits: args.limits(),
-    };
+    })
+}
+
+fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    if args.interval.is_some() && args.format != Format::Hlog {
+        eprintln!("uffdscope: note: --interval applies to --format hlog only");
+    }
+    if args.format == Format::Parquet {
+        return parquet_export(args);
+    }
+    if matches!(
+        args.format,
+        Format::Perfetto | Format::PerfettoJson | Format::Csv | Format::Hlog
+    ) {
+        return stream_export(args);
+    }
+    let reader = open_trace(&args.trace)?;
+    let opts = report_options(args, reader.meta())?;
     let report = analysis::analyze(reader, &args.trace.display().to_string(), &opts);
     let body = match args.format {
         Format::Text => uffdscope_analyzer::render::text::render_text(&report),
@@ -414,9 +432,10 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         }
         Format::Markdown => uffdscope_analyzer::render::markdown::render_markdown(&report),
         Format::Html => uffdscope_analyzer::render::html::render_html(&report),
-        Format::Perfetto | Format::Csv | Format::Hlog => {
+        Format::Perfetto | Format::PerfettoJson | Format::Csv | Format::Hlog => {
             unreachable!("streamed by stream_export")
         }
+        Format::Parquet => unreachable!("written by parquet_export"),
     };
     write_output(args.output.as_deref(), &body)?;
     if let Some(damage) = &report.trace.damage {
@@ -448,6 +467,49 @@ fn write_output(output: Option<&Path>, body: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Parquet support was left out of this build.
+#[cfg(not(feature = "parquet"))]
+fn parquet_export(_: &ReportArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "this uffdscope was built without Parquet support: rebuild with the default features (cargo feature `parquet`)"
+    )
+}
+
+/// The Parquet tables of one trace into a dataset directory.
+#[cfg(feature = "parquet")]
+fn parquet_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    use uffdscope_analyzer::export::parquet;
+    let Some(dir) = &args.output else {
+        anyhow::bail!("--format parquet writes a dataset directory: give it with -o DIR");
+    };
+    let is_file = std::fs::metadata(&args.trace).is_ok_and(|m| m.is_file());
+    if !is_file {
+        anyhow::bail!(
+            "{}: --format parquet needs a trace file (its SHA-256 names the run); save standard input or the pipe to a file first",
+            args.trace.display()
+        );
+    }
+    let mut reader = open_trace(&args.trace)?;
+    let run = parquet::Run::of_file(&args.trace, reader.meta())
+        .with_context(|| format!("hashing {}", args.trace.display()))?;
+    let opts = report_options(args, reader.meta())?;
+    let shown = args.trace.display().to_string();
+    let exported = parquet::export(&mut reader, &shown, &run, dir, &opts)
+        .with_context(|| format!("writing the Parquet tables under {}", dir.display()))?;
+    for file in &exported.files {
+        println!("{}", file.display());
+    }
+    for w in &exported.summary.warnings {
+        eprintln!("uffdscope: {shown}: {w}");
+    }
+    if let Some(damage) = &exported.summary.damage {
+        eprintln!("uffdscope: {shown}: damaged trace, exported the good part: {damage}");
+        return Ok(ExitCode::from(2));
+    }
+    let s = &exported.summary;
+    Ok(incomplete_exit(&args.trace, s.stopped_at_limit, s.complete))
+}
+
 /// The streamed exports (perfetto, csv, hlog): one pass over the trace, written as
 /// faults resolve, so memory does not grow with the trace.
 fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
@@ -469,7 +531,10 @@ fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let out = std::io::BufWriter::with_capacity(1 << 16, out);
     let result = match args.format {
         Format::Perfetto => {
-            uffdscope_analyzer::export::perfetto::export(&mut reader, out, args.limits())
+            uffdscope_analyzer::export::perfetto::export_protobuf(&mut reader, out, args.limits())
+        }
+        Format::PerfettoJson => {
+            uffdscope_analyzer::export::perfetto::export_json(&mut reader, out, args.limits())
         }
         Format::Hlog => uffdscope_analyzer::export::hlog::export(
             &mut reader,

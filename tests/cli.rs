@@ -298,7 +298,7 @@ fn html_escapes_strings_from_the_trace_and_guest() {
 
 #[test]
 fn perfetto_export_is_json_with_thread_tracks_and_fault_slices() {
-    let text = report_as("perfetto");
+    let text = report_as("perfetto-json");
     let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     let ev = v["traceEvents"].as_array().unwrap();
     let names: Vec<&str> = ev
@@ -331,6 +331,87 @@ fn perfetto_export_is_json_with_thread_tracks_and_fault_slices() {
 }
 
 #[test]
+fn perfetto_export_is_a_protobuf_trace_of_packets() {
+    let out = bin()
+        .args(["report", "-f", "perfetto"])
+        .arg(fixture())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A Trace is a run of `packet` fields (field 1, length-delimited); the
+    // structure is checked in analyzer/tests/perfetto_protobuf.rs.
+    let b = &out.stdout;
+    let mut pos = 0;
+    let mut packets = 0;
+    while pos < b.len() {
+        assert_eq!(b[pos], 0x0a, "packet field at byte {pos}");
+        pos += 1;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let byte = b[pos];
+            pos += 1;
+            len |= usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        pos += len;
+        packets += 1;
+    }
+    assert_eq!(pos, b.len(), "the last packet ends the file");
+    assert!(packets as u64 > fault_count(), "{packets} packets");
+}
+
+#[test]
+fn parquet_export_writes_three_tables_once_and_needs_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = dir.path().join("fleet");
+    let export = || {
+        bin()
+            .args(["report", "-f", "parquet"])
+            .arg(fixture())
+            .arg("-o")
+            .arg(&fleet)
+            .output()
+            .unwrap()
+    };
+    let out = export();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for (file, table) in files.iter().zip(["faults", "threads", "guest_intervals"]) {
+        assert!(file.contains(&format!("/{table}/")), "{file}");
+        assert_eq!(&std::fs::read(file).unwrap()[..4], b"PAR1", "{file}");
+    }
+    let again = export();
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already exported"), "{err}");
+    let piped = bin()
+        .args(["report", "-f", "parquet", "-", "-o"])
+        .arg(dir.path().join("other"))
+        .stdin(std::fs::File::open(fixture()).unwrap())
+        .output()
+        .unwrap();
+    assert!(!piped.status.success());
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(err.contains("needs a trace file"), "{err}");
+}
+
+#[test]
 fn csv_export_has_one_row_per_fault() {
     let text = report_as("csv");
     let mut lines = text.lines();
@@ -345,7 +426,7 @@ fn csv_export_has_one_row_per_fault() {
 #[test]
 fn streamed_exports_never_clobber_and_report_damage() {
     let dir = tempfile::tempdir().unwrap();
-    for format in ["perfetto", "csv", "html", "markdown"] {
+    for format in ["perfetto", "perfetto-json", "csv", "html", "markdown"] {
         let existing = dir.path().join(format!("existing.{format}"));
         std::fs::write(&existing, b"precious").unwrap();
         let out = bin()
@@ -378,7 +459,7 @@ fn streamed_exports_never_clobber_and_report_damage() {
     let cut = dir.path().join("cut.trace");
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
     let out = bin()
-        .args(["report", "-f", "perfetto"])
+        .args(["report", "-f", "perfetto-json"])
         .arg(&cut)
         .output()
         .unwrap();
@@ -455,7 +536,15 @@ fn cut_trace(dir: &std::path::Path) -> PathBuf {
 fn a_cut_trace_is_reported_and_exits_4() {
     let dir = tempfile::tempdir().unwrap();
     let cut = cut_trace(dir.path());
-    for format in ["text", "json", "markdown", "html", "perfetto", "csv"] {
+    for format in [
+        "text",
+        "json",
+        "markdown",
+        "html",
+        "perfetto",
+        "perfetto-json",
+        "csv",
+    ] {
         let out = bin()
             .args(["report", "--format", format])
             .arg(&cut)
@@ -479,7 +568,7 @@ fn a_cut_trace_is_reported_and_exits_4() {
 
 #[test]
 fn max_events_bounds_the_pass_and_exits_4() {
-    for format in ["json", "perfetto"] {
+    for format in ["json", "perfetto-json"] {
         let out = bin()
             .args(["report", "--max-events", "50", "--format", format])
             .arg(fixture())

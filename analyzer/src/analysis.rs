@@ -376,11 +376,69 @@ pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) 
         Ok(done) => done,
         Err(never) => match never {},
     };
+    report_of(pass, &engine, &summary, &reader, path, opts)
+}
+
+#[cfg(feature = "parquet")]
+/// Analyzes a trace while `also` takes the same pass (an export that needs
+/// the report's figures at its end); the first error of `also` ends it.
+pub(crate) fn analyze_with<R: Read, C: Consumer>(
+    reader: &mut TraceReader<R>,
+    path: &str,
+    opts: &Options,
+    also: &mut C,
+) -> Result<(Report, Summary), C::Error> {
+    let mut pass = Pass::new();
+    let mut both = Tee {
+        pass: &mut pass,
+        also,
+    };
+    let (engine, summary) = drive::drive(reader, &mut both, opts.limits)?;
+    let report = report_of(pass, &engine, &summary, reader, path, opts);
+    Ok((report, summary))
+}
+
+/// The report's consumer and another one, on one pass.
+#[cfg(feature = "parquet")]
+struct Tee<'a, C> {
+    pass: &'a mut Pass,
+    also: &'a mut C,
+}
+
+#[cfg(feature = "parquet")]
+impl<C: Consumer> Consumer for Tee<'_, C> {
+    type Error = C::Error;
+
+    fn record(&mut self, rec: &Record, derived: &Derived, at: At<'_>) -> Result<(), C::Error> {
+        let Ok(()) = self.pass.record(rec, derived, at);
+        self.also.record(rec, derived, at)
+    }
+
+    fn fault(&mut self, f: &Fault, at: At<'_>) -> Result<(), C::Error> {
+        let Ok(()) = self.pass.fault(f, at);
+        self.also.fault(f, at)
+    }
+
+    fn role_changed(&mut self, tid: u32, role: Role) {
+        self.pass.role_changed(tid, role);
+        self.also.role_changed(tid, role);
+    }
+}
+
+/// The report, from what the pass learned.
+fn report_of<R: Read>(
+    mut pass: Pass,
+    engine: &Engine,
+    summary: &Summary,
+    reader: &TraceReader<R>,
+    path: &str,
+    opts: &Options,
+) -> Report {
     let vcpus = pass.vcpu_set.len();
     pass.stats.finish(vcpus);
     pass.kvm_waits.finish();
     {
-        let (is_vcpu, placed_by) = Pass::blocktime_ctx(&pass.vcpu_set, &engine);
+        let (is_vcpu, placed_by) = Pass::blocktime_ctx(&pass.vcpu_set, engine);
         let ctx = blocktime::Ctx {
             is_vcpu: &is_vcpu,
             placed_by: &placed_by,
@@ -391,8 +449,8 @@ pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) 
     }
     let run = Run {
         pass: &pass,
-        engine: &engine,
-        summary: &summary,
+        engine,
+        summary,
         meta: reader.meta(),
         version: reader.version(),
     };

@@ -340,14 +340,14 @@ fn run_everything(bytes: &[u8], opts: &Options) -> Result<(), TestCaseError> {
     let mut reader = TraceReader::with_len(bytes, Some(bytes.len() as u64)).expect("valid header");
     csv::export(&mut reader, &mut out, Limits::NONE).expect("writing to memory");
     let table = String::from_utf8(out).expect("CSV is UTF-8");
-    let width = csv::HEADER.split(',').count();
+    let width = csv::header().split(',').count();
     for row in table.lines() {
         prop_assert_eq!(row.split(',').count(), width, "row {}", row);
     }
 
     let mut out = Vec::new();
     let mut reader = TraceReader::with_len(bytes, Some(bytes.len() as u64)).expect("valid header");
-    perfetto::export(&mut reader, &mut out, Limits::NONE).expect("writing to memory");
+    perfetto::export_json(&mut reader, &mut out, Limits::NONE).expect("writing to memory");
     let timeline: serde_json::Value =
         serde_json::from_slice(&out).expect("the Perfetto export is JSON");
     prop_assert!(timeline.is_object() || timeline.is_array());
@@ -379,6 +379,11 @@ fn run_everything(bytes: &[u8], opts: &Options) -> Result<(), TestCaseError> {
     let _ = render::compare::render_text(&c);
     let _ = render::compare::render_markdown(&c);
     serde_json::to_string(&c).expect("the comparison serializes");
+
+    // The protobuf timeline of the same bytes is written without a panic.
+    let mut reader = TraceReader::with_len(bytes, Some(bytes.len() as u64)).expect("valid header");
+    perfetto::export_protobuf(&mut reader, std::io::sink(), Limits::NONE)
+        .expect("writing to a sink");
     Ok(())
 }
 

@@ -23,7 +23,7 @@ fn trace_of(specs: &[FaultSpec]) -> Vec<u8> {
 fn perfetto(bytes: &[u8]) -> (Value, uffdscope_analyzer::export::Summary) {
     let mut reader = TraceReader::new(bytes).expect("trace header");
     let mut out = Vec::new();
-    let summary = uffdscope_analyzer::export::perfetto::export(
+    let summary = uffdscope_analyzer::export::perfetto::export_json(
         &mut reader,
         &mut out,
         uffdscope_analyzer::export::Limits::NONE,
@@ -193,7 +193,7 @@ fn csv_has_one_row_per_fault_of_the_report() {
     let (text, summary) = csv(&bytes);
     assert_eq!(summary.faults, report.faults.count);
     assert_eq!(text.lines().count() as u64, report.faults.count + 1);
-    let columns = uffdscope_analyzer::export::csv::HEADER.split(',').count();
+    let columns = uffdscope_analyzer::export::csv::header().split(',').count();
     assert!(text.lines().all(|l| l.split(',').count() == columns));
 }
 

@@ -36,7 +36,7 @@ fn report(bytes: &[u8]) -> uffdscope_analyzer::report::Report {
 fn perfetto(bytes: &[u8], limits: Limits) -> (Value, export::Summary) {
     let mut reader = TraceReader::new(bytes).expect("trace header");
     let mut out = Vec::new();
-    let summary = export::perfetto::export(&mut reader, &mut out, limits).expect("export");
+    let summary = export::perfetto::export_json(&mut reader, &mut out, limits).expect("export");
     let v = serde_json::from_slice(&out).unwrap_or_else(|e| {
         panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out));
     });

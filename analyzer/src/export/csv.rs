@@ -1,22 +1,22 @@
 //! Per-fault CSV export, streamed: one row per fault as the lifecycle engine
-//! resolves it. Timestamps (`t_*_ns`) are ns since the time origin of every
-//! output ([`Origin`]: the trace's first record); durations are ns. A cell is empty when the
-//! trace does not show that moment, never 0.
+//! resolves it, its columns as [`super::fault_row`] decides them. A cell is
+//! empty when the trace does not show that moment, never 0.
 
+use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 
+use super::fault_row::{self, Value};
 use crate::drive::{self, At, Consumer, Derived, Limits, Origin, Summary};
-use crate::engine::lifecycle::{Fault, Stage};
+use crate::engine::lifecycle::Fault;
 use crate::engine::network_split::NetworkSplitter;
 use uffdscope_trace::record::Record;
 use uffdscope_trace::TraceReader;
 
-/// The header row.
-pub const HEADER: &str =
-    "tid,page,resolution,already_requested,reader_tid,requester_tid,waker_tid,place_len,\
-t_entry_ns,t_blocked_ns,t_read_ns,t_request_ns,t_place_ns,t_place_end_ns,t_woken_ns,t_run_ns,\
-queue_ns,request_ns,network_ns,place_ns,wake_ns,service_ns,blocked_ns,\
-wire_ns,behind_stream_ns,rest_ns,paused_ns,behind_stream_bytes";
+/// The header row: the names of [`fault_row::COLUMNS`].
+pub fn header() -> String {
+    let names: Vec<&str> = fault_row::COLUMNS.iter().map(|(name, _)| *name).collect();
+    names.join(",")
+}
 
 struct Csv<W: Write> {
     out: W,
@@ -25,58 +25,30 @@ struct Csv<W: Write> {
     split: NetworkSplitter,
 }
 
-fn cell<T: std::fmt::Display>(line: &mut String, v: Option<T>) {
-    use std::fmt::Write as _;
-    line.push(',');
-    if let Some(v) = v {
-        let _ = write!(line, "{v}");
-    }
+/// Appends one cell: empty when the trace does not show the value.
+fn cell(line: &mut String, v: &Value<'_>) {
+    let _ = match v {
+        Value::Int(Some(i)) => write!(line, "{i}"),
+        Value::Addr(a) => write!(line, "{a:#x}"),
+        Value::Text(Some(t)) => write!(line, "{t}"),
+        Value::Flag(Some(b)) => write!(line, "{b}"),
+        Value::Float(Some(x)) => write!(line, "{x}"),
+        Value::Int(None) | Value::Text(None) | Value::Flag(None) | Value::Float(None) => Ok(()),
+    };
 }
 
 impl<W: Write> Csv<W> {
     fn row(&mut self, f: &Fault, origin: Origin) -> io::Result<()> {
-        use std::fmt::Write as _;
-        let rel = |ts: Option<u64>| ts.map(|t| origin.rel(t));
         let l = &mut self.line;
         l.clear();
-        let _ = write!(
-            l,
-            "{},{:#x},{},{}",
-            f.tid,
-            f.page,
-            f.resolution.as_str(),
-            f.already_requested
-        );
-        cell(l, f.reader_tid);
-        cell(l, f.requester_tid);
-        cell(l, Some(f.waker_tid));
-        cell(l, Some(f.place_len));
-        for ts in [
-            f.entry_ts,
-            Some(f.blocked_ts),
-            f.read_ts,
-            f.request_ts,
-            f.place_ts,
-            f.place_end_ts,
-            Some(f.woken_ts),
-            f.run_ts,
-        ] {
-            cell(l, rel(ts));
-        }
-        for stage in Stage::ALL {
-            cell(l, f.stage_ns(stage));
-        }
-        cell(l, f.service_ns());
-        cell(l, f.blocked_ns());
-        let split = self.split.split(f).unwrap_or_default();
-        for part in [
-            split.wire_ns,
-            split.behind_stream_ns,
-            split.rest_ns,
-            split.paused_ns,
-            split.behind_stream_bytes,
-        ] {
-            cell(l, part);
+        for (i, v) in fault_row::values(f, origin, self.split.split(f))
+            .iter()
+            .enumerate()
+        {
+            if i > 0 {
+                l.push(',');
+            }
+            cell(l, v);
         }
         l.push('\n');
         self.out.write_all(l.as_bytes())
@@ -109,7 +81,7 @@ pub fn export<R: Read, W: Write>(
         line: String::with_capacity(256),
         split: NetworkSplitter::default(),
     };
-    csv.out.write_all(HEADER.as_bytes())?;
+    csv.out.write_all(header().as_bytes())?;
     csv.out.write_all(b"\n")?;
     let (_, summary) = drive::drive(reader, &mut csv, limits)?;
     csv.out.flush()?;
@@ -155,7 +127,7 @@ mod tests {
         );
         assert_eq!(
             row.trim_end().split(',').count(),
-            HEADER.split(',').count(),
+            header().split(',').count(),
             "row and header have the same columns"
         );
     }
