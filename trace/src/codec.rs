@@ -8,7 +8,7 @@
 //! decode independently.
 
 use crate::record::{
-    Direction, Drops, FaultEntry, FaultSource, GuestLine, IoctlOp, NewUffd, Note, PerfSample,
+    Direction, Drops, FaultEntry, FaultSource, GuestLine, IoctlOp, NewUffd, Note, PerfSample, PlacementBin,
     ProcessInfo, Qmp, Record, Role, Sleep, SleepFlags, SleepKernel, SockIo, SockLen, SocketInfo,
     TcpProbe, TcpRetransmit, ThreadInfo, UffdIoctl, UffdMsg, UffdRange, UffdRead,
 };
@@ -50,6 +50,8 @@ mod tag {
     pub const QMP: u8 = 15;
     pub const GUEST_LINE: u8 = 16;
     pub const NOTE: u8 = 17;
+    /// Format version 3.
+    pub const PLACEMENT_BIN: u8 = 18;
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -157,6 +159,16 @@ impl Encoder {
                 Self::iv(out, r.ret);
                 Self::iv(out, r.result);
                 Self::uv(out, u64::from(r.woken));
+            }
+            Record::PlacementBin(r) => {
+                out.push(tag::PLACEMENT_BIN);
+                self.ts(out, r.last_exit_ts);
+                Self::uv(out, u64::from(r.tid));
+                Self::uv(out, u64::from(r.op.cmd()));
+                Self::uv(out, r.len);
+                Self::rel(out, r.last_exit_ts, r.first_exit_ts);
+                Self::uv(out, r.count);
+                Self::uv(out, r.ioctl_ns);
             }
             Record::UffdRange(r) => {
                 out.push(tag::UFFD_RANGE);
@@ -536,6 +548,7 @@ impl<'a> Decoder<'a> {
                     woken,
                 })
             }
+            tag::PLACEMENT_BIN => self.placement_bin()?,
             tag::UFFD_RANGE => Record::UffdRange(UffdRange {
                 ts: self.ts()?,
                 start: self.addr()?,
@@ -678,6 +691,29 @@ impl<'a> Decoder<'a> {
             wake_start,
             wake_len,
             kernel,
+        }))
+    }
+
+    fn placement_bin(&mut self) -> Result<Record, CodecError> {
+        let last_exit_ts = self.ts()?;
+        let tid = self.narrow("tid")?;
+        let op_at = self.pos;
+        let op = self.op()?;
+        if !matches!(op, IoctlOp::Copy | IoctlOp::ZeroPage) {
+            return Err(CodecError::BadValue {
+                what: "placement bin ioctl command",
+                value: u64::from(op.cmd()),
+                at: op_at,
+            });
+        }
+        Ok(Record::PlacementBin(PlacementBin {
+            tid,
+            op,
+            len: self.uv()?,
+            first_exit_ts: self.rel(last_exit_ts)?,
+            last_exit_ts,
+            count: self.uv()?,
+            ioctl_ns: self.uv()?,
         }))
     }
 

@@ -24,9 +24,10 @@ pub const MAGIC: &[u8; 8] = b"UFFDSCOP";
 /// Frame magic.
 pub const FRAME_MAGIC: &[u8; 4] = b"UFRM";
 /// The format version this build writes. Version 2 added the kernel's own
-/// facts to each sleep ([`crate::record::SleepKernel`]); this build reads
-/// versions [`OLDEST_VERSION`]..=`VERSION`.
-pub const VERSION: u16 = 2;
+/// facts to each sleep ([`crate::record::SleepKernel`]); version 3 added
+/// background placements counted in bins ([`crate::record::PlacementBin`]).
+/// This build reads versions [`OLDEST_VERSION`]..=`VERSION`.
+pub const VERSION: u16 = 3;
 /// The oldest format version this build reads.
 pub const OLDEST_VERSION: u16 = 1;
 /// Largest metadata block accepted.
