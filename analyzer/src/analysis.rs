@@ -230,6 +230,13 @@ impl Pass {
         )
     }
 
+    /// A successful placement's length, kept when it looks like a page size.
+    fn note_page_size(&mut self, len: u64) {
+        if len.is_power_of_two() && self.page_sizes.len() < MAX_PAGE_SIZES {
+            self.page_sizes.insert(len);
+        }
+    }
+
     /// Feeds QEMU's blocktime replay: message reads and the placing ioctls.
     fn push_qemu_blocktime(&mut self, rec: &Record, engine: &Engine) {
         match rec {
@@ -284,13 +291,11 @@ impl Consumer for Pass {
                 self.kvm_async += u64::from(sl.kernel.is_some_and(|k| k.flags.kvm_async()));
             }
             Record::UffdIoctl(io)
-                if matches!(io.op, IoctlOp::Copy | IoctlOp::ZeroPage)
-                    && io.ret == 0
-                    && io.len.is_power_of_two()
-                    && self.page_sizes.len() < MAX_PAGE_SIZES =>
+                if matches!(io.op, IoctlOp::Copy | IoctlOp::ZeroPage) && io.ret == 0 =>
             {
-                self.page_sizes.insert(io.len);
+                self.note_page_size(io.len);
             }
+            Record::PlacementBin(bin) if bin.count > 0 => self.note_page_size(bin.len),
             Record::Perf(p) => {
                 let e = self
                     .perf

@@ -8,9 +8,9 @@
 //! decode independently.
 
 use crate::record::{
-    Direction, Drops, FaultEntry, FaultSource, GuestLine, IoctlOp, NewUffd, Note, PerfSample, PlacementBin,
-    ProcessInfo, Qmp, Record, Role, Sleep, SleepFlags, SleepKernel, SockIo, SockLen, SocketInfo,
-    TcpProbe, TcpRetransmit, ThreadInfo, UffdIoctl, UffdMsg, UffdRange, UffdRead,
+    Direction, Drops, FaultEntry, FaultSource, GuestLine, IoctlOp, NewUffd, Note, PerfSample,
+    PlacementBin, ProcessInfo, Qmp, Record, Role, Sleep, SleepFlags, SleepKernel, SockIo, SockLen,
+    SocketInfo, TcpProbe, TcpRetransmit, ThreadInfo, UffdIoctl, UffdMsg, UffdRange, UffdRead,
 };
 
 /// Why a record could not be decoded.

@@ -178,7 +178,11 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 |((tid, zero, len), (first_exit_ts, last_exit_ts), (count, ioctl_ns))| {
                     Record::PlacementBin(PlacementBin {
                         tid,
-                        op: if zero { IoctlOp::ZeroPage } else { IoctlOp::Copy },
+                        op: if zero {
+                            IoctlOp::ZeroPage
+                        } else {
+                            IoctlOp::Copy
+                        },
                         len,
                         first_exit_ts,
                         last_exit_ts,

@@ -202,6 +202,10 @@ fn for_each_ts(rec: &Record, mut f: impl FnMut(u64)) {
             f(r.enter_ts);
             f(r.exit_ts);
         }
+        Record::PlacementBin(r) => {
+            f(r.first_exit_ts);
+            f(r.last_exit_ts);
+        }
         Record::SockIo(r) => {
             f(r.enter_ts);
             f(r.exit_ts);
@@ -217,6 +221,7 @@ fn check_order(rec: &Record) -> Result<(), Rejection> {
         Record::Sleep(s) => s.run_ts.is_none_or(|run| run >= s.woken_ts),
         Record::UffdRead(r) => r.enter_ts <= r.exit_ts,
         Record::UffdIoctl(r) => r.enter_ts <= r.exit_ts,
+        Record::PlacementBin(r) => r.first_exit_ts <= r.last_exit_ts,
         Record::SockIo(r) => r.enter_ts <= r.exit_ts,
         _ => true,
     };
@@ -231,6 +236,7 @@ fn check_lengths(rec: &Record) -> Result<(), Rejection> {
     let fits = |start: u64, len: u64| len <= Boundary::MAX_LEN && start.checked_add(len).is_some();
     let ok = match rec {
         Record::UffdIoctl(r) => fits(r.start, r.len),
+        Record::PlacementBin(r) => r.len <= Boundary::MAX_LEN,
         Record::UffdRange(r) => fits(r.start, r.len),
         Record::Sleep(s) => fits(s.wake_start, s.wake_len),
         _ => true,
@@ -248,6 +254,7 @@ fn thread_of(rec: &Record) -> Option<u32> {
         Record::Sleep(r) => Some(r.tid),
         Record::UffdRead(r) => Some(r.tid),
         Record::UffdIoctl(r) => Some(r.tid),
+        Record::PlacementBin(r) => Some(r.tid),
         Record::SockIo(r) => Some(r.tid),
         Record::SockLen(r) => Some(r.tid),
         Record::Thread(r) => Some(r.tid),

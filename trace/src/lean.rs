@@ -1,0 +1,246 @@
+//! The kernel's placement filter, applied in userspace to a full trace: which
+//! placing ioctls stay records one by one, and the [`PlacementBin`]s the rest
+//! are counted in (see ARCHITECTURE.md, "Placements counted in the kernel").
+//!
+//! A successful, complete `UFFDIO_COPY` or `UFFDIO_ZEROPAGE` stays a record
+//! when the analysis needs it by itself:
+//!
+//! 1. it woke a thread (`woken > 0`): the fault join;
+//! 2. its range covers a page whose uffd message was read and not yet covered
+//!    by a recorded placement (the kernel's "read, not yet resolved" map);
+//! 3. it exited while a `read()` on a uffd fd was in progress: that read may
+//!    return a message for the page it placed, which QEMU's blocktime
+//!    accounting then withdraws (the kernel keeps a count of reads in flight);
+//! 4. it is the thread's next uffd ioctl after a placement kept by 1–3: the
+//!    end of that placement in QEMU's blocktime replay (a per-thread flag).
+//!
+//! Every other placement is counted per (thread, kind, length, 10 ms bin of
+//! its exit). Every other record passes unchanged. The kernel keeps its maps
+//! bounded (least-recently-used eviction); this mirror does not, so it is the
+//! exact rule the kernel approximates.
+//!
+//! Rule 3 needs to know the reads before the placements they overlap, so the
+//! filter takes two passes: [`LeanFilter::learn`] every record, then
+//! [`LeanFilter::push`] every record. Memory follows the number of uffd reads,
+//! not the trace length.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::record::{IoctlOp, PlacementBin, Record, UffdIoctl, UffdMsg};
+
+const PAGE: u64 = 4096;
+
+/// What one bin is counted under.
+type BinKey = (u64, u32, u32, u64);
+
+/// Counts of what the filter did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeanStats {
+    /// Placements kept as records, by the first rule that kept them (1–4).
+    pub kept: [u64; 4],
+    /// Placements counted in bins.
+    pub counted: u64,
+    /// Bin records written.
+    pub bins: u64,
+}
+
+/// The filter; see the module documentation for the two passes.
+#[derive(Debug, Default)]
+pub struct LeanFilter {
+    /// Every uffd read as (enter, exit), sorted by enter once prepared.
+    reads: Vec<(u64, u64)>,
+    /// The latest exit among `reads[..=i]`.
+    reads_max_exit: Vec<u64>,
+    /// Every page-fault message as (read exit, page), sorted once prepared.
+    messages: Vec<(u64, u64)>,
+    next_message: usize,
+    prepared: bool,
+    /// Pages read and not yet covered by a recorded placement, with how many
+    /// messages are waiting on each.
+    pending: BTreeMap<u64, u32>,
+    /// Threads whose next uffd ioctl is kept (rule 4).
+    record_next: HashSet<u32>,
+    bins: BTreeMap<BinKey, PlacementBin>,
+    stats: LeanStats,
+}
+
+impl LeanFilter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// First pass: notes the uffd reads of `rec`.
+    pub fn learn(&mut self, rec: &Record) {
+        if let Record::UffdRead(r) = rec {
+            self.reads.push((r.enter_ts, r.exit_ts));
+            self.messages.extend(
+                r.msgs
+                    .iter()
+                    .filter(|m| m.event == UffdMsg::EVENT_PAGEFAULT)
+                    .map(|m| (r.exit_ts, m.address & !(PAGE - 1))),
+            );
+        }
+    }
+
+    fn prepare(&mut self) {
+        self.reads.sort_unstable();
+        let mut max = 0;
+        self.reads_max_exit = self
+            .reads
+            .iter()
+            .map(|&(_, exit)| {
+                max = max.max(exit);
+                max
+            })
+            .collect();
+        self.messages.sort_unstable();
+        self.prepared = true;
+    }
+
+    /// Second pass: hands `rec` (or nothing, when it was counted) and any bins
+    /// that closed to `out`.
+    pub fn push(&mut self, rec: Record, out: &mut impl FnMut(Record)) {
+        if !self.prepared {
+            self.prepare();
+        }
+        let ts = rec.ts();
+        if ts > 0 {
+            self.flush_before(PlacementBin::index(ts).saturating_sub(1), out);
+        }
+        match rec {
+            Record::UffdIoctl(io) => {
+                if let Some(io) = self.place(io) {
+                    out(Record::UffdIoctl(io));
+                }
+            }
+            other => out(other),
+        }
+    }
+
+    /// Writes the bins still open; returns what the filter did.
+    pub fn finish(mut self, out: &mut impl FnMut(Record)) -> LeanStats {
+        self.flush_before(u64::MAX, out);
+        self.stats
+    }
+
+    /// Writes every bin whose index is below `index`, in key order.
+    fn flush_before(&mut self, index: u64, out: &mut impl FnMut(Record)) {
+        while let Some(entry) = self.bins.first_entry() {
+            if entry.key().0 >= index {
+                break;
+            }
+            out(Record::PlacementBin(entry.remove()));
+            self.stats.bins += 1;
+        }
+    }
+
+    /// Decides one uffd ioctl: `Some` when it stays a record.
+    fn place(&mut self, io: UffdIoctl) -> Option<UffdIoctl> {
+        let countable = matches!(io.op, IoctlOp::Copy | IoctlOp::ZeroPage)
+            && io.ret == 0
+            && u64::try_from(io.result) == Ok(io.len);
+        if !countable {
+            // Not a background placement: every other uffd ioctl is recorded.
+            if io.op.places_pages() {
+                self.admit_messages(io.exit_ts);
+                self.resolve_pending(io.start, io.len);
+            }
+            self.record_next.remove(&io.tid);
+            return Some(io);
+        }
+        self.admit_messages(io.exit_ts);
+        let rule = if io.woken > 0 {
+            Some(0)
+        } else if self.covers_pending(io.start, io.len) {
+            Some(1)
+        } else if self.read_in_flight(io.exit_ts) {
+            Some(2)
+        } else if self.record_next.contains(&io.tid) {
+            Some(3)
+        } else {
+            None
+        };
+        self.record_next.remove(&io.tid);
+        let Some(rule) = rule else {
+            self.count(&io);
+            return None;
+        };
+        self.resolve_pending(io.start, io.len);
+        self.stats.kept[rule] += 1;
+        if rule < 3 {
+            self.record_next.insert(io.tid);
+        }
+        Some(io)
+    }
+
+    /// Messages read by `ts` become pending.
+    fn admit_messages(&mut self, ts: u64) {
+        while let Some(&(read_ts, page)) = self.messages.get(self.next_message) {
+            if read_ts > ts {
+                break;
+            }
+            *self.pending.entry(page).or_default() += 1;
+            self.next_message += 1;
+        }
+    }
+
+    fn covers_pending(&self, start: u64, len: u64) -> bool {
+        let first = start & !(PAGE - 1);
+        self.pending
+            .range(first..start.saturating_add(len.max(1)))
+            .next()
+            .is_some()
+    }
+
+    fn resolve_pending(&mut self, start: u64, len: u64) {
+        let first = start & !(PAGE - 1);
+        let end = start.saturating_add(len.max(1));
+        let covered: Vec<u64> = self.pending.range(first..end).map(|(&p, _)| p).collect();
+        for page in covered {
+            self.pending.remove(&page);
+        }
+    }
+
+    /// Whether some uffd read had entered and not yet exited at `ts`.
+    fn read_in_flight(&self, ts: u64) -> bool {
+        let entered = self.reads.partition_point(|&(enter, _)| enter <= ts);
+        entered
+            .checked_sub(1)
+            .is_some_and(|last| self.reads_max_exit[last] >= ts)
+    }
+
+    fn count(&mut self, io: &UffdIoctl) {
+        let key = (PlacementBin::index(io.exit_ts), io.tid, io.op.cmd(), io.len);
+        let bin = self.bins.entry(key).or_insert(PlacementBin {
+            tid: io.tid,
+            op: io.op,
+            len: io.len,
+            first_exit_ts: io.exit_ts,
+            last_exit_ts: io.exit_ts,
+            count: 0,
+            ioctl_ns: 0,
+        });
+        bin.first_exit_ts = bin.first_exit_ts.min(io.exit_ts);
+        bin.last_exit_ts = bin.last_exit_ts.max(io.exit_ts);
+        bin.count += 1;
+        bin.ioctl_ns = bin
+            .ioctl_ns
+            .saturating_add(io.exit_ts.saturating_sub(io.enter_ts));
+        self.stats.counted += 1;
+    }
+}
+
+/// Applies the filter to a whole trace held in memory.
+pub fn lean_records(records: &[Record]) -> (Vec<Record>, LeanStats) {
+    let mut filter = LeanFilter::new();
+    for rec in records {
+        filter.learn(rec);
+    }
+    let mut out = Vec::with_capacity(records.len());
+    let mut emit = |r| out.push(r);
+    for rec in records {
+        filter.push(rec.clone(), &mut emit);
+    }
+    let stats = filter.finish(&mut emit);
+    (out, stats)
+}
