@@ -244,3 +244,135 @@ pub fn lean_records(records: &[Record]) -> (Vec<Record>, LeanStats) {
     let stats = filter.finish(&mut emit);
     (out, stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::UffdRead;
+
+    const MS: u64 = 1_000_000;
+    const PLACER: u32 = 20;
+
+    fn copy(page: u64, enter: u64, woken: u32) -> Record {
+        Record::UffdIoctl(UffdIoctl {
+            tid: PLACER,
+            enter_ts: enter,
+            exit_ts: enter + 2_000,
+            fd: 5,
+            op: IoctlOp::Copy,
+            start: page,
+            len: PAGE,
+            mode: 0,
+            ret: 0,
+            result: 4096,
+            woken,
+        })
+    }
+
+    fn read(page: u64, enter: u64, exit: u64) -> Record {
+        Record::UffdRead(UffdRead {
+            tid: 10,
+            enter_ts: enter,
+            exit_ts: exit,
+            fd: 5,
+            ret: 32,
+            msgs: vec![UffdMsg {
+                event: UffdMsg::EVENT_PAGEFAULT,
+                flags: 0,
+                address: page + 0x10,
+                ptid: 1,
+            }],
+        })
+    }
+
+    /// The start pages of the placements kept as records.
+    fn kept(records: &[Record]) -> (Vec<u64>, LeanStats) {
+        let (out, stats) = lean_records(records);
+        let pages = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::UffdIoctl(io) => Some(io.start),
+                _ => None,
+            })
+            .collect();
+        (pages, stats)
+    }
+
+    #[test]
+    fn background_placements_are_counted_per_thread_length_and_bin() {
+        let records: Vec<Record> = (0..5).map(|i| copy(i * PAGE, i * 4 * MS, 0)).collect();
+        let (out, stats) = lean_records(&records);
+        assert_eq!(stats.counted, 5);
+        let bins: Vec<PlacementBin> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::PlacementBin(b) => Some(*b),
+                _ => None,
+            })
+            .collect();
+        // Exits at 2 µs, 4 ms, 8 ms (bin 0), 12 ms, 16 ms (bin 1).
+        assert_eq!(bins.len(), 2, "{bins:?}");
+        assert_eq!((bins[0].count, bins[1].count), (3, 2));
+        assert_eq!(bins[0].ioctl_ns, 6_000);
+        assert_eq!(bins[1].first_exit_ts, 12 * MS + 2_000);
+        assert_eq!(bins[1].last_exit_ts, 16 * MS + 2_000);
+        assert_eq!(bins[0].bytes(), 3 * PAGE);
+    }
+
+    #[test]
+    fn a_waking_placement_and_the_threads_next_ioctl_are_kept() {
+        let (pages, stats) = kept(&[copy(0, 0, 1), copy(PAGE, MS, 0), copy(2 * PAGE, 2 * MS, 0)]);
+        assert_eq!(pages, [0, PAGE], "the wake, then its end in QEMU's replay");
+        assert_eq!(stats.kept, [1, 0, 0, 1]);
+        assert_eq!(stats.counted, 1);
+    }
+
+    #[test]
+    fn a_placement_of_a_page_read_and_not_yet_resolved_is_kept_once() {
+        let (pages, stats) = kept(&[
+            read(3 * PAGE, MS, MS + 500),
+            copy(PAGE, 2 * MS, 0),
+            copy(3 * PAGE, 3 * MS, 0),
+            copy(PAGE, 4 * MS, 0),
+            copy(3 * PAGE, 5 * MS, 0),
+        ]);
+        assert_eq!(
+            pages,
+            [3 * PAGE, PAGE],
+            "the read page, then the next ioctl"
+        );
+        assert_eq!(stats.kept, [0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn a_placement_exiting_during_a_read_is_kept() {
+        // The read dequeued a message before the placement and returns after it.
+        let (pages, stats) = kept(&[copy(PAGE, MS, 0), read(7 * PAGE, MS, 2 * MS)]);
+        assert_eq!(pages, [PAGE]);
+        assert_eq!(stats.kept, [0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn failed_and_other_ioctls_are_always_records() {
+        let Record::UffdIoctl(ok) = copy(0, 0, 0) else {
+            unreachable!()
+        };
+        let failed = UffdIoctl {
+            ret: -17,
+            result: -17,
+            ..ok.clone()
+        };
+        let short = UffdIoctl {
+            result: 100,
+            ..ok.clone()
+        };
+        let wake = UffdIoctl {
+            op: IoctlOp::Wake,
+            ..ok
+        };
+        let records = [failed, short, wake].map(Record::UffdIoctl);
+        let (out, stats) = lean_records(&records);
+        assert_eq!(out, records);
+        assert_eq!(stats.counted, 0);
+    }
+}
