@@ -195,6 +195,9 @@ struct Pass {
     bound_wakes: u64,
     /// Sleeps the kernel flagged as KVM async page faults.
     kvm_async: u64,
+    /// Sleeps without the kernel's facts (format 1, or a format-1 trace
+    /// rewritten by `uffdscope lean`): the two counts above are then unknown.
+    sleeps_without_kernel: u64,
     /// Requested faults by the thread whose placement woke them.
     requested_by_placer: BTreeMap<u32, u64>,
     /// The network stage of requested faults taken apart.
@@ -289,6 +292,7 @@ impl Consumer for Pass {
             Record::Sleep(sl) => {
                 self.bound_wakes += u64::from(sl.run_is_bound());
                 self.kvm_async += u64::from(sl.kernel.is_some_and(|k| k.flags.kvm_async()));
+                self.sleeps_without_kernel += u64::from(sl.kernel.is_none());
             }
             Record::UffdIoctl(io)
                 if matches!(io.op, IoctlOp::Copy | IoctlOp::ZeroPage) && io.ret == 0 =>
@@ -676,6 +680,7 @@ fn stage_shares(s: &FaultStats) -> BTreeMap<String, Option<f64>> {
 fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
     let (s, engine) = (&run.pass.stats, run.engine);
     let (split, bytes) = network_split_section(run.pass);
+    let kernel_flags_known = run.version >= 2 && run.pass.sleeps_without_kernel == 0;
     FaultSection {
         count: s.count,
         by_resolution: Resolution::ALL
@@ -705,13 +710,13 @@ fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
         slowest: s.slowest.iter().map(|f| SlowFault::new(f, t0)).collect(),
         // Each sleep is one fault; format 1 did not keep the kernel's flags.
         bounded: Bounded {
-            wake: (run.version >= 2).then_some(run.pass.bound_wakes),
+            wake: kernel_flags_known.then_some(run.pass.bound_wakes),
         },
         network_split_us: split,
         behind_stream_bytes: bytes,
         network_split_share: network_split_share(run.pass),
         requested_placed_by: requested_placed_by(run),
-        kvm_async: (run.version >= 2).then_some(run.pass.kvm_async),
+        kvm_async: kernel_flags_known.then_some(run.pass.kvm_async),
     }
 }
 

@@ -25,7 +25,10 @@
 //! not the trace length.
 
 use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
 
+use crate::container::{TraceError, TraceReader, TraceWriter};
 use crate::record::{IoctlOp, PlacementBin, Record, UffdIoctl, UffdMsg};
 
 const PAGE: u64 = 4096;
@@ -228,6 +231,78 @@ impl LeanFilter {
             .saturating_add(io.exit_ts.saturating_sub(io.enter_ts));
         self.stats.counted += 1;
     }
+}
+
+/// What [`lean_file`] wrote.
+#[derive(Debug)]
+pub struct LeanFile {
+    pub stats: LeanStats,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub bytes_out: u64,
+    /// Where reading the input stopped early; the good part was written.
+    pub damage: Option<TraceError>,
+}
+
+/// Why [`lean_file`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeanError {
+    #[error("reading {path}: {source}")]
+    Input { path: PathBuf, source: TraceError },
+    #[error("writing {path} (it must not exist yet; give a new file name)")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Writes `output` (a new file, created exclusively) with the records of the
+/// trace at `input`, its background placements counted in bins. Reads the
+/// input twice, holding only its uffd reads in memory.
+pub fn lean_file(input: &Path, output: &Path) -> Result<LeanFile, LeanError> {
+    let in_err = |source| LeanError::Input {
+        path: input.to_owned(),
+        source,
+    };
+    let out_err = |source| LeanError::Output {
+        path: output.to_owned(),
+        source,
+    };
+    let mut filter = LeanFilter::new();
+    let mut first = TraceReader::open(input).map_err(in_err)?;
+    let damage = first.for_each(|rec| filter.learn(&rec));
+    let records_in = first.records_read();
+    let mut second = TraceReader::open(input).map_err(in_err)?;
+    let mut writer = TraceWriter::create(output, second.meta()).map_err(out_err)?;
+    let mut failed = None;
+    let mut emit = |rec: Record| {
+        if failed.is_none() {
+            failed = writer.push(&rec).err();
+        }
+    };
+    let mut left = records_in;
+    // The same records as the first pass, even if the file grew meanwhile.
+    second.for_each(|rec| {
+        if left > 0 {
+            left -= 1;
+            filter.push(rec, &mut emit);
+        }
+    });
+    let stats = filter.finish(&mut emit);
+    if let Some(source) = failed {
+        return Err(out_err(source));
+    }
+    let records_out = writer.records_written() + u64::from(writer.pending_records());
+    let file = writer.finish().map_err(out_err)?;
+    let bytes_out = file.metadata().map_err(out_err)?.len();
+    Ok(LeanFile {
+        stats,
+        records_in,
+        records_out,
+        bytes_out,
+        damage,
+    })
 }
 
 /// Applies the filter to a whole trace held in memory.
