@@ -1045,3 +1045,122 @@ fn probe_tracepoints_on_this_host() {
         }
     }
 }
+
+/// Background placements of `child_lean`.
+const LEAN_BACKGROUND: usize = 200;
+
+/// Places `LEAN_BACKGROUND` pages nobody waits for, then serves one fault
+/// (read, place) and places one more page.
+#[test]
+fn child_lean() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    let mut out = std::io::stdout();
+    writeln!(out, "\nUFS ready").expect("stdout");
+    out.flush().expect("stdout");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("child: stdin");
+    let uffd = uffd_syscall(libc::O_CLOEXEC);
+    uffd_api(uffd);
+    let pages = LEAN_BACKGROUND + 2;
+    let region = map_region(pages);
+    uffd_register(uffd, region, pages);
+    let src = map_region(1);
+    let place = |i: usize| {
+        let mut copy = UffdioCopy {
+            dst: region + (i * PAGE) as u64,
+            src,
+            len: PAGE as u64,
+            mode: 0,
+            copy: 0,
+        };
+        // SAFETY: UFFDIO_COPY reads and writes a struct uffdio_copy we own.
+        let r = unsafe { libc::ioctl(uffd, libc::c_ulong::from(ioctl::COPY), &raw mut copy) };
+        check(r.into(), "UFFDIO_COPY");
+    };
+    for i in 0..LEAN_BACKGROUND {
+        place(i);
+    }
+    let faulted = region + (LEAN_BACKGROUND * PAGE) as u64;
+    let toucher = std::thread::spawn(move || {
+        // SAFETY: inside the registered region; the fault waits for the placement.
+        unsafe { (faulted as *mut u8).write_volatile(1) };
+    });
+    let mut msg = UffdMsg::default();
+    // SAFETY: reads at most size_of::<UffdMsg>() bytes into msg (blocking uffd).
+    let n = unsafe {
+        libc::read(
+            uffd,
+            std::ptr::from_mut(&mut msg).cast(),
+            std::mem::size_of::<UffdMsg>(),
+        )
+    };
+    assert_eq!(n, 32, "child: uffd read");
+    place(LEAN_BACKGROUND);
+    toucher.join().expect("toucher");
+    place(LEAN_BACKGROUND + 1);
+    writeln!(out, "\nUFS result placer_tid={}", gettid()).expect("stdout");
+    out.flush().expect("stdout");
+}
+
+/// With `lean` set, the kernel counts background placements in bins and
+/// records only the waking placement and the placer's next ioctl.
+#[test]
+fn lean_counts_background_placements() {
+    if std::env::var_os(CHILD_ENV).is_some() || !tier::root_bpf("lean_counts_background_placements")
+    {
+        return;
+    }
+    let (mut child, mut lines, done_tx) = spawn_child("child_lean");
+    let pid = child.0.id();
+    read_tagged(&mut lines, "UFS ready");
+    let cfg = BpfConfig {
+        lean: true,
+        ..BpfConfig::new(vec![pid])
+    };
+    let mut tracer = BpfTracer::load(&cfg).unwrap_or_else(|e| panic!("BpfTracer::load: {e}"));
+    let mut ring = tracer.take_ring().expect("take ring");
+    let stdin = child.0.stdin.as_mut().expect("stdin");
+    stdin.write_all(b"go\n").expect("write go");
+    let placer = parse_kv(&read_tagged(&mut lines, "UFS result"))["placer_tid"] as u32;
+    let rest = std::thread::spawn(move || lines.count());
+    let status = child.0.wait().expect("wait child");
+    drop(done_tx);
+    assert!(status.success(), "child failed: {status}");
+    rest.join().expect("stdout reader");
+
+    let mut events = Vec::new();
+    let count = ring.drain_into(&mut events);
+    assert_eq!(count.bad, 0, "{:?}", count.first_error);
+    let copies: Vec<&abi::UffdIoctl> = events
+        .iter()
+        .filter_map(|e| match e {
+            RawEvent::UffdIoctl(io) if io.cmd == ioctl::COPY => Some(io),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        copies.len(),
+        2,
+        "the wake and the next placement: {copies:?}"
+    );
+    assert!(
+        copies[0].n_woken >= 1 && copies[1].n_woken == 0,
+        "{copies:?}"
+    );
+    let bins = tracer.take_bins(u64::MAX).expect("take bins");
+    let counted: u64 = bins.iter().map(|(_, v)| v.count).sum();
+    assert_eq!(counted, LEAN_BACKGROUND as u64, "{bins:?}");
+    assert!(bins.iter().all(|(k, v)| k.tid == placer
+        && k.cmd == ioctl::COPY
+        && k.len == PAGE as u64
+        && v.first_exit_ts <= v.last_exit_ts
+        && v.ioctl_ns > 0));
+    assert!(
+        tracer.take_bins(u64::MAX).expect("take bins").is_empty(),
+        "taken once"
+    );
+    let counters = tracer.counters().expect("counters");
+    assert_eq!((counters.drops, counters.map_full), (0, 0), "{counters:?}");
+}
