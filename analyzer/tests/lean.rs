@@ -75,6 +75,14 @@ fn the_committed_real_trace_reports_alike_when_lean() {
     let back = uffdscope_trace::read_all(&bytes).expect("committed real trace header");
     let stats = assert_lean_reports_alike(&back.meta, &back.records);
     eprintln!("{REAL}: {} records, {stats:?}", back.records.len());
+    let (lean, _) = lean_records(&back.records);
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for r in &lean {
+        let name = format!("{r:?}");
+        let kind = name.split('(').next().unwrap_or_default().to_owned();
+        *kinds.entry(kind).or_default() += 1;
+    }
+    eprintln!("what stays: {kinds:?}");
     assert!(
         stats.counted > 0,
         "the real trace has background placements"
