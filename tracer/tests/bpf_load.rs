@@ -516,6 +516,46 @@ fn run_workload_traced() -> Observed {
     }
 }
 
+/// Spawns the child test `name`, loads the tracer on it with the config
+/// `cfg` makes of its pid, lets it run to its result, and drains the ring.
+fn trace_child(
+    name: &str,
+    cfg: impl FnOnce(Vec<u32>) -> BpfConfig,
+) -> (BpfTracer, Vec<RawEvent>, BTreeMap<String, i64>) {
+    let (mut child, mut lines, done_tx) = spawn_child(name);
+    read_tagged(&mut lines, "UFS ready");
+    let cfg = cfg(vec![child.0.id()]);
+    let mut tracer = BpfTracer::load(&cfg).unwrap_or_else(|e| panic!("BpfTracer::load: {e}"));
+    let mut ring = tracer.take_ring().expect("take ring");
+    let mut stdin = child.0.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("write go");
+    let result = parse_kv(&read_tagged(&mut lines, "UFS result"));
+    let rest = std::thread::spawn(move || lines.count());
+    let status = child.0.wait().expect("wait child");
+    drop(done_tx);
+    assert!(status.success(), "child {name} failed: {status}");
+    rest.join().expect("stdout reader");
+    let mut events = Vec::new();
+    let count = ring.drain_into(&mut events);
+    assert_eq!(count.bad, 0, "undecodable records: {:?}", count.first_error);
+    (tracer, events, result)
+}
+
+/// In a child: says it is ready, waits for "go", and returns a blocking uffd
+/// with `pages` fresh pages registered (MISSING), and their start.
+fn child_ready_uffd(pages: usize) -> (RawFd, u64) {
+    let mut out = std::io::stdout();
+    writeln!(out, "\nUFS ready").expect("stdout");
+    out.flush().expect("stdout");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("child: stdin");
+    let uffd = uffd_syscall(libc::O_CLOEXEC);
+    uffd_api(uffd);
+    let region = map_region(pages);
+    uffd_register(uffd, region, pages);
+    (uffd, region)
+}
+
 /// Pages the placer of `child_interrupt_wakes` places per ioctl (2 MiB).
 const BURST_PAGES: usize = 512;
 /// Sleeps of the sleeper thread in `child_interrupt_wakes`.
@@ -543,15 +583,8 @@ fn child_interrupt_wakes() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
+    let (uffd, region) = child_ready_uffd(BURST_PAGES);
     let mut out = std::io::stdout();
-    writeln!(out, "\nUFS ready").expect("stdout");
-    out.flush().expect("stdout");
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line).expect("child: stdin");
-    let uffd = uffd_syscall(libc::O_CLOEXEC);
-    uffd_api(uffd);
-    let region = map_region(BURST_PAGES);
-    uffd_register(uffd, region, BURST_PAGES);
     let src = map_region(BURST_PAGES);
     // SAFETY: src is a mapped, writable region of BURST_PAGES pages.
     unsafe { std::ptr::write_bytes(src as *mut u8, 0x5a, BURST_PAGES * PAGE) };
@@ -610,22 +643,7 @@ fn interrupt_wakes_are_not_faults() {
     if std::env::var_os(CHILD_ENV).is_some() || !tier::root_bpf("interrupt_wakes_are_not_faults") {
         return;
     }
-    let (mut child, mut lines, done_tx) = spawn_child("child_interrupt_wakes");
-    read_tagged(&mut lines, "UFS ready");
-    let cfg = BpfConfig::new(vec![child.0.id()]);
-    let mut tracer = BpfTracer::load(&cfg).unwrap_or_else(|e| panic!("BpfTracer::load: {e}"));
-    let mut ring = tracer.take_ring().expect("take ring");
-    let mut stdin = child.0.stdin.take().expect("stdin");
-    stdin.write_all(b"go\n").expect("write go");
-    let result = parse_kv(&read_tagged(&mut lines, "UFS result"));
-    let rest = std::thread::spawn(move || lines.count());
-    let status = child.0.wait().expect("wait child");
-    drop(done_tx);
-    assert!(status.success(), "child workload failed: {status}");
-    rest.join().expect("stdout reader");
-    let mut events = Vec::new();
-    let count = ring.drain_into(&mut events);
-    assert_eq!(count.bad, 0, "undecodable records: {:?}", count.first_error);
+    let (tracer, events, result) = trace_child("child_interrupt_wakes", BpfConfig::new);
     let counters = tracer.counters().expect("counters");
     println!("{result:?} counters: {counters:?}");
     assert_eq!(counters.drops, 0, "ring drops: {counters:?}");
@@ -1056,16 +1074,8 @@ fn child_lean() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
+    let (uffd, region) = child_ready_uffd(LEAN_BACKGROUND + 2);
     let mut out = std::io::stdout();
-    writeln!(out, "\nUFS ready").expect("stdout");
-    out.flush().expect("stdout");
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line).expect("child: stdin");
-    let uffd = uffd_syscall(libc::O_CLOEXEC);
-    uffd_api(uffd);
-    let pages = LEAN_BACKGROUND + 2;
-    let region = map_region(pages);
-    uffd_register(uffd, region, pages);
     let src = map_region(1);
     let place = |i: usize| {
         let mut copy = UffdioCopy {
@@ -1112,27 +1122,11 @@ fn lean_counts_background_placements() {
     {
         return;
     }
-    let (mut child, mut lines, done_tx) = spawn_child("child_lean");
-    let pid = child.0.id();
-    read_tagged(&mut lines, "UFS ready");
-    let cfg = BpfConfig {
+    let (mut tracer, events, result) = trace_child("child_lean", |pids| BpfConfig {
         lean: true,
-        ..BpfConfig::new(vec![pid])
-    };
-    let mut tracer = BpfTracer::load(&cfg).unwrap_or_else(|e| panic!("BpfTracer::load: {e}"));
-    let mut ring = tracer.take_ring().expect("take ring");
-    let stdin = child.0.stdin.as_mut().expect("stdin");
-    stdin.write_all(b"go\n").expect("write go");
-    let placer = parse_kv(&read_tagged(&mut lines, "UFS result"))["placer_tid"] as u32;
-    let rest = std::thread::spawn(move || lines.count());
-    let status = child.0.wait().expect("wait child");
-    drop(done_tx);
-    assert!(status.success(), "child failed: {status}");
-    rest.join().expect("stdout reader");
-
-    let mut events = Vec::new();
-    let count = ring.drain_into(&mut events);
-    assert_eq!(count.bad, 0, "{:?}", count.first_error);
+        ..BpfConfig::new(pids)
+    });
+    let placer = result["placer_tid"] as u32;
     let copies: Vec<&abi::UffdIoctl> = events
         .iter()
         .filter_map(|e| match e {
