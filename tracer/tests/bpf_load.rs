@@ -25,7 +25,7 @@ use uffdscope_ebpf::abi::{
 use uffdscope_ebpf::RawEvent;
 use uffdscope_fixtures::tier;
 use uffdscope_tracer::bpf::{
-    probe_tracepoints, AttachOutcome, BpfConfig, BpfError, BpfTracer, FormatCheck, Need,
+    probe_tracepoints, AttachOutcome, BpfConfig, BpfError, BpfTracer, FormatCheck, Need, RingDrain,
     TRACEPOINTS,
 };
 
@@ -443,39 +443,19 @@ fn spawn_child(
 /// Spawns the child workload, loads and attaches the tracer to it, lets it
 /// run, and drains every record it produced.
 fn run_workload_traced() -> Observed {
-    let (mut child, mut lines, done_tx) = spawn_child("child_workload");
-    let pid = child.0.id();
-    read_tagged(&mut lines, "UFS ready");
-
-    let cfg = BpfConfig::new(vec![pid]);
-    let mut tracer = BpfTracer::load(&cfg).unwrap_or_else(|e| panic!("BpfTracer::load: {e}"));
-    check_attached(&tracer);
-    let mut ring = tracer.take_ring().expect("take ring");
-
-    child
-        .0
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"go\n")
-        .expect("write go");
-    let result = parse_kv(&read_tagged(&mut lines, "UFS result"));
-    // Drain the rest of the child's output so it never blocks on a full pipe.
-    let rest = std::thread::spawn(move || lines.count());
-    let status = child.0.wait().expect("wait child");
-    drop(done_tx);
-    assert!(status.success(), "child workload failed: {status}");
-    rest.join().expect("stdout reader");
-
+    let Traced {
+        pid,
+        tracer,
+        mut ring,
+        result,
+    } = trace_child("child_workload", BpfConfig::new, check_attached);
     // ~230 records stay far below the wake-up threshold, so the kernel must
     // not have woken the consumer even once (no per-event wake-ups).
     assert!(
         !ring.wait(Duration::from_millis(50)).expect("epoll on ring"),
         "ring signalled although the waiting data is below the wake-up threshold"
     );
-    let mut events = Vec::new();
-    let count = ring.drain_into(&mut events);
-    assert_eq!(count.bad, 0, "undecodable records: {:?}", count.first_error);
+    let events = drain(&mut ring);
     let early = events
         .iter()
         .filter(|e| matches!(e, RawEvent::FaultWake(w) if w.flags & fault_flags::WOKEN_BEFORE_BLOCK != 0))
@@ -516,29 +496,52 @@ fn run_workload_traced() -> Observed {
     }
 }
 
+/// A child test run under the tracer, finished; its ring not drained yet.
+struct Traced {
+    pid: u32,
+    tracer: BpfTracer,
+    ring: RingDrain,
+    result: BTreeMap<String, i64>,
+}
+
 /// Spawns the child test `name`, loads the tracer on it with the config
-/// `cfg` makes of its pid, lets it run to its result, and drains the ring.
+/// `cfg` makes of its pid, calls `before_go` with it, and lets the child run
+/// to its result and exit.
 fn trace_child(
     name: &str,
     cfg: impl FnOnce(Vec<u32>) -> BpfConfig,
-) -> (BpfTracer, Vec<RawEvent>, BTreeMap<String, i64>) {
+    before_go: impl FnOnce(&BpfTracer),
+) -> Traced {
     let (mut child, mut lines, done_tx) = spawn_child(name);
+    let pid = child.0.id();
     read_tagged(&mut lines, "UFS ready");
-    let cfg = cfg(vec![child.0.id()]);
-    let mut tracer = BpfTracer::load(&cfg).unwrap_or_else(|e| panic!("BpfTracer::load: {e}"));
-    let mut ring = tracer.take_ring().expect("take ring");
+    let mut tracer =
+        BpfTracer::load(&cfg(vec![pid])).unwrap_or_else(|e| panic!("BpfTracer::load: {e}"));
+    let ring = tracer.take_ring().expect("take ring");
+    before_go(&tracer);
     let mut stdin = child.0.stdin.take().expect("stdin");
     stdin.write_all(b"go\n").expect("write go");
     let result = parse_kv(&read_tagged(&mut lines, "UFS result"));
+    // Drain the rest of the child's output so it never blocks on a full pipe.
     let rest = std::thread::spawn(move || lines.count());
     let status = child.0.wait().expect("wait child");
     drop(done_tx);
     assert!(status.success(), "child {name} failed: {status}");
     rest.join().expect("stdout reader");
+    Traced {
+        pid,
+        tracer,
+        ring,
+        result,
+    }
+}
+
+/// Every record the ring holds; none may be undecodable.
+fn drain(ring: &mut RingDrain) -> Vec<RawEvent> {
     let mut events = Vec::new();
     let count = ring.drain_into(&mut events);
     assert_eq!(count.bad, 0, "undecodable records: {:?}", count.first_error);
-    (tracer, events, result)
+    events
 }
 
 /// In a child: says it is ready, waits for "go", and returns a blocking uffd
@@ -643,7 +646,13 @@ fn interrupt_wakes_are_not_faults() {
     if std::env::var_os(CHILD_ENV).is_some() || !tier::root_bpf("interrupt_wakes_are_not_faults") {
         return;
     }
-    let (tracer, events, result) = trace_child("child_interrupt_wakes", BpfConfig::new);
+    let Traced {
+        tracer,
+        mut ring,
+        result,
+        ..
+    } = trace_child("child_interrupt_wakes", BpfConfig::new, |_| {});
+    let events = drain(&mut ring);
     let counters = tracer.counters().expect("counters");
     println!("{result:?} counters: {counters:?}");
     assert_eq!(counters.drops, 0, "ring drops: {counters:?}");
@@ -1122,10 +1131,20 @@ fn lean_counts_background_placements() {
     {
         return;
     }
-    let (mut tracer, events, result) = trace_child("child_lean", |pids| BpfConfig {
-        lean: true,
-        ..BpfConfig::new(pids)
-    });
+    let Traced {
+        mut tracer,
+        mut ring,
+        result,
+        ..
+    } = trace_child(
+        "child_lean",
+        |pids| BpfConfig {
+            lean: true,
+            ..BpfConfig::new(pids)
+        },
+        |_| {},
+    );
+    let events = drain(&mut ring);
     let placer = result["placer_tid"] as u32;
     let copies: Vec<&abi::UffdIoctl> = events
         .iter()
