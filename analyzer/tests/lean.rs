@@ -137,3 +137,38 @@ fn the_synthetic_trace_reports_alike_when_lean() {
     eprintln!("synthetic: {} records, {stats:?}", records.len());
     assert!(stats.counted > 0, "the scenario has background placements");
 }
+
+/// A lean trace's Perfetto export draws the counted placements as a rate
+/// per placing thread: the rates over the bins add up to every placement
+/// counted.
+#[test]
+fn perfetto_draws_counted_placements_as_a_rate() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(REAL);
+    let back = uffdscope_trace::read_all(&std::fs::read(path).expect("readable")).expect("header");
+    let (lean, stats) = lean_records(&back.records);
+    let bytes = uffdscope_trace::write_all(&back.meta, &lean);
+    let mut reader = TraceReader::new(bytes.as_slice()).expect("written trace reads");
+    let mut out = Vec::new();
+    uffdscope_analyzer::export::perfetto::export(
+        &mut reader,
+        &mut out,
+        uffdscope_analyzer::export::Limits::NONE,
+    )
+    .expect("export");
+    let v: Value = serde_json::from_slice(&out).expect("perfetto JSON");
+    let per_s: f64 = v["traceEvents"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["ph"] == "C" && e["name"].as_str().is_some_and(|n| n.contains("counted/s")))
+        .filter_map(|e| e["args"]["per_s"].as_f64())
+        .sum();
+    let bin_s = uffdscope_trace::record::PlacementBin::BIN_NS as f64 / 1e9;
+    assert!(stats.counted > 0);
+    assert!(
+        (per_s * bin_s - stats.counted as f64).abs() < 0.5,
+        "{per_s} /s vs {stats:?}"
+    );
+}

@@ -12,6 +12,8 @@
 //!   network, place, wake);
 //! - uffd reads and uffd ioctls (placements) as slices on the threads that made
 //!   them, and return-path page requests as slices of their send syscall;
+//! - placements counted in bins (lean traces) as a placements-per-second
+//!   counter per placing thread and kind;
 //! - flow arrows read → request → placement → faulting thread, where known
 //!   (flows bind to enclosing slices, so a request is a slice, not an instant);
 //! - guest console lines as instants on a `guest` process, and each parsed
@@ -31,7 +33,7 @@ use crate::engine::guest::{self, LineCounts};
 use crate::engine::lifecycle::{Engine, Fault};
 use crate::engine::network_split::NetworkSplitter;
 use crate::inputs::rp::RpMessage;
-use uffdscope_trace::record::{IoctlOp, Record, Role};
+use uffdscope_trace::record::{IoctlOp, PlacementBin, Record, Role};
 use uffdscope_trace::{TraceMeta, TraceReader};
 
 /// Pseudo pid of the guest: above Linux's `PID_MAX_LIMIT` (2^22), so it can
@@ -229,6 +231,24 @@ impl<W: Write> Perfetto<W> {
         json_f64(o, value);
         o.push('}');
         self.end()
+    }
+
+    /// Background placements counted in a bin, as a placements-per-second
+    /// counter per thread and kind: the bin's rate from its start, zero from
+    /// its end (the next bin's start, written later, overrides that zero).
+    fn placement_bin(&mut self, bin: &PlacementBin) -> io::Result<()> {
+        self.touch(bin.tid);
+        let name = format!(
+            "{} counted/s (tid {}, {} B)",
+            ioctl_name(bin.op),
+            bin.tid,
+            bin.len
+        );
+        let start = PlacementBin::index(bin.first_exit_ts).saturating_mul(PlacementBin::BIN_NS);
+        let rate = bin.count as f64 * 1e9 / PlacementBin::BIN_NS as f64;
+        self.counter(&name, start, "per_s", rate)?;
+        let end = start.saturating_add(PlacementBin::BIN_NS);
+        self.counter(&name, end, "per_s", 0.0)
     }
 
     fn metadata(
@@ -618,6 +638,7 @@ impl<W: Write> Consumer for Perfetto<W> {
                     &args,
                 )
             }
+            Record::PlacementBin(bin) => self.placement_bin(bin),
             Record::SockIo(s) => self.send(s, &derived.return_path),
             Record::GuestLine(g) => self.guest_line(g.ts, &g.text),
             Record::Qmp(q) => {
