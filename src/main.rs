@@ -39,6 +39,9 @@ Examples:
   # Two runs side by side (ratios and deltas against the first)
   uffdscope compare off.trace on.trace --label preempt-off --label preempt-on
 
+  # Shrink a trace before attaching it to a bug report (same report, fewer records)
+  uffdscope lean run.trace -o run.lean.trace
+
   # Per-stage latency histograms per second, for HdrHistogram's tools
   uffdscope report run.trace --format hlog -o run.hlog
 
@@ -82,6 +85,9 @@ enum Command {
     /// Compare the reports of several traces side by side, against the first.
     #[command(after_help = EXAMPLES)]
     Compare(CompareArgs),
+    /// Shrink a trace for a bug report: count background placements in
+    /// 10 ms bins, as the recorder does in the kernel (the report is the same).
+    Lean(LeanArgs),
     /// Print a shell completion script (e.g. `uffdscope completions bash`).
     Completions {
         /// The shell to complete for.
@@ -124,6 +130,10 @@ struct RecordArgs {
     /// that must not start the migration before the recorder is attached.
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
+    /// Count background placements in the kernel (per thread, 10 ms bins)
+    /// instead of recording each: a smaller trace, the same report.
+    #[arg(long)]
+    lean: bool,
     /// Serve live Prometheus metrics at http://ADDR/metrics while recording
     /// (e.g. 127.0.0.1:9464; loopback only unless --metrics-allow-remote).
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
@@ -275,6 +285,42 @@ fn incomplete_exit(
     } else {
         ExitCode::SUCCESS
     }
+}
+
+#[derive(clap::Args, Debug)]
+struct LeanArgs {
+    /// The trace to shrink.
+    trace: PathBuf,
+    /// Output trace file; must not exist.
+    #[arg(long, short = 'o')]
+    output: PathBuf,
+}
+
+/// `uffdscope lean`: writes the lean trace and says what it saved.
+fn lean(args: &LeanArgs) -> anyhow::Result<ExitCode> {
+    use uffdscope_trace::lean::{lean_file, LeanError};
+    let done = match lean_file(&args.trace, &args.output) {
+        Ok(done) => done,
+        Err(e @ LeanError::Input { .. }) => return Err(InputError(e.to_string()).into()),
+        Err(e) => return Err(e.into()),
+    };
+    eprintln!(
+        "uffdscope: {}: {} records → {} ({} placements counted in {} bins), {} bytes",
+        args.output.display(),
+        done.records_in,
+        done.records_out,
+        done.stats.counted,
+        done.stats.bins,
+        done.bytes_out
+    );
+    if let Some(damage) = done.damage {
+        eprintln!(
+            "uffdscope: {} is damaged ({damage}); its good part was written",
+            args.trace.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `--interval`: a number of seconds between 1 ms and an hour.
@@ -730,6 +776,7 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         guest_console: args.guest_console.clone(),
         ring_bytes: u64::from(args.ring_mb) << 20,
         ready_file: args.ready_file.clone(),
+        lean: args.lean,
         ..session::RecordConfig::default()
     };
     install_stop_handlers()?;
@@ -918,6 +965,7 @@ fn main() -> ExitCode {
         #[cfg(target_os = "linux")]
         Command::Check => Ok(check()),
         Command::Compare(args) => compare(args),
+        Command::Lean(args) => lean(args),
         Command::Completions { shell } => {
             let mut out = std::io::stdout().lock();
             clap_complete::generate(*shell, &mut Cli::command(), "uffdscope", &mut out);

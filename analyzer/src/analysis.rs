@@ -199,8 +199,16 @@ struct Pass {
     /// Sleeps that ran again without a traced resume in user mode: their
     /// `wake` stage ends at the switch-in.
     resume_fallback: u64,
+    /// The recorder took resume times and placer runs (a resume or a
+    /// placer-run record was seen): only then is a sleep without a resume a
+    /// fallback, and a slot not closed at a placer run a fact. A trace of an
+    /// older recorder rewritten as format 3 (`uffdscope lean`) has neither.
+    format3_recorder: bool,
     /// KVM async page faults: the kworkers' waits, by vCPU.
     kvm_waits: KvmAsyncWaits,
+    /// Sleeps without the kernel's facts (format 1, or a format-1 trace
+    /// rewritten by `uffdscope lean`): the two counts above are then unknown.
+    sleeps_without_kernel: u64,
     /// Requested faults by the thread whose placement woke them.
     requested_by_placer: BTreeMap<u32, u64>,
     /// The network stage of requested faults taken apart.
@@ -236,6 +244,13 @@ impl Pass {
         )
     }
 
+    /// A successful placement's length, kept when it looks like a page size.
+    fn note_page_size(&mut self, len: u64) {
+        if len.is_power_of_two() && self.page_sizes.len() < MAX_PAGE_SIZES {
+            self.page_sizes.insert(len);
+        }
+    }
+
     /// Feeds QEMU's blocktime replay: message reads and the placing ioctls.
     fn push_qemu_blocktime(&mut self, rec: &Record, engine: &Engine) {
         match rec {
@@ -256,7 +271,10 @@ impl Pass {
                 self.qemu_bt_exit
                     .ioctl(io.tid, io.enter_ts, io.exit_ts, placed);
             }
-            Record::PlacerRun(p) => self.qemu_bt.placer_run(p.tid, p.ts),
+            Record::PlacerRun(p) => {
+                self.format3_recorder = true;
+                self.qemu_bt.placer_run(p.tid, p.ts);
+            }
             _ => return,
         }
         let (is_vcpu, placed_by) = Self::blocktime_ctx(&self.vcpu_set, engine);
@@ -290,16 +308,16 @@ impl Consumer for Pass {
                 self.bound_wakes += u64::from(sl.run_is_bound());
                 self.kvm_async += u64::from(sl.kernel.is_some_and(|k| k.flags.kvm_async()));
                 self.resume_fallback += u64::from(sl.run_ts.is_some() && sl.resume_ts.is_none());
+                self.format3_recorder |= sl.resume_ts.is_some();
+                self.sleeps_without_kernel += u64::from(sl.kernel.is_none());
             }
             Record::UffdIoctl(io)
-                if matches!(io.op, IoctlOp::Copy | IoctlOp::ZeroPage)
-                    && io.ret == 0
-                    && io.len.is_power_of_two()
-                    && self.page_sizes.len() < MAX_PAGE_SIZES =>
+                if matches!(io.op, IoctlOp::Copy | IoctlOp::ZeroPage) && io.ret == 0 =>
             {
-                self.page_sizes.insert(io.len);
+                self.note_page_size(io.len);
             }
             Record::KvmAsync(k) => self.kvm_waits.push(k),
+            Record::PlacementBin(bin) if bin.count > 0 => self.note_page_size(bin.len),
             Record::Perf(p) => {
                 let e = self
                     .perf
@@ -751,6 +769,7 @@ fn stage_shares(s: &FaultStats) -> BTreeMap<String, Option<f64>> {
 fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
     let (s, engine) = (&run.pass.stats, run.engine);
     let (split, bytes) = network_split_section(run.pass);
+    let kernel_flags_known = run.version >= 2 && run.pass.sleeps_without_kernel == 0;
     FaultSection {
         count: s.count,
         by_resolution: Resolution::ALL
@@ -780,15 +799,16 @@ fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
         slowest: s.slowest.iter().map(|f| SlowFault::new(f, t0)).collect(),
         // Each sleep is one fault; format 1 did not keep the kernel's flags.
         bounded: Bounded {
-            wake: (run.version >= 2).then_some(run.pass.bound_wakes),
+            wake: kernel_flags_known.then_some(run.pass.bound_wakes),
         },
         network_split_us: split,
         behind_stream_bytes: bytes,
         network_split_share: network_split_share(run.pass),
         requested_placed_by: requested_placed_by(run),
-        kvm_async: (run.version >= 2).then_some(run.pass.kvm_async),
+        kvm_async: kernel_flags_known.then_some(run.pass.kvm_async),
         // Format 3 added the resume.
-        resume_fallback: (run.version >= 3).then_some(run.pass.resume_fallback),
+        resume_fallback: (run.version >= 3 && run.pass.format3_recorder)
+            .then_some(run.pass.resume_fallback),
         kvm_async_waits: kvm_async_section(&run.pass.kvm_waits),
     }
 }
@@ -859,7 +879,8 @@ fn blocktime_section(run: &Run<'_>, vcpu_tids: &[u32]) -> Blocktime {
             overwritten: pass.qemu_bt.overwritten,
             vcpu_sum_close_at_exit: ms(pass.qemu_bt_exit.per_vcpu_ns.values().sum()),
             all_vcpus_overlap_close_at_exit: any.then(|| ms(pass.qemu_bt_exit.total_ns)),
-            closed_at_placer_run: (run.version >= 3).then_some(pass.qemu_bt.closed_at_placer_run),
+            closed_at_placer_run: (run.version >= 3 && pass.format3_recorder)
+                .then_some(pass.qemu_bt.closed_at_placer_run),
         },
     }
 }

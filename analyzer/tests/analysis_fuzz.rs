@@ -229,6 +229,18 @@ fn record() -> impl Strategy<Value = Record> {
                     woken,
                 })
             }),
+        2 => (tid(), ts(), prop_oneof![0u64..10_000_000, any::<u64>()], any::<bool>(), len(), (prop_oneof![0u64..1000, any::<u64>()], any::<u64>()))
+            .prop_map(|(tid, first_exit_ts, d, zero, len, (count, ioctl_ns))| {
+                Record::PlacementBin(PlacementBin {
+                    tid,
+                    op: if zero { IoctlOp::ZeroPage } else { IoctlOp::Copy },
+                    len,
+                    first_exit_ts,
+                    last_exit_ts: first_exit_ts.wrapping_add(d),
+                    count,
+                    ioctl_ns,
+                })
+            }),
         1 => (ts(), addr(), len()).prop_map(|(ts, start, len)| Record::UffdRange(UffdRange {
             ts,
             start,
@@ -399,6 +411,9 @@ proptest! {
         let bytes = write_all(&meta(start), &records);
         let opts = Options { guest_log: None, guest_offset_ms: offset, ..Options::default() };
         run_everything(&bytes, &opts)?;
+        // The kernel's placement filter takes any trace, and its output analyzes too.
+        let (lean, _) = uffdscope_trace::lean::lean_records(&records);
+        run_everything(&write_all(&meta(start), &lean), &opts)?;
     }
 
     #[test]

@@ -65,7 +65,7 @@ fn format_version_1_reads_and_reports_alike() {
 }
 
 /// The committed trace is format 2; the same records written today are
-/// format 3 and report the same, apart from the keys format 3 added.
+/// format 3 and report the same.
 #[test]
 fn format_version_2_reads_and_reports_alike_as_format_3() {
     let (_, fresh) = generated();
@@ -85,17 +85,13 @@ fn format_version_2_reads_and_reports_alike_as_format_3() {
     ] {
         assert_eq!(old["faults"][key], new["faults"][key], "faults.{key}");
     }
-    assert!(
-        old["faults"]["resume_fallback"].is_null(),
-        "format 2 has no resume"
-    );
-    assert_eq!(new["faults"]["resume_fallback"], new["faults"]["count"]);
-    let (mut ob, mut nb) = (old["blocktime_ms"].clone(), new["blocktime_ms"].clone());
-    assert!(ob["qemu_view"]["closed_at_placer_run"].is_null());
-    assert_eq!(nb["qemu_view"]["closed_at_placer_run"], 0);
-    ob["qemu_view"]["closed_at_placer_run"] = serde_json::Value::Null;
-    nb["qemu_view"]["closed_at_placer_run"] = serde_json::Value::Null;
-    assert_eq!(ob, nb);
+    // These records carry no resume and no placer run: whatever the format
+    // version, their recorder took none, so neither count is known.
+    for report in [&old, &new] {
+        assert!(report["faults"]["resume_fallback"].is_null());
+        assert!(report["blocktime_ms"]["qemu_view"]["closed_at_placer_run"].is_null());
+    }
+    assert_eq!(old["blocktime_ms"], new["blocktime_ms"]);
 }
 
 #[test]

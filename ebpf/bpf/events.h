@@ -348,6 +348,36 @@ struct ufs_placer_run {
  */
 #define UFS_FD_KEY(tgid, fd) (((__u64)(tgid) << 32) | (__u32)(fd))
 
+/*
+ * Placements counted in the kernel (see ARCHITECTURE.md, "Placements counted
+ * in the kernel"): when the loader sets ufs_lean, a successful, complete
+ * UFFDIO_COPY or UFFDIO_ZEROPAGE that woke no thread, covered no page read
+ * and not yet placed, exited while no uffd read was in flight and did not
+ * follow a recorded placement of the same thread is added to a bin of
+ * ufs_bins instead of becoming a record. Userspace drains closed bins.
+ */
+#define UFS_BIN_NS 10000000        /* width of a bin: 10 ms of ioctl exit time */
+#define UFS_LEAN_MAX_PAGES 16      /* longer placements are always recorded */
+
+/* Key of ufs_bins. 24 bytes. */
+struct ufs_bin_key {
+	__u64 bin; /*  0  ioctl exit ns / UFS_BIN_NS */
+	__u64 len; /*  8  each placement's length */
+	__u32 tid; /* 16  the placing thread */
+	__u32 cmd; /* 20  UFS_UFFDIO_COPY or UFS_UFFDIO_ZEROPAGE */
+};
+
+/* Value of ufs_bins. 32 bytes. */
+struct ufs_bin_val {
+	__u64 count;         /*  0  placements counted */
+	__u64 ioctl_ns;      /*  8  their summed entry-to-exit time */
+	__u64 first_exit_ts; /* 16 */
+	__u64 last_exit_ts;  /* 24 */
+};
+
+_Static_assert(sizeof(struct ufs_bin_key) == 24, "ufs_bin_key");
+_Static_assert(sizeof(struct ufs_bin_val) == 32, "ufs_bin_val");
+
 /* Sizes mirrored by const asserts in ebpf/src/abi.rs. */
 _Static_assert(sizeof(struct ufs_hdr) == 16, "ufs_hdr");
 _Static_assert(sizeof(struct ufs_fault_wake) == 120, "ufs_fault_wake");

@@ -173,7 +173,7 @@ struct task_state {
 	struct send_pending snd;
 	struct placer_pending pl;
 	__u32 known; /* the thread has a sleep entry and its bit in ufs_tids */
-	__u32 pad;
+	__u32 lean_record_next; /* record this thread's next uffd ioctl (lean rule 4) */
 	__u64 sp_scratch; /* see stack_block */
 };
 
@@ -956,6 +956,150 @@ int ufs_sys_enter_close(struct tp_sys_enter *ctx)
 	return 0;
 }
 
+/* ---- placements counted in bins (events.h, ufs_bin_key) ---- */
+
+/* Count background placements instead of recording them; patched by the loader. */
+const volatile __u32 ufs_lean = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct ufs_bin_key);
+	__type(value, struct ufs_bin_val);
+} ufs_bins SEC(".maps");
+
+/* A page whose uffd message a target read and no recorded placement has
+ * covered yet. LRU: a page never placed (the target exited) ages out. */
+struct lean_page {
+	__u64 page;
+	__u32 tgid;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct lean_page);
+	__type(value, __u32);
+} ufs_lean_pages SEC(".maps");
+
+/* uffd read()s entered and not yet returned, over all targets. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} ufs_lean_reads SEC(".maps");
+
+#define UFS_PAGE 4096ULL
+
+static __always_inline void lean_reads_add(__s64 d)
+{
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&ufs_lean_reads, &zero);
+
+	if (n)
+		__sync_fetch_and_add(n, d);
+}
+
+static __always_inline int lean_read_in_flight(void)
+{
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&ufs_lean_reads, &zero);
+
+	return !n || *n > 0;
+}
+
+/* A page-fault message was read: its page is pending. */
+static __always_inline void lean_page_read(__u32 tgid, const struct ufs_uffd_msg *m)
+{
+	if (m->event != 0x12)
+		return;
+	struct lean_page k = { .page = m->arg1 & ~(UFS_PAGE - 1), .tgid = tgid };
+	__u32 one = 1;
+
+	map_put(&ufs_lean_pages, &k, &one);
+}
+
+/* Whether [start, start + len) covers a pending page; removes them when
+ * resolve is set. A placement longer than UFS_LEAN_MAX_PAGES counts as
+ * covering one (it is recorded). */
+static __always_inline int lean_pages(__u32 tgid, __u64 start, __u64 len, int resolve)
+{
+	struct lean_page k = { .tgid = tgid };
+	int found = 0;
+
+	if (len > UFS_LEAN_MAX_PAGES * UFS_PAGE)
+		return 1;
+	start &= ~(UFS_PAGE - 1);
+#pragma unroll
+	for (int i = 0; i < UFS_LEAN_MAX_PAGES; i++) {
+		if (i * UFS_PAGE >= len)
+			break;
+		k.page = start + i * UFS_PAGE;
+		if (!bpf_map_lookup_elem(&ufs_lean_pages, &k))
+			continue;
+		found = 1;
+		if (!resolve)
+			break;
+		bpf_map_delete_elem(&ufs_lean_pages, &k);
+	}
+	return found;
+}
+
+/* Adds a placement to its bin; 0 when the bin map is full (record it). */
+static __always_inline int lean_add(__u32 tid, const struct ioctl_pending *p, __u64 enter_ts,
+				    __u64 exit_ts)
+{
+	struct ufs_bin_key k = {
+		.bin = exit_ts / UFS_BIN_NS, .len = p->len, .tid = tid, .cmd = p->cmd,
+	};
+	struct ufs_bin_val *v = bpf_map_lookup_elem(&ufs_bins, &k);
+
+	if (!v) {
+		struct ufs_bin_val z = { .first_exit_ts = exit_ts };
+		long err = bpf_map_update_elem(&ufs_bins, &k, &z, BPF_NOEXIST);
+
+		if (err && err != -EEXIST) {
+			stat_inc(UFS_STAT_MAP_FULL);
+			return 0;
+		}
+		v = bpf_map_lookup_elem(&ufs_bins, &k);
+		if (!v)
+			return 0;
+	}
+	/* Only this thread adds to a bin keyed by its tid: no atomics. */
+	v->count += 1;
+	v->ioctl_ns += exit_ts - enter_ts;
+	v->last_exit_ts = exit_ts;
+	return 1;
+}
+
+/* Decides a uffd ioctl at its exit: 1 when it was counted in a bin (no
+ * record), 0 when it must be recorded. The rules, in order, mirror
+ * trace/src/lean.rs (LeanFilter::place). */
+static __always_inline int lean_count(struct task_state *ts, __u32 tid, __u32 tgid,
+				      const struct ioctl_pending *p, __s64 ret, __s64 result,
+				      __u64 enter_ts)
+{
+	int places = p->cmd == UFS_UFFDIO_COPY || p->cmd == UFS_UFFDIO_ZEROPAGE;
+	int follows = ts->lean_record_next;
+
+	ts->lean_record_next = 0;
+	if (!places || ret != 0 || result != (__s64)p->len) {
+		if (places || p->cmd == UFS_UFFDIO_CONTINUE)
+			lean_pages(tgid, p->start, p->len, 1);
+		return 0;
+	}
+	if (p->n_woken || lean_pages(tgid, p->start, p->len, 1) || lean_read_in_flight()) {
+		ts->lean_record_next = 1;
+		return 0;
+	}
+	if (follows)
+		return 0;
+	return lean_add(tid, p, enter_ts, bpf_ktime_get_ns());
+}
+
 /* ---- ioctl on uffd fds ---- */
 
 /* The stack block a uffd ioctl runs on (see stack_block). A program of its
@@ -1102,6 +1246,8 @@ int ufs_sys_exit_ioctl(struct tp_sys_exit *ctx)
 	else if (p->result_off == 8)
 		bpf_probe_read_user(&result, 8, (const void *)(p->arg + 8));
 
+	if (ufs_lean && lean_count(ts, tid, id >> 32, p, ret, result, enter_ts))
+		return 0;
 	struct ufs_uffd_ioctl *e = ufs_reserve(sizeof(*e), UFS_EV_UFFD_IOCTL);
 	__u64 exit_ts = bpf_ktime_get_ns();
 
@@ -1144,6 +1290,8 @@ int ufs_sys_enter_read(struct tp_sys_enter *ctx)
 	if (!ts)
 		return 0;
 	placer_syscall((__u32)id, ts);
+	if (ufs_lean && !ts->rd.enter_ts)
+		lean_reads_add(1);
 	ts->rd.enter_ts = bpf_ktime_get_ns();
 	ts->rd.buf = ctx->args[1];
 	ts->rd.fd = fd;
@@ -1167,6 +1315,8 @@ int ufs_sys_exit_read(struct tp_sys_exit *ctx)
 	__u64 enter_ts = p->enter_ts;
 
 	p->enter_ts = 0;
+	if (ufs_lean)
+		lean_reads_add(-1);
 	if (ret == -EAGAIN) {
 		stat_inc(UFS_STAT_READ_EAGAIN);
 		return 0;
@@ -1188,6 +1338,14 @@ int ufs_sys_exit_read(struct tp_sys_exit *ctx)
 			if (n > sizeof(e->msgs))
 				n = sizeof(e->msgs);
 			bpf_probe_read_user(e->msgs, n, (const void *)p->buf);
+		}
+		if (ufs_lean) {
+#pragma unroll
+			for (int i = 0; i < UFS_READ_MAX_MSGS; i++) {
+				if (i >= e->n_msgs)
+					break;
+				lean_page_read(id >> 32, &e->msgs[i]);
+			}
 		}
 		ufs_submit(e);
 	}

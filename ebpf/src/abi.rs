@@ -658,3 +658,30 @@ pub struct PlacerRun {
     /// Tracked threads the ioctl woke.
     pub n_woken: u32,
 }
+
+/// `struct ufs_bin_key`: key of the `ufs_bins` map, background placements
+/// counted in the kernel per thread, kind, length and 10 ms bin of ioctl exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[repr(C)]
+pub struct BinKey {
+    /// Ioctl exit ns / `UFS_BIN_NS`.
+    pub bin: u64,
+    /// Each placement's length.
+    pub len: u64,
+    /// The placing thread.
+    pub tid: u32,
+    /// [`ioctl::COPY`] or [`ioctl::ZEROPAGE`].
+    pub cmd: u32,
+}
+
+/// `struct ufs_bin_val`: one bin's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct BinVal {
+    /// Placements counted.
+    pub count: u64,
+    /// Their summed entry-to-exit time, ns.
+    pub ioctl_ns: u64,
+    pub first_exit_ts: u64,
+    pub last_exit_ts: u64,
+}

@@ -4,8 +4,8 @@
 use std::mem::size_of;
 
 use crate::abi::{
-    FaultWake, Hdr, Kind, KvmAsyncPf, PlacerRun, Send, SockLen, TcpProbe, TcpRetrans, Thread,
-    UffdFd, UffdIoctl, UffdRead,
+    BinKey, BinVal, FaultWake, Hdr, Kind, KvmAsyncPf, PlacerRun, Send, SockLen, TcpProbe,
+    TcpRetrans, Thread, UffdFd, UffdIoctl, UffdRead,
 };
 
 /// One decoded ring-buffer record.
@@ -134,6 +134,19 @@ unsafe impl Plain for Thread {}
 unsafe impl Plain for KvmAsyncPf {}
 // SAFETY: as above.
 unsafe impl Plain for PlacerRun {}
+
+// SAFETY: as above.
+unsafe impl Plain for BinKey {}
+// SAFETY: as above.
+unsafe impl Plain for BinVal {}
+
+/// One entry of the `ufs_bins` map, as the map holds its key and value.
+pub fn decode_bin(
+    key: &[u8; size_of::<BinKey>()],
+    val: &[u8; size_of::<BinVal>()],
+) -> (BinKey, BinVal) {
+    (read_prefix(key), read_prefix(val))
+}
 
 /// Reads a `T` from the start of `bytes`, which must hold at least
 /// `size_of::<T>()` bytes (checked by every caller; asserted here).

@@ -256,6 +256,16 @@ pub mod tracepoint {
 }
 
 // Record layouts (`events.h`): every field's offset and every struct's size.
+const _: () = assert!(core::mem::offset_of!(crate::abi::BinKey, bin) == 0);
+const _: () = assert!(core::mem::offset_of!(crate::abi::BinKey, len) == 8);
+const _: () = assert!(core::mem::offset_of!(crate::abi::BinKey, tid) == 16);
+const _: () = assert!(core::mem::offset_of!(crate::abi::BinKey, cmd) == 20);
+const _: () = assert!(core::mem::size_of::<crate::abi::BinKey>() == 24);
+const _: () = assert!(core::mem::offset_of!(crate::abi::BinVal, count) == 0);
+const _: () = assert!(core::mem::offset_of!(crate::abi::BinVal, ioctl_ns) == 8);
+const _: () = assert!(core::mem::offset_of!(crate::abi::BinVal, first_exit_ts) == 16);
+const _: () = assert!(core::mem::offset_of!(crate::abi::BinVal, last_exit_ts) == 24);
+const _: () = assert!(core::mem::size_of::<crate::abi::BinVal>() == 32);
 const _: () = assert!(core::mem::offset_of!(crate::abi::FaultWake, hdr) == 0);
 const _: () = assert!(core::mem::offset_of!(crate::abi::FaultWake, fault_ts) == 16);
 const _: () = assert!(core::mem::offset_of!(crate::abi::FaultWake, fault_addr) == 24);

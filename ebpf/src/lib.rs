@@ -17,7 +17,7 @@ mod decode;
 pub mod generated;
 pub mod layout;
 
-pub use decode::{decode, decode_hdr, DecodeError, RawEvent};
+pub use decode::{decode, decode_bin, decode_hdr, DecodeError, RawEvent};
 
 /// Holds bytes at the alignment of `A` (the ELF parser wants at least 4).
 #[repr(C)]
@@ -61,6 +61,11 @@ pub mod names {
     pub const WAKEUP_BYTES_GLOBAL: &str = "ufs_wakeup_bytes";
     /// `const volatile __u64 ufs_tcp_probe_interval_ns`.
     pub const TCP_PROBE_INTERVAL_GLOBAL: &str = "ufs_tcp_probe_interval_ns";
+    /// `const volatile __u32 ufs_lean`: count background placements in bins.
+    pub const LEAN_GLOBAL: &str = "ufs_lean";
+    /// Background placements counted in the kernel, key
+    /// [`crate::abi::BinKey`], value [`crate::abi::BinVal`].
+    pub const BINS_MAP: &str = "ufs_bins";
 }
 
 #[cfg(test)]

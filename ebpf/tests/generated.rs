@@ -327,3 +327,13 @@ fn trace_crate_ioctl_numbers_are_the_headers() {
         assert_eq!(ours, theirs, "{ours:#x} vs {theirs:#x}");
     }
 }
+
+/// The bin width the kernel counts placements in is the trace format's.
+#[test]
+fn the_kernels_bin_width_is_the_trace_formats() {
+    let values = values(&read("bpf/events.h"));
+    assert_eq!(
+        values["BIN_NS"],
+        uffdscope_trace::record::PlacementBin::BIN_NS
+    );
+}

@@ -9,9 +9,9 @@
 
 use crate::record::{
     Direction, Drops, FaultEntry, FaultSource, GuestLine, IoctlOp, KvmAsync, KvmAsyncOp, NewUffd,
-    Note, PerfSample, PlacerHow, PlacerRun, ProcessInfo, Qmp, Record, Role, Sleep, SleepFlags,
-    SleepKernel, SockIo, SockLen, SocketInfo, TcpProbe, TcpRetransmit, ThreadInfo, UffdIoctl,
-    UffdMsg, UffdRange, UffdRead,
+    Note, PerfSample, PlacementBin, PlacerHow, PlacerRun, ProcessInfo, Qmp, Record, Role, Sleep,
+    SleepFlags, SleepKernel, SockIo, SockLen, SocketInfo, TcpProbe, TcpRetransmit, ThreadInfo,
+    UffdIoctl, UffdMsg, UffdRange, UffdRead,
 };
 
 /// Why a record could not be decoded.
@@ -55,6 +55,8 @@ mod tag {
     pub const PLACER_RUN: u8 = 18;
     /// Format 3.
     pub const KVM_ASYNC: u8 = 19;
+    /// Format 3.
+    pub const PLACEMENT_BIN: u8 = 20;
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -162,6 +164,16 @@ impl Encoder {
                 Self::iv(out, r.ret);
                 Self::iv(out, r.result);
                 Self::uv(out, u64::from(r.woken));
+            }
+            Record::PlacementBin(r) => {
+                out.push(tag::PLACEMENT_BIN);
+                self.ts(out, r.last_exit_ts);
+                Self::uv(out, u64::from(r.tid));
+                Self::uv(out, u64::from(r.op.cmd()));
+                Self::uv(out, r.len);
+                Self::rel(out, r.last_exit_ts, r.first_exit_ts);
+                Self::uv(out, r.count);
+                Self::uv(out, r.ioctl_ns);
             }
             Record::UffdRange(r) => {
                 out.push(tag::UFFD_RANGE);
@@ -573,6 +585,7 @@ impl<'a> Decoder<'a> {
                     woken,
                 })
             }
+            tag::PLACEMENT_BIN => self.placement_bin()?,
             tag::UFFD_RANGE => Record::UffdRange(UffdRange {
                 ts: self.ts()?,
                 start: self.addr()?,
@@ -777,6 +790,29 @@ impl<'a> Decoder<'a> {
             token: self.uv()?,
             gva: self.uv()?,
             gfn: self.uv()?,
+        }))
+    }
+
+    fn placement_bin(&mut self) -> Result<Record, CodecError> {
+        let last_exit_ts = self.ts()?;
+        let tid = self.narrow("tid")?;
+        let op_at = self.pos;
+        let op = self.op()?;
+        if !matches!(op, IoctlOp::Copy | IoctlOp::ZeroPage) {
+            return Err(CodecError::BadValue {
+                what: "placement bin ioctl command",
+                value: u64::from(op.cmd()),
+                at: op_at,
+            });
+        }
+        Ok(Record::PlacementBin(PlacementBin {
+            tid,
+            op,
+            len: self.uv()?,
+            first_exit_ts: self.rel(last_exit_ts)?,
+            last_exit_ts,
+            count: self.uv()?,
+            ioctl_ns: self.uv()?,
         }))
     }
 

@@ -26,8 +26,9 @@ pub const FRAME_MAGIC: &[u8; 4] = b"UFRM";
 /// The format version this build writes. Version 2 added the kernel's own
 /// facts to each sleep ([`crate::record::SleepKernel`]); version 3 each
 /// sleep's resume time, the placing thread's moment after a waking placement
-/// ([`crate::record::PlacerRun`]) and KVM async page-fault steps
-/// ([`crate::record::KvmAsync`]). This build reads versions
+/// ([`crate::record::PlacerRun`]), KVM async page-fault steps
+/// ([`crate::record::KvmAsync`]) and background placements counted in bins
+/// ([`crate::record::PlacementBin`]). This build reads versions
 /// [`OLDEST_VERSION`]..=`VERSION`.
 pub const VERSION: u16 = 3;
 /// The oldest format version this build reads.

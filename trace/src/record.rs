@@ -404,6 +404,44 @@ pub struct UffdIoctl {
     pub woken: u32,
 }
 
+/// Background placements of one thread counted instead of recorded: the
+/// successful `UFFDIO_COPY`s (or `UFFDIO_ZEROPAGE`s) of one length whose ioctl
+/// exited inside one [`PlacementBin::BIN_NS`] bin and that the analysis does
+/// not need one by one (they woke no thread and covered no page whose message
+/// was read and not yet resolved; see ARCHITECTURE.md, "Placements counted in
+/// the kernel"). Format version 3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlacementBin {
+    pub tid: u32,
+    /// `Copy` or `ZeroPage`.
+    pub op: IoctlOp,
+    /// The length of each placement (the page size).
+    pub len: u64,
+    /// Exit of the first placement counted.
+    pub first_exit_ts: u64,
+    /// Exit of the last placement counted (the record's time).
+    pub last_exit_ts: u64,
+    /// Placements counted.
+    pub count: u64,
+    /// Their summed ioctl time, entry to exit, ns.
+    pub ioctl_ns: u64,
+}
+
+impl PlacementBin {
+    /// Width of a bin: placements are counted per thread per 10 ms of ioctl exit.
+    pub const BIN_NS: u64 = 10_000_000;
+
+    /// The bin a placement exiting at `exit_ts` falls in.
+    pub fn index(exit_ts: u64) -> u64 {
+        exit_ts / Self::BIN_NS
+    }
+
+    /// Bytes placed.
+    pub fn bytes(&self) -> u64 {
+        self.count.saturating_mul(self.len)
+    }
+}
+
 /// Direction of a socket transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -564,6 +602,7 @@ pub enum Record {
     Sleep(Sleep),
     UffdRead(UffdRead),
     UffdIoctl(UffdIoctl),
+    PlacementBin(PlacementBin),
     UffdRange(UffdRange),
     NewUffd(NewUffd),
     SockIo(SockIo),
@@ -589,6 +628,7 @@ impl Record {
             Record::Sleep(r) => r.run_ts.unwrap_or(r.woken_ts),
             Record::UffdRead(r) => r.exit_ts,
             Record::UffdIoctl(r) => r.exit_ts,
+            Record::PlacementBin(r) => r.last_exit_ts,
             Record::UffdRange(r) => r.ts,
             Record::NewUffd(r) => r.ts,
             Record::SockIo(r) => r.exit_ts,

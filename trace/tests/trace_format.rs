@@ -171,6 +171,28 @@ fn arb_record() -> impl Strategy<Value = Record> {
                     })
                 }
             ),
+        (
+            (any::<u32>(), any::<bool>(), any::<u64>()),
+            (any::<u64>(), any::<u64>()),
+            (any::<u64>(), any::<u64>())
+        )
+            .prop_map(
+                |((tid, zero, len), (first_exit_ts, last_exit_ts), (count, ioctl_ns))| {
+                    Record::PlacementBin(PlacementBin {
+                        tid,
+                        op: if zero {
+                            IoctlOp::ZeroPage
+                        } else {
+                            IoctlOp::Copy
+                        },
+                        len,
+                        first_exit_ts,
+                        last_exit_ts,
+                        count,
+                        ioctl_ns,
+                    })
+                }
+            ),
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
             |(ts, start, len, mode)| Record::UffdRange(UffdRange {
                 ts,
@@ -557,4 +579,34 @@ fn create_refuses_existing_files_and_symlinks() {
         ) & 0o777;
         assert_eq!(mode, 0o600);
     }
+}
+
+#[test]
+fn a_placement_bin_of_another_ioctl_is_rejected() {
+    let bin = PlacementBin {
+        tid: 7,
+        op: IoctlOp::Copy,
+        len: 4096,
+        first_exit_ts: 5,
+        last_exit_ts: 9,
+        count: 3,
+        ioctl_ns: 1_500,
+    };
+    let good = uffdscope_trace::write_all(&meta(), &[Record::PlacementBin(bin)]);
+    assert_eq!(
+        uffdscope_trace::read_all(&good).expect("header").records,
+        [Record::PlacementBin(bin)]
+    );
+    let wake = PlacementBin {
+        op: IoctlOp::Wake,
+        ..bin
+    };
+    let bad = uffdscope_trace::write_all(&meta(), &[Record::PlacementBin(wake)]);
+    let back = uffdscope_trace::read_all(&bad).expect("header");
+    assert!(back.records.is_empty());
+    let damage = back.damage.expect("a bin of UFFDIO_WAKE is damage");
+    assert!(
+        damage.to_string().contains("placement bin ioctl command"),
+        "{damage}"
+    );
 }

@@ -4,8 +4,8 @@
 use uffdscope_ebpf::abi::{self, fault_flags, fault_source, placer_how, thread_op, uffd_fd_op};
 use uffdscope_ebpf::RawEvent;
 use uffdscope_trace::record::{
-    Direction, FaultEntry, FaultSource, IoctlOp, KvmAsync, KvmAsyncOp, NewUffd, Note, PlacerHow,
-    PlacerRun, Record, Role, Sleep, SleepFlags, SleepKernel, SockIo, SockLen, TcpProbe,
+    Direction, FaultEntry, FaultSource, IoctlOp, KvmAsync, KvmAsyncOp, NewUffd, Note, PlacementBin,
+    PlacerHow, PlacerRun, Record, Role, Sleep, SleepFlags, SleepKernel, SockIo, SockLen, TcpProbe,
     TcpRetransmit, ThreadInfo, UffdIoctl, UffdMsg, UffdRead,
 };
 
@@ -229,6 +229,24 @@ impl TryFrom<&RawEvent> for Records {
     }
 }
 
+/// One bin of background placements counted in the kernel; `None` for a
+/// kind the kernel does not count (never written by this object).
+pub fn placement_bin(key: &abi::BinKey, val: &abi::BinVal) -> Option<Record> {
+    let op = IoctlOp::from_cmd(key.cmd);
+    if !matches!(op, IoctlOp::Copy | IoctlOp::ZeroPage) {
+        return None;
+    }
+    Some(Record::PlacementBin(PlacementBin {
+        tid: key.tid,
+        op,
+        len: key.len,
+        first_exit_ts: val.first_exit_ts,
+        last_exit_ts: val.last_exit_ts,
+        count: val.count,
+        ioctl_ns: val.ioctl_ns,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,5 +388,37 @@ mod tests {
             Records::try_from(&RawEvent::UffdFd(fdrec)),
             Err(ConvertError::UffdFdOp(77))
         );
+    }
+
+    #[test]
+    fn a_kernel_bin_becomes_a_placement_bin() {
+        let key = abi::BinKey {
+            bin: 7,
+            len: 4096,
+            tid: 42,
+            cmd: IoctlOp::CMD_ZEROPAGE,
+        };
+        let val = abi::BinVal {
+            count: 3,
+            ioctl_ns: 900,
+            first_exit_ts: 70_000_100,
+            last_exit_ts: 79_000_000,
+        };
+        let Some(Record::PlacementBin(b)) = placement_bin(&key, &val) else {
+            panic!("not a bin")
+        };
+        assert_eq!(
+            (b.tid, b.op, b.len, b.count),
+            (42, IoctlOp::ZeroPage, 4096, 3)
+        );
+        assert_eq!(
+            (b.first_exit_ts, b.last_exit_ts, b.ioctl_ns),
+            (70_000_100, 79_000_000, 900)
+        );
+        let wake = abi::BinKey {
+            cmd: IoctlOp::CMD_WAKE,
+            ..key
+        };
+        assert_eq!(placement_bin(&wake, &val), None);
     }
 }

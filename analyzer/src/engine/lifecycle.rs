@@ -627,6 +627,12 @@ impl Engine {
             }
             Record::UffdRange(r) => self.ranges.push((r.start, r.len)),
             Record::UffdIoctl(io) => self.push_ioctl(io),
+            Record::PlacementBin(bin) => {
+                // Counted placements never join a fault (they woke nobody and
+                // covered no page being resolved); they only count.
+                self.placements_by_op[op_index(bin.op)] += bin.count;
+                self.facts(bin.tid).placements += bin.count;
+            }
             Record::SockIo(s) => {
                 for msg in return_path {
                     if let RpMessage::ReqPages { block, start, len } = msg {

@@ -17,14 +17,16 @@
 //! - every record about a thread names one (tid 0 is the idle task, never a
 //!   thread of the target);
 //! - sleeps (which become faults) arrive in time order within
-//!   [`Boundary::MAX_LATE_NS`].
+//!   [`Boundary::MAX_LATE_NS`];
+//! - a placement bin covers one bin of time and counts at most one placement
+//!   per nanosecond of it, so sums of counts cannot overflow.
 //!
 //! A record breaking any of these is dropped whole (a fault built from half a
 //! record would be a guess); [`Boundary::warnings`] says how many of each kind
 //! were dropped, for the report's warnings.
 
 use crate::engine::stats::Sweep;
-use uffdscope_trace::record::Record;
+use uffdscope_trace::record::{PlacementBin, Record};
 use uffdscope_trace::TraceMeta;
 
 /// Why a record was turned away.
@@ -40,15 +42,20 @@ pub enum Rejection {
     NoThread,
     /// A sleep more than [`Boundary::MAX_LATE_NS`] older than a record before it.
     Late,
+    /// A placement bin wider than one bin, or counting more than one
+    /// placement per nanosecond of it, or more ioctl time than its
+    /// placements can have taken.
+    BadBin,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 5] = [
+    const ALL: [Rejection; 6] = [
         Rejection::OutsideSpan,
         Rejection::Backwards,
         Rejection::TooLong,
         Rejection::NoThread,
         Rejection::Late,
+        Rejection::BadBin,
     ];
 
     fn index(self) -> usize {
@@ -74,6 +81,10 @@ impl Rejection {
             Rejection::Late => format!(
                 "a sleep more than {} s older than a record before it (out of order)",
                 Boundary::MAX_LATE_NS / 1_000_000_000
+            ),
+            Rejection::BadBin => format!(
+                "a placement bin spanning more than {} ms or counting more placements or ioctl time than fit in it",
+                PlacementBin::BIN_NS / 1_000_000
             ),
         }
     }
@@ -157,6 +168,9 @@ impl Boundary {
         self.check_times(rec)?;
         check_order(rec)?;
         check_lengths(rec)?;
+        if let Record::PlacementBin(bin) = rec {
+            check_bin(bin)?;
+        }
         if thread_of(rec) == Some(0) {
             return Err(Rejection::NoThread);
         }
@@ -214,6 +228,10 @@ fn for_each_ts(rec: &Record, mut f: impl FnMut(u64)) {
             f(r.enter_ts);
             f(r.exit_ts);
         }
+        Record::PlacementBin(r) => {
+            f(r.first_exit_ts);
+            f(r.last_exit_ts);
+        }
         Record::SockIo(r) => {
             f(r.enter_ts);
             f(r.exit_ts);
@@ -238,6 +256,7 @@ fn check_order(rec: &Record) -> Result<(), Rejection> {
         }
         Record::UffdRead(r) => r.enter_ts <= r.exit_ts,
         Record::UffdIoctl(r) => r.enter_ts <= r.exit_ts,
+        Record::PlacementBin(r) => r.first_exit_ts <= r.last_exit_ts,
         Record::SockIo(r) => r.enter_ts <= r.exit_ts,
         _ => true,
     };
@@ -252,6 +271,7 @@ fn check_lengths(rec: &Record) -> Result<(), Rejection> {
     let fits = |start: u64, len: u64| len <= Boundary::MAX_LEN && start.checked_add(len).is_some();
     let ok = match rec {
         Record::UffdIoctl(r) => fits(r.start, r.len),
+        Record::PlacementBin(r) => r.len <= Boundary::MAX_LEN,
         Record::UffdRange(r) => fits(r.start, r.len),
         Record::Sleep(s) => fits(s.wake_start, s.wake_len),
         _ => true,
@@ -263,12 +283,28 @@ fn check_lengths(rec: &Record) -> Result<(), Rejection> {
     }
 }
 
+/// A bin holds the placements of one thread whose ioctls exited within one
+/// [`PlacementBin::BIN_NS`]: at most one per nanosecond, each no longer than
+/// the recording's span. This also bounds every sum of counts.
+fn check_bin(bin: &PlacementBin) -> Result<(), Rejection> {
+    let span = Boundary::BEFORE_NS + Boundary::AFTER_NS;
+    let ok = PlacementBin::index(bin.first_exit_ts) == PlacementBin::index(bin.last_exit_ts)
+        && bin.count <= PlacementBin::BIN_NS
+        && bin.ioctl_ns <= bin.count.saturating_mul(span);
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::BadBin)
+    }
+}
+
 /// The thread a record is about, for the records that are about one.
 fn thread_of(rec: &Record) -> Option<u32> {
     match rec {
         Record::Sleep(r) => Some(r.tid),
         Record::UffdRead(r) => Some(r.tid),
         Record::UffdIoctl(r) => Some(r.tid),
+        Record::PlacementBin(r) => Some(r.tid),
         Record::SockIo(r) => Some(r.tid),
         Record::SockLen(r) => Some(r.tid),
         Record::Thread(r) => Some(r.tid),
@@ -351,11 +387,31 @@ mod tests {
         assert!(b.admit(late(T0 + step - 1)).is_none(), "too late");
         let io = ioctl(T0, T0 + 1, 4096, 9);
         assert!(b.admit(io).is_some(), "only sleeps must come in order");
+        let bin = PlacementBin {
+            tid: 9,
+            op: IoctlOp::Copy,
+            len: 4096,
+            first_exit_ts: T0,
+            last_exit_ts: T0 + 1_000,
+            count: 3,
+            ioctl_ns: 6_000,
+        };
+        assert!(b.admit(Record::PlacementBin(bin)).is_some());
+        let overcounted = PlacementBin {
+            count: PlacementBin::BIN_NS + 1,
+            ..bin
+        };
+        assert!(b.admit(Record::PlacementBin(overcounted)).is_none());
         for why in Rejection::ALL {
             let expected = if why == Rejection::Backwards { 2 } else { 1 };
             assert_eq!(b.rejected(why), expected, "{why:?}");
         }
-        assert_eq!(b.warnings().len(), 5, "{:?}", b.warnings());
+        assert_eq!(
+            b.warnings().len(),
+            Rejection::ALL.len(),
+            "{:?}",
+            b.warnings()
+        );
         assert!(b.warnings()[0].starts_with("ignored 1 records with a timestamp"));
     }
 

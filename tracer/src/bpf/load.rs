@@ -1,7 +1,7 @@
 //! Loading and attaching: patching the read-only globals (targets, wake-up
 //! threshold), loading `uffdscope_ebpf::OBJECT` with aya, attaching every
-//! program of the catalogue, seeding the uffd and socket fd maps, and reading
-//! the drop and statistics counters.
+//! program of the catalogue, seeding the uffd and socket fd maps, reading
+//! the drop and statistics counters and taking the placement bins.
 
 use std::fmt;
 use std::io;
@@ -13,8 +13,11 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{ProgramError, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use uffdscope_ebpf::abi::{self, Kind, MAX_TARGETS};
-use uffdscope_ebpf::{names, OBJECT};
+use uffdscope_ebpf::abi::{self, BinKey, BinVal, Kind, MAX_TARGETS};
+use uffdscope_ebpf::{decode_bin, names, OBJECT};
+
+const BIN_KEY: usize = std::mem::size_of::<BinKey>();
+const BIN_VAL: usize = std::mem::size_of::<BinVal>();
 
 use super::catalogue::{Need, Tracepoint, TRACEPOINTS};
 use super::formats::{check_format, event_dir, find_tracefs, FormatCheck};
@@ -36,6 +39,10 @@ pub struct BpfConfig {
     pub wakeup_bytes: u64,
     /// Minimum gap between two `tcp_probe` records of one socket.
     pub tcp_probe_interval: Duration,
+    /// Count background placements in bins instead of recording each
+    /// (ARCHITECTURE.md, "Placements counted in the kernel"); the bins are
+    /// then taken with [`BpfTracer::take_bins`].
+    pub lean: bool,
 }
 
 /// Default ring size: 16 MiB.
@@ -54,6 +61,7 @@ impl BpfConfig {
             ring_bytes: DEFAULT_RING_BYTES,
             wakeup_bytes: u64::from(DEFAULT_RING_BYTES / 4),
             tcp_probe_interval: Duration::from_millis(1),
+            lean: false,
         }
     }
 
@@ -170,6 +178,7 @@ impl BpfTracer {
         targets[..cfg.targets.len()].copy_from_slice(&cfg.targets);
         let n_targets = cfg.targets.len() as u32;
         let probe_ns = u64::try_from(cfg.tcp_probe_interval.as_nanos()).unwrap_or(u64::MAX);
+        let lean = u32::from(cfg.lean);
 
         let mut ebpf = EbpfLoader::new()
             // aya 0.14 has no type for task storage (ufs_task) but creates
@@ -179,6 +188,7 @@ impl BpfTracer {
             .override_global(names::N_TARGETS_GLOBAL, &n_targets, true)
             .override_global(names::WAKEUP_BYTES_GLOBAL, &cfg.wakeup_bytes, true)
             .override_global(names::TCP_PROBE_INTERVAL_GLOBAL, &probe_ns, true)
+            .override_global(names::LEAN_GLOBAL, &lean, true)
             .map_max_entries(names::EVENTS_MAP, cfg.ring_bytes)
             .load(OBJECT)
             .map_err(|e| BpfError::Object(Box::new(e)))?;
@@ -336,6 +346,35 @@ impl BpfTracer {
             wake_in_interrupt: stat(abi::stat::WAKE_IN_INTERRUPT),
             wake_out_of_range: stat(abi::stat::WAKE_OUT_OF_RANGE),
         })
+    }
+
+    /// Takes the bins of background placements whose bin index is below
+    /// `before` (`u64::MAX`: every bin, at stop) out of the kernel, sorted by
+    /// key. A bin is closed once the clock is a whole bin past it: its
+    /// thread's later placements fall in later bins, so nothing is lost
+    /// between the read and the delete.
+    pub fn take_bins(&mut self, before: u64) -> Result<Vec<(BinKey, BinVal)>, BpfError> {
+        let name = names::BINS_MAP;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(BpfError::MapNotInObject(name))?;
+        let mut bins: BpfHashMap<&mut MapData, [u8; BIN_KEY], [u8; BIN_VAL]> =
+            BpfHashMap::try_from(map).map_err(map_err(name))?;
+        let mut out = Vec::new();
+        for entry in &bins {
+            let (key, val) = entry.map_err(map_err(name))?;
+            let bin = decode_bin(&key, &val);
+            if bin.0.bin < before {
+                out.push((key, bin));
+            }
+        }
+        for (key, _) in &out {
+            bins.remove(key).map_err(map_err(name))?;
+        }
+        let mut out: Vec<(BinKey, BinVal)> = out.into_iter().map(|(_, b)| b).collect();
+        out.sort_unstable_by_key(|(k, _)| *k);
+        Ok(out)
     }
 
     /// Takes the ring buffer out of the tracer. Call once; the tracer must

@@ -33,6 +33,9 @@ pub struct RecordConfig {
     /// trace header is written, so a harness can start the migration without
     /// racing the recorder.
     pub ready_file: Option<PathBuf>,
+    /// Count background placements in the kernel instead of recording each
+    /// (ARCHITECTURE.md, "Placements counted in the kernel").
+    pub lean: bool,
 }
 
 impl Default for RecordConfig {
@@ -47,6 +50,7 @@ impl Default for RecordConfig {
             drain_interval: Duration::from_millis(20),
             qmp_interval: Duration::from_millis(100),
             ready_file: None,
+            lean: false,
         }
     }
 }
@@ -143,6 +147,7 @@ impl RecordConfig {
         let mut bpf = BpfConfig::new(vec![self.pid]);
         bpf.ring_bytes = BpfConfig::ring_size(self.ring_bytes)?;
         bpf.wakeup_bytes = u64::from(bpf.ring_bytes / 4);
+        bpf.lean = self.lean;
         bpf.validate()?;
         Ok(bpf)
     }

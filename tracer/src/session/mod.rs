@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use uffdscope_trace::record::{Drops, Note, ProcessInfo, Record};
+use uffdscope_trace::record::{Drops, Note, PlacementBin, ProcessInfo, Record};
 use uffdscope_trace::{TraceMeta, TraceWriter};
 
 use crate::bpf::{AttachOutcome, BpfTracer};
@@ -420,6 +420,21 @@ impl<'c> Session<'c> {
         for rec in self.drained.pending.drain(..) {
             self.out.push(&rec)?;
         }
+        // Bins a whole bin behind the clock are closed (BpfTracer::take_bins).
+        let closed = PlacementBin::index(monotonic_ns()).saturating_sub(1);
+        self.take_bins(closed)
+    }
+
+    /// Writes the kernel's placement bins with an index below `before`.
+    fn take_bins(&mut self, before: u64) -> Result<(), RecordError> {
+        if !self.cfg.lean {
+            return Ok(());
+        }
+        for (key, val) in self.tracer.take_bins(before)? {
+            if let Some(rec) = crate::convert::placement_bin(&key, &val) {
+                self.out.push(&rec)?;
+            }
+        }
         Ok(())
     }
 
@@ -488,6 +503,7 @@ impl<'c> Session<'c> {
     ) -> Result<RecordSummary, RecordError> {
         self.peers.stop();
         self.drain_peers(on_update)?;
+        self.take_bins(u64::MAX)?;
         let end = monotonic_ns();
         let counters = self.tracer.counters().ok();
         let drops = counters.as_ref().map_or(self.last_drops, |c| c.drops);

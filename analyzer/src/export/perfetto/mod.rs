@@ -15,6 +15,8 @@
 //!   network, place, wake);
 //! - uffd reads and uffd ioctls (placements) as slices on the threads that made
 //!   them, and return-path page requests as slices of their send syscall;
+//! - placements counted in bins (lean traces) as a placements-per-second
+//!   counter per placing thread and kind;
 //! - flow arrows read → request → placement → faulting thread, where known
 //!   (flows bind to enclosing slices, so a request is a slice, not an instant);
 //! - guest console lines as instants on a `guest` process, and each parsed
@@ -35,7 +37,7 @@ use crate::engine::guest::{self, LineCounts};
 use crate::engine::lifecycle::{Engine, Fault};
 use crate::engine::network_split::NetworkSplitter;
 use crate::inputs::rp::RpMessage;
-use uffdscope_trace::record::{IoctlOp, Record, Role};
+use uffdscope_trace::record::{IoctlOp, PlacementBin, Record, Role};
 use uffdscope_trace::{TraceMeta, TraceReader};
 
 /// Pseudo pid of the guest: above Linux's `PID_MAX_LIMIT` (2^22), so it can
@@ -292,6 +294,26 @@ impl<E: Encoder> Timeline<E> {
         };
         let name = format!("interval {} ms", sample.dur_ms);
         self.enc.slice(at, ts, Name::Text(&name), "guest", &args)
+    }
+
+    /// Background placements counted in a bin (lean traces), as a
+    /// placements-per-second counter per thread and kind: the bin's rate from
+    /// its start, zero from its end (the next bin's start, written later,
+    /// overrides that zero).
+    fn placement_bin(&mut self, bin: &PlacementBin) -> io::Result<()> {
+        let name = format!(
+            "{} counted/s (tid {}, {} B)",
+            ioctl_name(bin.op).unwrap_or("uffd ioctl"),
+            bin.tid,
+            bin.len
+        );
+        let start = PlacementBin::index(bin.first_exit_ts).saturating_mul(PlacementBin::BIN_NS);
+        let rate = bin.count as f64 * 1e9 / PlacementBin::BIN_NS as f64;
+        let pid = self.pid;
+        self.enc
+            .counter(pid, Name::Text(&name), start, "per_s", rate)?;
+        let end = start.saturating_add(PlacementBin::BIN_NS);
+        self.enc.counter(pid, Name::Text(&name), end, "per_s", 0.0)
     }
 
     fn send(&mut self, s: &uffdscope_trace::record::SockIo, msgs: &[RpMessage]) -> io::Result<()> {
@@ -612,6 +634,7 @@ impl<E: Encoder> Consumer for Timeline<E> {
         match rec {
             Record::UffdRead(r) => self.uffd_read(r),
             Record::UffdIoctl(io) => self.uffd_ioctl(io),
+            Record::PlacementBin(bin) => self.placement_bin(bin),
             Record::SockIo(s) => self.send(s, &derived.return_path),
             Record::GuestLine(g) => self.guest_line(g.ts, &g.text),
             Record::Qmp(q) => self.qmp(q, derived),
