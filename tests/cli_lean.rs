@@ -47,7 +47,7 @@ fn a_lean_trace_reports_like_the_full_one() {
     let (mut full, mut small) = (json_report(&real(), 0), json_report(&lean, 0));
     // What describes the file: its path, its record count, its format.
     assert_eq!(full["trace"]["format_version"], 1);
-    assert_eq!(small["trace"]["format_version"], 3);
+    assert_eq!(small["trace"]["format_version"], 4);
     assert_eq!(small["trace"]["events"], 31573);
     for key in ["path", "events", "format_version"] {
         full["trace"][key] = serde_json::Value::Null;

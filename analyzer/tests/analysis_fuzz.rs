@@ -274,6 +274,7 @@ fn record() -> impl Strategy<Value = Record> {
                 dport: 4444,
                 srtt_us,
                 cwnd: 10,
+                seq: None,
             })
         }),
         1 => (ts(), any::<u64>()).prop_map(|(ts, sk)| Record::TcpRetransmit(TcpRetransmit {

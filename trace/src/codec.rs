@@ -9,9 +9,9 @@
 
 use crate::record::{
     Direction, Drops, FaultEntry, FaultSource, GuestLine, IoctlOp, KvmAsync, KvmAsyncOp, NewUffd,
-    Note, PerfSample, PlacementBin, PlacerHow, PlacerRun, ProcessInfo, Qmp, Record, Role, Sleep,
-    SleepFlags, SleepKernel, SockIo, SockLen, SocketInfo, TcpProbe, TcpRetransmit, ThreadInfo,
-    UffdIoctl, UffdMsg, UffdRange, UffdRead,
+    Note, PageRun, PagesSent, PerfSample, PlacementBin, PlacerHow, PlacerRun, ProcessInfo, Qmp,
+    Record, Role, Sleep, SleepFlags, SleepKernel, SockIo, SockLen, SocketInfo, TcpProbe,
+    TcpRetransmit, TcpSeq, ThreadInfo, UffdIoctl, UffdMsg, UffdRange, UffdRead,
 };
 
 /// Why a record could not be decoded.
@@ -57,6 +57,10 @@ mod tag {
     pub const KVM_ASYNC: u8 = 19;
     /// Format 3.
     pub const PLACEMENT_BIN: u8 = 20;
+    /// Format 4.
+    pub const PAGES_SENT: u8 = 21;
+    /// Format 4: a `TCP_PROBE` followed by the send sequence state.
+    pub const TCP_PROBE_SEQ: u8 = 22;
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -217,13 +221,22 @@ impl Encoder {
                 Self::uv(out, u64::from(r.remote_port));
             }
             Record::TcpProbe(r) => {
-                out.push(tag::TCP_PROBE);
+                out.push(if r.seq.is_some() {
+                    tag::TCP_PROBE_SEQ
+                } else {
+                    tag::TCP_PROBE
+                });
                 self.ts(out, r.ts);
                 Self::uv(out, r.sk);
                 Self::uv(out, u64::from(r.sport));
                 Self::uv(out, u64::from(r.dport));
                 Self::uv(out, u64::from(r.srtt_us));
                 Self::uv(out, u64::from(r.cwnd));
+                if let Some(q) = r.seq {
+                    Self::uv(out, u64::from(q.snd_nxt));
+                    Self::uv(out, u64::from(q.snd_una));
+                    Self::uv(out, u64::from(q.snd_wnd));
+                }
             }
             Record::TcpRetransmit(r) => {
                 out.push(tag::TCP_RETRANSMIT);
@@ -274,6 +287,7 @@ impl Encoder {
                 self.addr(out, r.ioctl_start);
                 Self::uv(out, u64::from(r.woken));
             }
+            Record::PagesSent(r) => self.encode_pages_sent(r, out),
             Record::KvmAsync(r) => {
                 out.push(tag::KVM_ASYNC);
                 self.ts(out, r.ts);
@@ -282,6 +296,28 @@ impl Encoder {
                 Self::uv(out, r.token);
                 Self::uv(out, r.gva);
                 Self::uv(out, r.gfn);
+            }
+        }
+    }
+
+    fn encode_pages_sent(&mut self, r: &PagesSent, out: &mut Vec<u8>) {
+        out.push(tag::PAGES_SENT);
+        self.ts(out, r.exit_ts);
+        Self::uv(out, u64::from(r.tid));
+        Self::rel(out, r.exit_ts, r.enter_ts);
+        Self::iv(out, i64::from(r.fd));
+        Self::iv(out, r.ret);
+        out.push(u8::from(r.truncated));
+        let runs = &r.runs[..r.runs.len().min(PagesSent::MAX_RUNS)];
+        Self::uv(out, runs.len() as u64);
+        for run in runs {
+            Self::uv(out, run.at);
+            self.addr(out, run.addr);
+            Self::uv(out, u64::from(run.page_len));
+            Self::uv(out, u64::from(run.pages));
+            out.push(u8::from(run.header.is_some()));
+            if let Some(h) = run.header {
+                out.extend_from_slice(&h.to_le_bytes());
             }
         }
     }
@@ -482,6 +518,28 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    fn flag(&mut self, what: &'static str) -> Result<bool, CodecError> {
+        let at = self.pos;
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(CodecError::BadValue {
+                what,
+                value: u64::from(v),
+                at,
+            }),
+        }
+    }
+
+    fn u64_le(&mut self) -> Result<u64, CodecError> {
+        let end = self.pos.checked_add(8).filter(|&e| e <= self.buf.len());
+        let end = end.ok_or(CodecError::Truncated(self.pos))?;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.buf[self.pos..end]);
+        self.pos = end;
+        Ok(u64::from_le_bytes(b))
+    }
+
     fn op(&mut self) -> Result<IoctlOp, CodecError> {
         self.narrow::<u32>("ioctl command").map(IoctlOp::from_cmd)
     }
@@ -631,14 +689,8 @@ impl<'a> Decoder<'a> {
                 local_port: self.narrow("port")?,
                 remote_port: self.narrow("port")?,
             }),
-            tag::TCP_PROBE => Record::TcpProbe(TcpProbe {
-                ts: self.ts()?,
-                sk: self.uv()?,
-                sport: self.narrow("port")?,
-                dport: self.narrow("port")?,
-                srtt_us: self.narrow("srtt")?,
-                cwnd: self.narrow("cwnd")?,
-            }),
+            tag::TCP_PROBE | tag::TCP_PROBE_SEQ => self.tcp_probe(t == tag::TCP_PROBE_SEQ)?,
+            tag::PAGES_SENT => self.pages_sent()?,
             tag::TCP_RETRANSMIT => Record::TcpRetransmit(TcpRetransmit {
                 ts: self.ts()?,
                 sk: self.uv()?,
@@ -790,6 +842,72 @@ impl<'a> Decoder<'a> {
             token: self.uv()?,
             gva: self.uv()?,
             gfn: self.uv()?,
+        }))
+    }
+
+    fn tcp_probe(&mut self, with_seq: bool) -> Result<Record, CodecError> {
+        let mut probe = TcpProbe {
+            ts: self.ts()?,
+            sk: self.uv()?,
+            sport: self.narrow("port")?,
+            dport: self.narrow("port")?,
+            srtt_us: self.narrow("srtt")?,
+            cwnd: self.narrow("cwnd")?,
+            seq: None,
+        };
+        if with_seq {
+            probe.seq = Some(TcpSeq {
+                snd_nxt: self.narrow("snd_nxt")?,
+                snd_una: self.narrow("snd_una")?,
+                snd_wnd: self.narrow("snd_wnd")?,
+            });
+        }
+        Ok(Record::TcpProbe(probe))
+    }
+
+    fn pages_sent(&mut self) -> Result<Record, CodecError> {
+        let exit_ts = self.ts()?;
+        let tid = self.narrow("tid")?;
+        let enter_ts = self.rel(exit_ts)?;
+        let fd = self.fd()?;
+        let ret = self.iv()?;
+        let truncated = self.flag("pages_sent truncated")?;
+        let n_at = self.pos;
+        let n = self.uv()?;
+        if n > PagesSent::MAX_RUNS as u64 {
+            return Err(CodecError::BadValue {
+                what: "page run count",
+                value: n,
+                at: n_at,
+            });
+        }
+        let mut runs = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let at = self.uv()?;
+            let addr = self.addr()?;
+            let page_len = self.narrow("page length")?;
+            let pages = self.narrow("page count")?;
+            let header = if self.flag("page header present")? {
+                Some(self.u64_le()?)
+            } else {
+                None
+            };
+            runs.push(PageRun {
+                at,
+                addr,
+                page_len,
+                pages,
+                header,
+            });
+        }
+        Ok(Record::PagesSent(PagesSent {
+            tid,
+            enter_ts,
+            exit_ts,
+            fd,
+            ret,
+            runs,
+            truncated,
         }))
     }
 

@@ -28,9 +28,11 @@ pub const FRAME_MAGIC: &[u8; 4] = b"UFRM";
 /// sleep's resume time, the placing thread's moment after a waking placement
 /// ([`crate::record::PlacerRun`]), KVM async page-fault steps
 /// ([`crate::record::KvmAsync`]) and background placements counted in bins
-/// ([`crate::record::PlacementBin`]). This build reads versions
-/// [`OLDEST_VERSION`]..=`VERSION`.
-pub const VERSION: u16 = 3;
+/// ([`crate::record::PlacementBin`]); version 4 the source side's page sends
+/// ([`crate::record::PagesSent`]), TCP send sequence state
+/// ([`crate::record::TcpSeq`]) and the `side` and `detail` metadata. This
+/// build reads versions [`OLDEST_VERSION`]..=`VERSION`.
+pub const VERSION: u16 = 4;
 /// The oldest format version this build reads.
 pub const OLDEST_VERSION: u16 = 1;
 /// Largest metadata block accepted.
@@ -63,6 +65,13 @@ pub struct TraceMeta {
     /// Tracepoints attached and other capabilities, as found on the host.
     #[serde(default)]
     pub features: Vec<String>,
+    /// Which end of the migration was recorded (format 4); `None` in older
+    /// traces, which are all destination recordings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<crate::record::Side>,
+    /// The recording's `--detail` level (format 4); `None` in older traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<crate::record::Detail>,
     /// Anything else the recorder wants to keep.
     #[serde(default)]
     pub extra: serde_json::Map<String, serde_json::Value>,

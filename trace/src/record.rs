@@ -488,6 +488,96 @@ pub struct TcpProbe {
     /// Smoothed RTT in microseconds (the kernel's `srtt_us >> 3`).
     pub srtt_us: u32,
     pub cwnd: u32,
+    /// The socket's send sequence state at the sample (format 4); `None` in
+    /// older traces.
+    pub seq: Option<TcpSeq>,
+}
+
+/// A socket's send sequence state from `tcp:tcp_probe` (format 4): with the
+/// congestion window it tells a send queue that is full from one that is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSeq {
+    /// Next sequence number to send.
+    pub snd_nxt: u32,
+    /// Oldest unacknowledged sequence number.
+    pub snd_una: u32,
+    /// The peer's advertised receive window, bytes.
+    pub snd_wnd: u32,
+}
+
+impl TcpSeq {
+    /// Bytes sent and not yet acknowledged.
+    pub fn in_flight(&self) -> u32 {
+        self.snd_nxt.wrapping_sub(self.snd_una)
+    }
+}
+
+/// One send of guest pages by the migration *source* (format 4): the
+/// `iovec`s of a `sendmsg`/`writev` on one of the target's sockets that
+/// point at whole pages, as runs of contiguous entries. QEMU's stream puts
+/// each page's header at the end of the buffer segment just before the
+/// page's own `iovec`, so each run also keeps the 8 bytes before its first
+/// page. See ARCHITECTURE.md, "Both ends of the migration".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PagesSent {
+    pub tid: u32,
+    pub enter_ts: u64,
+    pub exit_ts: u64,
+    pub fd: i32,
+    /// Bytes the syscall sent, or `-errno`.
+    pub ret: i64,
+    /// The page runs, in `iovec` order (at most [`PagesSent::MAX_RUNS`]).
+    pub runs: Vec<PageRun>,
+    /// The send had more `iovec`s or runs than the kernel walked: pages
+    /// after the last run may be missing.
+    pub truncated: bool,
+}
+
+impl PagesSent {
+    /// Most runs one record carries (a decoder bound, too).
+    pub const MAX_RUNS: usize = 64;
+}
+
+/// Contiguous page-sized `iovec`s inside one [`PagesSent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRun {
+    /// Byte offset of the run's first page within the send's payload.
+    pub at: u64,
+    /// Host address of the first page in the sender's memory.
+    pub addr: u64,
+    /// Length of each page entry, bytes.
+    pub page_len: u32,
+    /// Entries in the run (each `page_len` long, addresses contiguous).
+    pub pages: u32,
+    /// The 8 bytes just before the run's first page in the stream, read as
+    /// a big-endian integer (QEMU's page header when the page continues the
+    /// current RAMBlock); `None` when they were not read.
+    pub header: Option<u64>,
+}
+
+/// Which end of a migration a trace was recorded on (format 4 metadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// The destination: vCPUs fault on missing pages, the fault thread
+    /// requests them, placing threads install them.
+    Destination,
+    /// The source: the return path receives page requests and the migration
+    /// thread sends pages.
+    Source,
+}
+
+/// How much a recording attached (format 4 metadata; `record --detail`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detail {
+    /// The fewest tracepoints that still give service latency, blocked time,
+    /// resolution and blocktime.
+    Minimal,
+    /// What every report section needs.
+    Standard,
+    /// Every tracepoint uffdscope knows.
+    Full,
 }
 
 /// A `tcp:tcp_retransmit_skb`.
@@ -617,6 +707,7 @@ pub enum Record {
     Note(Note),
     PlacerRun(PlacerRun),
     KvmAsync(KvmAsync),
+    PagesSent(PagesSent),
 }
 
 impl Record {
@@ -643,6 +734,7 @@ impl Record {
             Record::Note(r) => r.ts,
             Record::PlacerRun(r) => r.ts,
             Record::KvmAsync(r) => r.ts,
+            Record::PagesSent(r) => r.exit_ts,
         }
     }
 }

@@ -260,16 +260,22 @@ fn arb_record() -> impl Strategy<Value = Record> {
             any::<u16>(),
             any::<u16>(),
             any::<u32>(),
-            any::<u32>()
+            any::<u32>(),
+            proptest::option::of((any::<u32>(), any::<u32>(), any::<u32>()))
         )
             .prop_map(
-                |(ts, sk, sport, dport, srtt_us, cwnd)| Record::TcpProbe(TcpProbe {
+                |(ts, sk, sport, dport, srtt_us, cwnd, seq)| Record::TcpProbe(TcpProbe {
                     ts,
                     sk,
                     sport,
                     dport,
                     srtt_us,
-                    cwnd
+                    cwnd,
+                    seq: seq.map(|(snd_nxt, snd_una, snd_wnd)| TcpSeq {
+                        snd_nxt,
+                        snd_una,
+                        snd_wnd
+                    }),
                 })
             ),
         (any::<u64>(), any::<u64>(), any::<u16>(), any::<u16>()).prop_map(
@@ -330,7 +336,45 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 gva,
                 gfn,
             })),
+        arb_pages_sent(),
     ]
+}
+
+fn arb_pages_sent() -> impl Strategy<Value = Record> {
+    let run = (
+        any::<u64>(),
+        any::<u64>(),
+        any::<u32>(),
+        any::<u32>(),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(at, addr, page_len, pages, header)| PageRun {
+            at,
+            addr,
+            page_len,
+            pages,
+            header,
+        });
+    (
+        any::<u64>(),
+        any::<u32>(),
+        any::<u64>(),
+        any::<i32>(),
+        any::<i64>(),
+        proptest::collection::vec(run, 0..=PagesSent::MAX_RUNS),
+        any::<bool>(),
+    )
+        .prop_map(|(exit_ts, tid, enter_ts, fd, ret, runs, truncated)| {
+            Record::PagesSent(PagesSent {
+                tid,
+                enter_ts,
+                exit_ts,
+                fd,
+                ret,
+                runs,
+                truncated,
+            })
+        })
 }
 
 proptest! {

@@ -6,7 +6,7 @@ use uffdscope_ebpf::RawEvent;
 use uffdscope_trace::record::{
     Direction, FaultEntry, FaultSource, IoctlOp, KvmAsync, KvmAsyncOp, NewUffd, Note, PlacementBin,
     PlacerHow, PlacerRun, Record, Role, Sleep, SleepFlags, SleepKernel, SockIo, SockLen, TcpProbe,
-    TcpRetransmit, ThreadInfo, UffdIoctl, UffdMsg, UffdRead,
+    TcpRetransmit, TcpSeq, ThreadInfo, UffdIoctl, UffdMsg, UffdRead,
 };
 
 /// A raw event that cannot be turned into a record.
@@ -191,6 +191,11 @@ impl TryFrom<&RawEvent> for Records {
                 dport: e.dport,
                 srtt_us: e.srtt_us,
                 cwnd: e.snd_cwnd,
+                seq: Some(TcpSeq {
+                    snd_nxt: e.snd_nxt,
+                    snd_una: e.snd_una,
+                    snd_wnd: e.snd_wnd,
+                }),
             }),
             RawEvent::TcpRetrans(e) => Record::TcpRetransmit(TcpRetransmit {
                 ts: e.hdr.ts,

@@ -369,6 +369,7 @@ mod tests {
             dport: 2,
             srtt_us,
             cwnd: 10,
+            seq: None,
         })
     }
 

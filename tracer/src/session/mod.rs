@@ -591,6 +591,8 @@ fn trace_meta(
         target_cmdline: proc_info.cmdline.clone(),
         qemu_version: peers.qemu_version.clone(),
         features: attached.to_vec(),
+        side: Some(uffdscope_trace::record::Side::Destination),
+        detail: None,
         extra,
     }
 }
