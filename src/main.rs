@@ -130,9 +130,17 @@ struct RecordArgs {
     /// that must not start the migration before the recorder is attached.
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
-    /// Count background placements in the kernel (per thread, 10 ms bins)
-    /// instead of recording each: a smaller trace, the same report.
-    #[arg(long)]
+    /// What to attach and record. `standard` (the default) gives every
+    /// report section and counts background placements in the kernel (per
+    /// thread, 10 ms bins); `full` also records every placement one by one;
+    /// `minimal` attaches no system-call or socket tracepoint at all (no
+    /// host-wide syscall slow path) and gives service latency, blocked time,
+    /// the placing ioctl and blocktime, but no stages before the placement,
+    /// no requests and no network.
+    #[arg(long, value_enum, default_value = "standard", value_name = "LEVEL")]
+    detail: DetailArg,
+    /// Same as `--detail standard` (the default since format 4).
+    #[arg(long, hide = true, conflicts_with = "detail")]
     lean: bool,
     /// Serve live Prometheus metrics at http://ADDR/metrics while recording
     /// (e.g. 127.0.0.1:9464; loopback only unless --metrics-allow-remote).
@@ -149,6 +157,31 @@ struct RecordArgs {
 fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
     s.parse()
         .map_err(|_| format!("expected IP:PORT, e.g. 127.0.0.1:9464 (or [::1]:9464), not {s:?}"))
+}
+
+/// `record --detail`.
+#[cfg(target_os = "linux")]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum DetailArg {
+    /// No system-call or socket tracepoints: service latency, blocked time,
+    /// the placing ioctl, blocktime.
+    Minimal,
+    /// Every report section; background placements counted in the kernel.
+    Standard,
+    /// Everything, every placement recorded.
+    Full,
+}
+
+#[cfg(target_os = "linux")]
+impl From<DetailArg> for uffdscope_trace::record::Detail {
+    fn from(d: DetailArg) -> Self {
+        use uffdscope_trace::record::Detail;
+        match d {
+            DetailArg::Minimal => Detail::Minimal,
+            DetailArg::Standard => Detail::Standard,
+            DetailArg::Full => Detail::Full,
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Default)]
@@ -776,7 +809,7 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         guest_console: args.guest_console.clone(),
         ring_bytes: u64::from(args.ring_mb) << 20,
         ready_file: args.ready_file.clone(),
-        lean: args.lean,
+        detail: args.detail.into(),
         ..session::RecordConfig::default()
     };
     install_stop_handlers()?;

@@ -90,17 +90,19 @@ fn recorded_faults_match_the_ground_truth() {
     if !tier::root_bpf("recorded_faults_match_the_ground_truth") {
         return;
     }
-    ground_truth(&[]);
+    let (report, _) = ground_truth(&["--detail", "full"]);
+    assert_every_stage(&report);
 }
 
-/// The same with background placements counted in the kernel: every fault
-/// is still recorded exactly, and every placement is counted.
+/// At the default level background placements are counted in the kernel:
+/// every fault is still recorded exactly, and every placement is counted.
 #[test]
 fn lean_recorded_faults_match_the_ground_truth() {
     if !tier::root_bpf("lean_recorded_faults_match_the_ground_truth") {
         return;
     }
-    let (report, recorded) = ground_truth(&["--lean"]);
+    let (report, recorded) = ground_truth(&["--detail", "standard"]);
+    assert_every_stage(&report);
     let placed: u64 = report.faults.placements.values().sum();
     let pages = (64u64 << 20) / 4096;
     assert!(placed >= pages, "{placed} placements for {pages} pages");
@@ -200,14 +202,6 @@ fn ground_truth(extra: &[&str]) -> (Report, u64) {
     let report = analyze_file(&trace, &Options::default()).expect("analyze");
     assert_eq!(report.trace.drops, 0);
     assert_eq!(report.trace.end.as_deref(), Some("target exited"));
-    assert_eq!(
-        report.faults.stage_sum_consistent, report.faults.with_service,
-        "queue + request + network + place must equal service latency"
-    );
-    let roles: Vec<&str> = report.threads.iter().map(|t| t.role.as_str()).collect();
-    for role in ["vcpu", "fault", "listen"] {
-        assert!(roles.contains(&role), "role {role} not detected: {roles:?}");
-    }
     let mut recorded = 0;
     let damage = TraceReader::open(&trace)
         .expect("trace opens")
@@ -216,6 +210,35 @@ fn ground_truth(extra: &[&str]) -> (Report, u64) {
         });
     assert!(damage.is_none(), "{damage:?}");
     (report, recorded)
+}
+
+/// What a level that attaches the system-call tracepoints must give: every
+/// stage, adding up, and the threads' roles.
+fn assert_every_stage(report: &Report) {
+    assert_eq!(
+        report.faults.stage_sum_consistent, report.faults.with_service,
+        "queue + request + network + place must equal service latency"
+    );
+    let roles: Vec<&str> = report.threads.iter().map(|t| t.role.as_str()).collect();
+    for role in ["vcpu", "fault", "listen"] {
+        assert!(roles.contains(&role), "role {role} not detected: {roles:?}");
+    }
+}
+
+/// `--detail minimal` attaches no system-call tracepoint, reads the placing
+/// ioctl from the waker's registers, and still records every fault exactly.
+#[test]
+fn minimal_recorded_faults_match_the_ground_truth() {
+    if !tier::root_bpf("minimal_recorded_faults_match_the_ground_truth") {
+        return;
+    }
+    let (report, recorded) = ground_truth(&["--detail", "minimal"]);
+    assert_eq!(recorded, 0, "minimal records no placing ioctl");
+    eprintln!(
+        "minimal: {} faults, {} records",
+        report.faults.count, report.trace.events
+    );
+    assert!(report.faults.with_service > 0);
 }
 
 #[test]

@@ -42,6 +42,10 @@ const volatile __u32 ufs_n_targets = 0;
 const volatile __u64 ufs_wakeup_bytes = 1 << 20;
 /* Minimum gap between two tcp_probe records of one socket (0 = every probe). */
 const volatile __u64 ufs_tcp_probe_interval_ns = 0;
+/* record --detail minimal: no syscalls:* programs are attached, and
+ * sched_waking reads the placing ioctl from the waker's own registers (see
+ * ioctl_from_regs). */
+const volatile __u32 ufs_minimal = 0;
 
 /* ---- maps ---- */
 
@@ -126,7 +130,6 @@ struct ioctl_pending {
 	__u32 n_wakeups;
 	__u32 result_off; /* offset of the out field in the arg struct, 0 = none */
 	__u32 pad;
-	__u64 stack_block; /* the kernel-stack block the ioctl entered on (ufs_sys_enter_ioctl_stack) */
 };
 
 struct read_pending {
@@ -174,7 +177,7 @@ struct task_state {
 	struct placer_pending pl;
 	__u32 known; /* the thread has a sleep entry and its bit in ufs_tids */
 	__u32 lean_record_next; /* record this thread's next uffd ioctl (lean rule 4) */
-	__u64 sp_scratch; /* see stack_block */
+	__u64 sp_scratch; /* see on_task_stack */
 };
 
 struct {
@@ -389,30 +392,70 @@ static __always_inline void take_fault(struct sleep_entry *e, struct task_state 
 	}
 }
 
-/* Which stack a program runs on, as the 16 KiB block of an address in it.
+/* x86-64 struct pt_regs (the user registers saved at syscall entry, at the
+ * top of the task's kernel stack); its layout is the ptrace ABI. */
+struct ufs_pt_regs {
+	__u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
+	__u64 ax, cx, dx, si, di, orig_ax;
+	__u64 ip, cs, flags, sp, ss;
+};
+
+#define UFS_NR_IOCTL 16 /* __NR_ioctl on x86-64 */
+
+/* Whether the program runs on the current task's own kernel stack, i.e. in
+ * the task's context and not in an interrupt that arrived while it ran.
  * Kernel stacks are THREAD_SIZE-aligned (16 KiB on x86-64, 32 KiB with KASAN)
- * and a system call's frames stay in the top few KiB of its task's stack,
- * while an interrupt runs on the CPU's own IRQ stack: a sched_waking on a
- * block other than the one its ioctl entered on comes from an interrupt that
- * arrived while the ioctl ran, not from the ioctl. A stack address becomes a
- * plain number by a round trip through map memory (loading as root allows
- * the store).
+ * and a system call's frames stay in the top few KiB of the stack, next to
+ * the saved user registers (bpf_task_pt_regs), while an interrupt runs on the
+ * CPU's own IRQ stack: a sched_waking whose frame is not in the 16 KiB block
+ * of the registers comes from an interrupt. Addresses become plain numbers by
+ * a round trip through map memory (loading as root allows the store).
  * The JIT runs a tracing program whose own stack reaches 64 bytes on a
  * private per-CPU stack instead (kernel 6.13 on), where this tells nothing:
- * both programs that call this keep their stacks smaller (the verifier log's
- * "stack depth"), which tracer/tests/bpf_load.rs would catch if lost. */
+ * sched_waking keeps its stack smaller (the verifier log's "stack depth"),
+ * which tracer/tests/bpf_load.rs would catch if lost. */
 #define UFS_STACK_BLOCK_SHIFT 14
 
-static __always_inline __u64 stack_block(struct task_state *ts)
+static __always_inline int on_task_stack(struct task_state *ts, const struct ufs_pt_regs *regs)
 {
 	volatile __u8 here = 0;
 
 	ts->sp_scratch = (__u64)&here;
-	return *(volatile __u64 *)&ts->sp_scratch >> UFS_STACK_BLOCK_SHIFT;
+	__u64 frame = *(volatile __u64 *)&ts->sp_scratch >> UFS_STACK_BLOCK_SHIFT;
+
+	ts->sp_scratch = (__u64)regs;
+	return frame == *(volatile __u64 *)&ts->sp_scratch >> UFS_STACK_BLOCK_SHIFT;
+}
+
+/* record --detail minimal: no sys_enter_ioctl program noted the placing
+ * ioctl, so the waker's saved user registers tell it (system call number,
+ * command, fd, argument), and the range is read from the argument, the
+ * struct's start and len (uffdio_copy and uffdio_move keep src between
+ * them). Only the wake's join needs it. */
+static __always_inline int ioctl_from_regs(struct ioctl_pending *io, const struct ufs_pt_regs *regs)
+{
+	if (regs->orig_ax != UFS_NR_IOCTL)
+		return 0;
+	__u32 cmd = (__u32)regs->si;
+
+	if (((cmd >> 8) & 0xff) != UFS_UFFD_IOCTL_TYPE || cmd == UFS_USERFAULTFD_IOC_NEW)
+		return 0;
+	const __u8 *uarg = (const __u8 *)regs->dx;
+	__u64 len_off = cmd == UFS_UFFDIO_COPY || cmd == UFS_UFFDIO_MOVE ? 16 : 8;
+
+	io->cmd = cmd;
+	io->fd = (__u32)regs->di;
+	if (bpf_probe_read_user(&io->start, 8, uarg) ||
+	    bpf_probe_read_user(&io->len, 8, uarg + len_off)) {
+		/* Unreadable: the range check will take the wake on trust. */
+		io->start = 0;
+		io->len = 0;
+	}
+	return 1;
 }
 
 /* Whether a wake from a uffd ioctl on [start, start + len) is the wake of the
- * fault f (the wake itself came from the ioctl, see stack_block): a fault
+ * fault f (the wake itself came from the ioctl, see on_task_stack): a fault
  * pending at a host address must lie in that range; otherwise the ioctl woke
  * the thread for something else (an mmap_lock or page-lock waiter). A KVM
  * entry holds a guest-physical address, which the range cannot be compared
@@ -787,13 +830,21 @@ int ufs_sched_waking(struct tp_sched_waking *ctx)
 
 	if (!is_target(id >> 32))
 		return 0;
-	struct task_state *ts = task_state(0);
+	struct task_state *ts = task_state(ufs_minimal);
 
-	if (!ts || !ts->io.enter_ts || ts->io.cmd == UFS_USERFAULTFD_IOC_NEW)
+	if (!ts)
 		return 0;
 	struct ioctl_pending *io = &ts->io;
+	const struct ufs_pt_regs *regs =
+		(const struct ufs_pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 
-	if (stack_block(ts) != io->stack_block) {
+	if (ufs_minimal) {
+		if (!ioctl_from_regs(io, regs))
+			return 0;
+	} else if (!io->enter_ts || io->cmd == UFS_USERFAULTFD_IOC_NEW) {
+		return 0;
+	}
+	if (!on_task_stack(ts, regs)) {
 		/* An interrupt's wake (a timer ending a futex or poll sleep), not
 		 * the ioctl's. */
 		stat_inc(UFS_STAT_WAKE_IN_INTERRUPT);
@@ -1101,22 +1152,6 @@ static __always_inline int lean_count(struct task_state *ts, __u32 tid, __u32 tg
 }
 
 /* ---- ioctl on uffd fds ---- */
-
-/* The stack block a uffd ioctl runs on (see stack_block). A program of its
- * own, because ufs_sys_enter_ioctl's stack is too large to run on the task's
- * stack. */
-SEC("tracepoint/syscalls/sys_enter_ioctl")
-int ufs_sys_enter_ioctl_stack(struct tp_sys_enter *ctx)
-{
-	if (((ctx->args[1] >> 8) & 0xff) != UFS_UFFD_IOCTL_TYPE ||
-	    !is_target(bpf_get_current_pid_tgid() >> 32))
-		return 0;
-	struct task_state *ts = task_state(1);
-
-	if (ts)
-		ts->io.stack_block = stack_block(ts);
-	return 0;
-}
 
 SEC("tracepoint/syscalls/sys_enter_ioctl")
 int ufs_sys_enter_ioctl(struct tp_sys_enter *ctx)

@@ -63,6 +63,9 @@ pub mod names {
     pub const TCP_PROBE_INTERVAL_GLOBAL: &str = "ufs_tcp_probe_interval_ns";
     /// `const volatile __u32 ufs_lean`: count background placements in bins.
     pub const LEAN_GLOBAL: &str = "ufs_lean";
+    /// `const volatile __u32 ufs_minimal`: `record --detail minimal`, the
+    /// placing ioctl read from the waker's registers at `sched_waking`.
+    pub const MINIMAL_GLOBAL: &str = "ufs_minimal";
     /// Background placements counted in the kernel, key
     /// [`crate::abi::BinKey`], value [`crate::abi::BinVal`].
     pub const BINS_MAP: &str = "ufs_bins";

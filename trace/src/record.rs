@@ -567,8 +567,11 @@ pub enum Side {
     Source,
 }
 
-/// How much a recording attached (format 4 metadata; `record --detail`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+/// How much a recording attached (format 4 metadata; `record --detail`),
+/// ordered from the least to the most.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Detail {
     /// The fewest tracepoints that still give service latency, blocked time,
@@ -576,8 +579,26 @@ pub enum Detail {
     Minimal,
     /// What every report section needs.
     Standard,
-    /// Every tracepoint uffdscope knows.
+    /// Every tracepoint uffdscope knows, and every placement recorded one
+    /// by one.
     Full,
+}
+
+impl Detail {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Detail::Minimal => "minimal",
+            Detail::Standard => "standard",
+            Detail::Full => "full",
+        }
+    }
+
+    /// Whether background placements are counted in kernel bins instead of
+    /// recorded one by one (ARCHITECTURE.md, "Placements counted in the
+    /// kernel"). `Minimal` records no placement at all.
+    pub fn counts_placements(self) -> bool {
+        self == Detail::Standard
+    }
 }
 
 /// A `tcp:tcp_retransmit_skb`.

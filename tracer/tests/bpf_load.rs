@@ -24,6 +24,7 @@ use uffdscope_ebpf::abi::{
 };
 use uffdscope_ebpf::RawEvent;
 use uffdscope_fixtures::tier;
+use uffdscope_trace::record::Detail;
 use uffdscope_tracer::bpf::{
     probe_tracepoints, AttachOutcome, BpfConfig, BpfError, BpfTracer, FormatCheck, Need, RingDrain,
     TRACEPOINTS,
@@ -646,12 +647,35 @@ fn interrupt_wakes_are_not_faults() {
     if std::env::var_os(CHILD_ENV).is_some() || !tier::root_bpf("interrupt_wakes_are_not_faults") {
         return;
     }
+    interrupt_wakes_at(Detail::Full);
+}
+
+/// The same at `--detail minimal`, where no program sees the ioctl's entry
+/// and `sched_waking` reads the ioctl from the waker's saved registers.
+#[test]
+fn interrupt_wakes_are_not_faults_at_minimal() {
+    if std::env::var_os(CHILD_ENV).is_some()
+        || !tier::root_bpf("interrupt_wakes_are_not_faults_at_minimal")
+    {
+        return;
+    }
+    interrupt_wakes_at(Detail::Minimal);
+}
+
+fn interrupt_wakes_at(detail: Detail) {
     let Traced {
         tracer,
         mut ring,
         result,
         ..
-    } = trace_child("child_interrupt_wakes", BpfConfig::new, |_| {});
+    } = trace_child(
+        "child_interrupt_wakes",
+        |pids| BpfConfig {
+            detail,
+            ..BpfConfig::new(pids)
+        },
+        |_| {},
+    );
     let events = drain(&mut ring);
     let counters = tracer.counters().expect("counters");
     println!("{result:?} counters: {counters:?}");
@@ -1145,7 +1169,7 @@ fn lean_counts_background_placements() {
     } = trace_child(
         "child_lean",
         |pids| BpfConfig {
-            lean: true,
+            detail: Detail::Standard,
             ..BpfConfig::new(pids)
         },
         |_| {},

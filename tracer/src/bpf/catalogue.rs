@@ -15,6 +15,7 @@ pub enum Need {
 
 use uffdscope_ebpf::generated::tracepoint as tp;
 pub use uffdscope_ebpf::layout::FormatField;
+use uffdscope_trace::record::Detail;
 
 /// Where the fields a program reads sit in its tracepoint's record: the
 /// context layouts come from `ebpf/bpf/tracepoints.h`, through
@@ -51,6 +52,19 @@ pub struct Tracepoint {
 }
 
 impl Tracepoint {
+    /// The least `record --detail` level that attaches this tracepoint.
+    /// `minimal` keeps the fault lifecycle's moments that need no system call
+    /// tracepoint (faults, scheduler, rseq, threads): any `syscalls:*`
+    /// tracepoint puts every system call of every process on the host on the
+    /// tracing slow path, and the sockets' tracepoints serve only the network
+    /// stage, which needs the request sends anyway.
+    pub fn detail(&self) -> Detail {
+        match self.category {
+            "syscalls" | "sock" | "tcp" => Detail::Standard,
+            _ => Detail::Minimal,
+        }
+    }
+
     /// The fields the program reads, where the layout puts them; a name the
     /// layout lacks is a catalogue bug (a unit test keeps it out).
     pub fn fields(&self) -> Vec<FormatField> {
@@ -216,15 +230,6 @@ pub static TRACEPOINTS: &[Tracepoint] = &[
         "uffd and socket fds going away",
         Layout::SysEnter,
         &["fd"]
-    ),
-    tp!(
-        "ufs_sys_enter_ioctl_stack",
-        "syscalls",
-        "sys_enter_ioctl",
-        Required,
-        "the kernel stack a uffd ioctl runs on (tells its wakes from an interrupt's)",
-        Layout::SysEnter,
-        &["fd", "cmd"]
     ),
     tp!(
         "ufs_sys_enter_ioctl",

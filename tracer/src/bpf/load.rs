@@ -15,6 +15,7 @@ use aya::{Ebpf, EbpfLoader};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use uffdscope_ebpf::abi::{self, BinKey, BinVal, Kind, MAX_TARGETS};
 use uffdscope_ebpf::{decode_bin, names, OBJECT};
+use uffdscope_trace::record::Detail;
 
 const BIN_KEY: usize = std::mem::size_of::<BinKey>();
 const BIN_VAL: usize = std::mem::size_of::<BinVal>();
@@ -39,10 +40,11 @@ pub struct BpfConfig {
     pub wakeup_bytes: u64,
     /// Minimum gap between two `tcp_probe` records of one socket.
     pub tcp_probe_interval: Duration,
-    /// Count background placements in bins instead of recording each
-    /// (ARCHITECTURE.md, "Placements counted in the kernel"); the bins are
-    /// then taken with [`BpfTracer::take_bins`].
-    pub lean: bool,
+    /// Which tracepoints are attached ([`Tracepoint::detail`]) and whether
+    /// background placements are counted in bins instead of recorded each
+    /// ([`Detail::counts_placements`]; the bins are then taken with
+    /// [`BpfTracer::take_bins`]).
+    pub detail: Detail,
 }
 
 /// Default ring size: 16 MiB.
@@ -61,7 +63,7 @@ impl BpfConfig {
             ring_bytes: DEFAULT_RING_BYTES,
             wakeup_bytes: u64::from(DEFAULT_RING_BYTES / 4),
             tcp_probe_interval: Duration::from_millis(1),
-            lean: false,
+            detail: Detail::Full,
         }
     }
 
@@ -178,7 +180,8 @@ impl BpfTracer {
         targets[..cfg.targets.len()].copy_from_slice(&cfg.targets);
         let n_targets = cfg.targets.len() as u32;
         let probe_ns = u64::try_from(cfg.tcp_probe_interval.as_nanos()).unwrap_or(u64::MAX);
-        let lean = u32::from(cfg.lean);
+        let lean = u32::from(cfg.detail.counts_placements());
+        let minimal = u32::from(cfg.detail == Detail::Minimal);
 
         let mut ebpf = EbpfLoader::new()
             // aya 0.14 has no type for task storage (ufs_task) but creates
@@ -189,12 +192,13 @@ impl BpfTracer {
             .override_global(names::WAKEUP_BYTES_GLOBAL, &cfg.wakeup_bytes, true)
             .override_global(names::TCP_PROBE_INTERVAL_GLOBAL, &probe_ns, true)
             .override_global(names::LEAN_GLOBAL, &lean, true)
+            .override_global(names::MINIMAL_GLOBAL, &minimal, true)
             .map_max_entries(names::EVENTS_MAP, cfg.ring_bytes)
             .load(OBJECT)
             .map_err(|e| BpfError::Object(Box::new(e)))?;
 
         let mut status = Vec::with_capacity(TRACEPOINTS.len());
-        for tp in TRACEPOINTS {
+        for tp in TRACEPOINTS.iter().filter(|tp| tp.detail() <= cfg.detail) {
             let outcome = attach_one(&mut ebpf, &tracefs, tp)?;
             status.push(AttachStatus {
                 tracepoint: tp,

@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use uffdscope_trace::record::ProcessInfo;
+use uffdscope_trace::record::{Detail, ProcessInfo};
 
 use crate::bpf::{BpfConfig, BpfError};
 use crate::discover::{self, DiscoverError};
@@ -33,9 +33,8 @@ pub struct RecordConfig {
     /// trace header is written, so a harness can start the migration without
     /// racing the recorder.
     pub ready_file: Option<PathBuf>,
-    /// Count background placements in the kernel instead of recording each
-    /// (ARCHITECTURE.md, "Placements counted in the kernel").
-    pub lean: bool,
+    /// How much to attach and record (`record --detail`).
+    pub detail: Detail,
 }
 
 impl Default for RecordConfig {
@@ -50,7 +49,7 @@ impl Default for RecordConfig {
             drain_interval: Duration::from_millis(20),
             qmp_interval: Duration::from_millis(100),
             ready_file: None,
-            lean: false,
+            detail: Detail::Standard,
         }
     }
 }
@@ -147,7 +146,7 @@ impl RecordConfig {
         let mut bpf = BpfConfig::new(vec![self.pid]);
         bpf.ring_bytes = BpfConfig::ring_size(self.ring_bytes)?;
         bpf.wakeup_bytes = u64::from(bpf.ring_bytes / 4);
-        bpf.lean = self.lean;
+        bpf.detail = self.detail;
         bpf.validate()?;
         Ok(bpf)
     }

@@ -427,7 +427,7 @@ impl<'c> Session<'c> {
 
     /// Writes the kernel's placement bins with an index below `before`.
     fn take_bins(&mut self, before: u64) -> Result<(), RecordError> {
-        if !self.cfg.lean {
+        if !self.cfg.detail.counts_placements() {
             return Ok(());
         }
         for (key, val) in self.tracer.take_bins(before)? {
@@ -592,7 +592,7 @@ fn trace_meta(
         qemu_version: peers.qemu_version.clone(),
         features: attached.to_vec(),
         side: Some(uffdscope_trace::record::Side::Destination),
-        detail: None,
+        detail: Some(cfg.detail),
         extra,
     }
 }
