@@ -819,7 +819,14 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     }
     let metrics = args
         .metrics
-        .map(|addr| LiveEndpoint::start(addr, args.metrics_allow_remote, &preflight.target))
+        .map(|addr| {
+            LiveEndpoint::start(
+                addr,
+                args.metrics_allow_remote,
+                &preflight.target,
+                cfg.detail,
+            )
+        })
         .transpose()?;
     let live = !args.quiet && std::io::stderr().is_terminal();
     eprintln!(
@@ -867,6 +874,7 @@ impl LiveEndpoint {
         addr: std::net::SocketAddr,
         allow_remote: bool,
         target: &uffdscope_trace::record::ProcessInfo,
+        detail: uffdscope_trace::record::Detail,
     ) -> anyhow::Result<Self> {
         use std::sync::{Arc, Mutex};
         use uffdscope_analyzer::live::{LiveMetrics, Target};
@@ -874,6 +882,7 @@ impl LiveEndpoint {
         let model = Arc::new(Mutex::new(LiveMetrics::new(&Target {
             pid: target.pid,
             name: discover::qemu_name(&target.cmdline),
+            detail: Some(detail),
         })));
         let pid = target.pid;
         let served = Arc::clone(&model);

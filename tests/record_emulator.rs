@@ -103,7 +103,13 @@ fn lean_recorded_faults_match_the_ground_truth() {
     }
     let (report, recorded) = ground_truth(&["--detail", "standard"]);
     assert_every_stage(&report);
-    let placed: u64 = report.faults.placements.values().sum();
+    let placed: u64 = report
+        .faults
+        .placements
+        .as_ref()
+        .expect("placements recorded")
+        .values()
+        .sum();
     let pages = (64u64 << 20) / 4096;
     assert!(placed >= pages, "{placed} placements for {pages} pages");
     eprintln!(
@@ -216,7 +222,8 @@ fn ground_truth(extra: &[&str]) -> (Report, u64) {
 /// stage, adding up, and the threads' roles.
 fn assert_every_stage(report: &Report) {
     assert_eq!(
-        report.faults.stage_sum_consistent, report.faults.with_service,
+        report.faults.stage_sum_consistent,
+        Some(report.faults.with_service),
         "queue + request + network + place must equal service latency"
     );
     let roles: Vec<&str> = report.threads.iter().map(|t| t.role.as_str()).collect();
@@ -238,7 +245,14 @@ fn minimal_recorded_faults_match_the_ground_truth() {
         "minimal: {} faults, {} records",
         report.faults.count, report.trace.events
     );
+    // What minimal cannot know is null, never 0.
     assert!(report.faults.with_service > 0);
+    assert_eq!(report.faults.stage_sum_consistent, None);
+    assert_eq!(report.faults.page_requests, None);
+    assert!(report.blocktime_ms.qemu_view.is_none());
+    assert_eq!(report.faults.by_resolution["requested"], None);
+    assert!(report.faults.by_resolution["placed"].is_some_and(|n| n > 0));
+    assert!(report.trace.not_recorded.contains(&"network"));
 }
 
 #[test]

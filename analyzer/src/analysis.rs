@@ -484,6 +484,12 @@ struct Run<'a> {
     version: u16,
 }
 
+impl Run<'_> {
+    fn syscalls_recorded(&self) -> bool {
+        self.meta.records_syscalls()
+    }
+}
+
 /// How much a thread's perf counter grew over the recording.
 fn perf_delta(pass: &Pass, tid: u32, counter: &str) -> Option<u64> {
     pass.perf
@@ -546,6 +552,17 @@ fn qemu_remark(qmp: &Qmp, view: &QemuView) -> Option<String> {
     })
 }
 
+/// What a recording without the system-call and socket tracepoints
+/// (`record --detail minimal`) cannot give, as `trace.not_recorded` names it.
+pub const NOT_RECORDED_WITHOUT_SYSCALLS: &[&str] = &[
+    "uffd_reads",
+    "page_requests",
+    "placements",
+    "service_stages",
+    "qemu_blocktime_replay",
+    "network",
+];
+
 fn ms(ns: u64) -> f64 {
     (ns as f64 / 1e3).round() / 1e3
 }
@@ -554,14 +571,17 @@ fn build_report(run: &Run<'_>, path: &str, opts: &Options) -> Report {
     let t0 = run.summary.origin.ns(run.meta.start_ns);
     let vcpu_tids = vcpu_order(run.engine);
     let blocktime = blocktime_section(run, &vcpu_tids);
-    let qemu = qemu_section(run, &blocktime.qemu_view, t0);
+    let qemu = qemu_section(run, blocktime.qemu_view.as_ref(), t0);
     let mut warnings = warnings(run);
     let guest = guest_section(run, &vcpu_tids, t0, opts, &mut warnings);
     let network = NetworkSection {
-        channels: run
-            .pass
-            .network
-            .report(|tid| run.engine.threads.get(&tid).map(ThreadFacts::role)),
+        channels: if run.syscalls_recorded() {
+            run.pass
+                .network
+                .report(|tid| run.engine.threads.get(&tid).map(ThreadFacts::role))
+        } else {
+            Vec::new()
+        },
     };
     let mut report = Report {
         schema: SCHEMA,
@@ -571,7 +591,9 @@ fn build_report(run: &Run<'_>, path: &str, opts: &Options) -> Report {
         context: context_section(run, &network, blocktime.vcpus),
         qemu_latency: QemuLatencySection {
             reported: run.pass.qmp.latency.clone(),
-            replay: run.pass.qemu_latency.figures(&vcpu_tids),
+            replay: run
+                .syscalls_recorded()
+                .then(|| run.pass.qemu_latency.figures(&vcpu_tids)),
             service_dist: run.pass.service_log2.clone(),
         },
         blocktime_ms: blocktime,
@@ -738,6 +760,12 @@ fn trace_section(run: &Run<'_>, path: &str) -> TraceSection {
         host: meta.host.clone(),
         tool: meta.tool.clone(),
         format_version: run.version,
+        detail: meta.detail,
+        not_recorded: if run.syscalls_recorded() {
+            Vec::new()
+        } else {
+            NOT_RECORDED_WITHOUT_SYSCALLS.to_vec()
+        },
         damage: run.summary.damage.as_ref().map(ToString::to_string),
         end: pass.end.clone(),
         complete: run.summary.complete,
@@ -766,19 +794,30 @@ fn stage_shares(s: &FaultStats) -> BTreeMap<String, Option<f64>> {
         .collect()
 }
 
+/// Faults by resolution. Without recorded requests a copy cannot be told
+/// requested from background: those two are `null` and `placed` counts the
+/// copies; with them `placed` (always 0) is left out.
+fn by_resolution(run: &Run<'_>) -> BTreeMap<String, Option<u64>> {
+    let syscalls = run.syscalls_recorded();
+    Resolution::ALL
+        .iter()
+        .filter(|&&r| !syscalls || r != Resolution::Placed)
+        .map(|&r| {
+            let n = run.pass.stats.by_resolution.get(&r).copied().unwrap_or(0);
+            let known = syscalls || !matches!(r, Resolution::Requested | Resolution::Background);
+            (r.as_str().to_owned(), known.then_some(n))
+        })
+        .collect()
+}
+
 fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
     let (s, engine) = (&run.pass.stats, run.engine);
     let (split, bytes) = network_split_section(run.pass);
     let kernel_flags_known = run.version >= 2 && run.pass.sleeps_without_kernel == 0;
+    let recorded = |n: u64| run.syscalls_recorded().then_some(n);
     FaultSection {
         count: s.count,
-        by_resolution: Resolution::ALL
-            .iter()
-            .map(|r| {
-                let n = s.by_resolution.get(r).copied().unwrap_or(0);
-                (r.as_str().to_owned(), n)
-            })
-            .collect(),
+        by_resolution: by_resolution(run),
         service_us: s.service.percentiles(),
         blocked_us: s.blocked.percentiles(),
         service_curve_us: s.service.curve(&CURVE_QUANTILES),
@@ -789,13 +828,13 @@ fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
             .collect(),
         stage_share: stage_shares(s),
         with_service: s.with_service,
-        stage_sum_consistent: s.stage_sum_consistent,
-        qemu_counted: run.pass.qemu_bt.counted,
-        messages_read: engine.messages_read,
-        uffd_reads: engine.uffd_reads,
-        failed_reads: engine.eagain_reads,
-        page_requests: engine.requests_sent,
-        placements: engine.placements_by_op(),
+        stage_sum_consistent: recorded(s.stage_sum_consistent),
+        qemu_counted: recorded(run.pass.qemu_bt.counted),
+        messages_read: recorded(engine.messages_read),
+        uffd_reads: recorded(engine.uffd_reads),
+        failed_reads: recorded(engine.eagain_reads),
+        page_requests: recorded(engine.requests_sent),
+        placements: run.syscalls_recorded().then(|| engine.placements_by_op()),
         slowest: s.slowest.iter().map(|f| SlowFault::new(f, t0)).collect(),
         // Each sleep is one fault; format 1 did not keep the kernel's flags.
         bounded: Bounded {
@@ -844,8 +883,8 @@ fn thread_rows(run: &Run<'_>) -> Vec<ThreadRow> {
                 blocked_ms: ms(ts.map_or(0, |t| t.blocked_ns)),
                 service_p50_us: p.p50,
                 service_p99_us: p.p99,
-                uffd_reads: facts.uffd_reads,
-                placements: facts.placements,
+                uffd_reads: run.syscalls_recorded().then_some(facts.uffd_reads),
+                placements: run.syscalls_recorded().then_some(facts.placements),
                 cpu_ms: perf_delta(run.pass, tid, "task_clock_ns").map(ms),
                 context_switches: perf_delta(run.pass, tid, "context_switches"),
                 page_faults: perf_delta(run.pass, tid, "page_faults"),
@@ -867,7 +906,7 @@ fn blocktime_section(run: &Run<'_>, vcpu_tids: &[u32]) -> Blocktime {
             .map(|(tid, ns)| (tid.to_string(), ms(*ns)))
             .collect(),
         vcpus: vcpu_tids.len(),
-        qemu_view: QemuView {
+        qemu_view: run.syscalls_recorded().then(|| QemuView {
             vcpu_sum: ms(pass.qemu_bt.per_vcpu_ns.values().sum()),
             all_vcpus_overlap: any.then(|| ms(pass.qemu_bt.total_ns)),
             per_vcpu: vcpu_tids
@@ -881,11 +920,11 @@ fn blocktime_section(run: &Run<'_>, vcpu_tids: &[u32]) -> Blocktime {
             all_vcpus_overlap_close_at_exit: any.then(|| ms(pass.qemu_bt_exit.total_ns)),
             closed_at_placer_run: (run.version >= 3 && pass.format3_recorder)
                 .then_some(pass.qemu_bt.closed_at_placer_run),
-        },
+        }),
     }
 }
 
-fn qemu_section(run: &Run<'_>, view: &QemuView, t0: u64) -> Option<QemuSection> {
+fn qemu_section(run: &Run<'_>, view: Option<&QemuView>, t0: u64) -> Option<QemuSection> {
     let qmp = &run.pass.qmp;
     let ratio = |ours: f64, theirs: f64| (ours / theirs * 1000.0).round() / 1000.0;
     qmp.seen.then(|| QemuSection {
@@ -903,14 +942,16 @@ fn qemu_section(run: &Run<'_>, view: &QemuView, t0: u64) -> Option<QemuSection> 
         agreement: qmp
             .blocktime_ms
             .filter(|b| *b > 0.0)
-            .map(|b| ratio(view.all_vcpus_overlap.unwrap_or(0.0), b)),
+            .zip(view)
+            .map(|(b, view)| ratio(view.all_vcpus_overlap.unwrap_or(0.0), b)),
         vcpu_agreement: qmp
             .vcpu_blocktime_ms
             .as_ref()
             .map(|v| v.iter().sum::<f64>())
             .filter(|sum| *sum > 0.0)
-            .map(|sum| ratio(view.vcpu_sum, sum)),
-        remark: qemu_remark(qmp, view),
+            .zip(view)
+            .map(|(sum, view)| ratio(view.vcpu_sum, sum)),
+        remark: view.and_then(|view| qemu_remark(qmp, view)),
     })
 }
 

@@ -148,7 +148,7 @@ impl Driver {
     /// A pass over the trace described by `meta`, bounded by `limits`.
     pub(crate) fn new(meta: &TraceMeta, limits: Limits) -> Self {
         Self {
-            engine: Engine::new(),
+            engine: Engine::for_trace(meta),
             return_path: ReturnPath::default(),
             boundary: Boundary::new(meta),
             resolved: Vec::new(),

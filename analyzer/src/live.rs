@@ -31,6 +31,9 @@ pub struct Target {
     pub pid: u32,
     /// QEMU's `-name`, when it has one.
     pub name: Option<String>,
+    /// The recording's `--detail` level: without the system-call
+    /// tracepoints there are no request or placement counters to serve.
+    pub detail: Option<uffdscope_trace::record::Detail>,
 }
 
 /// What the recorder measures itself, as its status line shows it.
@@ -151,6 +154,8 @@ impl Consumer for Counts {
 pub struct LiveMetrics {
     pass: Driver,
     counts: Counts,
+    /// Page requests and placements are recorded (not `--detail minimal`).
+    syscalls_recorded: bool,
     /// `pid="..",name=".."`, escaped once.
     target_labels: String,
 }
@@ -164,7 +169,16 @@ impl LiveMetrics {
         Self {
             // The recording's start is its first record's time (the
             // boundary anchors there when the metadata has none).
-            pass: Driver::new(&TraceMeta::default(), Limits::NONE),
+            pass: Driver::new(
+                &TraceMeta {
+                    detail: target.detail,
+                    ..TraceMeta::default()
+                },
+                Limits::NONE,
+            ),
+            syscalls_recorded: target
+                .detail
+                .is_none_or(uffdscope_trace::record::Detail::records_syscalls),
             counts: Counts::default(),
             target_labels,
         }
@@ -221,19 +235,8 @@ impl LiveMetrics {
         for (labels, n) in by_labels {
             out.sample("uffdscope_faults_total", &labels, n);
         }
-        out.head(
-            "uffdscope_requests_total",
-            "counter",
-            "Page requests sent to the source on the return path.",
-        );
-        out.sample("uffdscope_requests_total", "", engine.requests_sent);
-        out.head(
-            "uffdscope_placements_total",
-            "counter",
-            "Placing userfaultfd ioctls, by operation.",
-        );
-        for (op, n) in engine.placements_by_op() {
-            out.sample("uffdscope_placements_total", &format!("op=\"{op}\""), n);
+        if self.syscalls_recorded {
+            render_uffd_counters(out, engine);
         }
         if let Some(r) = c.recorder {
             out.head(
@@ -294,6 +297,25 @@ impl LiveMetrics {
                 out.sample("uffdscope_recorder_cpu_ratio", "", cpu);
             }
         }
+    }
+}
+
+/// Page requests and placing ioctls (recorded at `--detail standard` and
+/// `full`).
+fn render_uffd_counters(out: &mut Exposition<'_>, engine: &Engine) {
+    out.head(
+        "uffdscope_requests_total",
+        "counter",
+        "Page requests sent to the source on the return path.",
+    );
+    out.sample("uffdscope_requests_total", "", engine.requests_sent);
+    out.head(
+        "uffdscope_placements_total",
+        "counter",
+        "Placing userfaultfd ioctls, by operation.",
+    );
+    for (op, n) in engine.placements_by_op() {
+        out.sample("uffdscope_placements_total", &format!("op=\"{op}\""), n);
     }
 }
 
@@ -473,11 +495,29 @@ mod tests {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A `--detail minimal` recording has no requests or placements to
+    /// count: their series are left out, not served as 0.
+    #[test]
+    fn minimal_serves_no_request_or_placement_counters() {
+        let target = Target {
+            pid: 1,
+            name: None,
+            detail: Some(uffdscope_trace::record::Detail::Minimal),
+        };
+        let (live, _) = fed(&Scenario::default(), &target);
+        let text = live.render(None);
+        assert!(text.contains("uffdscope_faults_total{"), "{text}");
+        assert!(!text.contains("uffdscope_requests_total"), "{text}");
+        assert!(!text.contains("uffdscope_placements_total"), "{text}");
+        assert!(!text.contains("resolution=\"background\""), "{text}");
+    }
+
     #[test]
     fn exposition_is_well_formed_and_histograms_cumulative() {
         let target = Target {
             pid: 4242,
             name: Some("dst".into()),
+            detail: None,
         };
         let (mut live, _) = fed(&Scenario::default(), &target);
         live.set_recorder(RecorderFigures {
@@ -564,7 +604,14 @@ mod tests {
     #[test]
     fn figures_match_the_report_of_the_same_records() {
         let scenario = Scenario::default();
-        let (mut live, records) = fed(&scenario, &Target { pid: 1, name: None });
+        let (mut live, records) = fed(
+            &scenario,
+            &Target {
+                pid: 1,
+                name: None,
+                detail: None,
+            },
+        );
         live.set_recorder(RecorderFigures {
             drops: 3,
             cpu_ratio: Some(0.25),
@@ -585,10 +632,15 @@ mod tests {
             report.faults.with_service
         );
         assert_eq!(
-            value("uffdscope_requests_total{") as u64,
+            Some(value("uffdscope_requests_total{") as u64),
             report.faults.page_requests
         );
-        let placements: u64 = report.faults.placements.values().sum();
+        let placements: u64 = report
+            .faults
+            .placements
+            .iter()
+            .flat_map(|p| p.values())
+            .sum();
         assert_eq!(value("uffdscope_placements_total{") as u64, placements);
         assert_eq!(
             value("uffdscope_events_total{") as u64,
@@ -603,7 +655,7 @@ mod tests {
                 .filter(|l| l.starts_with("uffdscope_faults_total{") && l.contains(&prefix))
                 .map(|l| parse_sample(l).2)
                 .sum();
-            assert_eq!(live_n as u64, *n, "{resolution}");
+            assert_eq!(live_n as u64, n.unwrap_or(0), "{resolution}");
         }
         // The synthetic vCPUs are named `CPU n/TCG`: their faults carry the index.
         assert!(text.contains("role=\"vcpu\",vcpu=\"1\""), "{text}");
@@ -628,6 +680,7 @@ mod tests {
         let live = LiveMetrics::new(&Target {
             pid: 7,
             name: Some(evil.into()),
+            detail: None,
         });
         let text = live.render(None);
         for line in text.lines().filter(|l| !l.starts_with('#')) {

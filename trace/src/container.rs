@@ -77,6 +77,16 @@ pub struct TraceMeta {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+impl TraceMeta {
+    /// Whether the recording attached the system-call and socket tracepoints
+    /// ([`crate::record::Detail::records_syscalls`]); traces from before
+    /// `--detail` always did.
+    pub fn records_syscalls(&self) -> bool {
+        self.detail
+            .is_none_or(crate::record::Detail::records_syscalls)
+    }
+}
+
 /// Why a trace could not be read (any further).
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {

@@ -599,6 +599,13 @@ impl Detail {
     pub fn counts_placements(self) -> bool {
         self == Detail::Standard
     }
+
+    /// Whether the level attaches the system-call and socket tracepoints:
+    /// uffd reads, page requests, placing ioctls, uffd fds and the network.
+    /// `Minimal` does not; its sleeps still name the ioctl that woke them.
+    pub fn records_syscalls(self) -> bool {
+        self != Detail::Minimal
+    }
 }
 
 /// A `tcp:tcp_retransmit_skb`.

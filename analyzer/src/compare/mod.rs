@@ -329,12 +329,17 @@ fn blocktime(out: &mut Vec<Figure>, reports: &[&Report]) {
         (
             "blocktime_ms.qemu_view.vcpu_sum",
             "vCPU blocked, sum (QEMU replayed)",
-            |r| Some(r.blocktime_ms.qemu_view.vcpu_sum),
+            |r| r.blocktime_ms.qemu_view.as_ref().map(|q| q.vcpu_sum),
         ),
         (
             "blocktime_ms.qemu_view.all_vcpus_overlap",
             "all vCPUs blocked (QEMU replayed)",
-            |r| r.blocktime_ms.qemu_view.all_vcpus_overlap,
+            |r| {
+                r.blocktime_ms
+                    .qemu_view
+                    .as_ref()
+                    .and_then(|q| q.all_vcpus_overlap)
+            },
         ),
         (
             "qemu.vcpu_blocktime_ms.sum",

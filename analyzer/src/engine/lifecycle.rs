@@ -37,16 +37,20 @@ pub enum Resolution {
     Continue,
     /// Woken from some other uffd ioctl.
     Unknown,
+    /// Placed with UFFDIO_COPY where requests were not recorded
+    /// (`record --detail minimal`): requested or background cannot be told.
+    Placed,
 }
 
 impl Resolution {
-    pub const ALL: [Resolution; 6] = [
+    pub const ALL: [Resolution; 7] = [
         Resolution::Requested,
         Resolution::Background,
         Resolution::ZeroPage,
         Resolution::WakeOnly,
         Resolution::Continue,
         Resolution::Unknown,
+        Resolution::Placed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +61,7 @@ impl Resolution {
             Resolution::WakeOnly => "wake_only",
             Resolution::Continue => "continue",
             Resolution::Unknown => "unknown",
+            Resolution::Placed => "placed",
         }
     }
 }
@@ -427,6 +432,9 @@ struct PendingRequest {
 /// Streaming join of records into [`Fault`]s.
 #[derive(Debug)]
 pub struct Engine {
+    /// The trace recorded page requests (not `record --detail minimal`):
+    /// a copy with none was the background stream's.
+    requests_recorded: bool,
     reads: AddrIndex<ReadMsg>,
     /// Page requests by host address; the value is the sending thread.
     requests: AddrIndex<u32>,
@@ -472,6 +480,7 @@ impl Default for Engine {
 impl Engine {
     pub fn new() -> Self {
         Self {
+            requests_recorded: true,
             reads: AddrIndex::new(),
             requests: AddrIndex::new(),
             placements: AddrIndex::new(),
@@ -494,6 +503,15 @@ impl Engine {
             requests_sent: 0,
             placements_by_op: [0; 4],
             late_reads: 0,
+        }
+    }
+
+    /// An engine for a trace that did not record page requests (or did):
+    /// copies are then resolved [`Resolution::Placed`].
+    pub fn for_trace(meta: &uffdscope_trace::TraceMeta) -> Self {
+        Self {
+            requests_recorded: meta.records_syscalls(),
+            ..Self::new()
         }
     }
 
@@ -827,6 +845,7 @@ impl Engine {
             IoctlOp::Wake => Resolution::WakeOnly,
             IoctlOp::Continue => Resolution::Continue,
             IoctlOp::Copy if requested => Resolution::Requested,
+            IoctlOp::Copy if !self.requests_recorded => Resolution::Placed,
             IoctlOp::Copy => Resolution::Background,
             _ => Resolution::Unknown,
         };

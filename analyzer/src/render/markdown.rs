@@ -90,6 +90,10 @@ fn header(o: &mut String, r: &Report, view: &View<'_>) {
     );
     let _ = writeln!(o);
     let _ = writeln!(o, "Setup: {}", escape(&view.context));
+    if let Some(note) = view::not_recorded(r) {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "Detail: {}", escape(&note));
+    }
     let _ = writeln!(o);
     findings(o, view);
 }
@@ -111,10 +115,8 @@ fn findings(o: &mut String, view: &View<'_>) {
 
 fn faults(o: &mut String, r: &Report, view: &View<'_>) {
     let f = &r.faults;
-    let res: Vec<String> = f
-        .by_resolution
+    let res: Vec<String> = view::resolutions(f)
         .iter()
-        .filter(|(_, n)| **n > 0)
         .map(|(k, n)| format!("{} {n}", escape(k)))
         .collect();
     let _ = writeln!(
@@ -126,9 +128,9 @@ fn faults(o: &mut String, r: &Report, view: &View<'_>) {
         } else {
             res.join(", ")
         },
-        f.messages_read,
-        f.page_requests,
-        f.placements.values().sum::<u64>()
+        view::count(f.messages_read),
+        view::count(f.page_requests),
+        view::count(f.placements.as_ref().map(|p| p.values().sum::<u64>()))
     );
     let _ = writeln!(o);
     let _ = writeln!(o, "| stage (µs) | p50 | p90 | p99 | max | count | share |");
@@ -195,8 +197,8 @@ fn threads(o: &mut String, view: &View<'_>) {
             th.blocked_ms,
             num(th.service_p50_us),
             num(th.service_p99_us),
-            th.uffd_reads,
-            th.placements
+            view::count(th.uffd_reads),
+            view::count(th.placements)
         );
     }
     if threads.len() > MAX_THREADS {
@@ -219,14 +221,16 @@ fn blocktime(o: &mut String, r: &Report) {
         bt.vcpu_sum,
         num(bt.all_vcpus_overlap)
     );
-    let _ = writeln!(
-        o,
-        "| QEMU's accounting, replayed (read → placed; counts {} faults, cannot see {}) | {:.1} | {} |",
-        bt.qemu_view.faults,
-        bt.qemu_view.unseen_faults,
-        bt.qemu_view.vcpu_sum,
-        num(bt.qemu_view.all_vcpus_overlap)
-    );
+    if let Some(q) = &bt.qemu_view {
+        let _ = writeln!(
+            o,
+            "| QEMU's accounting, replayed (read → placed; counts {} faults, cannot see {}) | {:.1} | {} |",
+            q.faults,
+            q.unseen_faults,
+            q.vcpu_sum,
+            num(q.all_vcpus_overlap)
+        );
+    }
     if let Some(q) = &r.qemu {
         let _ = writeln!(
             o,

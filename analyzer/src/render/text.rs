@@ -6,7 +6,7 @@
 use std::fmt::Write;
 
 use crate::engine::lifecycle::Stage;
-use crate::report::view::{pct, with_unit, View};
+use crate::report::view::{count, not_recorded, pct, resolutions, uffd_activity, with_unit, View};
 use crate::report::Report;
 
 /// Makes text from a trace safe for a terminal: C0 and C1 control characters
@@ -78,6 +78,9 @@ fn header(o: &mut String, r: &Report, view: &View<'_>) {
             .map_or(String::new(), |e| format!(", ended: {}", escape(e)))
     );
     let _ = writeln!(o, "setup    {}", escape(&view.context));
+    if let Some(note) = not_recorded(r) {
+        let _ = writeln!(o, "detail   {note}");
+    }
     let _ = writeln!(o);
     let _ = writeln!(o, "{}", escape(&view.headline));
     let _ = writeln!(o);
@@ -116,27 +119,12 @@ fn stage_line(o: &mut String, name: &str, p: [Option<f64>; 4], count: u64, share
 fn faults(o: &mut String, r: &Report, view: &View<'_>) {
     let f = &r.faults;
     heading(o, "Faults");
-    let res: Vec<String> = f
-        .by_resolution
+    let res: Vec<String> = resolutions(f)
         .iter()
-        .filter(|(_, n)| **n > 0)
         .map(|(k, n)| format!("{k} {n}"))
         .collect();
     let _ = writeln!(o, "count {}  ({})", f.count, res.join(", "));
-    let placements: Vec<String> = f
-        .placements
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    let _ = writeln!(
-        o,
-        "messages read {} in {} reads ({} failed/EAGAIN), page requests {}, placements {}",
-        f.messages_read,
-        f.uffd_reads,
-        f.failed_reads,
-        f.page_requests,
-        placements.join(", ")
-    );
+    let _ = writeln!(o, "{}", uffd_activity(r));
     let _ = writeln!(o);
     let _ = writeln!(
         o,
@@ -158,11 +146,13 @@ fn faults(o: &mut String, r: &Report, view: &View<'_>) {
     for (name, p) in [("service", &f.service_us), ("blocked", &f.blocked_us)] {
         stage_line(o, name, [p.p50, p.p90, p.p99, p.max], p.count, None);
     }
-    let _ = writeln!(
-        o,
-        "stages add up to the service latency for {} of {} faults with a known entry",
-        f.stage_sum_consistent, f.with_service
-    );
+    if let Some(consistent) = f.stage_sum_consistent {
+        let _ = writeln!(
+            o,
+            "stages add up to the service latency for {consistent} of {} faults with a known entry",
+            f.with_service
+        );
+    }
     if !view.network_split.is_empty() {
         let _ = writeln!(
             o,
@@ -202,8 +192,8 @@ fn threads(o: &mut String, view: &View<'_>) {
             th.blocked_ms,
             opt(th.service_p50_us),
             opt(th.service_p99_us),
-            th.uffd_reads,
-            th.placements,
+            count(th.uffd_reads),
+            count(th.placements),
             opt(th.cpu_ms)
         );
     }
@@ -220,18 +210,27 @@ fn blocktime(o: &mut String, r: &Report, view: &View<'_>) {
         bt.vcpu_sum,
         with_unit(bt.all_vcpus_overlap, " ms")
     );
-    let q = &bt.qemu_view;
-    let _ = writeln!(
-        o,
-        "QEMU's accounting replayed (message read → placed; counts {} vCPU faults, cannot see {}, of them {} read then dropped): sum {:.1} ms, per vCPU {:?} ms, all blocked {}; closing at the ioctl exit instead: sum {:.1} ms",
-        q.faults,
-        q.unseen_faults,
-        q.overwritten,
-        q.vcpu_sum,
-        q.per_vcpu,
-        with_unit(q.all_vcpus_overlap, " ms"),
-        q.vcpu_sum_close_at_exit
-    );
+    match &bt.qemu_view {
+        Some(q) => {
+            let _ = writeln!(
+                o,
+                "QEMU's accounting replayed (message read → placed; counts {} vCPU faults, cannot see {}, of them {} read then dropped): sum {:.1} ms, per vCPU {:?} ms, all blocked {}; closing at the ioctl exit instead: sum {:.1} ms",
+                q.faults,
+                q.unseen_faults,
+                q.overwritten,
+                q.vcpu_sum,
+                q.per_vcpu,
+                with_unit(q.all_vcpus_overlap, " ms"),
+                q.vcpu_sum_close_at_exit
+            );
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "QEMU's accounting replayed: n/a (uffd reads not recorded)"
+            );
+        }
+    }
     if let Some(q) = &r.qemu {
         let ratio =
             |a: Option<f64>| a.map_or_else(String::new, |a| format!(" (replay/QEMU = {a:.2})"));

@@ -384,10 +384,11 @@ pub const QEMU_BLIND_SHARE: f64 = 0.2;
 /// `qemu_blind_share`: what QEMU's own blocktime cannot see.
 fn qemu_blind_share(r: &Report) -> Option<Finding> {
     let b = &r.blocktime_ms;
+    let q = b.qemu_view.as_ref()?;
     if b.vcpu_sum <= 0.0 {
         return None;
     }
-    let blind = 1.0 - b.qemu_view.vcpu_sum / b.vcpu_sum;
+    let blind = 1.0 - q.vcpu_sum / b.vcpu_sum;
     (blind >= QEMU_BLIND_SHARE).then(|| {
         Finding::new(
             "qemu_blind_share",
@@ -395,13 +396,13 @@ fn qemu_blind_share(r: &Report) -> Option<Finding> {
             format!(
                 "QEMU's own blocktime accounting cannot see {}% of vCPU blocked time: {} vCPU faults it never read or lost, and the time from placement to the vCPU running again.",
                 pct(blind),
-                b.qemu_view.unseen_faults
+                q.unseen_faults
             ),
             json!({
                 "blind_share": round(blind, 3),
                 "vcpu_blocked_ms": round(b.vcpu_sum, 1),
-                "qemu_view_ms": round(b.qemu_view.vcpu_sum, 1),
-                "unseen_faults": b.qemu_view.unseen_faults,
+                "qemu_view_ms": round(q.vcpu_sum, 1),
+                "unseen_faults": q.unseen_faults,
             }),
         )
     })
@@ -420,7 +421,7 @@ fn qemu_counter_drift(r: &Report) -> Option<Finding> {
     let expected = if per_vcpu.len() == 1 {
         per_vcpu[0]
     } else {
-        r.blocktime_ms.qemu_view.all_vcpus_overlap?
+        r.blocktime_ms.qemu_view.as_ref()?.all_vcpus_overlap?
     };
     if expected <= 0.0 || total >= expected * DRIFT_RATIO {
         return None;

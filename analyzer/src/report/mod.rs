@@ -77,7 +77,8 @@ pub struct BytesPercentiles {
 pub struct QemuLatencySection {
     /// From `query-migrate`; `None` when QEMU did not report them (before 10.1).
     pub reported: Option<crate::inputs::qmp::QemuLatency>,
-    pub replay: crate::engine::qemu_latency::LatencyFigures,
+    /// `null` when page requests were not recorded.
+    pub replay: Option<crate::engine::qemu_latency::LatencyFigures>,
     /// uffdscope's service latency of every fault, in QEMU's 24 log2 µs buckets.
     pub service_dist: crate::engine::qemu_latency::Log2Buckets,
 }
@@ -133,6 +134,12 @@ pub struct TraceSection {
     pub host: String,
     pub tool: String,
     pub format_version: u16,
+    /// The recording's `--detail` level; `null` before format 4.
+    pub detail: Option<uffdscope_trace::record::Detail>,
+    /// What the level did not record, so the figures built on it are `null`
+    /// (e.g. `uffd_reads`, `page_requests`, `placements`, `network` at
+    /// `minimal`); empty when everything was recorded.
+    pub not_recorded: Vec<&'static str>,
     /// Why reading stopped early, when the file is damaged.
     pub damage: Option<String>,
     /// How the recording ended, as the recorder noted it.
@@ -171,7 +178,9 @@ impl From<Percentiles> for StagePercentiles {
 #[derive(Debug, Clone, Serialize)]
 pub struct FaultSection {
     pub count: u64,
-    pub by_resolution: BTreeMap<String, u64>,
+    /// Faults by resolution; `requested` and `background` are `null` and
+    /// `placed` counts the copies where requests were not recorded.
+    pub by_resolution: BTreeMap<String, Option<u64>>,
     pub service_us: Percentiles,
     pub blocked_us: Percentiles,
     /// Service latency at [`crate::engine::stats::CURVE_QUANTILES`] (percentile plots).
@@ -182,13 +191,15 @@ pub struct FaultSection {
     /// Share of total stage time per stage (queue..place), of faults with all known.
     pub stage_share: BTreeMap<String, Option<f64>>,
     pub with_service: u64,
-    pub stage_sum_consistent: u64,
-    pub qemu_counted: u64,
-    pub messages_read: u64,
-    pub uffd_reads: u64,
-    pub failed_reads: u64,
-    pub page_requests: u64,
-    pub placements: BTreeMap<String, u64>,
+    /// Faults whose four service stages add up; `null` when the stages
+    /// before the placement were not recorded.
+    pub stage_sum_consistent: Option<u64>,
+    pub qemu_counted: Option<u64>,
+    pub messages_read: Option<u64>,
+    pub uffd_reads: Option<u64>,
+    pub failed_reads: Option<u64>,
+    pub page_requests: Option<u64>,
+    pub placements: Option<BTreeMap<String, u64>>,
     pub slowest: Vec<SlowFault>,
     /// Faults whose figures are upper bounds, by what is bounded.
     pub bounded: Bounded,
@@ -280,8 +291,8 @@ pub struct ThreadRow {
     pub blocked_ms: f64,
     pub service_p50_us: Option<f64>,
     pub service_p99_us: Option<f64>,
-    pub uffd_reads: u64,
-    pub placements: u64,
+    pub uffd_reads: Option<u64>,
+    pub placements: Option<u64>,
     /// CPU time over the recording (software task-clock counter), when sampled.
     pub cpu_ms: Option<f64>,
     /// Context switches over the recording, when sampled.
@@ -298,8 +309,9 @@ pub struct Blocktime {
     pub vcpus: usize,
     /// QEMU's own accounting replayed over the trace ([`crate::engine::blocktime`]):
     /// from the fault thread's read of a vCPU's message to the placement,
-    /// with QEMU's one-slot-per-vCPU rules.
-    pub qemu_view: QemuView,
+    /// with QEMU's one-slot-per-vCPU rules. `null` when uffd reads were not
+    /// recorded.
+    pub qemu_view: Option<QemuView>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -10,7 +10,7 @@ use crate::analysis::vcpu_index;
 use crate::engine::guest::{Phase, Spike};
 use crate::engine::lifecycle::Stage;
 use crate::report::findings::Finding;
-use crate::report::{Report, StagePercentiles, ThreadRow};
+use crate::report::{FaultSection, Report, StagePercentiles, ThreadRow};
 use uffdscope_trace::record::Role;
 
 /// A figure with 3 significant-ish digits (`1234`, `12.3`, `1.23`), or `n/a`
@@ -37,6 +37,62 @@ pub fn pct(v: Option<f64>) -> String {
 /// A figure with its unit, or `n/a` without one.
 pub fn with_unit(v: Option<f64>, unit: &str) -> String {
     v.map_or_else(|| "n/a".to_owned(), |x| format!("{}{unit}", num(Some(x))))
+}
+
+/// A count that may not have been recorded: the number, or `n/a`.
+pub fn count(n: Option<u64>) -> String {
+    n.map_or_else(|| "n/a".to_owned(), |n| n.to_string())
+}
+
+/// The resolutions that have faults, with their counts (unrecorded ones,
+/// `null` in the JSON, are left out).
+pub fn resolutions(f: &FaultSection) -> Vec<(&str, u64)> {
+    f.by_resolution
+        .iter()
+        .filter_map(|(k, n)| n.filter(|&n| n > 0).map(|n| (k.as_str(), n)))
+        .collect()
+}
+
+/// What the fault thread and the placing threads did, in one line; or what
+/// the recording level left out.
+pub fn uffd_activity(r: &Report) -> String {
+    let f = &r.faults;
+    let (Some(read), Some(reads), Some(failed), Some(requests), Some(placements)) = (
+        f.messages_read,
+        f.uffd_reads,
+        f.failed_reads,
+        f.page_requests,
+        f.placements.as_ref(),
+    ) else {
+        let level = r
+            .trace
+            .detail
+            .map_or("this", uffdscope_trace::record::Detail::as_str);
+        return format!(
+            "uffd reads, page requests and placements: not recorded at --detail {level}"
+        );
+    };
+    let placed: Vec<String> = placements.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    format!(
+        "messages read {read} in {reads} reads ({failed} failed/EAGAIN), page requests {requests}, placements {}",
+        if placed.is_empty() { "none".to_owned() } else { placed.join(", ") }
+    )
+}
+
+/// The sentence that says what the recording's `--detail` level left out;
+/// `None` when it recorded everything.
+pub fn not_recorded(r: &Report) -> Option<String> {
+    let t = &r.trace;
+    if t.not_recorded.is_empty() {
+        return None;
+    }
+    let level = t
+        .detail
+        .map_or("this", uffdscope_trace::record::Detail::as_str);
+    Some(format!(
+        "recorded at --detail {level}: not recorded: {} (their figures are n/a; record at --detail standard for them)",
+        t.not_recorded.join(", ").replace('_', " ")
+    ))
 }
 
 /// One row of the stage table.
@@ -311,15 +367,23 @@ fn bytes(n: u64) -> String {
 fn qemu_latency_line(r: &Report) -> String {
     let q = &r.qemu_latency;
     let ms = |ns: Option<u64>| with_unit(ns.map(|n| n as f64 / 1e6), " ms");
-    let mut s = format!(
-        "QEMU 10.1 post-copy latency, replayed over the trace: mean {} over {} faults that needed a page request",
-        ms(q.replay.latency_ns),
-        q.replay.faults
-    );
-    let per: Vec<String> = q.replay.vcpu_latency_ns.iter().map(|v| ms(*v)).collect();
-    if !per.is_empty() {
-        let _ = write!(s, " (per vCPU {})", per.join(", "));
-    }
+    let mut s = match &q.replay {
+        Some(replay) => {
+            let mut s = format!(
+                "QEMU 10.1 post-copy latency, replayed over the trace: mean {} over {} faults that needed a page request",
+                ms(replay.latency_ns),
+                replay.faults
+            );
+            let per: Vec<String> = replay.vcpu_latency_ns.iter().map(|v| ms(*v)).collect();
+            if !per.is_empty() {
+                let _ = write!(s, " (per vCPU {})", per.join(", "));
+            }
+            s
+        }
+        None => {
+            "QEMU 10.1 post-copy latency, replayed: n/a (page requests not recorded)".to_owned()
+        }
+    };
     match &q.reported {
         Some(rep) => {
             let _ = write!(s, "; reported by QEMU: mean {}", ms(rep.latency_ns));

@@ -8,7 +8,7 @@ use super::plots::blocktime_bars;
 use super::{dur_ms, dur_us, escape, role_color, stage_color, stage_help, BLUE, ORANGE, RED};
 use crate::engine::guest::Phase;
 use crate::engine::lifecycle::Stage;
-use crate::report::view::{num, pct, vcpus_in_cpu_order, SplitPart, View};
+use crate::report::view::{self, num, pct, vcpus_in_cpu_order, SplitPart, View};
 use crate::report::{Report, SlowFault};
 
 pub(super) fn card(o: &mut String, key: &str, value: &str, sub: &str, bad: bool) {
@@ -23,10 +23,8 @@ pub(super) fn cards(o: &mut String, r: &Report) {
     let f = &r.faults;
     let t = &r.trace;
     o.push_str(r#"<div class="cards">"#);
-    let res: Vec<String> = f
-        .by_resolution
+    let res: Vec<String> = view::resolutions(f)
         .iter()
-        .filter(|(_, n)| **n > 0)
         .map(|(k, n)| format!("{} {n}", escape(&k.replace('_', " "))))
         .collect();
     card(o, "Faults", &f.count.to_string(), &res.join(" · "), false);
@@ -163,7 +161,7 @@ pub(super) fn stages(o: &mut String, r: &Report, view: &View<'_>) {
     let _ = write!(
         o,
         r#"<p class="note">Share of the summed stage time (queue → request → network → place) over the faults where it is known. Stages add up to the service latency for {} of {} faults with a known entry.{}</p>"#,
-        f.stage_sum_consistent,
+        view::count(f.stage_sum_consistent),
         f.with_service,
         view.bounded
             .as_deref()
@@ -248,23 +246,10 @@ pub(super) fn stages(o: &mut String, r: &Report, view: &View<'_>) {
         );
     }
     o.push_str("</table>");
-    let placements: Vec<String> = f
-        .placements
-        .iter()
-        .map(|(k, v)| format!("{} {v}", escape(k)))
-        .collect();
     let _ = write!(
         o,
-        r#"<p class="note" style="margin-top:10px">{} messages read in {} reads ({} failed) · {} page requests · placements: {}</p>"#,
-        f.messages_read,
-        f.uffd_reads,
-        f.failed_reads,
-        f.page_requests,
-        if placements.is_empty() {
-            "none".to_owned()
-        } else {
-            placements.join(", ")
-        }
+        r#"<p class="note" style="margin-top:10px">{}</p>"#,
+        escape(&view::uffd_activity(r))
     );
     o.push_str("</section>");
 }
@@ -298,8 +283,8 @@ pub(super) fn threads(o: &mut String, view: &View<'_>) {
             },
             dur_us(t.service_p50_us),
             dur_us(t.service_p99_us),
-            t.uffd_reads,
-            t.placements
+            view::count(t.uffd_reads),
+            view::count(t.placements)
         );
     }
     o.push_str("</table></section>");
@@ -308,11 +293,18 @@ pub(super) fn threads(o: &mut String, view: &View<'_>) {
 pub(super) fn blocktime(o: &mut String, r: &Report) {
     let bt = &r.blocktime_ms;
     o.push_str(r#"<section id="blocktime"><h2>vCPU blocktime, compared with QEMU</h2>"#);
-    let _ = write!(
-        o,
-        r#"<p class="note">uffdscope measures each fault from switch-out to running again. QEMU's <code>postcopy-blocktime</code> only sees a fault from the moment its fault thread reads the message until the page is placed, with one slot per vCPU; uffdscope replays that accounting over the trace: it counts {} vCPU faults and cannot see {} ({} of them read, then dropped because the vCPU's next fault was read first; the rest were placed before their message was read).</p>"#,
-        bt.qemu_view.faults, bt.qemu_view.unseen_faults, bt.qemu_view.overwritten
-    );
+    let replay = bt.qemu_view.as_ref();
+    let _ = match replay {
+        Some(q) => write!(
+            o,
+            r#"<p class="note">uffdscope measures each fault from switch-out to running again. QEMU's <code>postcopy-blocktime</code> only sees a fault from the moment its fault thread reads the message until the page is placed, with one slot per vCPU; uffdscope replays that accounting over the trace: it counts {} vCPU faults and cannot see {} ({} of them read, then dropped because the vCPU's next fault was read first; the rest were placed before their message was read).</p>"#,
+            q.faults, q.unseen_faults, q.overwritten
+        ),
+        None => write!(
+            o,
+            r#"<p class="note">uffdscope measures each fault from switch-out to running again. QEMU's accounting cannot be replayed: the trace did not record the fault thread's uffd reads.</p>"#
+        ),
+    };
     let qemu_sum = r
         .qemu
         .as_ref()
@@ -324,8 +316,8 @@ pub(super) fn blocktime(o: &mut String, r: &Report) {
         (
             "QEMU's accounting, replayed",
             "#7fa7e8",
-            Some(bt.qemu_view.vcpu_sum),
-            bt.qemu_view.all_vcpus_overlap,
+            replay.map(|q| q.vcpu_sum),
+            replay.and_then(|q| q.all_vcpus_overlap),
         ),
         ("QEMU reported", "#55606f", qemu_sum, qemu_all),
     ];
@@ -338,7 +330,7 @@ pub(super) fn blocktime(o: &mut String, r: &Report) {
     for (cpu, tid, name, ms) in vcpus_in_cpu_order(r) {
         let cpu = cpu.map(|c| c as usize);
         let theirs = cpu.and_then(|c| qemu_per.and_then(|v| v.get(c)).copied());
-        let replayed = cpu.and_then(|c| bt.qemu_view.per_vcpu.get(c).copied());
+        let replayed = cpu.and_then(|c| replay.and_then(|q| q.per_vcpu.get(c)).copied());
         let _ = write!(
             o,
             r#"<tr><td class="l mono">{}</td><td>{tid}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
