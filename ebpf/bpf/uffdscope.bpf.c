@@ -432,14 +432,17 @@ static __always_inline int on_task_stack(struct task_state *ts, const struct ufs
  * command, fd, argument), and the range is read from the argument, the
  * struct's start and len (uffdio_copy and uffdio_move keep src between
  * them). Only the wake's join needs it. */
-static __always_inline int ioctl_from_regs(struct ioctl_pending *io, const struct ufs_pt_regs *regs)
+static __always_inline int in_uffd_ioctl(const struct ufs_pt_regs *regs)
 {
-	if (regs->orig_ax != UFS_NR_IOCTL)
-		return 0;
 	__u32 cmd = (__u32)regs->si;
 
-	if (((cmd >> 8) & 0xff) != UFS_UFFD_IOCTL_TYPE || cmd == UFS_USERFAULTFD_IOC_NEW)
-		return 0;
+	return regs->orig_ax == UFS_NR_IOCTL && ((cmd >> 8) & 0xff) == UFS_UFFD_IOCTL_TYPE &&
+	       cmd != UFS_USERFAULTFD_IOC_NEW;
+}
+
+static __always_inline void ioctl_from_regs(struct ioctl_pending *io, const struct ufs_pt_regs *regs)
+{
+	__u32 cmd = (__u32)regs->si;
 	const __u8 *uarg = (const __u8 *)regs->dx;
 	__u64 len_off = cmd == UFS_UFFDIO_COPY || cmd == UFS_UFFDIO_MOVE ? 16 : 8;
 
@@ -451,7 +454,6 @@ static __always_inline int ioctl_from_regs(struct ioctl_pending *io, const struc
 		io->start = 0;
 		io->len = 0;
 	}
-	return 1;
 }
 
 /* Whether a wake from a uffd ioctl on [start, start + len) is the wake of the
@@ -830,20 +832,23 @@ int ufs_sched_waking(struct tp_sched_waking *ctx)
 
 	if (!is_target(id >> 32))
 		return 0;
+	const struct ufs_pt_regs *regs =
+		(const struct ufs_pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+	/* Most wakes of a target's threads are futex and poll wakes: at
+	 * minimal they leave on the registers alone. */
+	if (ufs_minimal && !in_uffd_ioctl(regs))
+		return 0;
 	struct task_state *ts = task_state(ufs_minimal);
 
 	if (!ts)
 		return 0;
 	struct ioctl_pending *io = &ts->io;
-	const struct ufs_pt_regs *regs =
-		(const struct ufs_pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 
-	if (ufs_minimal) {
-		if (!ioctl_from_regs(io, regs))
-			return 0;
-	} else if (!io->enter_ts || io->cmd == UFS_USERFAULTFD_IOC_NEW) {
+	if (ufs_minimal)
+		ioctl_from_regs(io, regs);
+	else if (!io->enter_ts || io->cmd == UFS_USERFAULTFD_IOC_NEW)
 		return 0;
-	}
 	if (!on_task_stack(ts, regs)) {
 		/* An interrupt's wake (a timer ending a futex or poll sleep), not
 		 * the ioctl's. */
