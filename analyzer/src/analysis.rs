@@ -822,11 +822,18 @@ fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
         blocked_us: s.blocked.percentiles(),
         service_curve_us: s.service.curve(&CURVE_QUANTILES),
         blocked_curve_us: s.blocked.curve(&CURVE_QUANTILES),
+        // Without the system-call tracepoints only the wake stage is
+        // measured: the others are left out rather than shown empty.
         stages_us: Stage::ALL
             .iter()
+            .filter(|&&st| run.syscalls_recorded() || st == Stage::Wake)
             .map(|&st| (st.as_str().to_owned(), s.stage(st).percentiles().into()))
             .collect(),
-        stage_share: stage_shares(s),
+        stage_share: if run.syscalls_recorded() {
+            stage_shares(s)
+        } else {
+            BTreeMap::new()
+        },
         with_service: s.with_service,
         stage_sum_consistent: recorded(s.stage_sum_consistent),
         qemu_counted: recorded(run.pass.qemu_bt.counted),
