@@ -63,6 +63,9 @@ pub mod names {
     pub const TCP_PROBE_INTERVAL_GLOBAL: &str = "ufs_tcp_probe_interval_ns";
     /// `const volatile __u32 ufs_lean`: count background placements in bins.
     pub const LEAN_GLOBAL: &str = "ufs_lean";
+    /// `const volatile __u32 ufs_source`: record a migration source
+    /// (`bpf/source.h`).
+    pub const SOURCE_GLOBAL: &str = "ufs_source";
     /// Background placements counted in the kernel, key
     /// [`crate::abi::BinKey`], value [`crate::abi::BinVal`].
     pub const BINS_MAP: &str = "ufs_bins";

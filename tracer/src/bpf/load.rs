@@ -15,11 +15,12 @@ use aya::{Ebpf, EbpfLoader};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use uffdscope_ebpf::abi::{self, BinKey, BinVal, Kind, MAX_TARGETS};
 use uffdscope_ebpf::{decode_bin, names, OBJECT};
+use uffdscope_trace::record::Side;
 
 const BIN_KEY: usize = std::mem::size_of::<BinKey>();
 const BIN_VAL: usize = std::mem::size_of::<BinVal>();
 
-use super::catalogue::{Need, Tracepoint, TRACEPOINTS};
+use super::catalogue::{attaches_on, Need, Tracepoint, TRACEPOINTS};
 use super::formats::{check_format, event_dir, find_tracefs, FormatCheck};
 use super::ring::RingDrain;
 use super::stats::ProgramStats;
@@ -43,6 +44,9 @@ pub struct BpfConfig {
     /// (ARCHITECTURE.md, "Placements counted in the kernel"); the bins are
     /// then taken with [`BpfTracer::take_bins`].
     pub lean: bool,
+    /// Which end of the migration is recorded: the programs attached and
+    /// the loader's `ufs_source` flag follow it ([`super::catalogue::attaches_on`]).
+    pub side: Side,
 }
 
 /// Default ring size: 16 MiB.
@@ -62,6 +66,7 @@ impl BpfConfig {
             wakeup_bytes: u64::from(DEFAULT_RING_BYTES / 4),
             tcp_probe_interval: Duration::from_millis(1),
             lean: false,
+            side: Side::Destination,
         }
     }
 
@@ -179,6 +184,7 @@ impl BpfTracer {
         let n_targets = cfg.targets.len() as u32;
         let probe_ns = u64::try_from(cfg.tcp_probe_interval.as_nanos()).unwrap_or(u64::MAX);
         let lean = u32::from(cfg.lean);
+        let source = u32::from(cfg.side == Side::Source);
 
         let mut ebpf = EbpfLoader::new()
             // aya 0.14 has no type for task storage (ufs_task) but creates
@@ -189,12 +195,13 @@ impl BpfTracer {
             .override_global(names::WAKEUP_BYTES_GLOBAL, &cfg.wakeup_bytes, true)
             .override_global(names::TCP_PROBE_INTERVAL_GLOBAL, &probe_ns, true)
             .override_global(names::LEAN_GLOBAL, &lean, true)
+            .override_global(names::SOURCE_GLOBAL, &source, true)
             .map_max_entries(names::EVENTS_MAP, cfg.ring_bytes)
             .load(OBJECT)
             .map_err(|e| BpfError::Object(Box::new(e)))?;
 
         let mut status = Vec::with_capacity(TRACEPOINTS.len());
-        for tp in TRACEPOINTS {
+        for tp in TRACEPOINTS.iter().filter(|tp| attaches_on(tp, cfg.side)) {
             let outcome = attach_one(&mut ebpf, &tracefs, tp)?;
             status.push(AttachStatus {
                 tracepoint: tp,

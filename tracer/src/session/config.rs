@@ -6,11 +6,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use uffdscope_trace::record::ProcessInfo;
+use uffdscope_trace::record::{ProcessInfo, Side};
 
 use crate::bpf::{BpfConfig, BpfError};
 use crate::discover::{self, DiscoverError};
 use crate::escape::for_terminal;
+use crate::side::{Decision, SideError};
 
 /// What to record and how.
 #[derive(Debug, Clone)]
@@ -36,6 +37,9 @@ pub struct RecordConfig {
     /// Count background placements in the kernel instead of recording each
     /// (ARCHITECTURE.md, "Placements counted in the kernel").
     pub lean: bool,
+    /// Which end of the migration the target is (`--side`); `None` decides
+    /// from `/proc` ([`crate::side`]).
+    pub side: Option<Side>,
 }
 
 impl Default for RecordConfig {
@@ -51,6 +55,7 @@ impl Default for RecordConfig {
             qmp_interval: Duration::from_millis(100),
             ready_file: None,
             lean: false,
+            side: None,
         }
     }
 }
@@ -68,6 +73,8 @@ pub enum RecordError {
     Discover(#[from] DiscoverError),
     #[error(transparent)]
     Bpf(#[from] BpfError),
+    #[error(transparent)]
+    Side(#[from] SideError),
     #[error("{path} already exists; uffdscope never overwrites a file: choose another {option}")]
     Exists { path: PathBuf, option: &'static str },
     #[error("cannot create {path}: the directory {dir} does not exist (create it, or choose another {option})")]
@@ -92,7 +99,13 @@ impl RecordError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            RecordError::Duration(_) | RecordError::Bpf(BpfError::Config(_))
+            RecordError::Duration(_)
+                | RecordError::Bpf(BpfError::Config(_))
+                | RecordError::Side(
+                    SideError::Undecided { .. }
+                        | SideError::NotSource { .. }
+                        | SideError::NotDestination { .. }
+                )
         )
     }
 
@@ -138,13 +151,17 @@ pub fn duration_from_secs(secs: f64) -> Result<Duration, RecordError> {
 #[derive(Debug, Clone)]
 pub struct Preflight {
     pub target: ProcessInfo,
+    /// The end of the migration the target is, and why.
+    pub side: Decision,
     pub warnings: Vec<String>,
 }
 
 impl RecordConfig {
-    /// The BPF settings this recording loads with.
+    /// The BPF settings this recording loads with (the destination's
+    /// programs until [`Self::side`] says otherwise).
     pub fn bpf_config(&self) -> Result<BpfConfig, BpfError> {
         let mut bpf = BpfConfig::new(vec![self.pid]);
+        bpf.side = self.side.unwrap_or(Side::Destination);
         bpf.ring_bytes = BpfConfig::ring_size(self.ring_bytes)?;
         bpf.wakeup_bytes = u64::from(bpf.ring_bytes / 4);
         bpf.lean = self.lean;
@@ -170,6 +187,7 @@ impl RecordConfig {
         let target = discover::process(self.pid, 0)?;
         discover::uffd_ranges(self.pid, 0)?;
         let fds = discover::scan_proc_fds(self.pid)?;
+        let side = crate::side::decide(self.pid, self.side)?;
         check_new_file(&self.output, "-o")?;
         if let Some(ready) = &self.ready_file {
             check_new_file(ready, "--ready-file")?;
@@ -182,13 +200,17 @@ impl RecordConfig {
                 for_terminal(&target.comm)
             ));
         }
-        if fds.uffd.is_empty() {
+        if fds.uffd.is_empty() && side.side == Side::Destination {
             warnings.push(format!(
                 "pid {} has no userfaultfd yet; waiting for one (QEMU creates it at the switch to post-copy)",
                 self.pid
             ));
         }
-        Ok(Preflight { target, warnings })
+        Ok(Preflight {
+            target,
+            side,
+            warnings,
+        })
     }
 }
 
