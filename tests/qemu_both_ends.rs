@@ -1,0 +1,343 @@
+//! Tier 3: both ends of a real QEMU 7.2 post-copy migration (TCG, preempt
+//! channel on, through the lab harness) recorded at once, `uffdscope record`
+//! on the destination and on the source, and the source's trace checked
+//! against the destination's: the return path's bytes as the source received
+//! them are the bytes the destination sent, the requests decode at the same
+//! stream positions, the pages go out in `PagesSent` runs whose QEMU headers
+//! agree on one RAMBlock base. Both recorders stamp `CLOCK_MONOTONIC` of the
+//! same host here, so the test also prints how long each leg took.
+#![cfg(target_os = "linux")]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use uffdscope_analyzer::inputs::rp::{self, RpMessage};
+use uffdscope_fixtures::qemu::{self, LabConfig, Summary};
+use uffdscope_fixtures::tier;
+use uffdscope_trace::record::{Direction, PagesSent, Record, Role, Side, SockIo};
+use uffdscope_trace::TraceReader;
+
+/// QEMU's page header flags (migration/ram.c): the page continues the
+/// current RAMBlock, and it is a whole page.
+const CONTINUE_PAGE: u64 = 0x20 | 0x08;
+/// Target page size of x86 guests.
+const PAGE: u64 = 4096;
+
+/// A lab run recorded on both ends, with the two traces.
+pub struct BothEnds {
+    pub summary: Summary,
+    pub destination: PathBuf,
+    pub source: PathBuf,
+}
+
+/// One post-copy migration (preempt on) with `uffdscope record` on both
+/// QEMUs; panics when the migration or a recorder fails.
+pub fn record_both_ends(dir: &Path) -> BothEnds {
+    let bin = env!("CARGO_BIN_EXE_uffdscope");
+    // `exec`: the lab signals the shell's process group and waits for it.
+    let cfg = LabConfig {
+        out_dir: dir.to_path_buf(),
+        mem_mb: 192,
+        guest_mem_mb: 64,
+        preempt: true,
+        record_cmd: Some(format!(
+            "exec {bin} record -q --side destination --pid {{pid}} --qmp {{qmp}} --guest-console {{console}} -o {{out}} --ready-file {{ready}}"
+        )),
+        record_source_cmd: Some(format!(
+            "exec {bin} record -q --side auto --pid {{pid}} -o {{out}} --ready-file {{ready}}"
+        )),
+        ..LabConfig::default()
+    };
+    let summary = qemu::run(&cfg).unwrap_or_else(|e| panic!("lab run failed: {e}"));
+    assert!(
+        summary.ok,
+        "migration did not complete: {:?}",
+        summary.error
+    );
+    let rec = summary.recorder.clone().expect("recorder section");
+    let trace = |r: &serde_json::Value, who: &str, log: &str| {
+        assert_eq!(
+            r["exit_code"],
+            0,
+            "the {who} recorder must exit 0 on SIGINT: {r}\n{}",
+            std::fs::read_to_string(dir.join(log)).unwrap_or_default()
+        );
+        let p = PathBuf::from(r["out"].as_str().expect("recorder output path"));
+        assert!(p.exists(), "no {who} trace at {}", p.display());
+        p
+    };
+    BothEnds {
+        destination: trace(&rec, "destination", "recorder.stderr"),
+        source: trace(&rec["source"], "source", "recorder-source.stderr"),
+        summary,
+    }
+}
+
+/// A trace's side and records; panics on damage.
+fn read(path: &Path) -> (Option<Side>, Vec<Record>) {
+    let mut reader = TraceReader::open(path).expect("open the trace");
+    let side = reader.meta().side;
+    let mut all = Vec::new();
+    let damage = reader.for_each(|r| all.push(r));
+    assert!(damage.is_none(), "{}: damaged: {damage:?}", path.display());
+    (side, all)
+}
+
+fn drops(records: &[Record]) -> u64 {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Drops(d) => Some(d.total),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn tids_of(records: &[Record], role: Role) -> Vec<u32> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Thread(t) if t.role == role => Some(t.tid),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sock_ios(records: &[Record], dir: Direction) -> impl Iterator<Item = &SockIo> {
+    records.iter().filter_map(move |r| match r {
+        Record::SockIo(s) if s.dir == dir && s.ret > 0 => Some(s),
+        _ => None,
+    })
+}
+
+/// One end's view of the return path: each call's stream position, with the
+/// call itself.
+fn positions<'a>(calls: impl Iterator<Item = &'a SockIo>) -> Vec<(u64, &'a SockIo)> {
+    let mut at = 0u64;
+    calls
+        .map(|s| {
+            let here = at;
+            at += s.ret.unsigned_abs();
+            (here, s)
+        })
+        .collect()
+}
+
+/// The destination's return path: its sends on the one fd that carried
+/// page requests.
+fn destination_return_path(records: &[Record]) -> Vec<&SockIo> {
+    let fd = sock_ios(records, Direction::Send)
+        .find(|s| {
+            rp::parse(&s.head)
+                .iter()
+                .any(|m| matches!(m, RpMessage::ReqPages { .. }))
+        })
+        .map(|s| s.fd)
+        .expect("the destination sent page requests");
+    sock_ios(records, Direction::Send)
+        .filter(|s| s.fd == fd)
+        .collect()
+}
+
+/// The RAMBlock base most `CONTINUE|PAGE` headers agree on, its votes, and
+/// all votes.
+fn base_vote(sends: &[&PagesSent]) -> (u64, usize, usize) {
+    let mut votes: HashMap<u64, usize> = HashMap::new();
+    for run in sends.iter().flat_map(|s| &s.runs) {
+        if let Some(h) = run.header.filter(|h| h & 0xfff == CONTINUE_PAGE) {
+            *votes.entry(run.addr.wrapping_sub(h & !0xfff)).or_default() += 1;
+        }
+    }
+    let total = votes.values().sum();
+    let (base, n) = votes
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .expect("no run has a CONTINUE|PAGE header");
+    (base, n, total)
+}
+
+/// Percentiles (p50, p99, max) of `v` in µs.
+fn spread(mut v: Vec<u64>) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64 / 1e3;
+    format!(
+        "p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs ({} samples)",
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        v.len()
+    )
+}
+
+#[test]
+fn record_both_ends_of_a_real_postcopy() {
+    if !tier::qemu("record_both_ends_of_a_real_postcopy") {
+        return;
+    }
+    let dir = tier::KeptOnPanic::new("uffdscope-both-");
+    let run = record_both_ends(&dir.path());
+    let (dst_side, dst) = read(&run.destination);
+    let (src_side, src) = read(&run.source);
+    assert_eq!(dst_side, Some(Side::Destination));
+    assert_eq!(src_side, Some(Side::Source), "auto must find the source");
+    assert_eq!(drops(&src), 0, "source trace has ring-buffer drops");
+    assert_eq!(drops(&dst), 0, "destination trace has ring-buffer drops");
+
+    // The return path, byte for byte: both recorders attached before
+    // `migrate`, so both streams start at the connection's first byte.
+    let rp_tids = tids_of(&src, Role::ReturnPath);
+    assert!(
+        !rp_tids.is_empty(),
+        "no return-path thread named on the source"
+    );
+    assert!(
+        !tids_of(&src, Role::MigSource).is_empty(),
+        "no migration thread named on the source"
+    );
+    let sent = positions(destination_return_path(&dst).into_iter());
+    let received = positions(sock_ios(&src, Direction::Recv).filter(|s| rp_tids.contains(&s.tid)));
+    let sent_total: u64 = sent.iter().map(|(_, s)| s.ret.unsigned_abs()).sum();
+    let received_total: u64 = received.iter().map(|(_, s)| s.ret.unsigned_abs()).sum();
+    assert_eq!(
+        received_total, sent_total,
+        "the source received other than the destination sent on the return path"
+    );
+    let mut known = HashMap::new();
+    for (at, s) in &sent {
+        for (i, b) in (0u64..).zip(&s.head) {
+            known.insert(at + i, *b);
+        }
+    }
+    let (mut compared, mut whole) = (0usize, 0usize);
+    for (at, s) in &received {
+        for (i, b) in (0u64..).zip(&s.head) {
+            if let Some(want) = known.get(&(at + i)) {
+                assert_eq!(b, want, "source byte {} of the return path differs", at + i);
+                compared += 1;
+            }
+        }
+        whole += usize::from(s.head.len() as u64 == s.ret.unsigned_abs());
+    }
+    assert!(compared > 0, "no return-path byte seen on both ends");
+
+    // Each request as the destination sent it, at its stream position, and
+    // the source receive that delivered its last byte.
+    let mut requests = Vec::new();
+    let mut block = None;
+    for (at, s) in &sent {
+        let mut off = *at;
+        for m in rp::parse(&s.head) {
+            let len = match &m {
+                RpMessage::ReqPages { block: Some(b), .. } => 4 + 13 + b.len() as u64,
+                RpMessage::ReqPages { .. } => 16,
+                _ => 8,
+            };
+            if let RpMessage::ReqPages {
+                block: b, start, ..
+            } = m
+            {
+                if b.is_some() {
+                    block = b;
+                }
+                requests.push((off + len - 1, s.enter_ts, block.clone(), start));
+            }
+            off += len;
+        }
+    }
+    assert!(!requests.is_empty(), "no page requests on the return path");
+    let delivered_by = |last: u64| {
+        received
+            .iter()
+            .find(|(at, s)| last < at + s.ret.unsigned_abs())
+            .map(|(_, s)| *s)
+    };
+
+    // Pages: every run with a CONTINUE|PAGE header names the same base.
+    let sends: Vec<&PagesSent> = src
+        .iter()
+        .filter_map(|r| match r {
+            Record::PagesSent(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let (base, agree, votes) = base_vote(&sends);
+    assert!(
+        agree * 100 >= votes * 99,
+        "only {agree} of {votes} CONTINUE|PAGE headers agree on base {base:#x}"
+    );
+    assert!(sends.iter().all(|s| !s.truncated), "a send was truncated");
+
+    // Each request of the main RAMBlock: its receive, then the first send
+    // whose runs cover the page.
+    let (mut to_source, mut at_source, mut unmatched) = (Vec::new(), Vec::new(), 0usize);
+    let mut sent_before = Vec::new();
+    let main: Vec<_> = requests
+        .iter()
+        .filter(|r| r.2.as_deref() == Some("pc.ram"))
+        .collect();
+    for (last, sent_ts, _, start) in &main {
+        let recv = delivered_by(*last).expect("every request byte was received");
+        assert!(
+            recv.exit_ts >= *sent_ts,
+            "received before it was sent (one clock)"
+        );
+        to_source.push(recv.exit_ts - sent_ts);
+        let addr = base + (start & !(PAGE - 1));
+        let covers = |p: &&&PagesSent| {
+            p.runs.iter().any(|r| {
+                addr >= r.addr && addr < r.addr + u64::from(r.page_len) * u64::from(r.pages)
+            })
+        };
+        match sends
+            .iter()
+            .find(|p| p.enter_ts >= recv.exit_ts && covers(p))
+        {
+            Some(p) => at_source.push(p.enter_ts - recv.exit_ts),
+            None => {
+                unmatched += 1;
+                if let Some(p) = sends
+                    .iter()
+                    .rev()
+                    .find(|p| p.enter_ts < recv.exit_ts && covers(p))
+                {
+                    sent_before.push(recv.exit_ts - p.enter_ts);
+                }
+            }
+        }
+    }
+    eprintln!(
+        "return path: {sent_total} bytes, {} sends, {} receives ({whole} captured whole), {compared} bytes compared; \
+         {} requests ({} of pc.ram); base {base:#x} from {agree}/{votes} headers; \
+         {} PagesSent, {} runs",
+        sent.len(),
+        received.len(),
+        requests.len(),
+        main.len(),
+        sends.len(),
+        sends.iter().map(|s| s.runs.len()).sum::<usize>()
+    );
+    eprintln!(
+        "to_source (dest send entry -> source receive exit): {}",
+        spread(to_source)
+    );
+    eprintln!(
+        "at_source (source receive exit -> the page's send entry): {}; {unmatched} requests without a later send of their page \
+         (sent before the request arrived, by {}: {})",
+        spread(at_source.clone()),
+        sent_before.len(),
+        spread(sent_before.clone())
+    );
+    // A requested page the source had already sent (in flight, or queued
+    // in the socket buffers) is not sent again: QEMU's dirty bitmap says it
+    // went. A zero page goes as a header alone, with no page iovec.
+    let covered = at_source.len() + sent_before.len();
+    assert!(
+        covered * 100 >= main.len() * 95,
+        "only {covered} of {} requested pages are in a PagesSent run",
+        main.len()
+    );
+}
