@@ -44,7 +44,7 @@ pub fn record_both_ends(dir: &Path) -> BothEnds {
             "exec {bin} record -q --side destination --pid {{pid}} --qmp {{qmp}} --guest-console {{console}} -o {{out}} --ready-file {{ready}}"
         )),
         record_source_cmd: Some(format!(
-            "exec {bin} record -q --side auto --pid {{pid}} -o {{out}} --ready-file {{ready}}"
+            "exec {bin} record -q --side auto --pid {{pid}} --qmp {{qmp}} -o {{out}} --ready-file {{ready}}"
         )),
         ..LabConfig::default()
     };
@@ -173,37 +173,47 @@ fn spread(mut v: Vec<u64>) -> String {
     )
 }
 
-#[test]
-fn record_both_ends_of_a_real_postcopy() {
-    if !tier::qemu("record_both_ends_of_a_real_postcopy") {
-        return;
-    }
-    let dir = tier::KeptOnPanic::new("uffdscope-both-");
-    let run = record_both_ends(&dir.path());
-    let (dst_side, dst) = read(&run.destination);
-    let (src_side, src) = read(&run.source);
-    assert_eq!(dst_side, Some(Side::Destination));
-    assert_eq!(src_side, Some(Side::Source), "auto must find the source");
-    assert_eq!(drops(&src), 0, "source trace has ring-buffer drops");
-    assert_eq!(drops(&dst), 0, "destination trace has ring-buffer drops");
+/// A page request as the destination sent it: the stream position of its
+/// last byte, the send's entry, the RAMBlock it names (or continues), the
+/// offset.
+struct Request {
+    last: u64,
+    sent_ts: u64,
+    block: Option<String>,
+    start: u64,
+}
 
-    // The return path, byte for byte: both recorders attached before
-    // `migrate`, so both streams start at the connection's first byte.
-    let rp_tids = tids_of(&src, Role::ReturnPath);
+/// Both ends' side, drops and named threads.
+fn check_sides(dst: &[Record], dst_side: Option<Side>, src: &[Record], src_side: Option<Side>) {
+    assert_eq!(dst_side, Some(Side::Destination));
+    assert_eq!(src_side, Some(Side::Source));
+    assert_eq!(drops(src), 0, "source trace has ring-buffer drops");
+    assert_eq!(drops(dst), 0, "destination trace has ring-buffer drops");
+    assert!(
+        !tids_of(src, Role::MigSource).is_empty(),
+        "no migration thread named on the source"
+    );
+}
+
+/// The return path byte for byte: the source's receives on its return-path
+/// thread hold the bytes the destination sent at the same stream positions
+/// (both recorders attached before `migrate`, so both streams start at the
+/// connection's first byte). Returns (sent, received) with positions.
+fn check_return_path<'a>(
+    dst: &'a [Record],
+    src: &'a [Record],
+) -> (Vec<(u64, &'a SockIo)>, Vec<(u64, &'a SockIo)>) {
+    let rp_tids = tids_of(src, Role::ReturnPath);
     assert!(
         !rp_tids.is_empty(),
         "no return-path thread named on the source"
     );
-    assert!(
-        !tids_of(&src, Role::MigSource).is_empty(),
-        "no migration thread named on the source"
-    );
-    let sent = positions(destination_return_path(&dst).into_iter());
-    let received = positions(sock_ios(&src, Direction::Recv).filter(|s| rp_tids.contains(&s.tid)));
-    let sent_total: u64 = sent.iter().map(|(_, s)| s.ret.unsigned_abs()).sum();
-    let received_total: u64 = received.iter().map(|(_, s)| s.ret.unsigned_abs()).sum();
+    let sent = positions(destination_return_path(dst).into_iter());
+    let received = positions(sock_ios(src, Direction::Recv).filter(|s| rp_tids.contains(&s.tid)));
+    let total = |v: &[(u64, &SockIo)]| v.iter().map(|(_, s)| s.ret.unsigned_abs()).sum::<u64>();
     assert_eq!(
-        received_total, sent_total,
+        total(&received),
+        total(&sent),
         "the source received other than the destination sent on the return path"
     );
     let mut known = HashMap::new();
@@ -223,12 +233,20 @@ fn record_both_ends_of_a_real_postcopy() {
         whole += usize::from(s.head.len() as u64 == s.ret.unsigned_abs());
     }
     assert!(compared > 0, "no return-path byte seen on both ends");
+    eprintln!(
+        "return path: {} bytes, {} sends, {} receives ({whole} captured whole), {compared} bytes compared on both ends",
+        total(&sent),
+        sent.len(),
+        received.len()
+    );
+    (sent, received)
+}
 
-    // Each request as the destination sent it, at its stream position, and
-    // the source receive that delivered its last byte.
-    let mut requests = Vec::new();
+/// The page requests of the destination's return-path sends.
+fn requests(sent: &[(u64, &SockIo)]) -> Vec<Request> {
+    let mut out = Vec::new();
     let mut block = None;
-    for (at, s) in &sent {
+    for (at, s) in sent {
         let mut off = *at;
         for m in rp::parse(&s.head) {
             let len = match &m {
@@ -243,20 +261,23 @@ fn record_both_ends_of_a_real_postcopy() {
                 if b.is_some() {
                     block = b;
                 }
-                requests.push((off + len - 1, s.enter_ts, block.clone(), start));
+                out.push(Request {
+                    last: off + len - 1,
+                    sent_ts: s.enter_ts,
+                    block: block.clone(),
+                    start,
+                });
             }
             off += len;
         }
     }
-    assert!(!requests.is_empty(), "no page requests on the return path");
-    let delivered_by = |last: u64| {
-        received
-            .iter()
-            .find(|(at, s)| last < at + s.ret.unsigned_abs())
-            .map(|(_, s)| *s)
-    };
+    assert!(!out.is_empty(), "no page requests on the return path");
+    out
+}
 
-    // Pages: every run with a CONTINUE|PAGE header names the same base.
+/// The source's sends with their page runs; every `CONTINUE|PAGE` header
+/// names the same base (the main RAMBlock's), and none was truncated.
+fn check_sends(src: &[Record]) -> (Vec<&PagesSent>, u64) {
     let sends: Vec<&PagesSent> = src
         .iter()
         .filter_map(|r| match r {
@@ -270,74 +291,109 @@ fn record_both_ends_of_a_real_postcopy() {
         "only {agree} of {votes} CONTINUE|PAGE headers agree on base {base:#x}"
     );
     assert!(sends.iter().all(|s| !s.truncated), "a send was truncated");
-
-    // Each request of the main RAMBlock: its receive, then the first send
-    // whose runs cover the page.
-    let (mut to_source, mut at_source, mut unmatched) = (Vec::new(), Vec::new(), 0usize);
-    let mut sent_before = Vec::new();
-    let main: Vec<_> = requests
-        .iter()
-        .filter(|r| r.2.as_deref() == Some("pc.ram"))
-        .collect();
-    for (last, sent_ts, _, start) in &main {
-        let recv = delivered_by(*last).expect("every request byte was received");
-        assert!(
-            recv.exit_ts >= *sent_ts,
-            "received before it was sent (one clock)"
-        );
-        to_source.push(recv.exit_ts - sent_ts);
-        let addr = base + (start & !(PAGE - 1));
-        let covers = |p: &&&PagesSent| {
-            p.runs.iter().any(|r| {
-                addr >= r.addr && addr < r.addr + u64::from(r.page_len) * u64::from(r.pages)
-            })
-        };
-        match sends
-            .iter()
-            .find(|p| p.enter_ts >= recv.exit_ts && covers(p))
-        {
-            Some(p) => at_source.push(p.enter_ts - recv.exit_ts),
-            None => {
-                unmatched += 1;
-                if let Some(p) = sends
-                    .iter()
-                    .rev()
-                    .find(|p| p.enter_ts < recv.exit_ts && covers(p))
-                {
-                    sent_before.push(recv.exit_ts - p.enter_ts);
-                }
-            }
-        }
-    }
     eprintln!(
-        "return path: {sent_total} bytes, {} sends, {} receives ({whole} captured whole), {compared} bytes compared; \
-         {} requests ({} of pc.ram); base {base:#x} from {agree}/{votes} headers; \
-         {} PagesSent, {} runs",
-        sent.len(),
-        received.len(),
-        requests.len(),
-        main.len(),
+        "pages: {} PagesSent, {} runs; base {base:#x} from {agree} of {votes} CONTINUE|PAGE headers",
         sends.len(),
         sends.iter().map(|s| s.runs.len()).sum::<usize>()
     );
+    (sends, base)
+}
+
+/// Each request of the main RAMBlock: the receive that delivered it, then
+/// the first send whose runs cover the page, or the last one before it.
+fn check_requested_pages(
+    reqs: &[Request],
+    received: &[(u64, &SockIo)],
+    sends: &[&PagesSent],
+    base: u64,
+) {
+    let (mut to_source, mut at_source, mut sent_before) = (Vec::new(), Vec::new(), Vec::new());
+    let main: Vec<&Request> = reqs
+        .iter()
+        .filter(|r| r.block.as_deref() == Some("pc.ram"))
+        .collect();
+    for r in &main {
+        let recv = received
+            .iter()
+            .find(|(at, s)| r.last < at + s.ret.unsigned_abs())
+            .map(|(_, s)| *s)
+            .expect("every request byte was received");
+        assert!(
+            recv.exit_ts >= r.sent_ts,
+            "received before it was sent (one clock)"
+        );
+        to_source.push(recv.exit_ts - r.sent_ts);
+        let addr = base + (r.start & !(PAGE - 1));
+        let covers = |p: &&&PagesSent| {
+            p.runs.iter().any(|run| {
+                addr >= run.addr && addr < run.addr + u64::from(run.page_len) * u64::from(run.pages)
+            })
+        };
+        if let Some(p) = sends
+            .iter()
+            .find(|p| p.enter_ts >= recv.exit_ts && covers(p))
+        {
+            at_source.push(p.enter_ts - recv.exit_ts);
+        } else if let Some(p) = sends
+            .iter()
+            .rev()
+            .find(|p| p.enter_ts < recv.exit_ts && covers(p))
+        {
+            sent_before.push(recv.exit_ts - p.enter_ts);
+        }
+    }
+    eprintln!("requests: {} ({} of pc.ram)", reqs.len(), main.len());
     eprintln!(
-        "to_source (dest send entry -> source receive exit): {}",
+        "  to_source (dest send entry -> source receive exit): {}",
         spread(to_source)
     );
     eprintln!(
-        "at_source (source receive exit -> the page's send entry): {}; {unmatched} requests without a later send of their page \
-         (sent before the request arrived, by {}: {})",
-        spread(at_source.clone()),
-        sent_before.len(),
+        "  at_source (source receive exit -> the page's send entry): {}",
+        spread(at_source.clone())
+    );
+    eprintln!(
+        "  already sent when the request arrived (by): {}",
         spread(sent_before.clone())
     );
-    // A requested page the source had already sent (in flight, or queued
-    // in the socket buffers) is not sent again: QEMU's dirty bitmap says it
+    // A requested page the source had already sent (in flight, or queued in
+    // the socket buffers) is not sent again: QEMU's dirty bitmap says it
     // went. A zero page goes as a header alone, with no page iovec.
     let covered = at_source.len() + sent_before.len();
     assert!(
         covered * 100 >= main.len() * 95,
         "only {covered} of {} requested pages are in a PagesSent run",
         main.len()
+    );
+}
+
+/// Every check of a pair of traces recorded on both ends of one migration.
+fn check_pair(destination: &Path, source: &Path) {
+    let (dst_side, dst) = read(destination);
+    let (src_side, src) = read(source);
+    check_sides(&dst, dst_side, &src, src_side);
+    let (sent, received) = check_return_path(&dst, &src);
+    let reqs = requests(&sent);
+    let (sends, base) = check_sends(&src);
+    check_requested_pages(&reqs, &received, &sends, base);
+}
+
+#[test]
+fn record_both_ends_of_a_real_postcopy() {
+    if !tier::qemu("record_both_ends_of_a_real_postcopy") {
+        return;
+    }
+    let dir = tier::KeptOnPanic::new("uffdscope-both-");
+    let run = record_both_ends(&dir.path());
+    check_pair(&run.destination, &run.source);
+}
+
+/// The committed pair (`fixtures/data/qemu-7.2-tcg-postcopy-both.*`) passes
+/// the same checks, on any machine.
+#[test]
+fn the_committed_pair_matches() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/data");
+    check_pair(
+        &data.join("qemu-7.2-tcg-postcopy-both.dest.trace"),
+        &data.join("qemu-7.2-tcg-postcopy-both.source.trace"),
     );
 }
