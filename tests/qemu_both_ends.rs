@@ -111,9 +111,12 @@ fn sock_ios(records: &[Record], dir: Direction) -> impl Iterator<Item = &SockIo>
     })
 }
 
+/// One end's calls on the return path, each with its stream position.
+type Positioned<'a> = Vec<(u64, &'a SockIo)>;
+
 /// One end's view of the return path: each call's stream position, with the
 /// call itself.
-fn positions<'a>(calls: impl Iterator<Item = &'a SockIo>) -> Vec<(u64, &'a SockIo)> {
+fn positions<'a>(calls: impl Iterator<Item = &'a SockIo>) -> Positioned<'a> {
     let mut at = 0u64;
     calls
         .map(|s| {
@@ -199,10 +202,7 @@ fn check_sides(dst: &[Record], dst_side: Option<Side>, src: &[Record], src_side:
 /// thread hold the bytes the destination sent at the same stream positions
 /// (both recorders attached before `migrate`, so both streams start at the
 /// connection's first byte). Returns (sent, received) with positions.
-fn check_return_path<'a>(
-    dst: &'a [Record],
-    src: &'a [Record],
-) -> (Vec<(u64, &'a SockIo)>, Vec<(u64, &'a SockIo)>) {
+fn check_return_path<'a>(dst: &'a [Record], src: &'a [Record]) -> (Positioned<'a>, Positioned<'a>) {
     let rp_tids = tids_of(src, Role::ReturnPath);
     assert!(
         !rp_tids.is_empty(),
