@@ -102,7 +102,8 @@ enum Command {
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "qemu"])))]
 struct RecordArgs {
-    /// The process to trace (the destination QEMU).
+    /// The process to trace: a migration's destination QEMU, or its source
+    /// (see --side).
     #[arg(long)]
     pid: Option<u32>,
     /// Find the QEMU started with `-name NAME` instead of giving a pid.
