@@ -1,5 +1,5 @@
 //! Checks of a pair of traces recorded on both ends of one migration, shared
-//! by the emulator (`record_source.rs`) and real QEMU (`qemu_both_ends.rs`)
+//! by the emulator (`record_emulator.rs`) and real QEMU (`qemu_both_ends.rs`)
 //! tests: sides and drops, the return path byte for byte on both ends, the
 //! page runs' RAMBlock base, and each request's legs (both recorders read
 //! one host's `CLOCK_MONOTONIC` there, so the legs are measured directly).
