@@ -23,11 +23,6 @@ pub struct Decision {
 pub enum SideError {
     #[error(transparent)]
     Discover(#[from] DiscoverError),
-    #[error(
-        "cannot tell which end of a migration pid {pid} ({comm}) is: it has no userfaultfd, \
-         no QEMU migration thread, and is not a QEMU; give --side source or --side destination"
-    )]
-    Undecided { pid: u32, comm: String },
     #[error("pid {pid} is not a migration destination: {why}; record it with --side source (or leave --side auto)")]
     NotDestination { pid: u32, why: String },
     #[error("pid {pid} is not a migration source: it has a userfaultfd (a destination's); record it with --side destination (or leave --side auto)")]
@@ -82,9 +77,10 @@ impl SideFacts {
         }
     }
 
-    /// The side these facts show, and why; `None` when they show neither.
-    pub fn auto(&self) -> Option<Decision> {
-        let decision = |side, why: String| Some(Decision { side, why });
+    /// The side these facts show, and why (a destination when they show
+    /// neither, as recording always did, with the way out in the reason).
+    pub fn auto(&self) -> Decision {
+        let decision = |side, why: String| Decision { side, why };
         if self.has_uffd {
             return decision(Side::Destination, "it has a userfaultfd".into());
         }
@@ -117,27 +113,26 @@ impl SideFacts {
                     .into(),
             );
         }
-        None
+        // What recording did before there were sides: a process that may
+        // create its userfaultfd later (an emulator, a test program).
+        decision(
+            Side::Destination,
+            format!(
+                "{} shows neither end (no userfaultfd, no migration thread, not a QEMU), so it is \
+                 recorded as a destination; give --side source if it is a migration source",
+                for_terminal(&self.comm)
+            ),
+        )
     }
 
     /// The side for `--side` (`None` = auto) on `pid`.
     pub fn decide(&self, pid: u32, forced: Option<Side>) -> Result<Decision, SideError> {
         let auto = self.auto();
         match forced {
-            None => auto.ok_or_else(|| SideError::Undecided {
-                pid,
-                comm: for_terminal(&self.comm).into_owned(),
-            }),
+            None => Ok(auto),
             Some(Side::Source) if self.has_uffd => Err(SideError::NotSource { pid }),
-            Some(Side::Destination)
-                if !self.has_uffd
-                    && self.destination_thread.is_none()
-                    && auto.as_ref().is_some_and(|d| d.side == Side::Source) =>
-            {
-                Err(SideError::NotDestination {
-                    pid,
-                    why: auto.map(|d| d.why).unwrap_or_default(),
-                })
+            Some(Side::Destination) if auto.side == Side::Source => {
+                Err(SideError::NotDestination { pid, why: auto.why })
             }
             Some(side) => Ok(Decision {
                 side,
@@ -226,12 +221,9 @@ mod tests {
     #[test]
     fn errors_name_the_fix() {
         let none = facts("sleep", &["sleep", "100"], &[], false);
-        let e = none.decide(7, None).expect_err("decided on nothing");
-        assert!(
-            e.to_string()
-                .contains("--side source or --side destination"),
-            "{e}"
-        );
+        let d = none.decide(7, None).expect("neither end is a destination");
+        assert_eq!(d.side, Side::Destination);
+        assert!(d.why.contains("--side source"), "{}", d.why);
         assert_eq!(
             none.decide(7, Some(Side::Destination)).map(|d| d.side).ok(),
             Some(Side::Destination),

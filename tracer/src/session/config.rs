@@ -101,11 +101,7 @@ impl RecordError {
             self,
             RecordError::Duration(_)
                 | RecordError::Bpf(BpfError::Config(_))
-                | RecordError::Side(
-                    SideError::Undecided { .. }
-                        | SideError::NotSource { .. }
-                        | SideError::NotDestination { .. }
-                )
+                | RecordError::Side(SideError::NotSource { .. } | SideError::NotDestination { .. })
         )
     }
 
