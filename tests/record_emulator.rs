@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use uffdscope_analyzer::analysis::{analyze_file, Options};
 use uffdscope_analyzer::engine::lifecycle::{Engine, Fault};
 use uffdscope_analyzer::report::Report;
+use uffdscope_fixtures::emu::source_truth::read_source_truth;
 use uffdscope_fixtures::emu::truth::{read_truth, Exactness};
 use uffdscope_fixtures::emu::{Bandwidth, Config, Emu};
 use uffdscope_fixtures::tier;
@@ -361,9 +362,9 @@ fn child_of(parent: u32) -> u32 {
 /// recorder on its destination, checked against what the emulator knows:
 /// the bytes its return-path thread read (captured by the emulator itself),
 /// every page of its RAM sent once in page runs with one RAMBlock base, and
-/// each requested page sent on the preempt channel no sooner than the
-/// configured delay after the receive that delivered its request (the
-/// emulator queues it at that receive for exactly that long).
+/// for each requested page, the recorded receive ending before the source
+/// read the request and the recorded send starting after the source called
+/// it (`--source-truth`).
 #[test]
 fn source_recording_matches_the_emulator() {
     if !tier::root_bpf("source_recording_matches_the_emulator") {
@@ -371,6 +372,7 @@ fn source_recording_matches_the_emulator() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let capture = dir.path().join("rp.bin");
+    let source_truth = dir.path().join("source-truth.csv");
     let cfg = Config {
         mem_bytes: 32 << 20,
         vcpus: 2,
@@ -380,6 +382,7 @@ fn source_recording_matches_the_emulator() {
         // Every page has content, so every page is sent as a page iovec.
         zero_percent: 0,
         capture_rp: Some(capture.clone()),
+        source_truth: Some(source_truth.clone()),
         wait_for_signal: true,
         ..Config::default()
     };
@@ -433,34 +436,65 @@ fn source_recording_matches_the_emulator() {
     assert_eq!(pages.len() as u64, all, "pages in runs");
     assert!(pages.iter().all(|&p| p < all), "a run outside the RAMBlock");
 
-    // Requested pages: the preempt thread sends each no sooner than the
-    // delay after the receive that delivered its request.
-    let legs = check_requested_pages(&requests(&sent), &received, &sends, (BLOCK, base));
-    let preempt: Vec<u32> = src
-        .iter()
-        .filter_map(|r| match r {
-            Record::Thread(t) if t.name == "mig/src/preempt" => Some(t.tid),
-            _ => None,
-        })
-        .collect();
-    let delay = REQUEST_DELAY.as_nanos() as u64;
-    let late: Vec<u64> = legs
-        .at_source
-        .iter()
-        .zip(&legs.senders)
-        .filter(|(_, tid)| preempt.contains(tid))
-        .map(|(&ns, _)| ns)
-        .collect();
-    assert!(
-        !late.is_empty(),
-        "no requested page went out on the preempt channel"
-    );
-    assert!(
-        late.iter().all(|&ns| ns >= delay),
-        "a page sent sooner than {delay} ns after its request's receive: {late:?}"
+    // Requested pages: each request's receive, then its page's send (the
+    // figures printed), and against the source's own clock readings.
+    check_requested_pages(&requests(&sent), &received, &sends, (BLOCK, base));
+    recorded_times_against_the_source_truth(&source_truth, &received, &sends, base);
+}
+
+/// Each requested page the emulator's source sent, against its own clock
+/// readings: the receive that delivered the request ended (recorded exit) at
+/// or before the source had read it, and the page's one send began
+/// (recorded entry) at or after the source called it. Prints by how much.
+fn recorded_times_against_the_source_truth(
+    path: &Path,
+    received: &[(u64, &uffdscope_trace::record::SockIo)],
+    sends: &[&uffdscope_trace::record::PagesSent],
+    base: u64,
+) {
+    let rows = read_source_truth(path).expect("source truth");
+    // A request in the receive that was in progress when the recorder
+    // attached has no recorded receive (see `check_return_path`).
+    let first = received.first().map_or(u64::MAX, |(_, s)| s.exit_ts);
+    let rows: Vec<_> = rows.into_iter().filter(|r| r.recv_ns >= first).collect();
+    assert!(!rows.is_empty(), "the source sent no requested page");
+    let (mut recv_lag, mut send_lag) = (Vec::new(), Vec::new());
+    for row in &rows {
+        let recv = received
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.exit_ts <= row.recv_ns)
+            .map(|s| s.exit_ts)
+            .max()
+            .expect("a recorded receive before the source read the request");
+        recv_lag.push(row.recv_ns - recv);
+        let addr = base + row.page * PAGE;
+        let send: Vec<u64> = sends
+            .iter()
+            .filter(|p| {
+                p.runs.iter().any(|r| {
+                    addr >= r.addr && addr < r.addr + u64::from(r.page_len) * u64::from(r.pages)
+                })
+            })
+            .map(|p| p.enter_ts)
+            .collect();
+        assert_eq!(send.len(), 1, "page {} in {} sends", row.page, send.len());
+        assert!(
+            send[0] >= row.send_ns,
+            "page {}: recorded send entry {} before the source called it at {}",
+            row.page,
+            send[0],
+            row.send_ns
+        );
+        send_lag.push(send[0] - row.send_ns);
+    }
+    eprintln!(
+        "source truth, {} requested pages: request read by the source after the recorded receive exit: {}",
+        rows.len(),
+        spread(recv_lag)
     );
     eprintln!(
-        "preempt sends after the receive, minus the emulator's {delay} ns delay: {}",
-        spread(late.iter().map(|ns| ns - delay).collect())
+        "  recorded send entry after the source called the send: {}",
+        spread(send_lag)
     );
 }
