@@ -102,7 +102,8 @@ enum Command {
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "qemu"])))]
 struct RecordArgs {
-    /// The process to trace (the destination QEMU).
+    /// The process to trace: a migration's destination QEMU, or its source
+    /// (see --side).
     #[arg(long)]
     pid: Option<u32>,
     /// Find the QEMU started with `-name NAME` instead of giving a pid.
@@ -150,6 +151,22 @@ struct RecordArgs {
     /// authentication).
     #[arg(long, requires = "metrics")]
     metrics_allow_remote: bool,
+    /// Which end of the migration the target is: `auto` decides from its
+    /// threads, userfaultfd and command line and says why.
+    #[arg(long, value_enum, default_value_t = SideArg::Auto)]
+    side: SideArg,
+}
+
+/// `record --side`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum SideArg {
+    /// The source when the target has no userfaultfd and runs (or, being a
+    /// QEMU without -incoming, will run) a migration thread; else the destination.
+    Auto,
+    /// The migration source: return-path receives and page sends.
+    Source,
+    /// The migration destination: faults, requests and placements.
+    Destination,
 }
 
 /// `--metrics`: an IP address and port.
@@ -786,6 +803,7 @@ fn record_error(e: uffdscope_tracer::session::RecordError) -> anyhow::Error {
 #[cfg(target_os = "linux")]
 fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
+    use uffdscope_trace::record::Side;
     use uffdscope_tracer::{discover, session};
 
     let pid = match (args.pid, &args.qemu) {
@@ -810,10 +828,25 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         ring_bytes: u64::from(args.ring_mb) << 20,
         ready_file: args.ready_file.clone(),
         detail: args.detail.into(),
+        side: match args.side {
+            SideArg::Auto => None,
+            SideArg::Source => Some(Side::Source),
+            SideArg::Destination => Some(Side::Destination),
+        },
         ..session::RecordConfig::default()
     };
     install_stop_handlers()?;
     let preflight = cfg.preflight().map_err(record_error)?;
+    let mut cfg = cfg;
+    cfg.side = Some(preflight.side.side);
+    eprintln!(
+        "uffdscope: recording the {} end of the migration: {}",
+        match preflight.side.side {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        },
+        preflight.side.why
+    );
     for warning in &preflight.warnings {
         eprintln!("uffdscope: {warning}");
     }

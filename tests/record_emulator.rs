@@ -1,8 +1,10 @@
 //! Root tier: `uffdscope record` (the real binary, real BPF) against the
 //! post-copy emulator, checked against the emulator's ground truth, plus the
-//! ways a recording can end (target exits, SIGINT, target killed, recorder killed).
+//! ways a recording can end (target exits, SIGINT, target killed, recorder killed),
+//! and the emulator's source recorded beside its destination.
 #![cfg(target_os = "linux")]
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,11 +12,19 @@ use std::time::{Duration, Instant};
 use uffdscope_analyzer::analysis::{analyze_file, Options};
 use uffdscope_analyzer::engine::lifecycle::{Engine, Fault};
 use uffdscope_analyzer::report::Report;
+use uffdscope_fixtures::emu::source_truth::read_source_truth;
 use uffdscope_fixtures::emu::truth::{read_truth, Exactness};
 use uffdscope_fixtures::emu::{Bandwidth, Config, Emu};
 use uffdscope_fixtures::tier;
 use uffdscope_trace::record::Record;
 use uffdscope_trace::TraceReader;
+
+#[path = "common/both_ends.rs"]
+mod both_ends;
+use both_ends::{
+    check_requested_pages, check_return_path, check_sends, check_sides, read, requests, spread,
+    PAGE,
+};
 
 /// These tests measure latencies and load the machine; running them one at a
 /// time keeps each one's numbers its own.
@@ -356,5 +366,172 @@ fn sigint_and_killed_target_leave_readable_traces() {
     assert!(
         report.faults.count > 0,
         "frames flushed before the kill hold faults"
+    );
+}
+
+/// The emulator's one RAMBlock.
+const BLOCK: &str = "pc.ram";
+/// How long the emulator's source holds a requested page before sending it.
+const REQUEST_DELAY: Duration = Duration::from_millis(1);
+
+/// The source process the emulator's destination spawned (`--role both`).
+fn child_of(parent: u32) -> u32 {
+    let children: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect();
+    assert_eq!(
+        children.len(),
+        1,
+        "the destination {parent} has children {children:?}"
+    );
+    children[0]
+}
+
+/// The emulator's *source* process recorded (real BPF) beside a second
+/// recorder on its destination, checked against what the emulator knows:
+/// the bytes its return-path thread read (captured by the emulator itself),
+/// every page of its RAM sent once in page runs with one RAMBlock base, and
+/// for each requested page, the recorded receive ending before the source
+/// read the request and the recorded send starting after the source called
+/// it (`--source-truth`).
+#[test]
+fn source_recording_matches_the_emulator() {
+    if !tier::root_bpf("source_recording_matches_the_emulator") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = dir.path().join("rp.bin");
+    let source_truth = dir.path().join("source-truth.csv");
+    let cfg = Config {
+        mem_bytes: 32 << 20,
+        vcpus: 2,
+        bandwidth: Bandwidth::BytesPerSec(32 << 20),
+        preempt: true,
+        request_delay_us: REQUEST_DELAY.as_micros() as u64,
+        // Every page has content, so every page is sent as a page iovec.
+        zero_percent: 0,
+        capture_rp: Some(capture.clone()),
+        source_truth: Some(source_truth.clone()),
+        wait_for_signal: true,
+        ..Config::default()
+    };
+    let emu = Emu::spawn(&cfg).expect("spawn emulator");
+    let source_pid = child_of(emu.pid());
+    let (dst_trace, src_trace) = (dir.path().join("dst.trace"), dir.path().join("src.trace"));
+    let _serial = serial();
+    let dst_rec = start_recorder_with(emu.pid(), &dst_trace, &["--side", "destination"]);
+    let src_rec = start_recorder_with(source_pid, &src_trace, &["--side", "auto"]);
+    emu.go().expect("start vCPUs");
+    emu.wait()
+        .expect("emulator run")
+        .success()
+        .expect("emulator verified every page");
+    let src_stderr = finish(src_rec);
+    finish(dst_rec);
+    assert!(
+        src_stderr.contains("recording the source end"),
+        "auto did not pick the source: {src_stderr}"
+    );
+
+    let (dst_side, dst) = read(&dst_trace);
+    let (src_side, src) = read(&src_trace);
+    check_sides(&dst, dst_side, &src, src_side);
+    let (sent, received) = check_return_path(&dst, &src);
+
+    // The emulator's own copy of the bytes its return path read.
+    let truth = std::fs::read(&capture).expect("return-path capture");
+    let end = received.last().map(|(at, s)| at + s.ret.unsigned_abs());
+    assert_eq!(end, Some(truth.len() as u64), "return-path bytes");
+    for (at, s) in &received {
+        let at = usize::try_from(*at).expect("position");
+        assert_eq!(
+            s.head.as_slice(),
+            &truth[at..at + s.head.len()],
+            "receive at stream byte {at}"
+        );
+    }
+
+    // Every page of the RAM went out once, in runs from one base.
+    let (sends, base) = check_sends(&src);
+    let mut pages = HashSet::new();
+    for run in sends.iter().flat_map(|s| &s.runs) {
+        assert_eq!(u64::from(run.page_len), PAGE, "{run:?}");
+        for i in 0..u64::from(run.pages) {
+            let page = (run.addr + i * PAGE - base) / PAGE;
+            assert!(pages.insert(page), "page {page} sent twice");
+        }
+    }
+    let all = cfg.mem_bytes / PAGE;
+    assert_eq!(pages.len() as u64, all, "pages in runs");
+    assert!(pages.iter().all(|&p| p < all), "a run outside the RAMBlock");
+
+    // Requested pages: each request's receive, then its page's send (the
+    // figures printed), and against the source's own clock readings.
+    check_requested_pages(&requests(&sent), &received, &sends, (BLOCK, base));
+    recorded_times_against_the_source_truth(&source_truth, &received, &sends, base);
+}
+
+/// Each requested page the emulator's source sent, against its own clock
+/// readings: the receive that delivered the request ended (recorded exit) at
+/// or before the source had read it, and the page's one send began
+/// (recorded entry) at or after the source called it. Prints by how much.
+fn recorded_times_against_the_source_truth(
+    path: &Path,
+    received: &[(u64, &uffdscope_trace::record::SockIo)],
+    sends: &[&uffdscope_trace::record::PagesSent],
+    base: u64,
+) {
+    let rows = read_source_truth(path).expect("source truth");
+    // A request in the receive that was in progress when the recorder
+    // attached has no recorded receive (see `check_return_path`).
+    let first = received.first().map_or(u64::MAX, |(_, s)| s.exit_ts);
+    let rows: Vec<_> = rows.into_iter().filter(|r| r.recv_ns >= first).collect();
+    assert!(!rows.is_empty(), "the source sent no requested page");
+    let (mut recv_lag, mut send_lag) = (Vec::new(), Vec::new());
+    for row in &rows {
+        let recv = received
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.exit_ts <= row.recv_ns)
+            .map(|s| s.exit_ts)
+            .max()
+            .expect("a recorded receive before the source read the request");
+        recv_lag.push(row.recv_ns - recv);
+        let addr = base + row.page * PAGE;
+        let send: Vec<u64> = sends
+            .iter()
+            .filter(|p| {
+                p.runs.iter().any(|r| {
+                    addr >= r.addr && addr < r.addr + u64::from(r.page_len) * u64::from(r.pages)
+                })
+            })
+            .map(|p| p.enter_ts)
+            .collect();
+        assert_eq!(send.len(), 1, "page {} in {} sends", row.page, send.len());
+        assert!(
+            send[0] >= row.send_ns,
+            "page {}: recorded send entry {} before the source called it at {}",
+            row.page,
+            send[0],
+            row.send_ns
+        );
+        send_lag.push(send[0] - row.send_ns);
+    }
+    eprintln!(
+        "source truth, {} requested pages: request read by the source after the recorded receive exit: {}",
+        rows.len(),
+        spread(recv_lag)
+    );
+    eprintln!(
+        "  recorded send entry after the source called the send: {}",
+        spread(send_lag)
     );
 }

@@ -56,7 +56,9 @@ enum ufs_event_kind {
 	UFS_EV_THREAD = 9,       /* struct ufs_thread */
 	UFS_EV_KVM_ASYNC_PF = 10, /* struct ufs_kvm_async_pf */
 	UFS_EV_PLACER_RUN = 11,  /* struct ufs_placer_run */
-	UFS_EV_KIND_COUNT = 12,  /* entries of the drops map (index = kind) */
+	UFS_EV_RECV = 12,        /* struct ufs_send, a receive (source side) */
+	UFS_EV_PAGES_SENT = 13,  /* struct ufs_pages_sent (source side) */
+	UFS_EV_KIND_COUNT = 14,  /* entries of the drops map (index = kind) */
 };
 
 /* Indices of the per-CPU `ufs_stats` counters. */
@@ -392,5 +394,63 @@ _Static_assert(sizeof(struct ufs_tcp_retrans) == 40, "ufs_tcp_retrans");
 _Static_assert(sizeof(struct ufs_thread) == 48, "ufs_thread");
 _Static_assert(sizeof(struct ufs_kvm_async_pf) == 48, "ufs_kvm_async_pf");
 _Static_assert(sizeof(struct ufs_placer_run) == 48, "ufs_placer_run");
+
+/* ---- the migration source (ebpf/bpf/source.h; ARCHITECTURE.md, "Both ends
+ * of the migration") ---- */
+
+#define UFS_SRC_MAX_IOV 64    /* iovecs walked per send: QEMU's MAX_IOV_SIZE */
+#define UFS_SRC_MAX_RUNS 32   /* page runs kept per send */
+#define UFS_SRC_PAGE 4096     /* a page entry is a multiple of this, at least this long */
+
+/* ufs_send.syscall of a UFS_EV_RECV record: the receive that filled it.
+ * hdr.ts = exit; bytes[0 .. captured) are the first min(ret, 64) bytes
+ * received (from the first iovec of recvmsg/readv); req_len = the buffer's
+ * length (the first iovec's for recvmsg/readv); iovcnt as for sends. */
+enum ufs_recv_syscall {
+	UFS_RECV_RECVMSG = 5,
+	UFS_RECV_RECVFROM = 6,
+	UFS_RECV_READ = 7,
+	UFS_RECV_READV = 8,
+};
+
+/* ufs_page_run.flags */
+#define UFS_RUN_HEADER 0x1 /* header holds the 8 bytes before the run's first page */
+
+/* Contiguous page-sized iovecs of one send (header segments between them
+ * allowed). 32 bytes. */
+struct ufs_page_run {
+	__u64 at;         /*  0  payload offset of the first page */
+	__u64 addr;       /*  8  sender's address of the first page */
+	__u8 header[8];   /* 16  the stream's 8 bytes before the first page, as sent */
+	__u32 page_len;   /* 24  length of each entry */
+	__u16 pages;      /* 28  entries */
+	__u16 flags;      /* 30  UFS_RUN_* */
+};
+
+/* ufs_pages_sent.truncated bits */
+#define UFS_PS_MORE_IOV 0x1  /* more than UFS_SRC_MAX_IOV iovecs, or the array was unreadable */
+#define UFS_PS_MORE_RUNS 0x2 /* more than UFS_SRC_MAX_RUNS runs */
+
+/*
+ * A send on a socket fd of a source target (sendmsg, writev, write, sendto).
+ * hdr.tid = caller, hdr.ts = exit. runs[0 .. n_runs) are the page runs among
+ * the iovecs the send got through (none for write/sendto, or when ret <= 0).
+ * 1072 bytes.
+ */
+struct ufs_pages_sent {
+	struct ufs_hdr hdr;                           /*  0 */
+	__u64 enter_ts;                               /* 16 */
+	__s64 ret;                                    /* 24 */
+	__u32 fd;                                     /* 32 */
+	__u32 iovcnt;                                 /* 36  0 for write/sendto */
+	__u16 syscall;                                /* 40  enum ufs_send_syscall */
+	__u16 n_runs;                                 /* 42 */
+	__u16 truncated;                              /* 44  UFS_PS_* */
+	__u16 pad;                                    /* 46 */
+	struct ufs_page_run runs[UFS_SRC_MAX_RUNS];   /* 48 */
+};
+
+_Static_assert(sizeof(struct ufs_page_run) == 32, "ufs_page_run");
+_Static_assert(sizeof(struct ufs_pages_sent) == 1072, "ufs_pages_sent");
 
 #endif /* UFFDSCOPE_EVENTS_H */

@@ -1835,3 +1835,5 @@ int ufs_task_rename(struct tp_task_rename *ctx)
 	emit_thread((__u32)ctx->pid, id >> 32, UFS_THREAD_RENAME, (__u32)id, 0, ctx->newcomm);
 	return 0;
 }
+
+#include "source.h"

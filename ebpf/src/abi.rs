@@ -111,11 +111,15 @@ pub enum Kind {
     KvmAsyncPf = 10,
     /// [`PlacerRun`].
     PlacerRun = 11,
+    /// A receive on a source's socket, as a [`Send`] (see [`recv_syscall`]).
+    Recv = 12,
+    /// [`PagesSent`].
+    PagesSent = 13,
 }
 
 impl Kind {
     /// Every kind, in numeric order.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Kind::FaultWake,
         Kind::UffdRead,
         Kind::UffdIoctl,
@@ -127,9 +131,11 @@ impl Kind {
         Kind::Thread,
         Kind::KvmAsyncPf,
         Kind::PlacerRun,
+        Kind::Recv,
+        Kind::PagesSent,
     ];
     /// Entries of the `ufs_drops` map (`UFS_EV_KIND_COUNT`), indexed by kind.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
 
     /// The kind for a header value, or `None` when this build does not know it.
     pub fn from_raw(raw: u16) -> Option<Kind> {
@@ -143,13 +149,14 @@ impl Kind {
             Kind::UffdRead => size_of::<UffdRead>(),
             Kind::UffdIoctl => size_of::<UffdIoctl>(),
             Kind::UffdFd => size_of::<UffdFd>(),
-            Kind::Send => size_of::<Send>(),
+            Kind::Send | Kind::Recv => size_of::<Send>(),
             Kind::SockLen => size_of::<SockLen>(),
             Kind::TcpProbe => size_of::<TcpProbe>(),
             Kind::TcpRetrans => size_of::<TcpRetrans>(),
             Kind::Thread => size_of::<Thread>(),
             Kind::KvmAsyncPf => size_of::<KvmAsyncPf>(),
             Kind::PlacerRun => size_of::<PlacerRun>(),
+            Kind::PagesSent => size_of::<PagesSent>(),
         }
     }
 
@@ -167,6 +174,8 @@ impl Kind {
             Kind::Thread => "thread",
             Kind::KvmAsyncPf => "kvm_async_pf",
             Kind::PlacerRun => "placer_run",
+            Kind::Recv => "recv",
+            Kind::PagesSent => "pages_sent",
         }
     }
 }
@@ -246,6 +255,33 @@ pub mod send_syscall {
     pub const WRITE: u16 = 3;
     /// `writev(2)`.
     pub const WRITEV: u16 = 4;
+}
+
+/// `ufs_send.syscall` values of a [`Kind::Recv`] record (the source's
+/// receives).
+pub mod recv_syscall {
+    /// `recvmsg(2)`.
+    pub const RECVMSG: u16 = 5;
+    /// `recvfrom(2)` (and `recv(3)`).
+    pub const RECVFROM: u16 = 6;
+    /// `read(2)`.
+    pub const READ: u16 = 7;
+    /// `readv(2)`.
+    pub const READV: u16 = 8;
+}
+
+/// `ufs_page_run.flags` bits.
+pub mod run_flags {
+    /// `header` holds the 8 stream bytes before the run's first page.
+    pub const HEADER: u16 = 0x1;
+}
+
+/// `ufs_pages_sent.truncated` bits.
+pub mod pages_truncated {
+    /// More iovecs than the kernel walks, or the array was unreadable.
+    pub const MORE_IOV: u16 = 0x1;
+    /// More runs than a record keeps.
+    pub const MORE_RUNS: u16 = 0x2;
 }
 
 /// `ufs_thread.op` values.
@@ -684,4 +720,77 @@ pub struct BinVal {
     pub ioctl_ns: u64,
     pub first_exit_ts: u64,
     pub last_exit_ts: u64,
+}
+
+/// Page runs one [`PagesSent`] keeps (`UFS_SRC_MAX_RUNS`).
+pub const SRC_MAX_RUNS: usize = 32;
+
+/// `struct ufs_page_run`: contiguous page-sized iovecs of one send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct PageRun {
+    /// Payload offset of the first page.
+    pub at: u64,
+    /// The sender's address of the first page.
+    pub addr: u64,
+    /// The stream's 8 bytes before the first page, as sent (valid with
+    /// [`run_flags::HEADER`]).
+    pub header: [u8; 8],
+    /// Length of each entry.
+    pub page_len: u32,
+    /// Entries.
+    pub pages: u16,
+    /// [`run_flags`] bits.
+    pub flags: u16,
+}
+
+/// `struct ufs_pages_sent`: a send on a source target's socket, with the
+/// page runs among its iovecs. `hdr.tid` is the caller, `hdr.ts` the exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct PagesSent {
+    /// Header.
+    pub hdr: Hdr,
+    /// `sys_enter_*` time.
+    pub enter_ts: u64,
+    /// Return value.
+    pub ret: i64,
+    /// The socket fd.
+    pub fd: u32,
+    /// iovec count (sendmsg, writev), else 0.
+    pub iovcnt: u32,
+    /// [`send_syscall`] value.
+    pub syscall: u16,
+    /// Valid entries of `runs`.
+    pub n_runs: u16,
+    /// [`pages_truncated`] bits.
+    pub truncated: u16,
+    /// Padding.
+    pub pad: u16,
+    /// The runs, in iovec order.
+    pub runs: [PageRun; SRC_MAX_RUNS],
+}
+
+impl PagesSent {
+    /// The valid runs.
+    pub fn valid_runs(&self) -> &[PageRun] {
+        &self.runs[..usize::from(self.n_runs).min(SRC_MAX_RUNS)]
+    }
+}
+
+impl Default for PagesSent {
+    fn default() -> Self {
+        PagesSent {
+            hdr: Hdr::default(),
+            enter_ts: 0,
+            ret: 0,
+            fd: 0,
+            iovcnt: 0,
+            syscall: 0,
+            n_runs: 0,
+            truncated: 0,
+            pad: 0,
+            runs: [PageRun::default(); SRC_MAX_RUNS],
+        }
+    }
 }

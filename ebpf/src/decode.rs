@@ -4,8 +4,8 @@
 use std::mem::size_of;
 
 use crate::abi::{
-    BinKey, BinVal, FaultWake, Hdr, Kind, KvmAsyncPf, PlacerRun, Send, SockLen, TcpProbe,
-    TcpRetrans, Thread, UffdFd, UffdIoctl, UffdRead,
+    BinKey, BinVal, FaultWake, Hdr, Kind, KvmAsyncPf, PageRun, PagesSent, PlacerRun, Send, SockLen,
+    TcpProbe, TcpRetrans, Thread, UffdFd, UffdIoctl, UffdRead,
 };
 
 /// One decoded ring-buffer record.
@@ -33,6 +33,10 @@ pub enum RawEvent {
     KvmAsyncPf(KvmAsyncPf),
     /// The placing thread's first moment after a waking placement.
     PlacerRun(PlacerRun),
+    /// A receive on a source's socket fd.
+    Recv(Send),
+    /// A send of pages by a source (boxed: 1072 bytes).
+    PagesSent(Box<PagesSent>),
 }
 
 impl RawEvent {
@@ -43,13 +47,14 @@ impl RawEvent {
             RawEvent::UffdRead(e) => &e.hdr,
             RawEvent::UffdIoctl(e) => &e.hdr,
             RawEvent::UffdFd(e) => &e.hdr,
-            RawEvent::Send(e) => &e.hdr,
+            RawEvent::Send(e) | RawEvent::Recv(e) => &e.hdr,
             RawEvent::SockLen(e) => &e.hdr,
             RawEvent::TcpProbe(e) => &e.hdr,
             RawEvent::TcpRetrans(e) => &e.hdr,
             RawEvent::Thread(e) => &e.hdr,
             RawEvent::KvmAsyncPf(e) => &e.hdr,
             RawEvent::PlacerRun(e) => &e.hdr,
+            RawEvent::PagesSent(e) => &e.hdr,
         }
     }
 
@@ -67,6 +72,8 @@ impl RawEvent {
             RawEvent::Thread(_) => Kind::Thread,
             RawEvent::KvmAsyncPf(_) => Kind::KvmAsyncPf,
             RawEvent::PlacerRun(_) => Kind::PlacerRun,
+            RawEvent::Recv(_) => Kind::Recv,
+            RawEvent::PagesSent(_) => Kind::PagesSent,
         }
     }
 }
@@ -134,6 +141,10 @@ unsafe impl Plain for Thread {}
 unsafe impl Plain for KvmAsyncPf {}
 // SAFETY: as above.
 unsafe impl Plain for PlacerRun {}
+// SAFETY: as above.
+unsafe impl Plain for PageRun {}
+// SAFETY: as above.
+unsafe impl Plain for PagesSent {}
 
 // SAFETY: as above.
 unsafe impl Plain for BinKey {}
@@ -202,6 +213,8 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         Kind::Thread => RawEvent::Thread(read_exact(kind, bytes)?),
         Kind::KvmAsyncPf => RawEvent::KvmAsyncPf(read_exact(kind, bytes)?),
         Kind::PlacerRun => RawEvent::PlacerRun(read_exact(kind, bytes)?),
+        Kind::Recv => RawEvent::Recv(read_exact(kind, bytes)?),
+        Kind::PagesSent => RawEvent::PagesSent(Box::new(read_exact(kind, bytes)?)),
     })
 }
 
@@ -331,6 +344,31 @@ mod tests {
                 };
                 (bytes_of(&v), RawEvent::PlacerRun(v))
             },
+            {
+                let mut v = Send {
+                    hdr: hdr(Kind::Recv),
+                    captured: 4,
+                    ..Send::default()
+                };
+                v.bytes[..4].copy_from_slice(&[0, 1, 0, 12]);
+                (bytes_of(&v), RawEvent::Recv(v))
+            },
+            {
+                let mut v = PagesSent {
+                    hdr: hdr(Kind::PagesSent),
+                    n_runs: 1,
+                    ..PagesSent::default()
+                };
+                v.runs[0] = PageRun {
+                    at: 8,
+                    addr: 0x7f00_0000_0000,
+                    header: 0x1000_0028_u64.to_be_bytes(),
+                    page_len: 4096,
+                    pages: 3,
+                    flags: 1,
+                };
+                (bytes_of(&v), RawEvent::PagesSent(Box::new(v)))
+            },
         ];
         assert_eq!(cases.len(), Kind::ALL.len(), "one case per kind");
         for (bytes, want) in cases {
@@ -404,7 +442,7 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_an_error() {
-        for kind in [0u16, 12, 0xffff] {
+        for kind in [0u16, 14, 0xffff] {
             let mut bytes = bytes_of(&hdr(Kind::FaultWake));
             bytes[..2].copy_from_slice(&kind.to_ne_bytes());
             assert_eq!(

@@ -66,6 +66,9 @@ pub mod names {
     /// `const volatile __u32 ufs_minimal`: `record --detail minimal`, the
     /// placing ioctl read from the waker's registers at `sched_waking`.
     pub const MINIMAL_GLOBAL: &str = "ufs_minimal";
+    /// `const volatile __u32 ufs_source`: record a migration source
+    /// (`bpf/source.h`).
+    pub const SOURCE_GLOBAL: &str = "ufs_source";
     /// Background placements counted in the kernel, key
     /// [`crate::abi::BinKey`], value [`crate::abi::BinVal`].
     pub const BINS_MAP: &str = "ufs_bins";

@@ -1,12 +1,14 @@
 //! Raw kernel events → trace records: the one place where the `events.h` ABI
 //! meets the analyzer's record model.
 
-use uffdscope_ebpf::abi::{self, fault_flags, fault_source, placer_how, thread_op, uffd_fd_op};
+use uffdscope_ebpf::abi::{
+    self, fault_flags, fault_source, pages_truncated, placer_how, run_flags, thread_op, uffd_fd_op,
+};
 use uffdscope_ebpf::RawEvent;
 use uffdscope_trace::record::{
-    Direction, FaultEntry, FaultSource, IoctlOp, KvmAsync, KvmAsyncOp, NewUffd, Note, PlacementBin,
-    PlacerHow, PlacerRun, Record, Role, Sleep, SleepFlags, SleepKernel, SockIo, SockLen, TcpProbe,
-    TcpRetransmit, TcpSeq, ThreadInfo, UffdIoctl, UffdMsg, UffdRead,
+    Direction, FaultEntry, FaultSource, IoctlOp, KvmAsync, KvmAsyncOp, NewUffd, Note, PageRun,
+    PagesSent, PlacementBin, PlacerHow, PlacerRun, Record, Role, Sleep, SleepFlags, SleepKernel,
+    SockIo, SockLen, TcpProbe, TcpRetransmit, TcpSeq, ThreadInfo, UffdIoctl, UffdMsg, UffdRead,
 };
 
 /// A raw event that cannot be turned into a record.
@@ -111,6 +113,44 @@ fn placer_run(e: &abi::PlacerRun) -> Result<Record, ConvertError> {
     }))
 }
 
+/// A source's send: its page runs, each header read big-endian as QEMU
+/// writes it (ARCHITECTURE.md, "Both ends of the migration").
+fn pages_sent(e: &abi::PagesSent) -> Record {
+    let runs = e
+        .valid_runs()
+        .iter()
+        .map(|r| PageRun {
+            at: r.at,
+            addr: r.addr,
+            page_len: r.page_len,
+            pages: u32::from(r.pages),
+            header: (r.flags & run_flags::HEADER != 0).then(|| u64::from_be_bytes(r.header)),
+        })
+        .collect();
+    Record::PagesSent(PagesSent {
+        tid: e.hdr.tid,
+        enter_ts: e.enter_ts,
+        exit_ts: e.hdr.ts,
+        fd: fd(e.fd),
+        ret: e.ret,
+        runs,
+        truncated: e.truncated & (pages_truncated::MORE_IOV | pages_truncated::MORE_RUNS) != 0,
+    })
+}
+
+/// A send or (on the source) a receive, with the payload's first bytes.
+fn sock_io(e: &abi::Send, dir: Direction) -> Record {
+    Record::SockIo(SockIo {
+        tid: e.hdr.tid,
+        enter_ts: e.enter_ts,
+        exit_ts: e.hdr.ts,
+        fd: fd(e.fd),
+        dir,
+        ret: e.ret,
+        head: e.payload().to_vec(),
+    })
+}
+
 fn fd(raw: u32) -> i32 {
     i32::try_from(raw).unwrap_or(-1)
 }
@@ -164,15 +204,9 @@ impl TryFrom<&RawEvent> for Records {
                 }),
                 other => return Err(ConvertError::UffdFdOp(other)),
             },
-            RawEvent::Send(e) => Record::SockIo(SockIo {
-                tid: e.hdr.tid,
-                enter_ts: e.enter_ts,
-                exit_ts: e.hdr.ts,
-                fd: fd(e.fd),
-                dir: Direction::Send,
-                ret: e.ret,
-                head: e.payload().to_vec(),
-            }),
+            RawEvent::Send(e) => sock_io(e, Direction::Send),
+            RawEvent::Recv(e) => sock_io(e, Direction::Recv),
+            RawEvent::PagesSent(e) => pages_sent(e),
             RawEvent::SockLen(e) => Record::SockLen(SockLen {
                 ts: e.hdr.ts,
                 tid: e.hdr.tid,
@@ -362,6 +396,64 @@ mod tests {
         assert_eq!(
             Records::try_from(&RawEvent::KvmAsyncPf(bad)),
             Err(ConvertError::KvmAsyncOp(0))
+        );
+    }
+
+    #[test]
+    fn source_sends_and_receives_become_records() {
+        let mut raw = abi::PagesSent {
+            enter_ts: 10,
+            ret: 8200,
+            fd: 7,
+            n_runs: 2,
+            truncated: pages_truncated::MORE_RUNS,
+            ..abi::PagesSent::default()
+        };
+        raw.hdr.ts = 20;
+        raw.runs[0] = abi::PageRun {
+            at: 8,
+            addr: 0x7f00_0000_2000,
+            header: 0x2028_u64.to_be_bytes(),
+            page_len: 4096,
+            pages: 2,
+            flags: run_flags::HEADER,
+        };
+        raw.runs[1] = abi::PageRun {
+            at: 9000,
+            header: [0xff; 8],
+            flags: 0,
+            ..raw.runs[0]
+        };
+        // A stale run past n_runs is not read.
+        raw.runs[2] = raw.runs[0];
+        let Records(v) = Records::try_from(&RawEvent::PagesSent(Box::new(raw))).unwrap();
+        let Record::PagesSent(p) = &v[0] else {
+            panic!("not a PagesSent: {v:?}")
+        };
+        assert_eq!((p.enter_ts, p.exit_ts, p.fd, p.ret), (10, 20, 7, 8200));
+        assert!(p.truncated);
+        assert_eq!(p.runs.len(), 2);
+        assert_eq!(
+            p.runs[0].header,
+            Some(0x2028),
+            "big-endian, as QEMU writes it"
+        );
+        assert_eq!(p.runs[0].pages, 2);
+        assert_eq!(p.runs[1].header, None, "no HEADER flag, no header");
+
+        let mut recv = abi::Send {
+            captured: 2,
+            ret: 12,
+            ..abi::Send::default()
+        };
+        recv.bytes[..2].copy_from_slice(&[0, 1]);
+        let Records(v) = Records::try_from(&RawEvent::Recv(recv)).unwrap();
+        let Record::SockIo(io) = &v[0] else {
+            panic!("not a SockIo: {v:?}")
+        };
+        assert_eq!(
+            (io.dir, io.head.as_slice()),
+            (Direction::Recv, &[0u8, 1][..])
         );
     }
 

@@ -16,4 +16,6 @@ pub mod perf;
 pub mod qmp;
 #[cfg(target_os = "linux")]
 pub mod session;
+#[cfg(target_os = "linux")]
+pub mod side;
 pub mod unix_connect;

@@ -24,10 +24,10 @@ use uffdscope_ebpf::abi::{
 };
 use uffdscope_ebpf::RawEvent;
 use uffdscope_fixtures::tier;
-use uffdscope_trace::record::Detail;
+use uffdscope_trace::record::{Detail, Side};
 use uffdscope_tracer::bpf::{
-    probe_tracepoints, AttachOutcome, BpfConfig, BpfError, BpfTracer, FormatCheck, Need, RingDrain,
-    TRACEPOINTS,
+    attaches_on, probe_tracepoints, AttachOutcome, BpfConfig, BpfError, BpfTracer, FormatCheck,
+    Need, RingDrain, TRACEPOINTS,
 };
 
 const CHILD_ENV: &str = "UFFDSCOPE_BPF_LOAD_CHILD";
@@ -730,7 +730,11 @@ fn check_attached(tracer: &BpfTracer) {
         not_attached.is_empty() || std::env::var_os("UFFDSCOPE_ALLOW_MISSING_OPTIONAL").is_some(),
         "optional tracepoints not attached: {not_attached:?}"
     );
-    assert_eq!(tracer.attach_status().len(), TRACEPOINTS.len());
+    let destination = TRACEPOINTS
+        .iter()
+        .filter(|t| attaches_on(t, Side::Destination))
+        .count();
+    assert_eq!(tracer.attach_status().len(), destination);
     let seeded = tracer.uffd_fds().expect("read uffd fd map");
     assert_eq!(
         seeded.len(),

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use uffdscope_trace::record::Side;
+
 /// Whether recording can go on without a tracepoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
@@ -452,12 +454,239 @@ pub static TRACEPOINTS: &[Tracepoint] = &[
         Layout::Struct(tp::TP_TASK_RENAME),
         &["pid", "newcomm"]
     ),
+    // The migration source's programs (ebpf/bpf/source.h): attached instead
+    // of the destination's when recording a source (see [`attaches_on`]).
+    tp!(
+        "ufs_src_enter_recvmsg",
+        "syscalls",
+        "sys_enter_recvmsg",
+        Required,
+        "return-path page requests received (source)",
+        Layout::SysEnter,
+        &["fd", "msg"]
+    ),
+    tp!(
+        "ufs_src_exit_recvmsg",
+        "syscalls",
+        "sys_exit_recvmsg",
+        Required,
+        "recvmsg result and the first 64 bytes received (source)",
+        Layout::Struct(tp::TP_SYS_EXIT),
+        &["ret"]
+    ),
+    tp!(
+        "ufs_src_enter_recvfrom",
+        "syscalls",
+        "sys_enter_recvfrom",
+        Required,
+        "return-path page requests received with recv/recvfrom (source)",
+        Layout::SysEnter,
+        &["fd", "ubuf", "size"]
+    ),
+    tp!(
+        "ufs_src_exit_recvfrom",
+        "syscalls",
+        "sys_exit_recvfrom",
+        Required,
+        "recvfrom result and the first 64 bytes received (source)",
+        Layout::Struct(tp::TP_SYS_EXIT),
+        &["ret"]
+    ),
+    tp!(
+        "ufs_src_enter_read",
+        "syscalls",
+        "sys_enter_read",
+        Required,
+        "return-path page requests received with read (source)",
+        Layout::SysEnter,
+        &["fd", "buf", "count"]
+    ),
+    tp!(
+        "ufs_src_exit_read",
+        "syscalls",
+        "sys_exit_read",
+        Required,
+        "read result and the first 64 bytes received (source)",
+        Layout::Struct(tp::TP_SYS_EXIT),
+        &["ret"]
+    ),
+    tp!(
+        "ufs_src_enter_readv",
+        "syscalls",
+        "sys_enter_readv",
+        Required,
+        "return-path page requests received with readv (source)",
+        Layout::SysEnter,
+        &["fd", "vec", "vlen"]
+    ),
+    tp!(
+        "ufs_src_exit_readv",
+        "syscalls",
+        "sys_exit_readv",
+        Required,
+        "readv result and the first 64 bytes received (source)",
+        Layout::Struct(tp::TP_SYS_EXIT),
+        &["ret"]
+    ),
+    tp!(
+        "ufs_src_enter_sendmsg",
+        "syscalls",
+        "sys_enter_sendmsg",
+        Required,
+        "pages sent: the iovecs pointing at whole pages, as runs (source)",
+        Layout::SysEnter,
+        &["fd", "msg"]
+    ),
+    tp!(
+        "ufs_src_exit_sendmsg",
+        "syscalls",
+        "sys_exit_sendmsg",
+        Required,
+        "sendmsg result and the page runs it got through (source)",
+        Layout::Struct(tp::TP_SYS_EXIT),
+        &["ret"]
+    ),
+    tp!(
+        "ufs_src_enter_writev",
+        "syscalls",
+        "sys_enter_writev",
+        Required,
+        "pages sent with writev, as runs (source)",
+        Layout::SysEnter,
+        &["fd", "vec", "vlen"]
+    ),
+    tp!(
+        "ufs_src_exit_writev",
+        "syscalls",
+        "sys_exit_writev",
+        Required,
+        "writev result and the page runs it got through (source)",
+        Layout::Struct(tp::TP_SYS_EXIT),
+        &["ret"]
+    ),
+    tp!(
+        "ufs_src_enter_sendto",
+        "syscalls",
+        "sys_enter_sendto",
+        Required,
+        "sends with send/sendto (source)",
+        Layout::SysEnter,
+        &["fd", "buff", "len"]
+    ),
+    tp!(
+        "ufs_src_exit_sendto",
+        "syscalls",
+        "sys_exit_sendto",
+        Required,
+        "sendto result and the page runs it got through (source)",
+        Layout::Struct(tp::TP_SYS_EXIT),
+        &["ret"]
+    ),
+    tp!(
+        "ufs_src_enter_write",
+        "syscalls",
+        "sys_enter_write",
+        Required,
+        "sends with write (source)",
+        Layout::SysEnter,
+        &["fd", "buf", "count"]
+    ),
+    tp!(
+        "ufs_src_exit_write",
+        "syscalls",
+        "sys_exit_write",
+        Required,
+        "write result and the page runs it got through (source)",
+        Layout::Struct(tp::TP_SYS_EXIT),
+        &["ret"]
+    ),
 ];
+
+/// The programs only a destination attaches: fault entries, sleeps and
+/// wakes, uffd fds, reads and ioctls, and the first bytes of its sends.
+const DESTINATION_ONLY: &[&str] = &[
+    "ufs_page_fault_user",
+    "ufs_page_fault_kernel",
+    "ufs_kvm_page_fault",
+    "ufs_kvm_try_async_get_page",
+    "ufs_kvm_async_pf_not_present",
+    "ufs_kvm_async_pf_ready",
+    "ufs_kvm_async_pf_repeated_fault",
+    "ufs_sched_switch",
+    "ufs_sched_waking",
+    "ufs_sched_wakeup",
+    "ufs_rseq_update",
+    "ufs_sys_exit_userfaultfd",
+    "ufs_sys_enter_ioctl",
+    "ufs_sys_exit_ioctl",
+    "ufs_sys_enter_read",
+    "ufs_sys_exit_read",
+    "ufs_sys_enter_sendmsg",
+    "ufs_sys_exit_sendmsg",
+    "ufs_sys_enter_writev",
+    "ufs_sys_exit_writev",
+    "ufs_sys_enter_sendto",
+    "ufs_sys_exit_sendto",
+    "ufs_sys_enter_write",
+    "ufs_sys_exit_write",
+];
+
+/// Whether `tp` is attached when recording `side`: the source's programs
+/// (`ufs_src_*`) only on a source, [`DESTINATION_ONLY`] only on a
+/// destination, the rest (sockets, TCP, threads, close) on both.
+pub fn attaches_on(tp: &Tracepoint, side: Side) -> bool {
+    match side {
+        Side::Source => !DESTINATION_ONLY.contains(&tp.program),
+        Side::Destination => !tp.program.starts_with("ufs_src_"),
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use uffdscope_ebpf::OBJECT;
+
+    #[test]
+    fn each_side_attaches_its_own_programs() {
+        let on = |side| {
+            TRACEPOINTS
+                .iter()
+                .filter(|t| attaches_on(t, side))
+                .map(|t| t.program)
+                .collect::<Vec<_>>()
+        };
+        let (src, dst) = (on(Side::Source), on(Side::Destination));
+        for name in DESTINATION_ONLY {
+            assert!(
+                TRACEPOINTS.iter().any(|t| t.program == *name),
+                "{name} is not in the catalogue"
+            );
+            assert!(!src.contains(name) && dst.contains(name), "{name}");
+        }
+        for sc in [
+            "recvmsg", "recvfrom", "read", "readv", "sendmsg", "writev", "sendto", "write",
+        ] {
+            for dir in ["enter", "exit"] {
+                let name = format!("ufs_src_{dir}_{sc}");
+                assert!(
+                    src.contains(&name.as_str()),
+                    "{name} not attached on the source"
+                );
+                assert!(
+                    !dst.contains(&name.as_str()),
+                    "{name} attached on the destination"
+                );
+            }
+        }
+        for shared in [
+            "ufs_tcp_probe",
+            "ufs_sock_send_length",
+            "ufs_task_rename",
+            "ufs_sys_enter_close",
+        ] {
+            assert!(src.contains(&shared) && dst.contains(&shared), "{shared}");
+        }
+    }
 
     #[test]
     fn every_field_read_is_in_its_layout() {

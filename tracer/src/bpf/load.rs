@@ -15,12 +15,12 @@ use aya::{Ebpf, EbpfLoader};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use uffdscope_ebpf::abi::{self, BinKey, BinVal, Kind, MAX_TARGETS};
 use uffdscope_ebpf::{decode_bin, names, OBJECT};
-use uffdscope_trace::record::Detail;
+use uffdscope_trace::record::{Detail, Side};
 
 const BIN_KEY: usize = std::mem::size_of::<BinKey>();
 const BIN_VAL: usize = std::mem::size_of::<BinVal>();
 
-use super::catalogue::{Need, Tracepoint, TRACEPOINTS};
+use super::catalogue::{attaches_on, Need, Tracepoint, TRACEPOINTS};
 use super::formats::{check_format, event_dir, find_tracefs, FormatCheck};
 use super::ring::RingDrain;
 use super::stats::ProgramStats;
@@ -45,6 +45,9 @@ pub struct BpfConfig {
     /// ([`Detail::counts_placements`]; the bins are then taken with
     /// [`BpfTracer::take_bins`]).
     pub detail: Detail,
+    /// Which end of the migration is recorded: the programs attached and
+    /// the loader's `ufs_source` flag follow it ([`super::catalogue::attaches_on`]).
+    pub side: Side,
 }
 
 /// Default ring size: 16 MiB.
@@ -64,6 +67,7 @@ impl BpfConfig {
             wakeup_bytes: u64::from(DEFAULT_RING_BYTES / 4),
             tcp_probe_interval: Duration::from_millis(1),
             detail: Detail::Full,
+            side: Side::Destination,
         }
     }
 
@@ -182,6 +186,7 @@ impl BpfTracer {
         let probe_ns = u64::try_from(cfg.tcp_probe_interval.as_nanos()).unwrap_or(u64::MAX);
         let lean = u32::from(cfg.detail.counts_placements());
         let minimal = u32::from(cfg.detail == Detail::Minimal);
+        let source = u32::from(cfg.side == Side::Source);
 
         let mut ebpf = EbpfLoader::new()
             // aya 0.14 has no type for task storage (ufs_task) but creates
@@ -193,12 +198,16 @@ impl BpfTracer {
             .override_global(names::TCP_PROBE_INTERVAL_GLOBAL, &probe_ns, true)
             .override_global(names::LEAN_GLOBAL, &lean, true)
             .override_global(names::MINIMAL_GLOBAL, &minimal, true)
+            .override_global(names::SOURCE_GLOBAL, &source, true)
             .map_max_entries(names::EVENTS_MAP, cfg.ring_bytes)
             .load(OBJECT)
             .map_err(|e| BpfError::Object(Box::new(e)))?;
 
         let mut status = Vec::with_capacity(TRACEPOINTS.len());
-        for tp in TRACEPOINTS.iter().filter(|tp| tp.detail() <= cfg.detail) {
+        let attached = TRACEPOINTS
+            .iter()
+            .filter(|tp| attaches_on(tp, cfg.side) && tp.detail() <= cfg.detail);
+        for tp in attached {
             let outcome = attach_one(&mut ebpf, &tracefs, tp)?;
             status.push(AttachStatus {
                 tracepoint: tp,

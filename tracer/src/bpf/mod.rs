@@ -21,7 +21,7 @@ pub mod load;
 pub mod ring;
 pub mod stats;
 
-pub use catalogue::{FormatField, Layout, Need, Tracepoint, TRACEPOINTS};
+pub use catalogue::{attaches_on, FormatField, Layout, Need, Tracepoint, TRACEPOINTS};
 pub use formats::{
     compare_format, find_or_mount_tracefs, find_tracefs, parse_format, probe_tracepoints,
     probe_tracepoints_at, FormatCheck, ParsedField, TracepointProbe, TRACEFS,

@@ -6,11 +6,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use uffdscope_trace::record::{Detail, ProcessInfo};
+use uffdscope_trace::record::{Detail, ProcessInfo, Side};
 
 use crate::bpf::{BpfConfig, BpfError};
 use crate::discover::{self, DiscoverError};
 use crate::escape::for_terminal;
+use crate::side::{Decision, SideError};
 
 /// What to record and how.
 #[derive(Debug, Clone)]
@@ -35,6 +36,9 @@ pub struct RecordConfig {
     pub ready_file: Option<PathBuf>,
     /// How much to attach and record (`record --detail`).
     pub detail: Detail,
+    /// Which end of the migration the target is (`--side`); `None` decides
+    /// from `/proc` ([`crate::side`]).
+    pub side: Option<Side>,
 }
 
 impl Default for RecordConfig {
@@ -50,6 +54,7 @@ impl Default for RecordConfig {
             qmp_interval: Duration::from_millis(100),
             ready_file: None,
             detail: Detail::Standard,
+            side: None,
         }
     }
 }
@@ -67,6 +72,10 @@ pub enum RecordError {
     Discover(#[from] DiscoverError),
     #[error(transparent)]
     Bpf(#[from] BpfError),
+    #[error(transparent)]
+    Side(#[from] SideError),
+    #[error("pid {0} is a migration source: --detail minimal records only a destination's faults; record the source at --detail standard (the default)")]
+    MinimalSource(u32),
     #[error("{path} already exists; uffdscope never overwrites a file: choose another {option}")]
     Exists { path: PathBuf, option: &'static str },
     #[error("cannot create {path}: the directory {dir} does not exist (create it, or choose another {option})")]
@@ -91,7 +100,10 @@ impl RecordError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            RecordError::Duration(_) | RecordError::Bpf(BpfError::Config(_))
+            RecordError::Duration(_)
+                | RecordError::Bpf(BpfError::Config(_))
+                | RecordError::Side(SideError::NotSource { .. } | SideError::NotDestination { .. })
+                | RecordError::MinimalSource(_)
         )
     }
 
@@ -137,13 +149,17 @@ pub fn duration_from_secs(secs: f64) -> Result<Duration, RecordError> {
 #[derive(Debug, Clone)]
 pub struct Preflight {
     pub target: ProcessInfo,
+    /// The end of the migration the target is, and why.
+    pub side: Decision,
     pub warnings: Vec<String>,
 }
 
 impl RecordConfig {
-    /// The BPF settings this recording loads with.
+    /// The BPF settings this recording loads with (the destination's
+    /// programs until [`Self::side`] says otherwise).
     pub fn bpf_config(&self) -> Result<BpfConfig, BpfError> {
         let mut bpf = BpfConfig::new(vec![self.pid]);
+        bpf.side = self.side.unwrap_or(Side::Destination);
         bpf.ring_bytes = BpfConfig::ring_size(self.ring_bytes)?;
         bpf.wakeup_bytes = u64::from(bpf.ring_bytes / 4);
         bpf.detail = self.detail;
@@ -169,6 +185,10 @@ impl RecordConfig {
         let target = discover::process(self.pid, 0)?;
         discover::uffd_ranges(self.pid, 0)?;
         let fds = discover::scan_proc_fds(self.pid)?;
+        let side = crate::side::decide(self.pid, self.side)?;
+        if side.side == Side::Source && self.detail == Detail::Minimal {
+            return Err(RecordError::MinimalSource(self.pid));
+        }
         check_new_file(&self.output, "-o")?;
         if let Some(ready) = &self.ready_file {
             check_new_file(ready, "--ready-file")?;
@@ -181,13 +201,17 @@ impl RecordConfig {
                 for_terminal(&target.comm)
             ));
         }
-        if fds.uffd.is_empty() {
+        if fds.uffd.is_empty() && side.side == Side::Destination {
             warnings.push(format!(
                 "pid {} has no userfaultfd yet; waiting for one (QEMU creates it at the switch to post-copy)",
                 self.pid
             ));
         }
-        Ok(Preflight { target, warnings })
+        Ok(Preflight {
+            target,
+            side,
+            warnings,
+        })
     }
 }
 

@@ -272,7 +272,13 @@ impl<'c> Session<'c> {
                 tracefs.display()
             )));
         }
-        let mut tracer = BpfTracer::load(&cfg.bpf_config()?)?;
+        let side = match cfg.side {
+            Some(side) => side,
+            None => crate::side::decide(cfg.pid, None)?.side,
+        };
+        let mut bpf = cfg.bpf_config()?;
+        bpf.side = side;
+        let mut tracer = BpfTracer::load(&bpf)?;
         let ring = tracer.take_ring()?;
         let (attached, not_attached) = attach_lists(&tracer);
         let peers = Peers::start(
@@ -280,7 +286,14 @@ impl<'c> Session<'c> {
             cfg.qmp_interval,
             cfg.guest_console.as_deref(),
         );
-        let meta = trace_meta(cfg, start_ns, &proc_info, &peers, &attached, &not_attached);
+        let meta = trace_meta(
+            cfg,
+            start_ns,
+            &proc_info,
+            &peers,
+            (&attached, &not_attached),
+            side,
+        );
         let w = TraceWriter::create(&cfg.output, &meta)
             .map_err(|source| RecordError::create(&cfg.output, "-o", source))?;
         let now = Instant::now();
@@ -570,8 +583,8 @@ fn trace_meta(
     start_ns: u64,
     proc_info: &ProcessInfo,
     peers: &Peers,
-    attached: &[String],
-    not_attached: &[String],
+    (attached, not_attached): (&[String], &[String]),
+    side: uffdscope_trace::record::Side,
 ) -> TraceMeta {
     let (host, kernel) = uname();
     let mut extra = serde_json::Map::new();
@@ -591,7 +604,7 @@ fn trace_meta(
         target_cmdline: proc_info.cmdline.clone(),
         qemu_version: peers.qemu_version.clone(),
         features: attached.to_vec(),
-        side: Some(uffdscope_trace::record::Side::Destination),
+        side: Some(side),
         detail: Some(cfg.detail),
         extra,
     }
