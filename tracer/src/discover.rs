@@ -285,6 +285,8 @@ pub struct ProcFds {
     pub uffd: Vec<u32>,
     /// `socket:[inode]` fds, with the inode.
     pub sockets: Vec<(u32, u64)>,
+    /// A KVM VM fd (`anon_inode:kvm-vm`): the target runs its guest on KVM.
+    pub kvm: bool,
 }
 
 /// Lists the uffd and socket fds of a process from `/proc/PID/fd`. fds that
@@ -315,6 +317,8 @@ pub fn scan_proc_fds(tgid: u32) -> Result<ProcFds, DiscoverError> {
         let link = link.to_string_lossy();
         if link == "anon_inode:[userfaultfd]" {
             out.uffd.push(fd);
+        } else if link == "anon_inode:kvm-vm" {
+            out.kvm = true;
         } else if let Some(inode) = link
             .strip_prefix("socket:[")
             .and_then(|s| s.strip_suffix(']'))

@@ -1069,6 +1069,33 @@ fn forced_wakeup_above_threshold() {
     assert_eq!(tracer.drops().expect("drops"), 0);
 }
 
+/// A target without KVM gets no `kvm:*` program: they would run for every
+/// KVM guest on the host.
+#[test]
+fn no_kvm_programs_for_a_target_without_kvm() {
+    if std::env::var_os(CHILD_ENV).is_some()
+        || !tier::root_bpf("no_kvm_programs_for_a_target_without_kvm")
+    {
+        return;
+    }
+    let me = std::process::id();
+    let cfg = BpfConfig {
+        kvm: false,
+        ..BpfConfig::new(vec![me])
+    };
+    let tracer = BpfTracer::load(&cfg).expect("load");
+    let cats: Vec<&str> = tracer
+        .attach_status()
+        .iter()
+        .map(|s| s.tracepoint.category)
+        .collect();
+    assert!(!cats.contains(&"kvm"), "{cats:?}");
+    assert!(
+        cats.contains(&"sched") && cats.contains(&"syscalls"),
+        "{cats:?}"
+    );
+}
+
 /// A target that is gone is reported as such, naming /proc.
 #[test]
 fn load_reports_a_gone_target() {

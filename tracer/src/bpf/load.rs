@@ -48,6 +48,9 @@ pub struct BpfConfig {
     /// Which end of the migration is recorded: the programs attached and
     /// the loader's `ufs_source` flag follow it ([`super::catalogue::attaches_on`]).
     pub side: Side,
+    /// Attach the `kvm:*` tracepoints. They fire for every KVM guest on the
+    /// host, so a target that does not run on KVM goes without them.
+    pub kvm: bool,
 }
 
 /// Default ring size: 16 MiB.
@@ -68,6 +71,7 @@ impl BpfConfig {
             tcp_probe_interval: Duration::from_millis(1),
             detail: Detail::Full,
             side: Side::Destination,
+            kvm: true,
         }
     }
 
@@ -206,7 +210,8 @@ impl BpfTracer {
         let mut status = Vec::with_capacity(TRACEPOINTS.len());
         let attached = TRACEPOINTS
             .iter()
-            .filter(|tp| attaches_on(tp, cfg.side) && tp.detail() <= cfg.detail);
+            .filter(|tp| attaches_on(tp, cfg.side) && tp.detail() <= cfg.detail)
+            .filter(|tp| cfg.kvm || tp.category != "kvm");
         for tp in attached {
             let outcome = attach_one(&mut ebpf, &tracefs, tp)?;
             status.push(AttachStatus {

@@ -278,6 +278,7 @@ impl<'c> Session<'c> {
         };
         let mut bpf = cfg.bpf_config()?;
         bpf.side = side;
+        bpf.kvm = discover::scan_proc_fds(cfg.pid)?.kvm;
         let mut tracer = BpfTracer::load(&bpf)?;
         let ring = tracer.take_ring()?;
         let (attached, not_attached) = attach_lists(&tracer);
