@@ -1,0 +1,279 @@
+//! The source clock against the destination's, from the messages themselves
+//! (NTP-style; ARCHITECTURE.md, "Clock alignment and the three sub-stages").
+//!
+//! θ(t) = source clock − destination clock at destination time t, modelled
+//! as θ₀ + ρ·(t − origin). A request sent at destination time `a` and
+//! received at source time `b` gives `b − a = d₁ + θ(a)` with d₁ ≥ 0: an
+//! *upper* sample (θ ≤ b − a). A page sent at source time `c` and placed at
+//! destination time `e` gives `e − c = d₂ − θ(e)`: a *lower* sample
+//! (θ ≥ c − e). Every (θ₀, ρ) that keeps every delay non-negative is
+//! consistent with the records; for a fixed ρ that set of θ₀ is the interval
+//! [L(ρ), U(ρ)], U the least upper sample and L the greatest lower one (each
+//! corrected by ρ), so U − L is concave in ρ and the consistent drifts form
+//! one interval.
+//!
+//! The drift is the least-squares slope of the per-window interval
+//! midpoints (clamped into the consistent drifts); the offset is the middle
+//! of [L, U] at that drift; the bound is the farthest any consistent (θ₀, ρ)
+//! puts θ₀ from it, so it contains the truth whenever the delays are
+//! non-negative and the drift linear. When no (θ₀, ρ) is consistent (a
+//! mismatched sample, a clock step), the estimate says so: the offset is the
+//! middle at the least-contradicted drift and the bound the half-gap.
+
+/// One-way sample: the destination time it was taken at and its value, ns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub at: u64,
+    pub value: i64,
+}
+
+/// Drifts searched, ± this many ppm (crystals are within ±100 ppm; NTP
+/// refuses more than 500).
+pub const MAX_DRIFT_PPM: f64 = 500.0;
+/// Windows the run is cut into for the drift fit.
+pub const DRIFT_WINDOWS: usize = 8;
+/// Steps of the searches over ρ (each halves or thirds the interval).
+const SEARCH_STEPS: usize = 100;
+
+/// The clock estimate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clock {
+    /// θ at the origin, ns.
+    pub offset_ns: f64,
+    /// How far the truth can be from `offset_ns`, ns; `None` when not measured (an override).
+    pub bound_ns: Option<f64>,
+    /// ρ in ppm; `None` when not measured.
+    pub drift_ppm: Option<f64>,
+    pub origin: u64,
+    /// Upper (request) and lower (page) samples it rests on.
+    pub requests: u64,
+    pub pages: u64,
+    /// The samples contradict every linear clock: by this much, ns.
+    pub contradiction_ns: Option<f64>,
+    /// Given by the user (`--source-offset-us`), not estimated.
+    pub overridden: bool,
+}
+
+impl Clock {
+    /// A clock the user gave: `offset_ns`, no drift.
+    pub fn given(offset_ns: f64, origin: u64, requests: u64, pages: u64) -> Self {
+        Self {
+            offset_ns,
+            bound_ns: None,
+            drift_ppm: None,
+            origin,
+            requests,
+            pages,
+            contradiction_ns: None,
+            overridden: true,
+        }
+    }
+
+    /// θ at destination time `t`, ns.
+    pub fn theta(&self, t: u64) -> f64 {
+        let rho = self.drift_ppm.unwrap_or(0.0) * 1e-6;
+        self.offset_ns + rho * (t as f64 - self.origin as f64)
+    }
+
+    /// A source timestamp on the destination's clock.
+    pub fn to_dest(&self, source_ts: u64) -> f64 {
+        // t = s − θ(t), solved once: θ varies by ρ·θ over the step, far below a ns.
+        let guess = source_ts as f64 - self.offset_ns;
+        source_ts as f64 - self.theta(guess.max(0.0) as u64)
+    }
+}
+
+struct Samples<'a> {
+    upper: &'a [Sample],
+    lower: &'a [Sample],
+    origin: f64,
+}
+
+impl Samples<'_> {
+    fn corrected(&self, s: &Sample, rho: f64) -> f64 {
+        s.value as f64 - rho * (s.at as f64 - self.origin)
+    }
+    /// U(ρ).
+    fn upper(&self, rho: f64) -> f64 {
+        self.upper
+            .iter()
+            .map(|s| self.corrected(s, rho))
+            .fold(f64::INFINITY, f64::min)
+    }
+    /// L(ρ).
+    fn lower(&self, rho: f64) -> f64 {
+        self.lower
+            .iter()
+            .map(|s| self.corrected(s, rho))
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+    fn width(&self, rho: f64) -> f64 {
+        self.upper(rho) - self.lower(rho)
+    }
+}
+
+/// The maximum of a concave (or minimum of a convex, with `sign` −1)
+/// function over [lo, hi], by ternary search; returns its argument.
+fn ternary(lo: f64, hi: f64, sign: f64, f: impl Fn(f64) -> f64) -> f64 {
+    let (mut a, mut b) = (lo, hi);
+    for _ in 0..SEARCH_STEPS {
+        let m1 = a + (b - a) / 3.0;
+        let m2 = b - (b - a) / 3.0;
+        if sign * f(m1) < sign * f(m2) {
+            a = m1;
+        } else {
+            b = m2;
+        }
+    }
+    f64::midpoint(a, b)
+}
+
+/// The edge of {ρ : width(ρ) ≥ 0} between `inside` (consistent) and `outside`.
+fn edge(s: &Samples<'_>, mut inside: f64, mut outside: f64) -> f64 {
+    for _ in 0..SEARCH_STEPS {
+        let mid = f64::midpoint(inside, outside);
+        if s.width(mid) >= 0.0 {
+            inside = mid;
+        } else {
+            outside = mid;
+        }
+    }
+    inside
+}
+
+/// Least-squares slope of the per-window interval midpoints, ns per ns;
+/// `None` with fewer than three windows holding both kinds of sample.
+fn window_slope(s: &Samples<'_>) -> Option<f64> {
+    let first = s.upper.iter().chain(s.lower).map(|x| x.at).min()?;
+    let last = s.upper.iter().chain(s.lower).map(|x| x.at).max()?;
+    let width = (last - first) / DRIFT_WINDOWS as u64 + 1;
+    let window = |x: &Sample| ((x.at - first) / width) as usize;
+    let mut up = [f64::INFINITY; DRIFT_WINDOWS];
+    let mut lo = [f64::NEG_INFINITY; DRIFT_WINDOWS];
+    for x in s.upper {
+        up[window(x)] = up[window(x)].min(x.value as f64);
+    }
+    for x in s.lower {
+        lo[window(x)] = lo[window(x)].max(x.value as f64);
+    }
+    let points: Vec<(f64, f64)> = (0..DRIFT_WINDOWS)
+        .filter(|&w| up[w].is_finite() && lo[w].is_finite())
+        .map(|w| {
+            let t = first as f64 + (w as f64 + 0.5) * width as f64;
+            (t, f64::midpoint(up[w], lo[w]))
+        })
+        .collect();
+    if points.len() < 3 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let mt = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mv = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxy: f64 = points.iter().map(|p| (p.0 - mt) * (p.1 - mv)).sum();
+    let sxx: f64 = points.iter().map(|p| (p.0 - mt).powi(2)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
+/// The estimate from request (upper) and page (lower) samples; `None`
+/// without at least one of each (the offset is then unbounded on one side).
+pub fn estimate(upper: &[Sample], lower: &[Sample], origin: u64) -> Option<Clock> {
+    if upper.is_empty() || lower.is_empty() {
+        return None;
+    }
+    let s = Samples {
+        upper,
+        lower,
+        origin: origin as f64,
+    };
+    let max = MAX_DRIFT_PPM * 1e-6;
+    let best = ternary(-max, max, 1.0, |r| s.width(r));
+    let mut clock = Clock {
+        offset_ns: 0.0,
+        bound_ns: None,
+        drift_ppm: None,
+        origin,
+        requests: upper.len() as u64,
+        pages: lower.len() as u64,
+        contradiction_ns: None,
+        overridden: false,
+    };
+    if s.width(best) < 0.0 {
+        clock.offset_ns = f64::midpoint(s.upper(best), s.lower(best));
+        clock.bound_ns = Some(-s.width(best) / 2.0);
+        clock.drift_ppm = Some(best * 1e6);
+        clock.contradiction_ns = Some(-s.width(best));
+        return Some(clock);
+    }
+    let (rlo, rhi) = (edge(&s, best, -max), edge(&s, best, max));
+    let rho = window_slope(&s).map_or(best, |r| r.clamp(rlo, rhi));
+    clock.offset_ns = f64::midpoint(s.upper(rho), s.lower(rho));
+    clock.drift_ppm = Some(rho * 1e6);
+    // Over the consistent drifts, the lowest L and the highest U (L is
+    // convex and U concave in ρ).
+    let lowest = s.lower(ternary(rlo, rhi, -1.0, |r| s.lower(r)));
+    let highest = s.upper(ternary(rlo, rhi, 1.0, |r| s.upper(r)));
+    clock.bound_ns = Some((clock.offset_ns - lowest).max(highest - clock.offset_ns));
+    Some(clock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Samples of a clock θ₀ + ρ·t with one-way delays in [d, d + 40 µs].
+    fn samples(theta0: f64, ppm: f64, d: i64) -> (Vec<Sample>, Vec<Sample>) {
+        let theta = |t: u64| theta0 + ppm * 1e-6 * t as f64;
+        let mut up = Vec::new();
+        let mut lo = Vec::new();
+        for i in 0..400u64 {
+            let t = i * 5_000_000;
+            let jitter = ((i * 7919) % 40_000) as i64;
+            up.push(Sample {
+                at: t,
+                value: (d + jitter) + theta(t).round() as i64,
+            });
+            let t2 = t + 1_000_000;
+            lo.push(Sample {
+                at: t2,
+                value: -(d + (jitter * 3) % 40_000) + theta(t2).round() as i64,
+            });
+        }
+        (up, lo)
+    }
+
+    #[test]
+    fn recovers_offset_and_drift_within_its_bound() {
+        for theta0 in [0.0, 1_500.0, -2_000_000.0, 7_300_000.0] {
+            for ppm in [0.0, 50.0, -50.0] {
+                let (up, lo) = samples(theta0, ppm, 20_000);
+                let c = estimate(&up, &lo, 0).unwrap();
+                let bound = c.bound_ns.unwrap();
+                assert!(c.contradiction_ns.is_none());
+                assert!(
+                    (c.offset_ns - theta0).abs() <= bound,
+                    "θ₀ {theta0} ppm {ppm}: {c:?}"
+                );
+                assert!(bound < 25_000.0, "{c:?}");
+                assert!((c.drift_ppm.unwrap() - ppm).abs() < 10.0, "{c:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn contradicting_samples_are_named_not_hidden() {
+        let up = [
+            Sample { at: 0, value: -100 },
+            Sample {
+                at: 1_000_000_000,
+                value: -100,
+            },
+        ];
+        let lo = [Sample {
+            at: 500_000_000,
+            value: 100,
+        }];
+        let c = estimate(&up, &lo, 0).unwrap();
+        assert!(c.contradiction_ns.unwrap() > 0.0, "{c:?}");
+        assert!(estimate(&up, &[], 0).is_none());
+    }
+}

@@ -1,0 +1,188 @@
+//! The return path as one byte stream seen from both ends: the destination's
+//! sends (one message each, usually) and the source's receives cut the same
+//! bytes differently. A receive whose first bytes equal the bytes of a
+//! destination message at some stream position votes for the shift between
+//! the two cumulative counts (the recordings start at different moments);
+//! the shift with the most votes anchors the streams, and then every
+//! message's last byte maps to the receive that delivered it (TCP is
+//! ordered). See ARCHITECTURE.md, "Clock alignment and the three sub-stages".
+
+use std::collections::HashMap;
+
+use super::source::Receive;
+
+/// Most destination sends kept.
+pub const MAX_SENDS: usize = 2_000_000;
+/// Bytes a receive's head must match to vote (a request's header and
+/// offset, so two different requests cannot both match).
+pub const MIN_MATCH: usize = 12;
+/// A receive whose first bytes match more messages than this votes for none.
+const MAX_CANDIDATES: usize = 16;
+/// Bytes of a message the candidate lookup keys on.
+const KEY: usize = 8;
+
+/// One destination send on a return-path socket.
+#[derive(Debug, Clone)]
+pub struct DestSend {
+    pub tid: u32,
+    pub enter_ts: u64,
+    pub exit_ts: u64,
+    /// Stream position of its first byte (bytes sent on the fd before it).
+    pub pos: u64,
+    pub len: u64,
+    pub head: Vec<u8>,
+}
+
+impl DestSend {
+    /// The payload byte at `i`, when it was captured.
+    fn byte(&self, i: u64) -> Option<u8> {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| self.head.get(i).copied())
+    }
+
+    /// Stream position just past each return-path message its head holds.
+    pub fn message_ends(&self) -> Vec<u64> {
+        let mut ends = Vec::new();
+        let mut at = 0usize;
+        while let Some(b) = self.head.get(at + 2..at + 4) {
+            let next = at + 4 + usize::from(u16::from_be_bytes([b[0], b[1]]));
+            if next as u64 > self.len {
+                break;
+            }
+            ends.push(self.pos + next as u64);
+            at = next;
+        }
+        ends
+    }
+}
+
+/// The destination's sends on one socket, in stream order.
+#[derive(Debug, Default)]
+pub struct DestStream {
+    pub sends: Vec<DestSend>,
+    sent: u64,
+}
+
+impl DestStream {
+    /// A send of `len > 0` bytes.
+    pub fn push(&mut self, tid: u32, enter_ts: u64, exit_ts: u64, len: u64, head: &[u8]) -> bool {
+        if self.sends.len() >= MAX_SENDS {
+            return false;
+        }
+        self.sends.push(DestSend {
+            tid,
+            enter_ts,
+            exit_ts,
+            pos: self.sent,
+            len,
+            head: head.to_vec(),
+        });
+        self.sent = self.sent.saturating_add(len);
+        true
+    }
+
+    /// The send holding stream position `p`.
+    fn send_at(&self, p: u64) -> Option<&DestSend> {
+        let i = self.sends.partition_point(|s| s.pos + s.len <= p);
+        self.sends.get(i).filter(|s| s.pos <= p)
+    }
+
+    /// How many bytes of `bytes` equal the stream from position `p` on, as
+    /// far as the captured heads show it; `None` at the first difference.
+    fn matches_from(&self, mut p: u64, bytes: &[u8]) -> Option<usize> {
+        let mut n = 0;
+        for &b in bytes {
+            let Some(s) = self.send_at(p) else { break };
+            match s.byte(p - s.pos) {
+                Some(x) if x == b => n += 1,
+                Some(_) => return None,
+                None => break,
+            }
+            p += 1;
+        }
+        Some(n)
+    }
+}
+
+/// The anchor of the source's receive stream on the destination's send stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    /// Destination position minus source position of the same byte.
+    pub shift: i128,
+    /// Receives whose content voted for it.
+    pub votes: u64,
+    /// Receives whose content voted for another shift.
+    pub against: u64,
+}
+
+/// The receives' positions in their own stream (bytes received before each).
+pub fn positions(receives: &[Receive]) -> Vec<u64> {
+    let mut at = 0u64;
+    receives
+        .iter()
+        .map(|r| {
+            let p = at;
+            at = at.saturating_add(r.len);
+            p
+        })
+        .collect()
+}
+
+/// Votes over `receives` for the shift that aligns them with `dest`.
+pub fn anchor(dest: &DestStream, receives: &[Receive]) -> Option<Anchor> {
+    let mut by_key: HashMap<&[u8], Vec<u64>> = HashMap::new();
+    for s in &dest.sends {
+        if let Some(k) = s.head.get(..KEY) {
+            let list = by_key.entry(k).or_default();
+            if list.len() <= MAX_CANDIDATES {
+                list.push(s.pos);
+            }
+        }
+    }
+    let mut votes: HashMap<i128, u64> = HashMap::new();
+    let mut voters = 0u64;
+    for (r, q) in receives.iter().zip(positions(receives)) {
+        let Some(cands) = r.head.get(..KEY).and_then(|k| by_key.get(k)) else {
+            continue;
+        };
+        if cands.len() > MAX_CANDIDATES {
+            continue;
+        }
+        let shifts: Vec<i128> = cands
+            .iter()
+            .filter(|&&p| {
+                dest.matches_from(p, &r.head)
+                    .is_some_and(|n| n >= MIN_MATCH)
+            })
+            .map(|&p| i128::from(p) - i128::from(q))
+            .collect();
+        if let [shift] = shifts.as_slice() {
+            voters += 1;
+            *votes.entry(*shift).or_default() += 1;
+        }
+    }
+    let (shift, n) = votes
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))?;
+    Some(Anchor {
+        shift,
+        votes: n,
+        against: voters - n,
+    })
+}
+
+/// The receive that delivered the byte just before destination position
+/// `end` (a message's last byte), given the receives' own positions.
+pub fn receive_of<'a>(
+    anchor: Anchor,
+    receives: &'a [Receive],
+    positions: &[u64],
+    end: u64,
+) -> Option<&'a Receive> {
+    let last = i128::from(end) - 1 - anchor.shift;
+    let last = u64::try_from(last).ok()?;
+    let i = positions.partition_point(|&p| p <= last).checked_sub(1)?;
+    let r = receives.get(i)?;
+    (last < positions[i].saturating_add(r.len)).then_some(r)
+}
