@@ -30,20 +30,20 @@ pub struct Sample {
 /// Drifts searched, ± this many ppm (crystals are within ±100 ppm; NTP
 /// refuses more than 500).
 pub const MAX_DRIFT_PPM: f64 = 500.0;
-/// Windows the run is cut into for the drift fit.
-pub const DRIFT_WINDOWS: usize = 8;
 /// Steps of the searches over ρ (each halves or thirds the interval).
 const SEARCH_STEPS: usize = 100;
 
 /// The clock estimate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Clock {
-    /// θ at the origin, ns.
+    /// θ at `origin`, ns.
     pub offset_ns: f64,
     /// How far the truth can be from `offset_ns`, ns; `None` when not measured (an override).
     pub bound_ns: Option<f64>,
     /// ρ in ppm; `None` when not measured.
     pub drift_ppm: Option<f64>,
+    /// The destination time the offset is stated at: the middle of the
+    /// samples' span for an estimate.
     pub origin: u64,
     /// Upper (request) and lower (page) samples it rests on.
     pub requests: u64,
@@ -141,42 +141,41 @@ fn edge(s: &Samples<'_>, mut inside: f64, mut outside: f64) -> f64 {
     inside
 }
 
-/// Least-squares slope of the per-window interval midpoints, ns per ns;
-/// `None` with fewer than three windows holding both kinds of sample.
-fn window_slope(s: &Samples<'_>) -> Option<f64> {
-    let first = s.upper.iter().chain(s.lower).map(|x| x.at).min()?;
-    let last = s.upper.iter().chain(s.lower).map(|x| x.at).max()?;
-    let width = (last - first) / DRIFT_WINDOWS as u64 + 1;
-    let window = |x: &Sample| ((x.at - first) / width) as usize;
-    let mut up = [f64::INFINITY; DRIFT_WINDOWS];
-    let mut lo = [f64::NEG_INFINITY; DRIFT_WINDOWS];
-    for x in s.upper {
-        up[window(x)] = up[window(x)].min(x.value as f64);
-    }
-    for x in s.lower {
-        lo[window(x)] = lo[window(x)].max(x.value as f64);
-    }
-    let points: Vec<(f64, f64)> = (0..DRIFT_WINDOWS)
-        .filter(|&w| up[w].is_finite() && lo[w].is_finite())
-        .map(|w| {
-            let t = first as f64 + (w as f64 + 0.5) * width as f64;
-            (t, f64::midpoint(up[w], lo[w]))
-        })
-        .collect();
-    if points.len() < 3 {
-        return None;
-    }
-    let n = points.len() as f64;
-    let mt = points.iter().map(|p| p.0).sum::<f64>() / n;
-    let mv = points.iter().map(|p| p.1).sum::<f64>() / n;
-    let sxy: f64 = points.iter().map(|p| (p.0 - mt) * (p.1 - mv)).sum();
-    let sxx: f64 = points.iter().map(|p| (p.0 - mt).powi(2)).sum();
-    (sxx > 0.0).then(|| sxy / sxx)
+/// The drift each direction's samples give on their own: the line that
+/// hugs the samples from the delay side (under the request samples, over the
+/// page samples) with the least total gap, found as the ρ that maximizes
+/// U (minimizes L) stated at the mean sample time — the linear-programming
+/// skew estimate of Moon, Skelly and Towsley (1999). Their mean; `None`
+/// when both directions' samples span no time.
+fn envelope_slope(s: &Samples<'_>, max: f64) -> Option<f64> {
+    let mean = |v: &[Sample]| v.iter().map(|x| x.at as f64).sum::<f64>() / v.len() as f64;
+    let spans = |v: &[Sample]| v.iter().any(|x| x.at != v[0].at);
+    let up = Samples {
+        upper: s.upper,
+        lower: &[],
+        origin: mean(s.upper),
+    };
+    let lo = Samples {
+        upper: &[],
+        lower: s.lower,
+        origin: mean(s.lower),
+    };
+    let slopes: Vec<f64> = [
+        spans(s.upper).then(|| ternary(-max, max, 1.0, |r| up.upper(r))),
+        spans(s.lower).then(|| ternary(-max, max, -1.0, |r| lo.lower(r))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!slopes.is_empty()).then(|| slopes.iter().sum::<f64>() / slopes.len() as f64)
 }
 
-/// The estimate from request (upper) and page (lower) samples; `None`
-/// without at least one of each (the offset is then unbounded on one side).
-pub fn estimate(upper: &[Sample], lower: &[Sample], origin: u64) -> Option<Clock> {
+/// The estimate from request (upper) and page (lower) samples, stated at
+/// the middle of their span; `None` without at least one of each (the
+/// offset is then unbounded on one side).
+pub fn estimate(upper: &[Sample], lower: &[Sample]) -> Option<Clock> {
+    let all = || upper.iter().chain(lower).map(|s| s.at);
+    let origin = all().min()? / 2 + all().max()? / 2;
     if upper.is_empty() || lower.is_empty() {
         return None;
     }
@@ -205,7 +204,7 @@ pub fn estimate(upper: &[Sample], lower: &[Sample], origin: u64) -> Option<Clock
         return Some(clock);
     }
     let (rlo, rhi) = (edge(&s, best, -max), edge(&s, best, max));
-    let rho = window_slope(&s).map_or(best, |r| r.clamp(rlo, rhi));
+    let rho = envelope_slope(&s, max).map_or(best, |r| r.clamp(rlo, rhi));
     clock.offset_ns = f64::midpoint(s.upper(rho), s.lower(rho));
     clock.drift_ppm = Some(rho * 1e6);
     // Over the consistent drifts, the lowest L and the highest U (L is
@@ -246,7 +245,8 @@ mod tests {
         for theta0 in [0.0, 1_500.0, -2_000_000.0, 7_300_000.0] {
             for ppm in [0.0, 50.0, -50.0] {
                 let (up, lo) = samples(theta0, ppm, 20_000);
-                let c = estimate(&up, &lo, 0).unwrap();
+                let c = estimate(&up, &lo).unwrap();
+                let theta0 = theta0 + ppm * 1e-6 * c.origin as f64;
                 let bound = c.bound_ns.unwrap();
                 assert!(c.contradiction_ns.is_none());
                 assert!(
@@ -272,8 +272,8 @@ mod tests {
             at: 500_000_000,
             value: 100,
         }];
-        let c = estimate(&up, &lo, 0).unwrap();
+        let c = estimate(&up, &lo).unwrap();
         assert!(c.contradiction_ns.unwrap() > 0.0, "{c:?}");
-        assert!(estimate(&up, &[], 0).is_none());
+        assert!(estimate(&up, &[]).is_none());
     }
 }

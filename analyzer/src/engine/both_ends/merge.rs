@@ -34,7 +34,7 @@ struct SentRequest {
     block: Option<u16>,
     start: u64,
     len: u64,
-    /// Stream position just past the message.
+    /// Offset just past the message within its send.
     end: u64,
 }
 
@@ -47,6 +47,8 @@ struct RawFault {
     request_ts: u64,
     place_ts: u64,
     fd: i32,
+    /// The request's send: its thread (the send's exit is `request_ts`).
+    sender: u32,
     req: SentRequest,
     /// The page's offset in its RAMBlock, when the destination knows the base.
     offset: u64,
@@ -198,6 +200,7 @@ impl Merger {
             request_ts,
             place_ts,
             fd: *fd,
+            sender: tid,
             req,
             offset,
         });
@@ -216,6 +219,25 @@ fn diff(a: u64, b: u64) -> i64 {
 }
 
 impl Merger {
+    /// Orders each stream and turns each kept request's end into a stream position.
+    fn place_requests(&mut self) {
+        let mut pos: HashMap<(i32, u32, u64), u64> = HashMap::new();
+        for (&fd, stream) in &mut self.streams {
+            stream.order();
+            for s in &stream.sends {
+                pos.insert((fd, s.tid, s.exit_ts), s.pos);
+            }
+        }
+        self.faults
+            .retain_mut(|f| match pos.get(&(f.fd, f.sender, f.request_ts)) {
+                Some(p) => {
+                    f.req.end = f.req.end.saturating_add(*p);
+                    true
+                }
+                None => false,
+            });
+    }
+
     /// The source fds whose receives may carry `dest_fd`'s sends: its peer
     /// socket when discovery found one on both ends, else every fd.
     fn candidate_fds(&self, dest_fd: i32, source: &SourceIndex) -> Vec<i32> {
@@ -284,15 +306,16 @@ struct Matched<'a> {
 
 impl Merger {
     /// Joins the kept destination facts with `source`; `given_offset_ns`
-    /// replaces the estimated clock (`--source-offset-us`). `origin` is the
-    /// destination's time origin, where the offset is stated.
+    /// replaces the estimated clock (`--source-offset-us`), stated at
+    /// `origin` (the destination's time origin).
     pub fn finish(
-        self,
+        mut self,
         source: &SourceIndex,
         given_offset_ns: Option<f64>,
         origin: u64,
     ) -> MergeOutcome {
         let mut out = MergeOutcome::default();
+        self.place_requests();
         let anchored = self.anchor_all(source);
         out.channels = anchored.iter().map(|a| a.channel).collect();
         let receive_of = |fd: i32, end: u64| {
@@ -323,7 +346,7 @@ impl Merger {
                 upper.len() as u64,
                 lower.len() as u64,
             )),
-            None => clock::estimate(&upper, &lower, origin),
+            None => clock::estimate(&upper, &lower),
         };
         self.split(&matched, &mut out);
         out.warnings = self.warnings(source, &out);

@@ -63,6 +63,14 @@ pub struct SourceThread {
     pub pages: u64,
 }
 
+/// What went through one source fd.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FdCounts {
+    pub receives: u64,
+    pub page_sends: u64,
+    pub pages: u64,
+}
+
 /// Send-window samples of one socket (by its local port).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WindowSamples {
@@ -100,6 +108,7 @@ pub struct SourceIndex {
     /// of runs whose header says `CONTINUE|PAGE`).
     pub base_votes: HashMap<u64, u64>,
     pub windows: BTreeMap<u16, WindowSamples>,
+    pub per_fd: BTreeMap<i32, FdCounts>,
     pub records: u64,
     /// Page sends (records) read.
     pub page_sends: u64,
@@ -160,6 +169,14 @@ impl SourceIndex {
         *self.left_out.entry(what).or_default() += 1;
     }
 
+    fn fd(&mut self, fd: i32) -> Option<&mut FdCounts> {
+        if self.per_fd.len() >= MAX_SOCKETS && !self.per_fd.contains_key(&fd) {
+            self.leave_out("fds");
+            return None;
+        }
+        Some(self.per_fd.entry(fd).or_default())
+    }
+
     fn thread(&mut self, tid: u32) -> Option<&mut SourceThread> {
         if self.threads.len() >= MAX_THREADS && !self.threads.contains_key(&tid) {
             self.leave_out("threads");
@@ -181,6 +198,9 @@ impl SourceIndex {
             Record::SockIo(s) if s.dir == Direction::Recv && s.ret > 0 => {
                 if let Some(th) = self.thread(s.tid) {
                     th.receives += 1;
+                }
+                if let Some(c) = self.fd(s.fd) {
+                    c.receives += 1;
                 }
                 let kept: usize = self.receives.values().map(Vec::len).sum();
                 if kept >= MAX_RECEIVES {
@@ -209,6 +229,10 @@ impl SourceIndex {
         if let Some(th) = self.thread(p.tid) {
             th.page_sends += 1;
             th.pages = th.pages.saturating_add(pages);
+        }
+        if let Some(c) = self.fd(p.fd) {
+            c.page_sends += 1;
+            c.pages = c.pages.saturating_add(pages);
         }
         if p.ret <= 0 {
             return;

@@ -13,13 +13,12 @@ use super::source::Receive;
 
 /// Most destination sends kept.
 pub const MAX_SENDS: usize = 2_000_000;
-/// Bytes a receive's head must match to vote (a request's header and
-/// offset, so two different requests cannot both match).
-pub const MIN_MATCH: usize = 12;
-/// A receive whose first bytes match more messages than this votes for none.
+/// Bytes a receive's head must match to vote: the stream bytes the
+/// candidate lookup keys on (a whole `REQ_PAGES`, header, offset and
+/// length, so two different requests cannot both match).
+pub const MIN_MATCH: usize = 16;
+/// A receive whose first bytes match more positions than this votes for none.
 const MAX_CANDIDATES: usize = 16;
-/// Bytes of a message the candidate lookup keys on.
-const KEY: usize = 8;
 
 /// One destination send on a return-path socket.
 #[derive(Debug, Clone)]
@@ -41,7 +40,7 @@ impl DestSend {
             .and_then(|i| self.head.get(i).copied())
     }
 
-    /// Stream position just past each return-path message its head holds.
+    /// Offset just past each return-path message its head holds.
     pub fn message_ends(&self) -> Vec<u64> {
         let mut ends = Vec::new();
         let mut at = 0usize;
@@ -50,7 +49,7 @@ impl DestSend {
             if next as u64 > self.len {
                 break;
             }
-            ends.push(self.pos + next as u64);
+            ends.push(next as u64);
             at = next;
         }
         ends
@@ -61,11 +60,10 @@ impl DestSend {
 #[derive(Debug, Default)]
 pub struct DestStream {
     pub sends: Vec<DestSend>,
-    sent: u64,
 }
 
 impl DestStream {
-    /// A send of `len > 0` bytes.
+    /// A send of `len > 0` bytes; `false` over [`MAX_SENDS`].
     pub fn push(&mut self, tid: u32, enter_ts: u64, exit_ts: u64, len: u64, head: &[u8]) -> bool {
         if self.sends.len() >= MAX_SENDS {
             return false;
@@ -74,18 +72,38 @@ impl DestStream {
             tid,
             enter_ts,
             exit_ts,
-            pos: self.sent,
+            pos: 0,
             len,
             head: head.to_vec(),
         });
-        self.sent = self.sent.saturating_add(len);
         true
+    }
+
+    /// Puts the sends in stream order (by entry: a trace need not hold one
+    /// socket's sends in order) and numbers their bytes.
+    pub fn order(&mut self) {
+        self.sends.sort_by_key(|s| (s.enter_ts, s.exit_ts));
+        let mut at = 0u64;
+        for s in &mut self.sends {
+            s.pos = at;
+            at = at.saturating_add(s.len);
+        }
     }
 
     /// The send holding stream position `p`.
     fn send_at(&self, p: u64) -> Option<&DestSend> {
         let i = self.sends.partition_point(|s| s.pos + s.len <= p);
         self.sends.get(i).filter(|s| s.pos <= p)
+    }
+
+    /// The `n` stream bytes from position `p`, when all were captured.
+    fn bytes_at(&self, p: u64, n: usize) -> Option<Vec<u8>> {
+        (p..p + n as u64)
+            .map(|q| {
+                let s = self.send_at(q)?;
+                s.byte(q - s.pos)
+            })
+            .collect()
     }
 
     /// How many bytes of `bytes` equal the stream from position `p` on, as
@@ -131,9 +149,9 @@ pub fn positions(receives: &[Receive]) -> Vec<u64> {
 
 /// Votes over `receives` for the shift that aligns them with `dest`.
 pub fn anchor(dest: &DestStream, receives: &[Receive]) -> Option<Anchor> {
-    let mut by_key: HashMap<&[u8], Vec<u64>> = HashMap::new();
+    let mut by_key: HashMap<Vec<u8>, Vec<u64>> = HashMap::new();
     for s in &dest.sends {
-        if let Some(k) = s.head.get(..KEY) {
+        if let Some(k) = dest.bytes_at(s.pos, MIN_MATCH) {
             let list = by_key.entry(k).or_default();
             if list.len() <= MAX_CANDIDATES {
                 list.push(s.pos);
@@ -143,7 +161,7 @@ pub fn anchor(dest: &DestStream, receives: &[Receive]) -> Option<Anchor> {
     let mut votes: HashMap<i128, u64> = HashMap::new();
     let mut voters = 0u64;
     for (r, q) in receives.iter().zip(positions(receives)) {
-        let Some(cands) = r.head.get(..KEY).and_then(|k| by_key.get(k)) else {
+        let Some(cands) = r.head.get(..MIN_MATCH).and_then(|k| by_key.get(k)) else {
             continue;
         };
         if cands.len() > MAX_CANDIDATES {
