@@ -151,6 +151,9 @@ pub fn render_html(r: &Report) -> String {
     }
     let _ = write!(o, r#"<p class="headline">{}</p>"#, escape(&view.headline));
     let _ = write!(o, r#"<p class="note">Setup: {}</p>"#, escape(&view.context));
+    if let Some(clock) = &view.clock {
+        let _ = write!(o, r#"<p class="note">{}</p>"#, escape(clock));
+    }
     findings(&mut o, &view);
     cards(&mut o, r);
     stages(&mut o, r, &view);
