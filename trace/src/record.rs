@@ -20,15 +20,24 @@ pub enum Role {
     Preempt,
     /// Anything else.
     Other,
+    /// The source's migration thread: it sends the page stream (QEMU 7.2
+    /// `live_migration`, 8+ `mig/src/main`). Format 4.
+    MigSource,
+    /// The source's return-path thread: it receives the destination's page
+    /// requests (QEMU 7.2 `return path`, 8.x `mig/src/rp-thr`, 9.1+
+    /// `mig/src/return`). Format 4.
+    ReturnPath,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 7] = [
         Role::Vcpu,
         Role::Fault,
         Role::Listen,
         Role::Preempt,
         Role::Other,
+        Role::MigSource,
+        Role::ReturnPath,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +47,8 @@ impl Role {
             Role::Listen => "listen",
             Role::Preempt => "preempt",
             Role::Other => "other",
+            Role::MigSource => "mig_source",
+            Role::ReturnPath => "return_path",
         }
     }
 
@@ -48,6 +59,8 @@ impl Role {
             Role::Listen => 2,
             Role::Preempt => 3,
             Role::Other => 4,
+            Role::MigSource => 5,
+            Role::ReturnPath => 6,
         }
     }
 
@@ -68,6 +81,10 @@ impl Role {
             // QEMU 7.2-8.x name the preempt channel's placing thread "fault-fast"
             // (it is the fast listen thread, not a fault thread).
             "mig/dst/preempt" | "postcopy/preempt" | "fault-fast" => Some(Role::Preempt),
+            // The source: `migration_thread` and `source_return_path_thread`
+            // of QEMU's migration/migration.c, named as 7.2, 8.x and 9.1+ do.
+            "live_migration" | "mig/src/main" => Some(Role::MigSource),
+            "return path" | "mig/src/rp-thr" | "mig/src/return" => Some(Role::ReturnPath),
             _ => None,
         }
     }

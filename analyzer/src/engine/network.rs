@@ -83,7 +83,7 @@ impl ChannelRole {
             Role::Preempt => ChannelRole::Preempt,
             Role::Vcpu => ChannelRole::Vcpu,
             Role::Fault => ChannelRole::Fault,
-            Role::Other => ChannelRole::Other,
+            Role::Other | Role::MigSource | Role::ReturnPath => ChannelRole::Other,
         }
     }
 }

@@ -180,6 +180,8 @@ fn role_order(role: Role) -> i64 {
         Role::Preempt => 2,
         Role::Vcpu => 3,
         Role::Other => 4,
+        Role::MigSource => 5,
+        Role::ReturnPath => 6,
     }
 }
 

@@ -116,7 +116,7 @@ fn role_color(role: Role) -> &'static str {
         Role::Fault => "#8e6cc6",
         Role::Listen => "#27a08f",
         Role::Preempt => "#3f9b4a",
-        Role::Other => GREY,
+        Role::Other | Role::MigSource | Role::ReturnPath => GREY,
     }
 }
 
