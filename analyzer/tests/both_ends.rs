@@ -228,3 +228,28 @@ fn hostile_source_traces_never_panic() {
     assert!(m.per_fault.iter().all(|f| f.split.is_none()));
     assert!(r.clock.is_none(), "nothing true to align on");
 }
+
+/// The committed real pair: QEMU 7.2 TCG post-copy with preempt, both ends
+/// recorded on one host over 127.0.0.1, so the true offset is 0.
+#[test]
+fn the_real_pair_aligns_on_one_host_and_splits_every_requested_fault() {
+    let data = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/data");
+    let read = |name: &str| std::fs::read(data.join(name)).expect("committed trace");
+    let p = Pair {
+        dest: read("qemu-7.2-tcg-postcopy-both.dest.trace"),
+        source: read("qemu-7.2-tcg-postcopy-both.source.trace"),
+        truth: Vec::new(),
+    };
+    let (r, m) = merged(&p, None);
+    let c = r.clock.expect("aligned");
+    assert!(c.source_offset_us.abs() <= c.bound_us.unwrap(), "{c:?}");
+    assert!(c.contradiction_us.is_none(), "{c:?}");
+    let src = r.source.as_ref().unwrap();
+    assert_eq!(src.matched.requests, src.matched.requested_faults);
+    assert_eq!(src.matched.split, src.matched.requested_faults);
+    for f in &m.per_fault {
+        let s = f.split.expect("split");
+        assert_eq!(s.to_source + s.at_source + s.from_source, f.network_ns);
+    }
+    assert!(r.findings.iter().any(|f| f.rule == "source_dominant"));
+}

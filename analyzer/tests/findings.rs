@@ -242,6 +242,7 @@ fn with_source(r: &mut Report, at_source_share: f64, split: u64, window: (u64, f
             requested_faults: split,
             requests: split,
             pages: split,
+            pages_sent_before: 0,
             split,
         },
         share: SubStageShare {

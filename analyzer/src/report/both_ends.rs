@@ -95,6 +95,9 @@ pub struct SourceMatches {
     pub requests: u64,
     /// Their pages matched to a source send.
     pub pages: u64,
+    /// Of those, pages the source had sent before it read the request (the
+    /// page was already on its way; `at_source` is 0): no clock sample.
+    pub pages_sent_before: u64,
     /// Faults with all three sub-stages.
     pub split: u64,
 }
@@ -161,6 +164,7 @@ pub fn source_section(m: &MergeOutcome, index: &SourceIndex, path: &str) -> Sour
             requested_faults: m.faults,
             requests: m.requests_matched,
             pages: m.pages_matched,
+            pages_sent_before: m.pages_sent_before,
             split,
         },
         share: SubStageShare {

@@ -234,8 +234,8 @@ fn split_note(r: &Report) -> Option<String> {
     if let (Some(src), Some(_)) = (&r.source, source_rows(r)) {
         let m = &src.matched;
         return Some(format!(
-            "the network stage of requested faults split at the source (to_source: request sent → the source received it; at_source: → the source's send of the page; from_source: → the placing ioctl), in place of the destination-only split; {} of {} requested faults matched; shares of their summed network time",
-            m.split, m.requested_faults
+            "the network stage of requested faults split at the source (to_source: request sent → the source received it; at_source: → the source's send of the page; from_source: → the placing ioctl), in place of the destination-only split; {} of {} requested faults matched, {} of them with a page the source had sent before it read the request (at_source 0); shares of their summed network time",
+            m.split, m.requested_faults, m.pages_sent_before
         ));
     }
     (!split_rows(r).is_empty()).then(|| {

@@ -90,6 +90,8 @@ pub struct MergeOutcome {
     pub faults: u64,
     pub requests_matched: u64,
     pub pages_matched: u64,
+    /// Of those, pages that had left the source before it read the request.
+    pub pages_sent_before: u64,
     pub to_source: Hist,
     pub at_source: Hist,
     pub from_source: Hist,
@@ -280,6 +282,12 @@ impl Merger {
     }
 }
 
+/// Which of `addrs` the run covers.
+fn covered(r: &Run, addrs: &[u64]) -> Option<usize> {
+    let end = r.addr.saturating_add(r.bytes);
+    addrs.iter().position(|&a| r.addr <= a && a < end)
+}
+
 /// The first run at or after `after` (source time) covering one of
 /// `addrs`, with the index of the address it covers.
 fn first_send(runs: &[Run], after: u64, addrs: &[u64]) -> Option<(Run, usize)> {
@@ -288,13 +296,19 @@ fn first_send(runs: &[Run], after: u64, addrs: &[u64]) -> Option<(Run, usize)> {
         .iter()
         .take(MAX_SCAN_RUNS)
         .take_while(|r| r.enter_ts <= after.saturating_add(SCAN_NS))
-        .find_map(|r| {
-            let end = r.addr.saturating_add(r.bytes);
-            addrs
-                .iter()
-                .position(|&a| r.addr <= a && a < end)
-                .map(|i| (*r, i))
-        })
+        .find_map(|r| covered(r, addrs).map(|i| (*r, i)))
+}
+
+/// The last run before `before` (source time) covering one of `addrs`:
+/// the page had left the source before it read the request.
+fn last_send_before(runs: &[Run], before: u64, addrs: &[u64]) -> Option<(Run, usize)> {
+    let to = runs.partition_point(|r| r.enter_ts < before);
+    runs[..to]
+        .iter()
+        .rev()
+        .take(MAX_SCAN_RUNS)
+        .take_while(|r| r.enter_ts.saturating_add(SCAN_NS) >= before)
+        .find_map(|r| covered(r, addrs).map(|i| (*r, i)))
 }
 
 /// The matches of one fault: the receive of its request, the send of its page.
@@ -302,6 +316,9 @@ fn first_send(runs: &[Run], after: u64, addrs: &[u64]) -> Option<(Run, usize)> {
 struct Matched<'a> {
     receive: Option<&'a Receive>,
     send: Option<Run>,
+    /// The page's send came before the source read the request (it was
+    /// already on its way): no clock sample, and `at_source` is 0.
+    sent_before: bool,
 }
 
 impl Merger {
@@ -329,7 +346,7 @@ impl Merger {
             .iter()
             .zip(&matched)
             .filter_map(|(f, m)| {
-                let send = m.send?;
+                let send = m.send.filter(|_| !m.sent_before)?;
                 Some(Sample {
                     at: f.place_ts,
                     value: diff(send.enter_ts, f.place_ts),
@@ -338,7 +355,8 @@ impl Merger {
             .collect();
         out.faults = self.faults.len() as u64;
         out.requests_matched = matched.iter().filter(|m| m.receive.is_some()).count() as u64;
-        out.pages_matched = lower.len() as u64;
+        out.pages_matched = matched.iter().filter(|m| m.send.is_some()).count() as u64;
+        out.pages_sent_before = matched.iter().filter(|m| m.sent_before).count() as u64;
         out.clock = match given_offset_ns {
             Some(ns) => Some(Clock::given(
                 ns,
@@ -415,8 +433,19 @@ impl Merger {
             .map(|(f, receive)| {
                 let only = block_base.get(&f.req.block).map(|&(b, _)| [b]);
                 let tried: &[u64] = only.as_ref().map_or(&bases, |b| b.as_slice());
-                let send = receive.and_then(|r| find(f, r, tried)).map(|(run, _)| run);
-                Matched { receive, send }
+                let after = receive.and_then(|r| find(f, r, tried)).map(|(run, _)| run);
+                let before = || {
+                    let r = receive?;
+                    let addrs: Vec<u64> =
+                        tried.iter().map(|b| b.saturating_add(f.offset)).collect();
+                    last_send_before(&source.runs, r.exit_ts, &addrs).map(|(run, _)| run)
+                };
+                let send = after.or_else(before);
+                Matched {
+                    receive,
+                    send,
+                    sent_before: after.is_none() && send.is_some(),
+                }
             })
             .collect()
     }
@@ -515,8 +544,8 @@ impl Merger {
         }
         match out.clock {
             None if out.faults > 0 => w.push(format!(
-                "the clocks could not be aligned: of {} requested faults, {} requests and {} pages were matched in the source trace (both kinds are needed); the sub-stages are null; --source-offset-us sets the offset by hand",
-                out.faults, out.requests_matched, out.pages_matched
+                "the clocks could not be aligned: of {} requested faults, {} requests were matched to a source receive and {} pages to a source send after it (both kinds are needed); the sub-stages are null; --source-offset-us sets the offset by hand",
+                out.faults, out.requests_matched, out.pages_matched - out.pages_sent_before
             )),
             Some(c) => {
                 if let Some(gap) = c.contradiction_ns {
