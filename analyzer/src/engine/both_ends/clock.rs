@@ -147,18 +147,17 @@ fn edge(s: &Samples<'_>, mut inside: f64, mut outside: f64) -> f64 {
 /// U (minimizes L) stated at the mean sample time — the linear-programming
 /// skew estimate of Moon, Skelly and Towsley (1999). Their mean; `None`
 /// when both directions' samples span no time.
-fn envelope_slope(s: &Samples<'_>, max: f64) -> Option<f64> {
-    let mean = |v: &[Sample]| v.iter().map(|x| x.at as f64).sum::<f64>() / v.len() as f64;
+fn envelope_slope(s: &Samples<'_>, means: (f64, f64), max: f64) -> Option<f64> {
     let spans = |v: &[Sample]| v.iter().any(|x| x.at != v[0].at);
     let up = Samples {
         upper: s.upper,
         lower: &[],
-        origin: mean(s.upper),
+        origin: means.0,
     };
     let lo = Samples {
         upper: &[],
         lower: s.lower,
-        origin: mean(s.lower),
+        origin: means.1,
     };
     let slopes: Vec<f64> = [
         spans(s.upper).then(|| ternary(-max, max, 1.0, |r| up.upper(r))),
@@ -170,6 +169,36 @@ fn envelope_slope(s: &Samples<'_>, max: f64) -> Option<f64> {
     (!slopes.is_empty()).then(|| slopes.iter().sum::<f64>() / slopes.len() as f64)
 }
 
+/// The samples that can decide a minimum (`below`) or maximum of
+/// `value − ρ·at` for some ρ: the lower (upper) convex hull of the points
+/// (at, value). Every search then costs the hull's size, not the samples'.
+fn hull(samples: &[Sample], below: bool) -> Vec<Sample> {
+    let mut pts: Vec<Sample> = samples.to_vec();
+    pts.sort_by_key(|p| (p.at, if below { p.value } else { -p.value }));
+    pts.dedup_by_key(|p| p.at);
+    let sign = if below { 1.0 } else { -1.0 };
+    let cross = |o: &Sample, a: &Sample, b: &Sample| {
+        let (ax, ay) = (a.at as f64 - o.at as f64, a.value as f64 - o.value as f64);
+        let (bx, by) = (b.at as f64 - o.at as f64, b.value as f64 - o.value as f64);
+        sign * (ax * by - ay * bx)
+    };
+    let mut out: Vec<Sample> = Vec::new();
+    for p in pts {
+        while let [.., o, a] = out.as_slice() {
+            if cross(o, a, &p) > 0.0 {
+                break;
+            }
+            out.pop();
+        }
+        out.push(p);
+    }
+    out
+}
+
+fn mean_at(v: &[Sample]) -> f64 {
+    v.iter().map(|x| x.at as f64).sum::<f64>() / v.len() as f64
+}
+
 /// The estimate from request (upper) and page (lower) samples, stated at
 /// the middle of their span; `None` without at least one of each (the
 /// offset is then unbounded on one side).
@@ -179,9 +208,11 @@ pub fn estimate(upper: &[Sample], lower: &[Sample]) -> Option<Clock> {
     if upper.is_empty() || lower.is_empty() {
         return None;
     }
+    let means = (mean_at(upper), mean_at(lower));
+    let (upper_hull, lower_hull) = (hull(upper, true), hull(lower, false));
     let s = Samples {
-        upper,
-        lower,
+        upper: &upper_hull,
+        lower: &lower_hull,
         origin: origin as f64,
     };
     let max = MAX_DRIFT_PPM * 1e-6;
@@ -204,7 +235,7 @@ pub fn estimate(upper: &[Sample], lower: &[Sample]) -> Option<Clock> {
         return Some(clock);
     }
     let (rlo, rhi) = (edge(&s, best, -max), edge(&s, best, max));
-    let rho = envelope_slope(&s, max).map_or(best, |r| r.clamp(rlo, rhi));
+    let rho = envelope_slope(&s, means, max).map_or(best, |r| r.clamp(rlo, rhi));
     clock.offset_ns = f64::midpoint(s.upper(rho), s.lower(rho));
     clock.drift_ppm = Some(rho * 1e6);
     // Over the consistent drifts, the lowest L and the highest U (L is
@@ -256,6 +287,27 @@ mod tests {
                 assert!(bound < 25_000.0, "{c:?}");
                 assert!((c.drift_ppm.unwrap() - ppm).abs() < 10.0, "{c:?}");
             }
+        }
+    }
+
+    #[test]
+    fn the_hulls_keep_every_sample_that_can_decide() {
+        let (up, lo) = samples(-3_000.0, 20.0, 10_000);
+        let (hu, hl) = (hull(&up, true), hull(&lo, false));
+        assert!(hu.len() < up.len() / 4 && hl.len() < lo.len() / 4);
+        for rho in [-4e-4, -5e-5, 0.0, 3e-5, 4e-4] {
+            let full = Samples {
+                upper: &up,
+                lower: &lo,
+                origin: 7e8,
+            };
+            let cut = Samples {
+                upper: &hu,
+                lower: &hl,
+                origin: 7e8,
+            };
+            assert!((full.upper(rho) - cut.upper(rho)).abs() < 1e-6);
+            assert!((full.lower(rho) - cut.lower(rho)).abs() < 1e-6);
         }
     }
 

@@ -25,6 +25,9 @@ const MAX_BLOCKS: usize = 64;
 /// (source time), and how many runs at most.
 pub const SCAN_NS: u64 = 2_000_000_000;
 pub const MAX_SCAN_RUNS: usize = 200_000;
+/// Runs visited over all the page lookups of one merge, at most (about a
+/// second of work): a crafted source trace cannot make matching hang.
+pub const MAX_SCAN_WORK: u64 = 500_000_000;
 /// Base candidates tried for a block whose base is not known yet.
 const MAX_TRIED_BASES: usize = 4;
 
@@ -92,6 +95,8 @@ pub struct MergeOutcome {
     pub pages_matched: u64,
     /// Of those, pages that had left the source before it read the request.
     pub pages_sent_before: u64,
+    /// Page lookups stopped at [`MAX_SCAN_WORK`]: later faults may be unmatched.
+    pub out_of_work: bool,
     pub to_source: Hist,
     pub at_source: Hist,
     pub from_source: Hist,
@@ -288,26 +293,42 @@ fn covered(r: &Run, addrs: &[u64]) -> Option<usize> {
     addrs.iter().position(|&a| r.addr <= a && a < end)
 }
 
+/// What is left of [`MAX_SCAN_WORK`]; one run visited costs one.
+struct Budget(std::cell::Cell<u64>);
+
+impl Budget {
+    fn take(&self) -> bool {
+        let left = self.0.get();
+        self.0.set(left.saturating_sub(1));
+        left > 0
+    }
+}
+
 /// The first run at or after `after` (source time) covering one of
 /// `addrs`, with the index of the address it covers.
-fn first_send(runs: &[Run], after: u64, addrs: &[u64]) -> Option<(Run, usize)> {
+fn first_send(runs: &[Run], after: u64, addrs: &[u64], budget: &Budget) -> Option<(Run, usize)> {
     let from = runs.partition_point(|r| r.enter_ts < after);
     runs[from..]
         .iter()
         .take(MAX_SCAN_RUNS)
-        .take_while(|r| r.enter_ts <= after.saturating_add(SCAN_NS))
+        .take_while(|r| r.enter_ts <= after.saturating_add(SCAN_NS) && budget.take())
         .find_map(|r| covered(r, addrs).map(|i| (*r, i)))
 }
 
 /// The last run before `before` (source time) covering one of `addrs`:
 /// the page had left the source before it read the request.
-fn last_send_before(runs: &[Run], before: u64, addrs: &[u64]) -> Option<(Run, usize)> {
+fn last_send_before(
+    runs: &[Run],
+    before: u64,
+    addrs: &[u64],
+    budget: &Budget,
+) -> Option<(Run, usize)> {
     let to = runs.partition_point(|r| r.enter_ts < before);
     runs[..to]
         .iter()
         .rev()
         .take(MAX_SCAN_RUNS)
-        .take_while(|r| r.enter_ts.saturating_add(SCAN_NS) >= before)
+        .take_while(|r| r.enter_ts.saturating_add(SCAN_NS) >= before && budget.take())
         .find_map(|r| covered(r, addrs).map(|i| (*r, i)))
 }
 
@@ -339,7 +360,8 @@ impl Merger {
             let a = anchored.iter().find(|a| a.channel.dest_fd == fd)?;
             stream::receive_of(a.channel.anchor, a.receives, &a.positions, end)
         };
-        let matched = self.match_pages(source, &receive_of);
+        let (matched, out_of_work) = self.match_pages(source, &receive_of);
+        out.out_of_work = out_of_work;
         let upper = self.upper_samples(&receive_of);
         let lower: Vec<Sample> = self
             .faults
@@ -398,7 +420,7 @@ impl Merger {
         &self,
         source: &SourceIndex,
         receive_of: &dyn Fn(i32, u64) -> Option<&'a Receive>,
-    ) -> Vec<Matched<'a>> {
+    ) -> (Vec<Matched<'a>>, bool) {
         let bases: Vec<u64> = source
             .bases()
             .into_iter()
@@ -410,9 +432,10 @@ impl Merger {
             .iter()
             .map(|f| receive_of(f.fd, f.req.end))
             .collect();
+        let budget = Budget(std::cell::Cell::new(MAX_SCAN_WORK));
         let find = |f: &RawFault, r: &Receive, bases: &[u64]| {
             let addrs: Vec<u64> = bases.iter().map(|b| b.saturating_add(f.offset)).collect();
-            first_send(&source.runs, r.exit_ts, &addrs).map(|(run, i)| (run, bases[i]))
+            first_send(&source.runs, r.exit_ts, &addrs, &budget).map(|(run, i)| (run, bases[i]))
         };
         let mut votes: HashMap<(Option<u16>, u64), u64> = HashMap::new();
         for (f, r) in self.faults.iter().zip(&receives) {
@@ -427,7 +450,8 @@ impl Merger {
                 *e = (base, n);
             }
         }
-        self.faults
+        let matched = self
+            .faults
             .iter()
             .zip(receives)
             .map(|(f, receive)| {
@@ -438,7 +462,7 @@ impl Merger {
                     let r = receive?;
                     let addrs: Vec<u64> =
                         tried.iter().map(|b| b.saturating_add(f.offset)).collect();
-                    last_send_before(&source.runs, r.exit_ts, &addrs).map(|(run, _)| run)
+                    last_send_before(&source.runs, r.exit_ts, &addrs, &budget).map(|(run, _)| run)
                 };
                 let send = after.or_else(before);
                 Matched {
@@ -447,7 +471,8 @@ impl Merger {
                     sent_before: after.is_none() && send.is_some(),
                 }
             })
-            .collect()
+            .collect();
+        (matched, budget.0.get() == 0)
     }
 }
 
@@ -524,6 +549,11 @@ impl Merger {
         for (what, n) in &source.left_out {
             w.push(format!(
                 "source trace: {n} {what} over the analyzer's bound were left out"
+            ));
+        }
+        if out.out_of_work {
+            w.push(format!(
+                "page matching stopped after visiting {MAX_SCAN_WORK} source page runs: the source trace sends far more than the requests need; later requested faults may have null sub-stages"
             ));
         }
         if self.left_out > 0 {
