@@ -18,7 +18,7 @@ use crate::inputs::rp::RpMessage;
 use uffdscope_trace::record::{Direction, Record, SockIo, SocketInfo};
 
 /// Most requested faults kept for the split.
-pub const MAX_FAULTS: usize = 4_000_000;
+pub const MAX_FAULTS: usize = 1_000_000;
 /// Most RAMBlock names told apart.
 const MAX_BLOCKS: usize = 64;
 /// How far after a request's receive the page's send is looked for

@@ -17,9 +17,9 @@ use uffdscope_trace::record::{Direction, PagesSent, Record, Side, SocketInfo, Tc
 use uffdscope_trace::{TraceError, TraceReader};
 
 /// Most receives kept (each holds up to 64 bytes of payload).
-pub const MAX_RECEIVES: usize = 2_000_000;
+pub const MAX_RECEIVES: usize = 1_000_000;
 /// Most page runs kept.
-pub const MAX_RUNS: usize = 8_000_000;
+pub const MAX_RUNS: usize = 4_000_000;
 /// Most distinct RAMBlock base candidates counted.
 pub const MAX_BASES: usize = 64;
 /// Most sockets and threads kept.
@@ -42,7 +42,7 @@ pub struct Receive {
     pub tid: u32,
     /// Bytes received (> 0).
     pub len: u64,
-    pub head: Vec<u8>,
+    pub head: Box<[u8]>,
 }
 
 /// One page run of one send: `pages` pages from `addr` on.
@@ -208,6 +208,7 @@ impl SourceIndex {
                 }
                 let mut head = s.head;
                 head.truncate(uffdscope_trace::record::SockIo::MAX_HEAD);
+                let head = head.into_boxed_slice();
                 self.receives.entry(s.fd).or_default().push(Receive {
                     enter_ts: s.enter_ts,
                     exit_ts: s.exit_ts,

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use super::source::Receive;
 
 /// Most destination sends kept.
-pub const MAX_SENDS: usize = 2_000_000;
+pub const MAX_SENDS: usize = 1_000_000;
 /// Bytes a receive's head must match to vote: the stream bytes the
 /// candidate lookup keys on (a whole `REQ_PAGES`, header, offset and
 /// length, so two different requests cannot both match).
@@ -29,7 +29,7 @@ pub struct DestSend {
     /// Stream position of its first byte (bytes sent on the fd before it).
     pub pos: u64,
     pub len: u64,
-    pub head: Vec<u8>,
+    pub head: Box<[u8]>,
 }
 
 impl DestSend {
@@ -74,7 +74,7 @@ impl DestStream {
             exit_ts,
             pos: 0,
             len,
-            head: head.to_vec(),
+            head: head.into(),
         });
         true
     }
@@ -149,21 +149,28 @@ pub fn positions(receives: &[Receive]) -> Vec<u64> {
 
 /// Votes over `receives` for the shift that aligns them with `dest`.
 pub fn anchor(dest: &DestStream, receives: &[Receive]) -> Option<Anchor> {
-    let mut by_key: HashMap<Vec<u8>, Vec<u64>> = HashMap::new();
-    for s in &dest.sends {
-        if let Some(k) = dest.bytes_at(s.pos, MIN_MATCH) {
-            let list = by_key.entry(k).or_default();
-            if list.len() <= MAX_CANDIDATES {
-                list.push(s.pos);
-            }
-        }
-    }
+    // (first 16 stream bytes, position) of every send, sorted: a receive's
+    // candidates are one range of it.
+    let key = |b: &[u8]| b.get(..MIN_MATCH)?.try_into().ok().map(u128::from_be_bytes);
+    let mut by_key: Vec<(u128, u64)> = dest
+        .sends
+        .iter()
+        .filter_map(|s| Some((key(&dest.bytes_at(s.pos, MIN_MATCH)?)?, s.pos)))
+        .collect();
+    by_key.sort_unstable();
     let mut votes: HashMap<i128, u64> = HashMap::new();
     let mut voters = 0u64;
     for (r, q) in receives.iter().zip(positions(receives)) {
-        let Some(cands) = r.head.get(..MIN_MATCH).and_then(|k| by_key.get(k)) else {
+        let Some(k) = key(&r.head) else {
             continue;
         };
+        let from = by_key.partition_point(|e| e.0 < k);
+        let cands: Vec<u64> = by_key[from..]
+            .iter()
+            .take(MAX_CANDIDATES + 1)
+            .take_while(|e| e.0 == k)
+            .map(|e| e.1)
+            .collect();
         if cands.len() > MAX_CANDIDATES {
             continue;
         }
