@@ -131,6 +131,49 @@ fn sub_stages_add_up_to_the_network_stage_and_match_the_truth() {
 }
 
 #[test]
+fn a_receive_lost_on_the_source_realigns_the_streams_after_it() {
+    let s = scenario();
+    let mut dest = Vec::new();
+    let clock = SourceClock {
+        offset_ns: 700_000,
+        drift_ppm: 0.0,
+    };
+    let (meta, mut records, truth) = generate_pair(&s, clock, |r| dest.push(r.clone()));
+    // The 200th receive never reached the source trace (a ring drop).
+    let lost = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, Record::SockIo(_)))
+        .nth(200)
+        .map(|(i, _)| i)
+        .unwrap();
+    records.remove(lost);
+    let p = Pair {
+        dest: write_all(&s.meta(), &dest),
+        source: write_all(&meta, &records),
+        truth,
+    };
+    let (r, m) = merged(&p, None);
+    let bound_ns = r.clock.unwrap().bound_us.unwrap() * 1e3;
+    let right = m
+        .per_fault
+        .iter()
+        .filter_map(|f| Some((f.split?, truth_of(&p, f.tid, f.page, f.entry_ts).split?)))
+        .filter(|(s, t)| (s.to_source as f64 - t[0] as f64).abs() <= bound_ns + 2.0)
+        .count();
+    let truths = p.truth.iter().filter(|t| t.split.is_some()).count();
+    assert!(
+        right + 3 >= truths,
+        "{right} of {truths} requests mapped right"
+    );
+    assert!(
+        r.warnings.iter().any(|w| w.contains("moved apart 1 times")),
+        "{:?}",
+        r.warnings
+    );
+}
+
+#[test]
 fn faults_whose_request_the_source_never_saw_are_null() {
     let p = pair(SourceClock::default());
     let (_, m) = merged(&p, None);

@@ -77,7 +77,7 @@ pub struct FaultSplit {
 }
 
 /// How one destination return-path socket was matched.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Channel {
     pub dest_fd: i32,
     pub source_fd: i32,
@@ -355,10 +355,10 @@ impl Merger {
         let mut out = MergeOutcome::default();
         self.place_requests();
         let anchored = self.anchor_all(source);
-        out.channels = anchored.iter().map(|a| a.channel).collect();
+        out.channels = anchored.iter().map(|a| a.channel.clone()).collect();
         let receive_of = |fd: i32, end: u64| {
             let a = anchored.iter().find(|a| a.channel.dest_fd == fd)?;
-            stream::receive_of(a.channel.anchor, a.receives, &a.positions, end)
+            stream::receive_of(&a.channel.anchor, a.receives, &a.positions, end)
         };
         let (matched, out_of_work) = self.match_pages(source, &receive_of);
         out.out_of_work = out_of_work;
@@ -562,14 +562,10 @@ impl Merger {
                 self.left_out
             ));
         }
-        for c in out
-            .channels
-            .iter()
-            .filter(|c| c.anchor.against > c.anchor.votes / 10)
-        {
+        for c in out.channels.iter().filter(|c| c.anchor.reanchors > 0) {
             w.push(format!(
-                "the return path of destination fd {} matched source fd {} with {} receives agreeing and {} not: events were lost on one side, and some requests may map to the wrong receive",
-                c.dest_fd, c.source_fd, c.anchor.votes, c.anchor.against
+                "the return path of destination fd {} and source fd {} moved apart {} times ({} receives agreed with the usual alignment, {} did not): events were lost on one side; each request maps by the alignment of the receives just before it, so a request between a loss and the next matching receive may map to the wrong one",
+                c.dest_fd, c.source_fd, c.anchor.reanchors, c.anchor.votes, c.anchor.against
             ));
         }
         match out.clock {

@@ -124,14 +124,35 @@ impl DestStream {
 }
 
 /// The anchor of the source's receive stream on the destination's send stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Anchor {
-    /// Destination position minus source position of the same byte.
+    /// Destination position minus source position of the same byte, by
+    /// most votes.
     pub shift: i128,
     /// Receives whose content voted for it.
     pub votes: u64,
     /// Receives whose content voted for another shift.
     pub against: u64,
+    /// Where the shift holds: (destination position of a voting receive's
+    /// first byte, its shift), in stream order, each agreeing with a
+    /// neighbour. A lost event on either side changes the shift from there
+    /// on; mapping takes the shift of the last point before a byte.
+    pub points: Vec<(u64, i128)>,
+    /// How often the shift changes along the stream (events lost on one side).
+    pub reanchors: u64,
+}
+
+/// The votes that agree with a neighbour: a lone vote for a shift could be
+/// a coincidence of content, two in a row are not.
+fn confirmed(points: &[(u64, i128)]) -> Vec<(u64, i128)> {
+    let agrees = |i: usize, j: Option<usize>| {
+        j.and_then(|j| points.get(j))
+            .is_some_and(|q| q.1 == points[i].1)
+    };
+    (0..points.len())
+        .filter(|&i| agrees(i, i.checked_sub(1)) || agrees(i, Some(i + 1)))
+        .map(|i| points[i])
+        .collect()
 }
 
 /// The receives' positions in their own stream (bytes received before each).
@@ -159,6 +180,7 @@ pub fn anchor(dest: &DestStream, receives: &[Receive]) -> Option<Anchor> {
         .collect();
     by_key.sort_unstable();
     let mut votes: HashMap<i128, u64> = HashMap::new();
+    let mut points = Vec::new();
     let mut voters = 0u64;
     for (r, q) in receives.iter().zip(positions(receives)) {
         let Some(k) = key(&r.head) else {
@@ -185,27 +207,41 @@ pub fn anchor(dest: &DestStream, receives: &[Receive]) -> Option<Anchor> {
         if let [shift] = shifts.as_slice() {
             voters += 1;
             *votes.entry(*shift).or_default() += 1;
+            if let Ok(at) = u64::try_from(i128::from(q) + shift) {
+                points.push((at, *shift));
+            }
         }
     }
     let (shift, n) = votes
         .into_iter()
         .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))?;
+    points.sort_unstable();
+    let points = confirmed(&points);
+    let reanchors = points.windows(2).filter(|w| w[0].1 != w[1].1).count() as u64;
     Some(Anchor {
         shift,
         votes: n,
         against: voters - n,
+        points,
+        reanchors,
     })
 }
 
 /// The receive that delivered the byte just before destination position
 /// `end` (a message's last byte), given the receives' own positions.
 pub fn receive_of<'a>(
-    anchor: Anchor,
+    anchor: &Anchor,
     receives: &'a [Receive],
     positions: &[u64],
     end: u64,
 ) -> Option<&'a Receive> {
-    let last = i128::from(end) - 1 - anchor.shift;
+    let i = anchor.points.partition_point(|p| p.0 < end);
+    let shift = i
+        .checked_sub(1)
+        .and_then(|i| anchor.points.get(i))
+        .or(anchor.points.first())
+        .map_or(anchor.shift, |p| p.1);
+    let last = i128::from(end) - 1 - shift;
     let last = u64::try_from(last).ok()?;
     let i = positions.partition_point(|&p| p <= last).checked_sub(1)?;
     let r = receives.get(i)?;
