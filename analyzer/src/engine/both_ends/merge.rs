@@ -360,13 +360,20 @@ impl Merger {
             let a = anchored.iter().find(|a| a.channel.dest_fd == fd)?;
             stream::receive_of(&a.channel.anchor, a.receives, &a.positions, end)
         };
+        let settled = |fd: i32, end: u64| {
+            anchored
+                .iter()
+                .find(|a| a.channel.dest_fd == fd)
+                .is_some_and(|a| stream::settled(&a.channel.anchor, end))
+        };
         let (matched, out_of_work) = self.match_pages(source, &receive_of);
         out.out_of_work = out_of_work;
-        let upper = self.upper_samples(&receive_of);
+        let upper = self.upper_samples(&receive_of, &settled);
         let lower: Vec<Sample> = self
             .faults
             .iter()
             .zip(&matched)
+            .filter(|(f, _)| settled(f.fd, f.req.end))
             .filter_map(|(f, m)| {
                 let send = m.send.filter(|_| !m.sent_before)?;
                 Some(Sample {
@@ -393,15 +400,16 @@ impl Merger {
         out
     }
 
-    /// Every destination send whose last byte a source receive delivered:
-    /// `receive exit − send entry = d₁ + θ`.
+    /// Every destination send whose last byte a source receive delivered,
+    /// where the alignment is settled: `receive exit − send entry = d₁ + θ`.
     fn upper_samples<'a>(
         &self,
         receive_of: &dyn Fn(i32, u64) -> Option<&'a Receive>,
+        settled: &dyn Fn(i32, u64) -> bool,
     ) -> Vec<Sample> {
         let mut upper = Vec::new();
         for (&fd, stream) in &self.streams {
-            for s in &stream.sends {
+            for s in stream.sends.iter().filter(|s| settled(fd, s.pos + s.len)) {
                 if let Some(r) = receive_of(fd, s.pos + s.len) {
                     upper.push(Sample {
                         at: s.enter_ts,

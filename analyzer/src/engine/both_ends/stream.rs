@@ -227,6 +227,19 @@ pub fn anchor(dest: &DestStream, receives: &[Receive]) -> Option<Anchor> {
     })
 }
 
+/// Whether the alignment at destination position `end` is settled: the
+/// confirmed votes around it agree. A byte between a lost event and the next
+/// matching receive is not; its mapping is a guess, fit for a sub-stage,
+/// not for a clock sample.
+pub fn settled(anchor: &Anchor, end: u64) -> bool {
+    let i = anchor.points.partition_point(|p| p.0 < end);
+    let before = i.checked_sub(1).and_then(|j| anchor.points.get(j));
+    match (before, anchor.points.get(i)) {
+        (Some(a), Some(b)) => a.1 == b.1,
+        _ => true,
+    }
+}
+
 /// The receive that delivered the byte just before destination position
 /// `end` (a message's last byte), given the receives' own positions.
 pub fn receive_of<'a>(
