@@ -156,7 +156,10 @@ fn a_receive_lost_on_the_source_realigns_the_streams_after_it() {
     let (r, m) = merged(&p, None);
     let c = r.clock.unwrap();
     // Requests in the gap give no clock sample: the bound still holds.
-    assert!((c.source_offset_us - 700.0).abs() <= c.bound_us.unwrap(), "{c:?}");
+    assert!(
+        (c.source_offset_us - 700.0).abs() <= c.bound_us.unwrap(),
+        "{c:?}"
+    );
     assert!(c.contradiction_us.is_none(), "{c:?}");
     let bound_ns = c.bound_us.unwrap() * 1e3;
     let right = m

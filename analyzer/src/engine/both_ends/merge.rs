@@ -112,7 +112,7 @@ pub struct MergeOutcome {
 pub struct Merger {
     streams: BTreeMap<i32, DestStream>,
     sockets: Vec<SocketInfo>,
-    requests: HashMap<(u32, u64), (i32, Vec<SentRequest>)>,
+    requests: HashMap<(u32, u64), (i32, Box<[SentRequest]>)>,
     blocks: Vec<String>,
     faults: Vec<RawFault>,
     left_out: u64,
@@ -165,7 +165,8 @@ impl Merger {
             }
         }
         if !reqs.is_empty() {
-            self.requests.insert((s.tid, s.exit_ts), (s.fd, reqs));
+            self.requests
+                .insert((s.tid, s.exit_ts), (s.fd, reqs.into_boxed_slice()));
         }
     }
 
@@ -505,6 +506,7 @@ fn clamp_split(request_ts: u64, network: u64, received: f64, sent: f64) -> SubSt
 
 impl Merger {
     fn split(&self, matched: &[Matched<'_>], out: &mut MergeOutcome) {
+        out.per_fault.reserve_exact(self.faults.len());
         for (f, m) in self.faults.iter().zip(matched) {
             let network = f.place_ts.saturating_sub(f.request_ts);
             let split = match (out.clock, m.receive, m.send) {
