@@ -41,6 +41,9 @@ struct SentRequest {
     end: u64,
 }
 
+/// A destination send's fd and the page requests in it.
+type SendRequests = (i32, Box<[SentRequest]>);
+
 /// A requested fault's raw times, kept until the clock is known.
 #[derive(Debug, Clone, Copy)]
 struct RawFault {
@@ -112,7 +115,8 @@ pub struct MergeOutcome {
 pub struct Merger {
     streams: BTreeMap<i32, DestStream>,
     sockets: Vec<SocketInfo>,
-    requests: HashMap<(u32, u64), (i32, Box<[SentRequest]>)>,
+    /// By (thread, exit time) of the send: its fd and the requests in it.
+    requests: HashMap<(u32, u64), SendRequests>,
     blocks: Vec<String>,
     faults: Vec<RawFault>,
     left_out: u64,
