@@ -42,6 +42,11 @@ Examples:
   # Shrink a trace before attaching it to a bug report (same report, fewer records)
   uffdscope lean run.trace -o run.lean.trace
 
+  # Both ends of the migration: the network stage split at the source (clocks aligned
+  # from the messages; --source-offset-us sets the source-minus-destination offset by hand)
+  uffdscope report dest.trace --source source.trace
+  uffdscope report dest.trace --source source.trace --source-offset-us -1500
+
   # Per-stage latency histograms per second, for HdrHistogram's tools
   uffdscope report run.trace --format hlog -o run.hlog
 
@@ -52,7 +57,8 @@ Examples:
 Exit codes:
   0  success
   1  usage error
-  2  unreadable or damaged input (a damaged trace is still reported up to its last good frame)
+  2  unreadable or damaged input (a damaged trace is still reported up to its last good frame),
+     or the traces' sides are swapped (--source takes the source's trace)
   3  recording could not start or failed, or `check` found a blocker
   4  report written, but the trace is incomplete: it has no end note (the recording was
      cut), or the pass stopped at --max-events
@@ -258,6 +264,15 @@ struct ReportArgs {
     /// Interval length of `--format hlog`, in seconds (default 1).
     #[arg(long, value_name = "SECS", value_parser = interval_secs)]
     interval: Option<std::time::Duration>,
+    /// The trace of the same migration recorded on the source (`record
+    /// --side source`): splits each requested fault's network stage into
+    /// to_source, at_source and from_source (text, json, markdown, html).
+    #[arg(long, value_name = "TRACE")]
+    source: Option<PathBuf>,
+    /// Source clock minus destination clock, in µs, instead of the estimate
+    /// from the messages (e.g. when the hosts' PTP says so).
+    #[arg(long, requires = "source", allow_hyphen_values = true, value_name = "US", value_parser = finite_us)]
+    source_offset_us: Option<f64>,
 }
 
 /// The output formats of `compare`.
@@ -402,6 +417,42 @@ fn finite_ms(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `--source-offset-us`: a finite number of µs.
+fn finite_us(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of microseconds (give e.g. 1500 or -250.5)"
+        )),
+    }
+}
+
+/// Reads the source trace of `--source`, after checking that the
+/// destination trace is not one.
+fn read_source(
+    args: &ReportArgs,
+    path: &Path,
+    dest: &uffdscope_trace::TraceMeta,
+) -> Result<analysis::SourceInput, InputError> {
+    use uffdscope_analyzer::engine::both_ends::source::SourceIndex;
+    use uffdscope_trace::record::Side;
+    if dest.side == Some(Side::Source) {
+        return Err(InputError(format!(
+            "{} was recorded on the source (its metadata says side source): give the destination's trace first and the source's with --source",
+            args.trace.display()
+        )));
+    }
+    let shown = path.display().to_string();
+    let reader = open_trace(path)?;
+    let index = SourceIndex::read(reader, &shown, limits(path, args.max_events))
+        .map_err(|e| InputError(e.to_string()))?;
+    Ok(analysis::SourceInput {
+        path: shown,
+        index: std::sync::Arc::new(index),
+        offset_us: args.source_offset_us,
+    })
+}
+
 /// Opens the trace at `path` (a file or a pipe), or standard input for `-`.
 fn open_trace(path: &Path) -> Result<TraceReader<Box<dyn Read>>, InputError> {
     let opened = if path.as_os_str() == "-" {
@@ -496,10 +547,15 @@ fn report_options(args: &ReportArgs, meta: &uffdscope_trace::TraceMeta) -> anyho
         }
         None => None,
     };
+    let source = match &args.source {
+        Some(path) => Some(read_source(args, path, meta)?),
+        None => None,
+    };
     Ok(Options {
         guest_log,
         guest_offset_ms: args.guest_offset,
         limits: args.limits(),
+        source,
     })
 }
 
@@ -612,6 +668,11 @@ fn stream_export(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     if args.guest_log.is_some() || args.guest_offset.is_some() {
         eprintln!(
             "uffdscope: note: --guest-log and --guest-offset apply to the text, json, markdown and html reports; this export uses the guest lines recorded in the trace"
+        );
+    }
+    if args.source.is_some() {
+        eprintln!(
+            "uffdscope: note: --source applies to the text, json, markdown and html reports (the sub-stages are known only once the whole trace is read, after this export has streamed its faults)"
         );
     }
     let mut reader = open_trace(&args.trace)?;

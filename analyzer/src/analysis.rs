@@ -6,9 +6,12 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::drive::{self, At, Consumer, Derived, Limits, Summary};
 use crate::engine::blocktime::{self, QemuBlocktime};
+use crate::engine::both_ends::merge::{MergeOutcome, Merger};
+use crate::engine::both_ends::source::SourceIndex;
 use crate::engine::guest;
 use crate::engine::kvm_async::KvmAsyncWaits;
 use crate::engine::lifecycle::{Engine, Fault, Resolution, Stage, ThreadFacts, TidSet};
@@ -18,10 +21,11 @@ use crate::engine::qemu_latency::{LatencyReplay, Log2Buckets};
 use crate::engine::stats::{FaultStats, Hist, CURVE_QUANTILES};
 use crate::inputs::guest_log::GuestLog;
 use crate::inputs::qmp::{QemuLatency, QmpFacts};
+use crate::report::both_ends;
 use crate::report::{
     findings, Blocktime, Bounded, BytesPercentiles, ChannelEndpoint, FaultSection, KvmAsyncSection,
     MigrationContext, NetworkSection, NetworkSplitSection, NetworkSplitShare, QemuLatencySection,
-    QemuSection, QemuView, Report, SlowFault, StatusChange, Target, ThreadRow, Timeline,
+    QemuSection, QemuView, Report, SlowFault, StagesUs, StatusChange, Target, ThreadRow, Timeline,
     TraceSection, SCHEMA,
 };
 use uffdscope_trace::record::{IoctlOp, Record, Role, UffdMsg};
@@ -37,6 +41,18 @@ pub struct Options {
     pub guest_offset_ms: Option<f64>,
     /// Bounds on the pass ([`Limits::for_file_size`] for a file).
     pub limits: Limits,
+    /// The source trace of the same migration (`--source`), read beforehand.
+    pub source: Option<SourceInput>,
+}
+
+/// A source trace to merge with the destination's.
+#[derive(Debug, Clone)]
+pub struct SourceInput {
+    /// As the user named it (for the report).
+    pub path: String,
+    pub index: Arc<SourceIndex>,
+    /// `--source-offset-us`: the offset to use instead of the estimate.
+    pub offset_us: Option<f64>,
 }
 
 impl Default for Options {
@@ -45,6 +61,7 @@ impl Default for Options {
             guest_log: None,
             guest_offset_ms: None,
             limits: Limits::NONE,
+            source: None,
         }
     }
 }
@@ -223,13 +240,16 @@ struct Pass {
     recorder_notes: RecorderNotes,
     /// Distinct lengths of successful placements (page sizes), at most a few.
     page_sizes: std::collections::BTreeSet<u64>,
+    /// What the merge with a source trace needs from this pass (`--source`).
+    merger: Option<Merger>,
 }
 
 impl Pass {
-    fn new() -> Self {
+    fn new(opts: &Options) -> Self {
         Self {
             qemu_bt: QemuBlocktime::new(),
             qemu_bt_exit: QemuBlocktime::closing_at_exit(),
+            merger: opts.source.is_some().then(Merger::default),
             ..Self::default()
         }
     }
@@ -329,11 +349,17 @@ impl Consumer for Pass {
         }
         self.network.push(rec, &derived.return_path);
         self.split.push(rec);
+        if let Some(m) = &mut self.merger {
+            m.record(rec, &derived.return_path);
+        }
         self.push_qemu_blocktime(rec, at.engine);
         Ok(())
     }
 
-    fn fault(&mut self, f: &Fault, _: At<'_>) -> Result<(), Infallible> {
+    fn fault(&mut self, f: &Fault, at: At<'_>) -> Result<(), Infallible> {
+        if let Some(m) = &mut self.merger {
+            m.fault(f, at.engine);
+        }
         let vcpu = self.vcpu_set.contains(&f.tid);
         self.stats.add(f, vcpu, self.vcpu_set.len());
         if let Some(split) = self.split.split(f) {
@@ -388,8 +414,19 @@ pub fn analyze_file(path: &Path, opts: &Options) -> Result<Report, AnalysisError
 }
 
 /// Analyzes a trace from any reader.
-pub fn analyze<R: Read>(mut reader: TraceReader<R>, path: &str, opts: &Options) -> Report {
-    let mut pass = Pass::new();
+pub fn analyze<R: Read>(reader: TraceReader<R>, path: &str, opts: &Options) -> Report {
+    analyze_merged(reader, path, opts).0
+}
+
+/// Analyzes a trace and, with [`Options::source`], returns the merge with
+/// the source trace too (each requested fault's sub-stages, for tests and
+/// tools that need them one by one).
+pub fn analyze_merged<R: Read>(
+    mut reader: TraceReader<R>,
+    path: &str,
+    opts: &Options,
+) -> (Report, Option<MergeOutcome>) {
+    let mut pass = Pass::new(opts);
     let (engine, summary) = match drive::drive(&mut reader, &mut pass, opts.limits) {
         Ok(done) => done,
         Err(never) => match never {},
@@ -406,13 +443,13 @@ pub(crate) fn analyze_with<R: Read, C: Consumer>(
     opts: &Options,
     also: &mut C,
 ) -> Result<(Report, Summary), C::Error> {
-    let mut pass = Pass::new();
+    let mut pass = Pass::new(opts);
     let mut both = Tee {
         pass: &mut pass,
         also,
     };
     let (engine, summary) = drive::drive(reader, &mut both, opts.limits)?;
-    let report = report_of(pass, &engine, &summary, reader, path, opts);
+    let (report, _) = report_of(pass, &engine, &summary, reader, path, opts);
     Ok((report, summary))
 }
 
@@ -451,7 +488,7 @@ fn report_of<R: Read>(
     reader: &TraceReader<R>,
     path: &str,
     opts: &Options,
-) -> Report {
+) -> (Report, Option<MergeOutcome>) {
     let vcpus = pass.vcpu_set.len();
     pass.stats.finish(vcpus);
     pass.kvm_waits.finish();
@@ -465,14 +502,21 @@ fn report_of<R: Read>(
         pass.qemu_bt.finish(&ctx);
         pass.qemu_bt_exit.finish(&ctx);
     }
+    let origin = summary.origin.ns(reader.meta().start_ns);
+    let merged = pass.merger.take().zip(opts.source.as_ref()).map(|(m, s)| {
+        let offset_ns = s.offset_us.map(|us| us * 1e3);
+        (m.finish(&s.index, offset_ns, origin), s)
+    });
     let run = Run {
         pass: &pass,
         engine,
         summary,
         meta: reader.meta(),
         version: reader.version(),
+        merged: merged.as_ref().map(|(m, s)| (m, *s)),
     };
-    build_report(&run, path, opts)
+    let report = build_report(&run, path, opts);
+    (report, merged.map(|(m, _)| m))
 }
 
 /// Everything the pass learned, for assembling the report.
@@ -482,6 +526,8 @@ struct Run<'a> {
     summary: &'a Summary,
     meta: &'a uffdscope_trace::TraceMeta,
     version: u16,
+    /// The merge with a source trace, and that trace (`--source`).
+    merged: Option<(&'a MergeOutcome, &'a SourceInput)>,
 }
 
 impl Run<'_> {
@@ -603,6 +649,12 @@ fn build_report(run: &Run<'_>, path: &str, opts: &Options) -> Report {
         warnings,
         timeline: timeline(run, t0),
         findings: Vec::new(),
+        clock: run
+            .merged
+            .and_then(|(m, _)| both_ends::clock_section(m, t0)),
+        source: run
+            .merged
+            .map(|(m, s)| both_ends::source_section(m, &s.index, &s.path)),
     };
     report.findings = findings::findings(&report);
     report
@@ -712,6 +764,9 @@ fn warnings(run: &Run<'_>) -> Vec<String> {
             "the trace is incomplete: it has no end note, so the recording was cut (recorder killed, or the file cut at a frame boundary); {last}"
         ));
     }
+    if let Some((m, _)) = run.merged {
+        warnings.extend(m.warnings.iter().cloned());
+    }
     if s.count > 0 && s.with_service < s.count {
         // A sleep with no fault entry: a fault taken through get_user_pages
         // (no exception, so no entry), or, in traces recorded before the
@@ -810,6 +865,27 @@ fn by_resolution(run: &Run<'_>) -> BTreeMap<String, Option<u64>> {
         .collect()
 }
 
+/// Each stage's percentiles, and the network stage's three sub-stages when
+/// a source trace was merged.
+fn stages_us(run: &Run<'_>) -> StagesUs {
+    let s = &run.pass.stats;
+    let [to_source, at_source, from_source] = run
+        .merged
+        .map_or([None; 3], |(m, _)| both_ends::sub_stages(m));
+    StagesUs {
+        // Without the system-call tracepoints only the wake stage is
+        // measured: the others are left out rather than shown empty.
+        by_stage: Stage::ALL
+            .iter()
+            .filter(|&&st| run.syscalls_recorded() || st == Stage::Wake)
+            .map(|&st| (st.as_str().to_owned(), s.stage(st).percentiles().into()))
+            .collect(),
+        to_source,
+        at_source,
+        from_source,
+    }
+}
+
 fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
     let (s, engine) = (&run.pass.stats, run.engine);
     let (split, bytes) = network_split_section(run.pass);
@@ -822,13 +898,7 @@ fn fault_section(run: &Run<'_>, t0: u64) -> FaultSection {
         blocked_us: s.blocked.percentiles(),
         service_curve_us: s.service.curve(&CURVE_QUANTILES),
         blocked_curve_us: s.blocked.curve(&CURVE_QUANTILES),
-        // Without the system-call tracepoints only the wake stage is
-        // measured: the others are left out rather than shown empty.
-        stages_us: Stage::ALL
-            .iter()
-            .filter(|&&st| run.syscalls_recorded() || st == Stage::Wake)
-            .map(|&st| (st.as_str().to_owned(), s.stage(st).percentiles().into()))
-            .collect(),
+        stages_us: stages_us(run),
         stage_share: if run.syscalls_recorded() {
             stage_shares(s)
         } else {

@@ -207,3 +207,98 @@ fn preempt_ineffective() {
     r.faults.requested_placed_by.insert(Role::Preempt, 900);
     assert!(!fires(&r, "preempt_ineffective"));
 }
+
+/// A source section as a merge of `split` faults would give it, with the
+/// source's share of their network time and one channel's window samples.
+fn with_source(r: &mut Report, at_source_share: f64, split: u64, window: (u64, f64)) {
+    use uffdscope_analyzer::report::both_ends::{
+        SourceChannel, SourceMatches, SourceSection, SubStageShare,
+    };
+    use uffdscope_analyzer::report::StagePercentiles;
+    let p = StagePercentiles {
+        p50: Some(1500.0),
+        p90: Some(2500.0),
+        p99: Some(4000.0),
+        max: Some(5000.0),
+        count: split,
+    };
+    r.faults.stages_us.to_source = Some(p);
+    r.faults.stages_us.at_source = Some(p);
+    r.faults.stages_us.from_source = Some(p);
+    r.source = Some(SourceSection {
+        path: "source.trace".into(),
+        pid: Some(2000),
+        events: 1000,
+        threads: Vec::new(),
+        channels: vec![SourceChannel {
+            fd: 32,
+            local: "127.0.0.1:40000".into(),
+            remote: "127.0.0.1:4444".into(),
+            receives: 0,
+            page_sends: 900,
+            pages: 2600,
+            dest_fd: None,
+            anchor_votes: None,
+            anchor_against: None,
+            window_samples: window.0,
+            window_full_share: Some(window.1),
+        }],
+        matched: SourceMatches {
+            requested_faults: split,
+            requests: split,
+            pages: split,
+            pages_sent_before: 0,
+            split,
+        },
+        share: SubStageShare {
+            to_source: Some(0.05),
+            at_source: Some(at_source_share),
+            from_source: Some(0.95 - at_source_share),
+            of_ms: 400.0,
+        },
+    });
+}
+
+#[test]
+fn source_dominant() {
+    let mut r = base();
+    assert!(!fires(&r, "source_dominant"), "no source trace");
+    with_source(&mut r, 0.7, 100, (0, 0.0));
+    let f = findings(&r);
+    let hit = f
+        .iter()
+        .find(|f| f.rule == "source_dominant")
+        .expect("fires");
+    assert!(
+        hit.text.contains("70%") && hit.text.contains("280"),
+        "{}",
+        hit.text
+    );
+    assert!(hit.knob.unwrap().contains("max-postcopy-bandwidth"));
+    with_source(&mut r, 0.3, 100, (0, 0.0));
+    assert!(!fires(&r, "source_dominant"));
+    with_source(&mut r, 0.7, 5, (0, 0.0));
+    assert!(!fires(&r, "source_dominant"), "too few split faults");
+}
+
+#[test]
+fn source_send_queue_full() {
+    let mut r = base();
+    assert!(!fires(&r, "source_send_queue_full"));
+    with_source(&mut r, 0.1, 100, (40, 0.5));
+    let f = findings(&r);
+    let hit = f
+        .iter()
+        .find(|f| f.rule == "source_send_queue_full")
+        .expect("fires");
+    assert!(
+        hit.text.contains("50%") && hit.text.contains("40 tcp_probe"),
+        "{}",
+        hit.text
+    );
+    assert!(hit.knob.unwrap().contains("tcp_rmem"));
+    with_source(&mut r, 0.1, 100, (40, 0.1));
+    assert!(!fires(&r, "source_send_queue_full"));
+    with_source(&mut r, 0.1, 100, (5, 0.9));
+    assert!(!fires(&r, "source_send_queue_full"), "too few samples");
+}

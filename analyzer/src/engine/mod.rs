@@ -4,6 +4,7 @@
 //! correlated with all of it.
 
 pub mod blocktime;
+pub mod both_ends;
 pub mod guest;
 pub mod kvm_async;
 pub mod lifecycle;

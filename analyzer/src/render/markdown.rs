@@ -94,6 +94,9 @@ fn header(o: &mut String, r: &Report, view: &View<'_>) {
         let _ = writeln!(o);
         let _ = writeln!(o, "Detail: {}", escape(&note));
     }
+    if let Some(clock) = &view.clock {
+        let _ = writeln!(o, "\n{}", escape(clock));
+    }
     let _ = writeln!(o);
     findings(o, view);
 }
@@ -153,6 +156,9 @@ fn faults(o: &mut String, r: &Report, view: &View<'_>) {
             num(p.max),
             p.count
         );
+    }
+    if let Some(note) = &view.split_note {
+        let _ = writeln!(o, "\n↳ rows: {}", escape(note));
     }
     if let Some(b) = &view.bounded {
         let _ = writeln!(o, "\n{}", escape(b));

@@ -81,6 +81,9 @@ fn header(o: &mut String, r: &Report, view: &View<'_>) {
     if let Some(note) = not_recorded(r) {
         let _ = writeln!(o, "detail   {note}");
     }
+    if let Some(clock) = &view.clock {
+        let _ = writeln!(o, "source   {}", escape(clock));
+    }
     let _ = writeln!(o);
     let _ = writeln!(o, "{}", escape(&view.headline));
     let _ = writeln!(o);
@@ -103,9 +106,11 @@ fn findings(o: &mut String, view: &View<'_>) {
 
 /// One line of the stage table: p50, p90, p99, max, count, share.
 fn stage_line(o: &mut String, name: &str, p: [Option<f64>; 4], count: u64, share: Option<f64>) {
+    // A name longer than its column takes from the first figure's.
+    let first = 10usize.saturating_sub(name.chars().count().saturating_sub(10));
     let _ = writeln!(
         o,
-        "{:<10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}",
+        "{:<10} {:>first$} {:>10} {:>10} {:>10} {:>10} {:>7}",
         name,
         opt(p[0]),
         opt(p[1]),
@@ -153,11 +158,8 @@ fn faults(o: &mut String, r: &Report, view: &View<'_>) {
             f.with_service
         );
     }
-    if !view.network_split.is_empty() {
-        let _ = writeln!(
-            o,
-            "indented: the network stage of requested faults taken apart (wire RTT, behind the stream's bytes, the rest, of it the channel paused); shares of their summed network time"
-        );
+    if let Some(note) = &view.split_note {
+        let _ = writeln!(o, "indented: {note}");
     }
     if let Some(b) = &view.bounded {
         let _ = writeln!(o, "{b}");

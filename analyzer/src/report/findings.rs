@@ -59,9 +59,11 @@ impl Finding {
 type Rule = fn(&Report) -> Option<Finding>;
 
 /// Every rule, in the order findings are shown within a severity.
-const RULES: [Rule; 13] = [
+const RULES: [Rule; 15] = [
     drops,
     qemu_counter_drift,
+    source_dominant,
+    source_send_queue_full,
     head_of_line,
     stream_paused,
     preempt_ineffective,
@@ -169,6 +171,89 @@ fn head_of_line(r: &Report) -> Option<Finding> {
             }),
         )
         .knob(knob),
+    )
+}
+
+/// With a source trace, the source's share (`at_source`) of the split
+/// faults' summed network time at least this big names it as the cause...
+pub const SOURCE_SHARE: f64 = 0.5;
+/// ...judged over at least this many split faults.
+pub const SOURCE_MIN_SPLIT: u64 = 20;
+
+/// `source_dominant`: with both ends recorded, requested pages spent most
+/// of their network time at the source, between its receive of the
+/// request and its send of the page.
+fn source_dominant(r: &Report) -> Option<Finding> {
+    let src = r.source.as_ref()?;
+    let (share, of_ms, n) = (src.share.at_source?, src.share.of_ms, src.matched.split);
+    if share < SOURCE_SHARE || n < SOURCE_MIN_SPLIT || of_ms < NETWORK_PART_MIN_MS {
+        return None;
+    }
+    let at = r.faults.stages_us.at_source?;
+    Some(
+        Finding::new(
+            "source_dominant",
+            Severity::Cause,
+            format!(
+                "Requested pages waited at the source: {}% of their network time ({} of {} ms over {n} faults; p50 {} ms, p99 {} ms per fault) passed between the source receiving the request and its send of the page. Its migration thread was busy, or pacing the stream.",
+                pct(share),
+                ms(share * of_ms * 1000.0),
+                round(of_ms, 1),
+                at.p50.map_or(f64::NAN, ms),
+                at.p99.map_or(f64::NAN, ms),
+            ),
+            json!({
+                "at_source_share": round(share, 3),
+                "network_ms": round(of_ms, 1),
+                "at_source_p50_ms": at.p50.map(ms),
+                "at_source_p99_ms": at.p99.map(ms),
+                "split_faults": n,
+            }),
+        )
+        .knob("check the source's migration thread CPU (give it a core of its own), raise max-postcopy-bandwidth on the source, or enable postcopy-preempt so requested pages skip the stream's queue"),
+    )
+}
+
+/// A source socket whose bytes in flight filled the peer's window in at
+/// least this share of its `tcp_probe` samples had a full send queue...
+pub const WINDOW_FULL_SHARE: f64 = 0.3;
+/// ...judged over at least this many samples.
+pub const WINDOW_MIN_SAMPLES: u64 = 10;
+
+/// `source_send_queue_full`: the source could not send more on a channel
+/// because the destination's receive window was full: pages waited in the
+/// source's socket buffer.
+fn source_send_queue_full(r: &Report) -> Option<Finding> {
+    let src = r.source.as_ref()?;
+    let (ch, share) = src
+        .channels
+        .iter()
+        .filter(|c| c.window_samples >= WINDOW_MIN_SAMPLES)
+        .filter_map(|c| Some((c, c.window_full_share?)))
+        .filter(|(_, share)| *share >= WINDOW_FULL_SHARE)
+        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    let from = r.faults.stages_us.from_source;
+    Some(
+        Finding::new(
+            "source_send_queue_full",
+            Severity::Cause,
+            format!(
+                "The source's send queue on {} → {} was full: in {}% of {} tcp_probe samples its bytes in flight filled the destination's advertised receive window, so pages, requested ones included, waited in the source's socket buffer (from_source p50 {} ms, p99 {} ms).",
+                ch.local,
+                ch.remote,
+                pct(share),
+                ch.window_samples,
+                from.and_then(|p| p.p50).map_or(f64::NAN, ms),
+                from.and_then(|p| p.p99).map_or(f64::NAN, ms),
+            ),
+            json!({
+                "channel": format!("{} -> {}", ch.local, ch.remote),
+                "window_full_share": round(share, 3),
+                "samples": ch.window_samples,
+                "from_source_p50_ms": from.and_then(|p| p.p50).map(ms),
+            }),
+        )
+        .knob("let the destination drain faster (raise net.ipv4.tcp_rmem / net.core.rmem_max there, check its listen thread's CPU), or enable postcopy-preempt so requested pages go on a socket the stream does not fill"),
     )
 }
 

@@ -2,6 +2,7 @@
 //! Renderers (text, markdown, HTML) read this model through [`view`], which
 //! decides what they show; nothing else decides numbers.
 
+pub mod both_ends;
 pub mod findings;
 pub mod view;
 
@@ -36,6 +37,11 @@ pub struct Report {
     pub qemu_latency: QemuLatencySection,
     /// What a bug report needs to say about the migration.
     pub context: MigrationContext,
+    /// The source clock against the destination's; `null` without a source
+    /// trace (`--source`) or when the two could not be aligned.
+    pub clock: Option<both_ends::ClockSection>,
+    /// What the source trace showed; `null` without one.
+    pub source: Option<both_ends::SourceSection>,
 }
 
 /// The network stage of requested faults taken apart
@@ -153,6 +159,34 @@ pub struct TraceSection {
     pub stopped_at_limit: Option<u64>,
 }
 
+/// Each stage's percentiles by name, and the network stage of requested
+/// faults split at the source's two moments (`null` without a source trace;
+/// `to_source + at_source + from_source` is each split fault's network stage).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StagesUs {
+    #[serde(flatten)]
+    pub by_stage: BTreeMap<String, StagePercentiles>,
+    /// Request sent → the source received it.
+    pub to_source: Option<StagePercentiles>,
+    /// Received → the source's send of the page entered.
+    pub at_source: Option<StagePercentiles>,
+    /// That send → the placing ioctl entered on the destination.
+    pub from_source: Option<StagePercentiles>,
+}
+
+impl std::ops::Deref for StagesUs {
+    type Target = BTreeMap<String, StagePercentiles>;
+    fn deref(&self) -> &Self::Target {
+        &self.by_stage
+    }
+}
+
+impl std::ops::DerefMut for StagesUs {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.by_stage
+    }
+}
+
 /// Stage percentiles in µs.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct StagePercentiles {
@@ -187,7 +221,7 @@ pub struct FaultSection {
     pub service_curve_us: Vec<QuantilePoint>,
     /// Blocked time at the same quantiles.
     pub blocked_curve_us: Vec<QuantilePoint>,
-    pub stages_us: BTreeMap<String, StagePercentiles>,
+    pub stages_us: StagesUs,
     /// Share of total stage time per stage (queue..place), of faults with all known.
     pub stage_share: BTreeMap<String, Option<f64>>,
     pub with_service: u64,

@@ -154,6 +154,9 @@ pub fn render_html(r: &Report) -> String {
     if let Some(note) = crate::report::view::not_recorded(r) {
         let _ = write!(o, r#"<p class="note">Detail: {}</p>"#, escape(&note));
     }
+    if let Some(clock) = &view.clock {
+        let _ = write!(o, r#"<p class="note">{}</p>"#, escape(clock));
+    }
     findings(&mut o, &view);
     cards(&mut o, r);
     stages(&mut o, r, &view);

@@ -111,6 +111,9 @@ fn split_help(part: SplitPart) -> &'static str {
         SplitPart::Behind => "bytes that arrived first on the page's channel ÷ its throughput",
         SplitPart::Rest => "the source, and what the destination cannot see",
         SplitPart::Paused => "of the rest: the page's channel received nothing",
+        SplitPart::ToSource => "request sent → the source received it",
+        SplitPart::AtSource => "→ the source's send of the page",
+        SplitPart::FromSource => "→ the placing ioctl on the destination",
     }
 }
 
@@ -246,6 +249,9 @@ pub(super) fn stages(o: &mut String, r: &Report, view: &View<'_>) {
         );
     }
     o.push_str("</table>");
+    if let Some(note) = &view.split_note {
+        let _ = write!(o, r#"<p class="note">↳ rows: {}</p>"#, escape(note));
+    }
     let _ = write!(
         o,
         r#"<p class="note" style="margin-top:10px">{}</p>"#,
