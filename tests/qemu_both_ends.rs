@@ -78,6 +78,69 @@ fn record_both_ends_of_a_real_postcopy() {
     let dir = tier::KeptOnPanic::new("uffdscope-both-");
     let run = record_both_ends(&dir.path());
     check_pair(&run.destination, &run.source, BLOCK);
+    check_merge(&run.destination, &run.source);
+}
+
+/// `report DEST --source SRC` on a pair recorded on one host: the two
+/// recorders share one clock, so the estimated offset's bound must contain
+/// 0; and every requested fault the merge split has sub-stages that add up
+/// to its network stage.
+fn check_merge(destination: &Path, source: &Path) {
+    use std::sync::Arc;
+    use uffdscope_analyzer::analysis::{analyze_merged, Options, SourceInput};
+    use uffdscope_analyzer::drive::Limits;
+    use uffdscope_analyzer::engine::both_ends::source::SourceIndex;
+    use uffdscope_trace::TraceReader;
+
+    let index = SourceIndex::read(
+        TraceReader::open(source).expect("source trace"),
+        "source",
+        Limits::NONE,
+    )
+    .expect("a source trace");
+    let opts = Options {
+        source: Some(SourceInput {
+            path: source.display().to_string(),
+            index: Arc::new(index),
+            offset_us: None,
+        }),
+        ..Options::default()
+    };
+    let reader = TraceReader::open(destination).expect("destination trace");
+    let (report, merged) = analyze_merged(reader, "dest", &opts);
+    let merged = merged.expect("merged");
+    let clock = report
+        .clock
+        .expect("the clock is aligned from the messages");
+    let bound = clock.bound_us.expect("an estimated offset has a bound");
+    eprintln!(
+        "offset {:.2} ± {bound:.2} µs, drift {:?} ppm, {} of {} requested faults split",
+        clock.source_offset_us,
+        clock.drift_ppm,
+        merged
+            .per_fault
+            .iter()
+            .filter(|f| f.split.is_some())
+            .count(),
+        merged.per_fault.len()
+    );
+    assert!(
+        clock.source_offset_us.abs() <= bound,
+        "one host, one clock: the bound must contain 0: {clock:?}"
+    );
+    let split: Vec<_> = merged
+        .per_fault
+        .iter()
+        .filter_map(|f| f.split.map(|s| (f, s)))
+        .collect();
+    assert!(!split.is_empty(), "no requested fault was split");
+    for (f, s) in split {
+        assert_eq!(
+            s.to_source + s.at_source + s.from_source,
+            f.network_ns,
+            "sub-stages of {f:?}"
+        );
+    }
 }
 
 /// The committed pair (`fixtures/data/qemu-7.2-tcg-postcopy-both.*`) passes
@@ -85,9 +148,10 @@ fn record_both_ends_of_a_real_postcopy() {
 #[test]
 fn the_committed_pair_matches() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/data");
-    check_pair(
-        &data.join("qemu-7.2-tcg-postcopy-both.dest.trace"),
-        &data.join("qemu-7.2-tcg-postcopy-both.source.trace"),
-        BLOCK,
+    let (dest, source) = (
+        data.join("qemu-7.2-tcg-postcopy-both.dest.trace"),
+        data.join("qemu-7.2-tcg-postcopy-both.source.trace"),
     );
+    check_pair(&dest, &source, BLOCK);
+    check_merge(&dest, &source);
 }
