@@ -11,8 +11,10 @@
 
 use hdrhistogram::serialization::interval_log::IntervalLogIterator;
 use proptest::prelude::*;
-use uffdscope_analyzer::analysis::{analyze, Options};
+use uffdscope_analyzer::analysis::{analyze, analyze_merged, Options, SourceInput};
 use uffdscope_analyzer::compare;
+use uffdscope_analyzer::drive::Limits as DriveLimits;
+use uffdscope_analyzer::engine::both_ends::source::SourceIndex;
 use uffdscope_analyzer::export::{csv, hlog, perfetto, Limits};
 use uffdscope_analyzer::inputs::{guest_log, rp};
 use uffdscope_analyzer::render::{self, html, markdown, text};
@@ -187,6 +189,47 @@ fn sleep() -> impl Strategy<Value = Record> {
         )
 }
 
+/// A source's page send (format 4): runs of pages near the fuzz's RAM, with
+/// QEMU's `CONTINUE|PAGE` header or anything.
+fn pages_sent() -> impl Strategy<Value = Record> {
+    let run = (
+        0u64..1 << 20,
+        addr(),
+        prop_oneof![Just(4096u32), any::<u32>()],
+        prop_oneof![1u32..64, any::<u32>()],
+        proptest::option::of(prop_oneof![
+            (0u64..32).prop_map(|p| (p * 4096) | 0x28),
+            any::<u64>()
+        ]),
+    )
+        .prop_map(|(at, addr, page_len, pages, header)| PageRun {
+            at,
+            addr,
+            page_len,
+            pages,
+            header,
+        });
+    (
+        tid(),
+        ts(),
+        0u64..100_000,
+        prop_oneof![Just(9), any::<i32>()],
+        proptest::collection::vec(run, 0..6),
+        any::<bool>(),
+    )
+        .prop_map(|(tid, enter_ts, d, fd, runs, truncated)| {
+            Record::PagesSent(PagesSent {
+                tid,
+                enter_ts,
+                exit_ts: enter_ts.saturating_add(d),
+                fd,
+                ret: 4096,
+                runs,
+                truncated,
+            })
+        })
+}
+
 fn record() -> impl Strategy<Value = Record> {
     prop_oneof![
         1 => (ts(), tid(), name()).prop_map(|(ts, tid, name)| Record::Thread(ThreadInfo {
@@ -247,16 +290,17 @@ fn record() -> impl Strategy<Value = Record> {
             len,
             mode: 1
         })),
-        3 => (tid(), ts(), 0u64..100_000, sock_head(), prop_oneof![Just(9), any::<i32>()])
-            .prop_map(|(tid, enter_ts, d, head, fd)| Record::SockIo(SockIo {
+        3 => (tid(), ts(), 0u64..100_000, sock_head(), prop_oneof![Just(9), any::<i32>()], any::<bool>())
+            .prop_map(|(tid, enter_ts, d, head, fd, recv)| Record::SockIo(SockIo {
                 tid,
                 enter_ts,
                 exit_ts: enter_ts.saturating_add(d),
                 fd,
-                dir: Direction::Send,
+                dir: if recv { Direction::Recv } else { Direction::Send },
                 ret: head.len() as i64,
                 head,
             })),
+        2 => pages_sent(),
         1 => (ts(), tid(), any::<u64>(), any::<i64>()).prop_map(|(ts, tid, sk, len)| {
             Record::SockLen(SockLen {
                 ts,
@@ -274,7 +318,11 @@ fn record() -> impl Strategy<Value = Record> {
                 dport: 4444,
                 srtt_us,
                 cwnd: 10,
-                seq: None,
+                seq: (port % 2 == 0).then_some(TcpSeq {
+                    snd_nxt: srtt_us,
+                    snd_una: srtt_us.wrapping_sub(u32::from(port)),
+                    snd_wnd: 65536,
+                }),
             })
         }),
         1 => (ts(), any::<u64>()).prop_map(|(ts, sk)| Record::TcpRetransmit(TcpRetransmit {
@@ -427,6 +475,53 @@ proptest! {
         let bytes = write_all(&meta(T0), &records);
         let opts = Options { guest_log: Some(log), guest_offset_ms: offset, ..Options::default() };
         run_everything(&bytes, &opts)?;
+    }
+
+    /// Any destination trace, at any recording level, merged with any
+    /// source trace: the merge, every renderer and the JSON never panic.
+    #[test]
+    fn arbitrary_pairs_merge_at_any_detail(
+        dest in proptest::collection::vec(record(), 0..50),
+        source in proptest::collection::vec(record(), 0..50),
+        detail in prop_oneof![
+            Just(None),
+            Just(Some(Detail::Minimal)),
+            Just(Some(Detail::Standard)),
+            Just(Some(Detail::Full)),
+        ],
+        offset_us in proptest::option::of(-1e6f64..1e6),
+    ) {
+        let source_meta = TraceMeta { side: Some(Side::Source), ..meta(T0) };
+        let source_bytes = write_all(&source_meta, &source);
+        let index = SourceIndex::read(
+            TraceReader::new(&source_bytes[..]).expect("valid header"),
+            "source.trace",
+            DriveLimits::NONE,
+        );
+        let dest_meta = TraceMeta { detail, ..meta(T0) };
+        let dest_bytes = write_all(&dest_meta, &dest);
+        // Without a source the destination alone, at its level, renders.
+        run_everything(&dest_bytes, &Options::default())?;
+        if let Ok(index) = index {
+            let opts = Options {
+                source: Some(SourceInput {
+                    path: "source.trace".into(),
+                    index: std::sync::Arc::new(index),
+                    offset_us,
+                }),
+                ..Options::default()
+            };
+            let reader = TraceReader::new(&dest_bytes[..]).expect("valid header");
+            let (report, _) = analyze_merged(reader, "dest.trace", &opts);
+            let _ = text::render_text(&report);
+            let _ = markdown::render_markdown(&report);
+            prop_assert!(html::render_html(&report).contains("</html>"));
+            let json = serde_json::to_string(&report).expect("the report serializes");
+            let back: serde_json::Value = serde_json::from_str(&json).expect("the JSON parses");
+            if let Some(bound) = back["clock"]["bound_us"].as_f64() {
+                prop_assert!(bound.is_finite() && bound >= 0.0, "{}", back["clock"]);
+            }
+        }
     }
 
     #[test]
