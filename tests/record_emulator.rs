@@ -218,13 +218,27 @@ fn ground_truth(extra: &[&str]) -> (Report, u64) {
     let report = analyze_file(&trace, &Options::default()).expect("analyze");
     assert_eq!(report.trace.drops, 0);
     assert_eq!(report.trace.end.as_deref(), Some("target exited"));
-    let mut recorded = 0;
+    let (mut recorded, mut narrowed) = (0, Vec::new());
     let damage = TraceReader::open(&trace)
         .expect("trace opens")
         .for_each(|r| {
-            recorded += u64::from(matches!(r, Record::UffdIoctl(io) if io.op.places_pages()));
+            recorded += u64::from(matches!(&r, Record::UffdIoctl(io) if io.op.places_pages()));
+            if let Record::Note(n) = &r {
+                if n.kind == "narrowed" {
+                    narrowed.push(n.text.clone());
+                }
+            }
         });
     assert!(damage.is_none(), "{damage:?}");
+    // Once the fault thread's first request shows the return path's send
+    // call, the other send calls' programs are detached (none at minimal,
+    // which has no send programs).
+    if extra.contains(&"minimal") {
+        assert!(narrowed.is_empty(), "{narrowed:?}");
+    } else {
+        assert_eq!(narrowed.len(), 1, "{narrowed:?}");
+        assert!(narrowed[0].contains("detached 6 programs"), "{narrowed:?}");
+    }
     (report, recorded)
 }
 

@@ -461,12 +461,24 @@ static __always_inline void ioctl_from_regs(struct ioctl_pending *io, const stru
  * pending at a host address must lie in that range; otherwise the ioctl woke
  * the thread for something else (an mmap_lock or page-lock waiter). A KVM
  * entry holds a guest-physical address, which the range cannot be compared
- * with; a thread with no entry may be in a fault taken by get_user_pages
- * (O_DIRECT I/O into guest RAM), which has none; an ioctl whose range was not
- * read (len 0) cannot tell either: those are taken on trust. */
-static __always_inline int wake_matches(const struct fault_entry *f, __u64 start, __u64 len)
+ * with, and an ioctl whose range was not read (len 0) cannot tell either:
+ * those are taken on trust. A thread with no entry may be in a fault taken by
+ * get_user_pages (O_DIRECT I/O into guest RAM), which has none, but it may as
+ * well be a system call waiting for mmap_lock that the ioctl released
+ * (UFFDIO_UNREGISTER takes it for writing): it is taken only from an ioctl
+ * that resolves faults. */
+static __always_inline int resolves_faults(__u32 cmd)
 {
-	if (!f->ts || f->source == UFS_FAULT_KVM || !len)
+	return cmd == UFS_UFFDIO_COPY || cmd == UFS_UFFDIO_ZEROPAGE || cmd == UFS_UFFDIO_CONTINUE ||
+	       cmd == UFS_UFFDIO_WAKE || cmd == UFS_UFFDIO_MOVE || cmd == UFS_UFFDIO_POISON;
+}
+
+static __always_inline int wake_matches(const struct fault_entry *f, __u32 cmd, __u64 start,
+					__u64 len)
+{
+	if (!f->ts)
+		return resolves_faults(cmd);
+	if (f->source == UFS_FAULT_KVM || !len)
 		return 1;
 	return f->addr >= start && f->addr - start < len;
 }
@@ -507,7 +519,7 @@ static __always_inline void finish_sleep(__u32 tid, struct sleep_entry *e, struc
 	if (st == SLEEP_PREWOKEN) {
 		/* Without a pending fault the wake was not a fault's. */
 		take_fault(e, ts);
-		if (wake_matches(&e->f, e->ioctl_start, e->ioctl_len))
+		if (wake_matches(&e->f, e->ioctl_cmd, e->ioctl_start, e->ioctl_len))
 			emit_fault_wake(tid, &e->f, 0, 0, e->woken_ts, 0, 0, e->waker_tid,
 					e->ioctl_cmd, e->ioctl_fd, e->ioctl_start, e->ioctl_len,
 					UFS_FW_WOKEN_BEFORE_BLOCK);
@@ -754,7 +766,7 @@ static __always_inline void switch_out(__u32 prev, __u32 state, __u64 now)
 		take_fault(e, ts);
 		e->blocked_ts = now;
 		e->block_state = state;
-		if (wake_matches(&e->f, e->ioctl_start, e->ioctl_len)) {
+		if (wake_matches(&e->f, e->ioctl_cmd, e->ioctl_start, e->ioctl_len)) {
 			e->state = SLEEP_WOKEN;
 			return;
 		}
@@ -879,7 +891,7 @@ int ufs_sched_waking(struct tp_sched_waking *ctx)
 	/* A blocked thread's fault is in its entry already: check it now. An
 	 * IDLE one's is still in its own task storage: it checks at its
 	 * switch-out or next event (switch_out, finish_sleep). */
-	if (st == SLEEP_SLEEPING && !wake_matches(&e->f, io->start, io->len)) {
+	if (st == SLEEP_SLEEPING && !wake_matches(&e->f, io->cmd, io->start, io->len)) {
 		stat_inc(UFS_STAT_WAKE_OUT_OF_RANGE);
 		return 0;
 	}

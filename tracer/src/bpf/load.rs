@@ -123,6 +123,9 @@ pub enum AttachOutcome {
     FormatMismatch(String),
     /// Loading or attaching failed (optional only).
     Failed(String),
+    /// Attached, then detached because the target does not use it
+    /// ([`BpfTracer::detach`]).
+    Detached,
 }
 
 /// Load/attach result of one tracepoint.
@@ -230,6 +233,38 @@ impl BpfTracer {
             tracer.seed_from_proc(tgid)?;
         }
         Ok(tracer)
+    }
+
+    /// Detaches and unloads the named programs that are attached; returns
+    /// how many were.
+    pub fn detach(&mut self, programs: &[&'static str]) -> Result<usize, BpfError> {
+        let mut n = 0;
+        for st in &mut self.status {
+            let name = st.tracepoint.program;
+            if st.outcome != AttachOutcome::Attached || !programs.contains(&name) {
+                continue;
+            }
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(BpfError::ProgramNotInObject(name))?
+                .try_into()
+                .map_err(|e| BpfError::Program {
+                    action: "detaching",
+                    program: name,
+                    tracepoint: st.tracepoint.to_string(),
+                    source: Box::new(e),
+                })?;
+            program.unload().map_err(|e| BpfError::Program {
+                action: "detaching",
+                program: name,
+                tracepoint: st.tracepoint.to_string(),
+                source: Box::new(e),
+            })?;
+            st.outcome = AttachOutcome::Detached;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Load/attach outcome of every tracepoint, in [`TRACEPOINTS`] order.

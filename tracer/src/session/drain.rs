@@ -94,6 +94,8 @@ pub(super) struct Drained {
     pub(super) service: crate::live_stats::LiveLatency,
     pub(super) faults: u64,
     pub(super) bad: BadRecords,
+    /// Which send call the return path uses, once seen.
+    pub(super) narrowing: super::narrow::SendNarrowing,
 }
 
 impl Drained {
@@ -106,21 +108,29 @@ impl Drained {
                     self.alarms.push(alarm);
                 }
             }
-            Ok(ev) => match Records::try_from(&ev) {
-                Err(e) => self.bad.convert(&e),
-                Ok(Records(recs)) => {
-                    for rec in recs {
-                        if let Record::Sleep(s) = &rec {
-                            self.faults += 1;
-                            if let Some(f) = &s.fault {
-                                self.service.record(s.woken_ts.saturating_sub(f.ts));
-                            }
-                        }
-                        self.pending.push(rec);
-                    }
-                }
-            },
+            Ok(ev) => {
+                self.narrowing.see(&ev);
+                self.convert(&ev);
+            }
         });
+    }
+
+    /// Turns one event into records in [`Self::pending`], counting faults.
+    fn convert(&mut self, ev: &uffdscope_ebpf::RawEvent) {
+        match Records::try_from(ev) {
+            Err(e) => self.bad.convert(&e),
+            Ok(Records(recs)) => {
+                for rec in recs {
+                    if let Record::Sleep(s) = &rec {
+                        self.faults += 1;
+                        if let Some(f) = &s.fault {
+                            self.service.record(s.woken_ts.saturating_sub(f.ts));
+                        }
+                    }
+                    self.pending.push(rec);
+                }
+            }
+        }
     }
 }
 

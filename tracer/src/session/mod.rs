@@ -16,6 +16,7 @@ use crate::escape::for_terminal;
 
 mod config;
 mod drain;
+mod narrow;
 mod peers;
 mod scan;
 
@@ -434,9 +435,34 @@ impl<'c> Session<'c> {
         for rec in self.drained.pending.drain(..) {
             self.out.push(&rec)?;
         }
+        self.narrow_sends(on_update)?;
         // Bins a whole bin behind the clock are closed (BpfTracer::take_bins).
         let closed = PlacementBin::index(monotonic_ns()).saturating_sub(1);
         self.take_bins(closed)
+    }
+
+    /// Once the return path's send call is known, detaches the other send
+    /// calls' programs (`narrow.rs`) and notes it in the trace.
+    fn narrow_sends(&mut self, on_update: &mut dyn FnMut(Update<'_>)) -> Result<(), RecordError> {
+        let Some((programs, keep)) = self.drained.narrowing.to_detach() else {
+            return Ok(());
+        };
+        self.drained.narrowing.done = true;
+        let text = match self.tracer.detach(&programs) {
+            Ok(n) => format!(
+                "the return path sends with {keep}: detached {n} programs of the other send calls"
+            ),
+            Err(e) => {
+                let text = format!("detaching the unused send programs failed: {e}");
+                on_update(Update::Notice(&text));
+                text
+            }
+        };
+        self.out.push(&Record::Note(Note {
+            ts: monotonic_ns(),
+            kind: "narrowed".into(),
+            text,
+        }))
     }
 
     /// Writes the kernel's placement bins with an index below `before`.
