@@ -33,6 +33,12 @@ Examples:
   # Record the destination QEMU of a migration (as root), with QMP and console
   sudo uffdscope record --qemu dst --qmp /run/dst.qmp --guest-console /run/dst.serial -o run.trace
 
+  # The cheapest recording: no system-call tracepoints (service latency, blocked time)
+  sudo uffdscope record --qemu dst --detail minimal -o run.trace
+
+  # The source QEMU of the same migration, for `report --source`
+  sudo uffdscope record --qemu src --side source -o source.trace
+
   # Can this host record at all?
   uffdscope check
 
