@@ -402,6 +402,12 @@ struct ufs_pt_regs {
 
 #define UFS_NR_IOCTL 16 /* __NR_ioctl on x86-64 */
 
+/* The current task's saved user registers. */
+static __always_inline const struct ufs_pt_regs *current_regs(void)
+{
+	return (const struct ufs_pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+
 /* Whether the program runs on the current task's own kernel stack, i.e. in
  * the task's context and not in an interrupt that arrived while it ran.
  * Kernel stacks are THREAD_SIZE-aligned (16 KiB on x86-64, 32 KiB with KASAN)
@@ -844,23 +850,25 @@ int ufs_sched_waking(struct tp_sched_waking *ctx)
 
 	if (!is_target(id >> 32))
 		return 0;
-	const struct ufs_pt_regs *regs =
-		(const struct ufs_pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	const struct ufs_pt_regs *regs;
+	struct task_state *ts;
 
-	/* Most wakes of a target's threads are futex and poll wakes: at
-	 * minimal they leave on the registers alone. */
-	if (ufs_minimal && !in_uffd_ioctl(regs))
-		return 0;
-	struct task_state *ts = task_state(ufs_minimal);
-
-	if (!ts)
-		return 0;
+	if (ufs_minimal) {
+		/* Most wakes of a target's threads are futex and poll wakes:
+		 * they leave on the registers alone. */
+		regs = current_regs();
+		if (!in_uffd_ioctl(regs) || !(ts = task_state(1)))
+			return 0;
+		ioctl_from_regs(&ts->io, regs);
+	} else {
+		/* The ioctl's entry noted it in the waker's own state. */
+		ts = task_state(0);
+		if (!ts || !ts->io.enter_ts || ts->io.cmd == UFS_USERFAULTFD_IOC_NEW)
+			return 0;
+		regs = current_regs();
+	}
 	struct ioctl_pending *io = &ts->io;
 
-	if (ufs_minimal)
-		ioctl_from_regs(io, regs);
-	else if (!io->enter_ts || io->cmd == UFS_USERFAULTFD_IOC_NEW)
-		return 0;
 	if (!on_task_stack(ts, regs)) {
 		/* An interrupt's wake (a timer ending a futex or poll sleep), not
 		 * the ioctl's. */
