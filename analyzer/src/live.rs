@@ -166,19 +166,15 @@ impl LiveMetrics {
         if let Some(name) = &target.name {
             let _ = write!(target_labels, ",name=\"{}\"", label_value(name));
         }
+        // The recording's start is its first record's time (the boundary
+        // anchors there when the metadata has none).
+        let meta = TraceMeta {
+            detail: target.detail,
+            ..TraceMeta::default()
+        };
         Self {
-            // The recording's start is its first record's time (the
-            // boundary anchors there when the metadata has none).
-            pass: Driver::new(
-                &TraceMeta {
-                    detail: target.detail,
-                    ..TraceMeta::default()
-                },
-                Limits::NONE,
-            ),
-            syscalls_recorded: target
-                .detail
-                .is_none_or(uffdscope_trace::record::Detail::records_syscalls),
+            pass: Driver::new(&meta, Limits::NONE),
+            syscalls_recorded: meta.records_syscalls(),
             counts: Counts::default(),
             target_labels,
         }

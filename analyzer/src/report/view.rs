@@ -10,7 +10,7 @@ use crate::analysis::vcpu_index;
 use crate::engine::guest::{Phase, Spike};
 use crate::engine::lifecycle::Stage;
 use crate::report::findings::Finding;
-use crate::report::{FaultSection, Report, StagePercentiles, ThreadRow};
+use crate::report::{FaultSection, Report, StagePercentiles, ThreadRow, TraceSection};
 use uffdscope_trace::record::Role;
 
 /// A figure with 3 significant-ish digits (`1234`, `12.3`, `1.23`), or `n/a`
@@ -64,10 +64,7 @@ pub fn uffd_activity(r: &Report) -> String {
         f.page_requests,
         f.placements.as_ref(),
     ) else {
-        let level = r
-            .trace
-            .detail
-            .map_or("this", uffdscope_trace::record::Detail::as_str);
+        let level = level_name(&r.trace);
         return format!(
             "uffd reads, page requests and placements: not recorded at --detail {level}"
         );
@@ -86,13 +83,17 @@ pub fn not_recorded(r: &Report) -> Option<String> {
     if t.not_recorded.is_empty() {
         return None;
     }
-    let level = t
-        .detail
-        .map_or("this", uffdscope_trace::record::Detail::as_str);
+    let level = level_name(t);
     Some(format!(
         "recorded at --detail {level}: not recorded: {} (their figures are n/a; record at --detail standard for them)",
         t.not_recorded.join(", ").replace('_', " ")
     ))
+}
+
+/// The recording's `--detail` level as `record` spells it.
+fn level_name(t: &TraceSection) -> &'static str {
+    t.detail
+        .map_or("this", uffdscope_trace::record::Detail::as_str)
 }
 
 /// One row of the stage table.
