@@ -8,6 +8,9 @@
 
 use uffdscope_ebpf::abi::send_syscall;
 use uffdscope_ebpf::RawEvent;
+use uffdscope_trace::record::Side;
+
+use crate::bpf::{attaches_on, TRACEPOINTS};
 
 /// Learns the return path's send call from the ring's events.
 #[derive(Debug, Default)]
@@ -47,11 +50,21 @@ impl SendNarrowing {
             return None;
         }
         let keep = name(self.learned?)?;
-        let programs = ALL
+        // The destination's enter and exit programs of the other calls, as
+        // the catalogue lists them.
+        let other = |event: &str| {
+            ALL.iter().any(|(_, n)| {
+                *n != keep
+                    && ["sys_enter_", "sys_exit_"]
+                        .iter()
+                        .any(|p| event == format!("{p}{n}"))
+            })
+        };
+        let programs = TRACEPOINTS
             .iter()
-            .filter(|(_, n)| *n != keep)
-            .flat_map(|(_, n)| PROGRAMS.iter().filter(move |p| p.ends_with(n)))
-            .copied()
+            .filter(|tp| attaches_on(tp, Side::Destination) && tp.category == "syscalls")
+            .filter(|tp| other(tp.name))
+            .map(|tp| tp.program)
             .collect();
         Some((programs, keep))
     }
@@ -62,18 +75,6 @@ const ALL: [(u16, &str); 4] = [
     (send_syscall::SENDTO, "sendto"),
     (send_syscall::WRITE, "write"),
     (send_syscall::WRITEV, "writev"),
-];
-
-/// The destination's send programs, as the catalogue names them.
-const PROGRAMS: [&str; 8] = [
-    "ufs_sys_enter_sendmsg",
-    "ufs_sys_exit_sendmsg",
-    "ufs_sys_enter_sendto",
-    "ufs_sys_exit_sendto",
-    "ufs_sys_enter_write",
-    "ufs_sys_exit_write",
-    "ufs_sys_enter_writev",
-    "ufs_sys_exit_writev",
 ];
 
 fn name(call: u16) -> Option<&'static str> {
